@@ -1,0 +1,125 @@
+"""RunConfig: every setting of a run in one pydantic model; a TOML file, then command-line flags on top.
+
+No torch here: the CLI validates a configuration (and fails with one clear line) before the slow imports.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sftreport.errors import UserError
+
+DEFAULT_MODEL = "digits_resnet"
+DATASETS = ("digits", "cifar10", "imagefolder")
+REPORT_FORMATS = (".html", ".pdf", ".md")
+_STRATEGY = re.compile(r"^(full|linear-probe|freeze-until:[A-Za-z0-9_.]+)$")
+
+
+class RecordOptions(BaseModel):
+    """What the recorder measures at each epoch end (see sftreport.record)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="record probes at all (off: metrics only, for timing comparisons)")
+    probe_size: int = Field(256, ge=8, le=4096, description="validation images in the fixed probe set")
+    hist_bins: int = Field(32, ge=4, le=256)
+    grad_every: int = Field(5, ge=1, description="sample gradient norms every k optimizer steps")
+    image_every: int = Field(5, ge=0, description="save filter and feature-map images every N epochs (0: first and last only)")
+    activations: list[str] | None = Field(None, description="module names to probe; default: stem, every block, head")
+    knn_k: int = Field(5, ge=1, le=50)
+    tsne: bool = Field(False, description="also project features with t-SNE (slower)")
+    max_steps_points: int = Field(200, ge=10, description="per-step loss points kept per epoch (averaged in buckets)")
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    name: str | None = Field(None, description="run name shown in the report")
+    model: str = Field(DEFAULT_MODEL, description="torchvision classification model name, or digits_resnet")
+    weights: str = Field("DEFAULT", description="none | a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | a path to a state_dict file")
+    dataset: Literal["digits", "cifar10", "imagefolder"] = "digits"
+    data_root: Path | None = None
+    download: bool = Field(False, description="let torchvision download CIFAR-10 into data_root")
+    image_size: int | None = Field(None, ge=8, le=1024, description="input side in pixels; default: the dataset's own (224 for ImageFolder and ViT)")
+    strategy: str = Field("full", description="full | linear-probe | freeze-until:MODULE")
+    epochs: int = Field(8, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(0.01, gt=0, le=10)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    scheduler: Literal["cosine", "constant"] = "cosine"
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    amp: bool = Field(True, description="mixed precision and channels_last on CUDA")
+    workers: int | None = Field(None, ge=0, description="DataLoader workers for ImageFolder (default: up to 8)")
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on optimizer steps per epoch (quick runs)")
+    out: list[Path] = Field(default_factory=list, description="report files; the format follows the extension")
+    run_dir: Path | None = None
+    quiet: bool = False
+    record: RecordOptions = Field(default_factory=RecordOptions)
+
+    @field_validator("strategy")
+    @classmethod
+    def _strategy(cls, v: str) -> str:
+        if not _STRATEGY.match(v):
+            raise ValueError("must be full, linear-probe or freeze-until:MODULE")
+        return v
+
+    @field_validator("out")
+    @classmethod
+    def _out(cls, v: list[Path]) -> list[Path]:
+        for p in v:
+            if p.suffix.lower() not in REPORT_FORMATS:
+                raise ValueError(f"{p}: the report format follows the extension, one of {', '.join(REPORT_FORMATS)}")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", v):
+            raise ValueError("is not a model name")
+        return v
+
+    def resolved_name(self) -> str:
+        return self.name or f"{self.model} on {self.dataset}"
+
+
+def format_validation_error(err: ValidationError, where: str = "config") -> str:
+    """One line naming every bad field, e.g. `config: epochs: Input should be greater than or equal to 1`."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "value"
+        msg = e["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror}") from None
+
+
+def build_config(file: Path | None, overrides: dict[str, Any]) -> RunConfig:
+    """The file's fields, then the command line's on top (nested `record` tables merge key by key)."""
+    data: dict[str, Any] = load_toml(file) if file else {}
+    for key, value in overrides.items():
+        if key == "record":
+            data["record"] = {**data.get("record", {}), **value}
+        else:
+            data[key] = value
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, f"config{f' ({file})' if file else ''}")) from None

@@ -1,0 +1,55 @@
+"""Evaluation: loss, accuracy, per-class accuracy and the confusion matrix over a validation set.
+
+Sums (loss, counts, confusion cells) stay on the device and are reduced across processes when a
+process group is running, so a sharded evaluation gives exactly the numbers of an unsharded one.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from sftreport.schema import Evaluation
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def evaluation_from_sums(loss_sum: float, confusion: list[list[int]]) -> Evaluation:
+    count = sum(map(sum, confusion))
+    correct = sum(confusion[i][i] for i in range(len(confusion)))
+    per_class = [(row[i] / sum(row)) if sum(row) else None for i, row in enumerate(confusion)]
+    return Evaluation(loss=loss_sum / count if count else float("nan"), accuracy=correct / count if count else 0.0,
+                      count=count, confusion=confusion, per_class_accuracy=per_class)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Iterable, num_classes: int, device: torch.device,
+             loss_fn: Callable = F.cross_entropy, autocast: Callable = nullcontext) -> Evaluation:
+    """`data` yields (inputs, targets) ready for the model. The model's train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    try:
+        for x, y in data:
+            y = y.to(device, non_blocking=True)
+            with autocast():
+                logits = model(x)
+            logits = logits.float()
+            loss_sum += loss_fn(logits, y, reduction="sum").double()
+            pred = logits.argmax(dim=1)
+            confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+    finally:
+        model.train(was_training)
+    packed = torch.cat([loss_sum.reshape(1), confusion.double()])  # one reduction, one transfer
+    packed = all_reduce_sum(packed).tolist()
+    cells = [int(round(v)) for v in packed[1:]]
+    return evaluation_from_sums(packed[0], [cells[i * num_classes:(i + 1) * num_classes] for i in range(num_classes)])

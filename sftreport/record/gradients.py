@@ -1,0 +1,59 @@
+"""Gradients probe: per parameter, the mean and maximum gradient norm over the epoch's sampled steps
+and the number of sampled steps whose gradient was not finite.
+
+No hook is installed: the recorder calls `sample()` after the optimizer step (the gradients are still
+there until the next zero_grad), every k-th step. The accumulators stay on the device; the host sees
+them once per epoch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sftreport.schema import GradStat
+
+
+class GradientProbe:
+    def __init__(self, model: nn.Module, every: int):
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.every = every
+        self._steps_seen = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.samples = 0
+        self._acc: torch.Tensor | None = None  # (T, 3): norm sum, norm max, non-finite count
+
+    def maybe_sample(self) -> None:
+        self._steps_seen += 1
+        if (self._steps_seen - 1) % self.every:
+            return
+        present = [p.grad is not None for p in self.params]
+        if not any(present):
+            return
+        with torch.no_grad():
+            grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self.params]
+            norms = torch.stack(torch._foreach_norm(grads)).float()
+            finite = torch.isfinite(norms)
+            clean = torch.where(finite, norms, torch.zeros_like(norms))
+            row = torch.stack([clean, clean, (~finite).float()], dim=1)
+            if self._acc is None:
+                self._acc = row
+            else:
+                self._acc[:, 0] += row[:, 0]
+                torch.maximum(self._acc[:, 1], row[:, 1], out=self._acc[:, 1])
+                self._acc[:, 2] += row[:, 2]
+        self.samples += 1
+
+    def collect(self) -> list[GradStat]:
+        """The epoch's statistics; starts a new epoch."""
+        if self._acc is None:
+            self._reset()
+            return []
+        rows = self._acc.tolist()
+        samples = self.samples
+        self._reset()
+        return [GradStat(name=n, module=n.rpartition(".")[0], samples=samples, norm_sum=r[0], norm_max=r[1],
+                         nonfinite=int(r[2])) for n, r in zip(self.names, rows)]

@@ -1,0 +1,93 @@
+"""Images probe: first-layer convolution filters as a grid, and feature maps of a few probe images at a
+few depths, written as PNG files into the run directory's assets/.
+
+Filters share one symmetric colour scale per grid (so pretrained and fine-tuned grids compare); each
+feature-map tile is scaled on its own (patterns, not magnitudes; magnitudes are in the activation stats).
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from torch import nn
+
+MAX_FILTERS = 64
+FILTER_TILE = 24  # pixels per filter cell
+MAP_TILE = 48
+MAP_CHANNELS = 8
+
+
+def first_conv(model: nn.Module) -> str | None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels in (1, 3):
+            return name
+    return None
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB" if rgb.ndim == 3 else "L").save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _grid(tiles: np.ndarray, cols: int, gap: int = 2, fill: int = 255) -> np.ndarray:
+    """(n, h, w[, 3]) uint8 tiles -> one image with `cols` columns."""
+    n, h, w = tiles.shape[:3]
+    rows = -(-n // cols)
+    shape = (rows * (h + gap) - gap, cols * (w + gap) - gap) + tiles.shape[3:]
+    out = np.full(shape, fill, dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tiles[i]
+    return out
+
+
+def _upscale(tiles: np.ndarray, size: int) -> np.ndarray:
+    factor = max(1, size // max(tiles.shape[1:3]))
+    return tiles.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+@torch.no_grad()
+def filter_grid(weight: torch.Tensor) -> bytes:
+    """(out, in, kh, kw) first-layer weights -> PNG; RGB when in == 3, grey otherwise. 0 maps to mid-grey."""
+    w = weight[:MAX_FILTERS].float().cpu()
+    scale = w.abs().max().clamp_min(1e-12)
+    w = (w / scale * 127.5 + 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
+    tiles = w.transpose(0, 2, 3, 1) if w.shape[1] == 3 else w[:, 0]
+    tiles = _upscale(tiles, FILTER_TILE)
+    return png_bytes(_grid(tiles, cols=min(16, len(tiles))))
+
+
+def _norm_tile(x: np.ndarray) -> np.ndarray:
+    lo, hi = float(x.min()), float(x.max())
+    return np.zeros(x.shape, np.uint8) if hi <= lo else ((x - lo) / (hi - lo) * 255).round().astype(np.uint8)
+
+
+@torch.no_grad()
+def feature_map_strip(image: torch.Tensor, maps: torch.Tensor, channels: list[int]) -> bytes:
+    """One probe image (C, H, W, normalised) followed by the chosen channels of its map (C', h, w) -> PNG."""
+    img = image.float().cpu()
+    img = img if img.shape[0] == 3 else img.expand(3, -1, -1)
+    lo, hi = img.min(), img.max()
+    img = ((img - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    m = maps[channels].float().cpu().numpy()
+    tiles = [np.repeat(_norm_tile(t)[..., None], 3, axis=2) for t in m]
+    size = MAP_TILE
+    tiles = [_resize_nearest(img, size)] + [_resize_nearest(t, size) for t in tiles]
+    return png_bytes(_grid(np.stack(tiles), cols=len(tiles)))
+
+
+def _resize_nearest(x: np.ndarray, size: int) -> np.ndarray:
+    h, w = x.shape[:2]
+    rows = (np.arange(size) * h // size).clip(0, h - 1)
+    cols = (np.arange(size) * w // size).clip(0, w - 1)
+    return x[rows][:, cols]
+
+
+def top_channels(maps: torch.Tensor, n: int = MAP_CHANNELS) -> list[int]:
+    """The channels most active (mean |x|) over the image samples: chosen once, on the pretrained model."""
+    score = maps.float().abs().mean(dim=(0, 2, 3))
+    return score.topk(min(n, score.numel())).indices.sort().values.tolist()

@@ -1,0 +1,300 @@
+"""Recorder: the public API that turns any training loop into a run directory (and a report).
+
+    rec = Recorder(model, probe=(x_probe, y_probe), val_data=val_loader, run_dir="runs/mine")
+    for epoch in range(epochs):
+        for x, y in train_loader:
+            ...; loss.backward(); optimizer.step()
+            rec.step(loss, logits, y)
+        rec.epoch_end()
+    rec.finish(out="report.html")
+
+Constructing the Recorder takes the model as it is now as the pretrained reference and records epoch 0
+(evaluation and every probe) before any step. `step` is cheap: it keeps the loss on the device, samples
+gradient norms every k-th step, and measures one update per epoch. `epoch_end` evaluates, runs the
+probes and appends one validated snapshot to epochs.jsonl. sftreport's own runner uses exactly this API.
+
+Under torchrun every process constructs a Recorder and calls the same methods (evaluation and the train
+metrics are reduced across processes); only the process given `writer=True` (rank 0) runs the probes
+and writes the run directory.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from contextlib import nullcontext
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sftreport import __version__
+from sftreport.config import RecordOptions
+from sftreport.record.activations import ActivationProbe, default_modules
+from sftreport.record.architecture import describe
+from sftreport.record.evaluation import all_reduce_sum, evaluate
+from sftreport.record.features import FeatureProbe, capture_head_input
+from sftreport.record.gradients import GradientProbe
+from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
+from sftreport.record.weights import WeightProbe
+from sftreport.schema import (DatasetInfo, Environment, EpochSnapshot, FeatureMapImage, Images, ProbeInfo, RunInfo,
+                              RunStatus, StepPoint, Timing)
+from sftreport.store import RunWriter
+
+IMAGE_SAMPLES = 2  # probe images whose feature maps are drawn
+IMAGE_DEPTHS = 3  # probed modules (early, middle, late) whose feature maps are drawn
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def last_linear(model: nn.Module) -> str:
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not names:
+        raise ValueError("cannot find the classifier head: pass head='module name'")
+    return names[-1]
+
+
+def environment(device: torch.device, precision: str = "fp32", world_size: int = 1) -> Environment:
+    import torchvision
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                timeout=2, cwd=Path.cwd()).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return Environment(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
+                       torchvision=torchvision.__version__, sftreport=__version__, device=str(device),
+                       device_name=name, precision=precision, world_size=world_size, git_commit=commit,
+                       hostname=socket.gethostname())
+
+
+class Recorder:
+    def __init__(self, model: nn.Module, *, probe: tuple[torch.Tensor, torch.Tensor],
+                 val_data: Iterable | None = None, run_dir: str | Path = "runs/sftreport",
+                 class_names: list[str] | None = None, options: RecordOptions | None = None,
+                 new_params: Iterable[str] = (), head: str | None = None, name: str = "fine-tuning run",
+                 config: dict | None = None, dataset: DatasetInfo | None = None, model_name: str | None = None,
+                 weights: str = "as given", strategy: str = "as given", planned_epochs: int | None = None,
+                 loss_fn: Callable = F.cross_entropy, autocast: Callable = nullcontext,
+                 env: Environment | None = None, writer: bool = True):
+        self.model = model
+        self.options = options or RecordOptions()
+        self.device = next(model.parameters()).device
+        self.probe_x, self.probe_y = probe[0].to(self.device), probe[1].to(self.device).long()
+        self.val_data = val_data
+        self.num_classes = len(class_names) if class_names else int(self.probe_y.max()) + 1
+        self.class_names = class_names or [str(i) for i in range(self.num_classes)]
+        self.head = head or last_linear(model)
+        self.new_params = set(new_params)
+        self.loss_fn, self.autocast = loss_fn, autocast
+        self.planned_epochs = planned_epochs
+        self.is_writer = writer
+        self.epoch = 0
+        self.global_step = 0
+        self._started = time.perf_counter()
+        self._reset_epoch()
+        self.writer = RunWriter(Path(run_dir)) if writer else None
+
+        record = self.options.enabled and writer
+        self.weights = WeightProbe(model, self.new_params, self.options.hist_bins) if record else None
+        self.grads = GradientProbe(model, self.options.grad_every) if record else None
+        act_modules = self.options.activations or default_modules(model, self.head)
+        missing = [m for m in act_modules if m not in dict(model.named_modules())]
+        if missing:
+            raise ValueError(f"no module named {missing[0]!r} to record activations of")
+        image_modules = self._image_modules(model, act_modules)
+        self.activations = ActivationProbe(act_modules, self.options.hist_bins, image_modules, IMAGE_SAMPLES) if record else None
+        self.features = FeatureProbe(self.head, self.probe_y, self.options.knn_k, self.options.tsne) if record else None
+        self._map_channels: dict[str, list[int]] = {}
+        self._filters_module = first_conv(model)
+
+        self.info: RunInfo | None = None
+        if writer:
+            sample = self.probe_x[:2]
+            self.info = RunInfo(
+                name=name, started_at=_now(), config=config or {}, model=model_name or type(model).__name__,
+                weights=weights, strategy=strategy,
+                dataset=dataset or DatasetInfo(name="custom", classes=self.class_names, train_size=0,
+                                               val_size=0, image_size=int(sample.shape[-1])),
+                environment=env or environment(self.device),
+                architecture=describe(model, sample, self.new_params),
+                probe=ProbeInfo(labels=self.probe_y.tolist(), size=len(self.probe_y)),
+                planned_epochs=planned_epochs)
+            self.writer.write_run(self.info)
+        self._record_epoch(first=True)
+
+    # ------------------------------------------------------------------ per step
+
+    def step(self, loss: torch.Tensor, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None,
+             lr: float | None = None) -> None:
+        """Call once per optimizer step, after `optimizer.step()` (the gradients are still there)."""
+        self.global_step += 1
+        loss = loss.detach().float()
+        n = len(targets) if targets is not None else 1
+        self._step_losses.append(loss)
+        self._step_lrs.append(lr)
+        self._loss_sum += loss.double() * n
+        self._count += n
+        if logits is not None and targets is not None:
+            self._correct += (logits.detach().argmax(dim=1) == targets).sum()
+            self._with_acc = True
+        if self.grads is not None:
+            self.grads.maybe_sample()
+        if self.weights is not None:
+            self.weights.after_step()
+
+    def _reset_epoch(self) -> None:
+        self._step_losses: list[torch.Tensor] = []
+        self._step_lrs: list[float | None] = []
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._count = 0
+        self._with_acc = False
+        self._epoch_started = time.perf_counter()
+
+    # ------------------------------------------------------------------ per epoch
+
+    def epoch_end(self, lr: float | None = None) -> EpochSnapshot | None:
+        """Record the epoch just finished: evaluation, train metrics, probes; append it to epochs.jsonl."""
+        self.epoch += 1
+        return self._record_epoch(first=False, lr=lr)
+
+    def _record_epoch(self, first: bool, lr: float | None = None) -> EpochSnapshot | None:
+        train_s = time.perf_counter() - self._epoch_started
+        snap = EpochSnapshot(epoch=self.epoch, step=self.global_step)
+        if not first:
+            self._train_metrics(snap, lr)
+        t0 = time.perf_counter()
+        if self.val_data is not None:
+            snap.val = evaluate(self.model, self.val_data, self.num_classes, self.device, self.loss_fn, self.autocast)
+        t1 = time.perf_counter()
+        if self.is_writer and self.options.enabled:
+            self._probes(snap, first)
+        t2 = time.perf_counter()
+        snap.timing = Timing(train_s=0.0 if first else train_s, eval_s=t1 - t0, record_s=t2 - t1,
+                             samples_per_s=None if first or train_s <= 0 else self._global_count / train_s)
+        if self.writer:
+            self.writer.append_epoch(snap)
+        self._reset_epoch()
+        return snap
+
+    def _train_metrics(self, snap: EpochSnapshot, lr: float | None) -> None:
+        steps = len(self._step_losses)
+        losses = torch.stack(self._step_losses).double() if steps else torch.zeros(0, dtype=torch.float64, device=self.device)
+        world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        # one reduction: [loss sum, correct, count, per-step losses...]; per-step losses average over ranks
+        packed = torch.cat([self._loss_sum.reshape(1), self._correct.double().reshape(1),
+                            torch.tensor([float(self._count)], dtype=torch.float64, device=self.device), losses])
+        packed = all_reduce_sum(packed).tolist()
+        loss_sum, correct, count = packed[0], packed[1], packed[2]
+        step_losses = [v / world for v in packed[3:]]
+        self._global_count = count
+        snap.train_loss = loss_sum / count if count else None
+        snap.train_accuracy = correct / count if count and self._with_acc else None
+        snap.lr = lr if lr is not None else next((x for x in reversed(self._step_lrs) if x is not None), None)
+        snap.steps = self._bucket_steps(step_losses)
+
+    def _bucket_steps(self, losses: list[float]) -> list[StepPoint]:
+        """Per-step losses averaged in at most `max_steps_points` equal buckets."""
+        n = len(losses)
+        if not n:
+            return []
+        width = math.ceil(n / self.options.max_steps_points)
+        first_step = self.global_step - n
+        points = []
+        for start in range(0, n, width):
+            chunk = losses[start:start + width]
+            lr = self._step_lrs[min(start + width, n) - 1]
+            points.append(StepPoint(step=first_step + start + len(chunk), loss=sum(chunk) / len(chunk), lr=lr,
+                                    steps=len(chunk)))
+        return points
+
+    @torch.no_grad()
+    def _probes(self, snap: EpochSnapshot, first: bool) -> None:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            snap.weights = self.weights.measure()
+            snap.gradients = self.grads.collect()
+            if first:  # histogram ranges come from the pretrained model's activations
+                self._probe_pass(want_hist=False, want_reps=False)
+                self.activations.fix_bins()
+            feats, logits = self._probe_pass(want_hist=True, want_reps=True)
+            snap.activations, reps, maps = self.activations.collect()
+            snap.features, snap.cka = self.features.measure(feats, logits, reps)
+            if self._want_images(first):
+                snap.images = self._images(maps)
+        finally:
+            self.model.train(was_training)
+
+    def _probe_pass(self, want_hist: bool, want_reps: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        feats: list[torch.Tensor] = []
+        logits = []
+        batch = max(1, min(256, len(self.probe_x)))
+        with self.activations.hooks(self.model, want_hist, want_reps) as next_chunk, \
+                capture_head_input(self.model, self.head, feats), self.autocast():
+            for start in range(0, len(self.probe_x), batch):
+                out = self.model(self.probe_x[start:start + batch])
+                logits.append(out.float())
+                next_chunk()
+        return torch.cat(feats), torch.cat(logits)
+
+    # ------------------------------------------------------------------ images
+
+    @staticmethod
+    def _image_modules(model: nn.Module, act_modules: list[str]) -> list[str]:
+        """Early, middle and late probed modules (feature maps are drawn for these)."""
+        candidates = [m for m in act_modules if not isinstance(model.get_submodule(m), nn.Linear)]
+        if len(candidates) <= IMAGE_DEPTHS:
+            return candidates
+        step = (len(candidates) - 1) / (IMAGE_DEPTHS - 1)
+        return [candidates[round(i * step)] for i in range(IMAGE_DEPTHS)]
+
+    def _want_images(self, first: bool) -> bool:
+        every = self.options.image_every
+        return first or (every and self.epoch % every == 0) or self.epoch == self.planned_epochs
+
+    def _images(self, maps: dict[str, torch.Tensor]) -> Images:
+        images = Images()
+        tag = f"e{self.epoch:03d}"
+        if self._filters_module:
+            weight = self.model.get_submodule(self._filters_module).weight
+            images.filters = self.writer.write_asset(f"filters_{tag}.png", filter_grid(weight))
+            images.filters_module = self._filters_module
+        for module, m in maps.items():
+            if m.dim() != 4:
+                continue
+            channels = self._map_channels.setdefault(module, top_channels(m))
+            for i in range(min(IMAGE_SAMPLES, m.shape[0])):
+                png = feature_map_strip(self.probe_x[i], m[i], channels)
+                safe = module.replace("#", "_")
+                path = self.writer.write_asset(f"fmap_{safe}_s{i}_{tag}.png", png)
+                images.feature_maps.append(FeatureMapImage(module=module, sample=i, path=path, channels=len(channels)))
+        return images
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self, status: RunStatus = "completed", detail: str = "", out: str | Path | Iterable[str | Path] = ()) -> list[Path]:
+        """Write the final status into run.json and render the report files named in `out`."""
+        if not self.writer:
+            return []
+        self.info.status = status
+        self.info.status_detail = detail
+        self.info.finished_at = _now()
+        self.info.duration_s = time.perf_counter() - self._started
+        self.writer.write_run(self.info)
+        outs = [out] if isinstance(out, (str, Path)) else list(out)
+        if not outs:
+            return []
+        from sftreport.report.render import render_run
+
+        return render_run(self.writer.root, [Path(o) for o in outs])

@@ -1,0 +1,123 @@
+"""Batched statistics of many tensors at once: moments and fixed-bin histograms in a few large ops.
+
+The probes never loop over tensors calling `.item()`: they pack the tensors into one flat buffer with a
+view per tensor, run a handful of whole-buffer (or `torch._foreach_*`) ops on the device, and move the
+results to the host in one transfer. Everything computed here merges exactly across shards: counts,
+sums, sums of squares, min, max and histogram counts add (or min/max) elementwise.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sftreport.schema import Histogram, TensorStats
+
+
+class FlatBuffer:
+    """A float32 buffer holding a copy of a fixed list of tensors, with one flat view per tensor."""
+
+    def __init__(self, numels: list[int], device: torch.device):
+        self.numels = numels
+        self.buf = torch.empty(sum(numels), dtype=torch.float32, device=device)
+        self.views = list(self.buf.split(numels))
+        self.lengths = torch.tensor(numels, device=device)
+        self._ints: torch.Tensor | None = None  # int32 twin for histogram bin indices, allocated once
+
+    def ints(self) -> torch.Tensor:
+        # Persistent: a fresh 100 MB allocation per epoch costs more in page faults than the conversion.
+        if self._ints is None:
+            self._ints = torch.empty_like(self.buf, dtype=torch.int32)
+        return self._ints
+
+    def load(self, tensors: list[torch.Tensor]) -> FlatBuffer:
+        torch._foreach_copy_(self.views, [t.detach().reshape(-1) for t in tensors])
+        return self
+
+    def copy_from(self, other: FlatBuffer) -> FlatBuffer:
+        self.buf.copy_(other.buf)
+        return self
+
+
+def moments(flat: FlatBuffer) -> torch.Tensor:
+    """(T, 6) float64 on the device: count, sum, sum of squares, min, max, zeros, per view."""
+    views = flat.views
+    # Per-view reductions are one small kernel each and never sync with the host; measured on
+    # resnet50 (161 tensors) they beat segment_reduce and the 0-norm for sums and zero counts.
+    sums = torch.stack([v.sum() for v in views])
+    sq = torch.stack(torch._foreach_norm(views)).double() ** 2
+    nonzero = torch.stack([torch.count_nonzero(v) for v in views])
+    mins = torch.stack([v.min() for v in views])
+    maxs = torch.stack(torch._foreach_max(views))
+    count = flat.lengths.double()
+    return torch.stack([count, sums.double(), sq, mins.double(), maxs.double(), count - nonzero.double()], dim=1)
+
+
+def stats_from_rows(rows: list[list[float]]) -> list[TensorStats]:
+    return [TensorStats(count=int(c), sum=s, sum_sq=q, min=lo, max=hi, zeros=int(z)) for c, s, q, lo, hi, z in rows]
+
+
+@dataclass
+class BinSpec:
+    """Fixed uniform bins per tensor: [lo, hi) split into `bins`, plus a below and an above bin."""
+
+    lo: list[float]
+    hi: list[float]
+    bins: int
+
+    @classmethod
+    def around(cls, mins: list[float], maxs: list[float], bins: int, margin: float = 0.1) -> BinSpec:
+        """Bins spanning each tensor's range widened by `margin` on both sides (values drift later)."""
+        lo, hi = [], []
+        for a, b in zip(mins, maxs):
+            if not (a == a and b == b) or a in (float("inf"), float("-inf")) or b in (float("inf"), float("-inf")):
+                a, b = -1.0, 1.0  # a non-finite reference: any fixed range is as good as another
+            pad = (b - a) * margin
+            if pad <= 1e-12:
+                pad = max(abs(a) * 0.5, 1e-3)
+            lo.append(a - pad)
+            hi.append(b + pad)
+        return cls(lo, hi, bins)
+
+    def histograms(self, counts: list[list[int]]) -> list[Histogram]:
+        return [Histogram(lo=lo, hi=hi, counts=c[1:-1], below=c[0], above=c[-1])
+                for lo, hi, c in zip(self.lo, self.hi, counts)]
+
+
+def histogram_counts(scratch: FlatBuffer, spec: BinSpec) -> torch.Tensor:
+    """(T, bins+2) int64 counts of `scratch`'s views; bin 0 counts values below lo, bin bins+1 values at or
+    above hi. Destroys `scratch` (transforms it in place). NaNs fall in no bin.
+
+    Each view is mapped in place to `tensor_index * (bins + 2) + 1 + (x - lo) * bins / (hi - lo)`, clamped to
+    its own block of bins + 2 integers, so one bincount over the whole buffer counts every histogram."""
+    t, width = len(scratch.views), spec.bins + 2
+    assert t * width < 2**24, "bin indices must stay exact in float32"
+    inv = [spec.bins / (h - l) for l, h in zip(spec.lo, spec.hi)]
+    shift = [i * width + 1 - l * s for i, (l, s) in enumerate(zip(spec.lo, inv))]
+    torch._foreach_mul_(scratch.views, inv)
+    torch._foreach_add_(scratch.views, shift)
+    torch._foreach_clamp_min_(scratch.views, [float(i * width) for i in range(t)])
+    torch._foreach_clamp_max_(scratch.views, [float(i * width + width - 1) for i in range(t)])
+    scratch.buf.nan_to_num_(nan=float(t * width))  # NaN -> one spare bin past the end, dropped below
+    idx = scratch.ints()
+    idx.copy_(scratch.buf)  # truncation is floor: every value is >= 0 here
+    counts = torch.bincount(idx, minlength=t * width + 1)[: t * width]
+    return counts.view(t, width)
+
+
+def tensor_stats_single(x: torch.Tensor) -> torch.Tensor:
+    """(6,) float64 moments of one tensor (count, sum, sum_sq, min, max, zeros); mergeable with `merge`."""
+    x = x.detach().float().reshape(-1)
+    xd = x.double()
+    return torch.stack([torch.tensor(x.numel(), dtype=torch.float64, device=x.device), xd.sum(), (xd * xd).sum(),
+                        x.min().double(), x.max().double(), (x == 0).sum().double()])
+
+
+def merge(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    """Merge two (..., 6) moment rows: counts and sums add, min and max combine."""
+    if a is None:
+        return b
+    out = a + b
+    out[..., 3] = torch.minimum(a[..., 3], b[..., 3])
+    out[..., 4] = torch.maximum(a[..., 4], b[..., 4])
+    return out

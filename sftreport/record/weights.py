@@ -1,0 +1,74 @@
+"""Weights probe: per parameter tensor, moments, a fixed-bin histogram, the relative change from the
+pretrained weights ‖Wₜ−W₀‖/‖W₀‖, and the update-to-weight ratio of one optimizer step.
+
+Three flat buffers of the model's size live on its device: the reference W₀ (taken when the recorder
+starts), the weights at the last epoch end (for the one-step update), and a scratch buffer for the
+histogram. All statistics of all tensors come back to the host in one transfer per epoch.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sftreport.record.stats import BinSpec, FlatBuffer, histogram_counts, moments, stats_from_rows
+from sftreport.schema import WeightStat
+
+
+class WeightProbe:
+    def __init__(self, model: nn.Module, new_params: set[str], bins: int):
+        named = list(model.named_parameters())
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self.new = new_params
+        self.bins = bins
+        numels = [p.numel() for p in self.params]
+        device = self.params[0].device
+        self.ref = FlatBuffer(numels, device).load(self.params)
+        self.now = FlatBuffer(numels, device)
+        self.scratch = FlatBuffer(numels, device)
+        self.spec: BinSpec | None = None
+        self._update: torch.Tensor | None = None  # (T, 2): update_sq, before_sq of one step
+        self._awaiting_update = False
+
+    def after_step(self) -> None:
+        """Called after an optimizer step. The first step after an epoch end measures that step's update
+        against the weights saved at the epoch end; the other steps cost nothing."""
+        if not self._awaiting_update:
+            return
+        self._awaiting_update = False
+        with torch.no_grad():
+            # scratch = W_after - W_before, computed without allocating
+            self.scratch.load(self.params)
+            self.scratch.buf.sub_(self.now.buf)
+            update_sq = torch.stack(torch._foreach_norm(self.scratch.views)).double() ** 2
+            before_sq = torch.stack(torch._foreach_norm(self.now.views)).double() ** 2
+            self._update = torch.stack([update_sq, before_sq], dim=1)
+
+    @torch.no_grad()
+    def measure(self) -> list[WeightStat]:
+        now, scratch = self.now.load(self.params), self.scratch
+        mom = moments(now)
+        torch.sub(now.buf, self.ref.buf, out=scratch.buf)
+        diff_sq = torch.stack(torch._foreach_norm(scratch.views)).double() ** 2
+        ref_sq = torch.stack(torch._foreach_norm(self.ref.views)).double() ** 2
+        if self.spec is None:  # bins fixed once, from the reference weights
+            ref_mom = moments(self.ref).tolist()
+            self.spec = BinSpec.around([r[3] for r in ref_mom], [r[4] for r in ref_mom], self.bins)
+        scratch.copy_from(now)
+        counts = histogram_counts(scratch, self.spec)
+        update = self._update
+        # one host transfer for the floats, one for the integer histogram counts
+        table = torch.cat([mom, diff_sq[:, None], ref_sq[:, None]] + ([update] if update is not None else []), dim=1)
+        rows, hist_rows = table.tolist(), counts.tolist()
+        hists = self.spec.histograms(hist_rows)
+        self._awaiting_update, self._update = True, None
+        out = []
+        for i, (name, p) in enumerate(zip(self.names, self.params)):
+            row = rows[i]
+            module = name.rpartition(".")[0]
+            out.append(WeightStat(
+                name=name, module=module, shape=list(p.shape), trainable=p.requires_grad, new=name in self.new,
+                stats=stats_from_rows([row[:6]])[0], hist=hists[i], diff_sq=row[6], ref_sq=row[7],
+                update_sq=row[8] if update is not None else None,
+                before_update_sq=row[9] if update is not None else None))
+        return out

@@ -1,0 +1,138 @@
+"""The run directory: run.json (atomic rewrites), epochs.jsonl (append + flush + fsync), assets/.
+
+A run killed at any moment leaves every finished epoch readable: each snapshot is one complete line,
+written and flushed before the next epoch starts; run.json is replaced atomically, never half-written.
+Reading validates every line and names the file and line number of the first bad one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from sftreport.errors import RunDirError
+from sftreport.schema import EpochSnapshot, RunInfo
+
+RUN_FILE = "run.json"
+EPOCHS_FILE = "epochs.jsonl"
+ASSETS_DIR = "assets"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RunWriter:
+    """Writes one run directory as the run goes. Only one process (rank 0) ever holds one."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.assets = self.root / ASSETS_DIR
+        try:
+            self.assets.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"cannot create run directory {self.root}: {e.strerror}") from None
+        if (self.root / EPOCHS_FILE).exists() and (self.root / EPOCHS_FILE).stat().st_size:
+            # Never append a second run's epochs to the first one's: that would lose its meaning.
+            raise RunDirError(f"run directory {self.root} already holds a run; choose another --run-dir")
+
+    def write_run(self, info: RunInfo) -> None:
+        atomic_write_text(self.root / RUN_FILE, info.model_dump_json(indent=1) + "\n")
+
+    def append_epoch(self, snap: EpochSnapshot) -> None:
+        line = snap.model_dump_json(exclude_defaults=False)
+        with open(self.root / EPOCHS_FILE, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def write_asset(self, name: str, data: bytes) -> str:
+        """Store an image under assets/ and return its path relative to the run directory."""
+        atomic_write_bytes(self.assets / name, data)
+        return f"{ASSETS_DIR}/{name}"
+
+
+@dataclass
+class Run:
+    """A run directory read back and validated."""
+
+    root: Path
+    info: RunInfo
+    epochs: list[EpochSnapshot]
+
+    def asset(self, rel: str) -> Path:
+        path = (self.root / rel).resolve()
+        if self.root.resolve() not in path.parents:
+            raise RunDirError(f"{self.root}: asset path {rel!r} points outside the run directory")
+        return path
+
+
+def read_run(root: Path) -> Run:
+    root = Path(root)
+    if not root.is_dir():
+        raise RunDirError(f"not a run directory: {root}")
+    run_file = root / RUN_FILE
+    try:
+        text = run_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RunDirError(f"{run_file}: missing (is {root} a run directory?)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{run_file}: cannot read: {e}") from None
+    try:
+        info = RunInfo.model_validate_json(text)
+    except ValidationError as e:
+        raise RunDirError(f"{run_file}: {_first_error(e)}") from None
+
+    epochs: list[EpochSnapshot] = []
+    epochs_file = root / EPOCHS_FILE
+    if epochs_file.exists():
+        with open(epochs_file, encoding="utf-8", errors="replace") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    epochs.append(EpochSnapshot.model_validate_json(line))
+                except ValidationError as e:
+                    raise RunDirError(f"{epochs_file}:{lineno}: {_first_error(e)}") from None
+    seen = [e.epoch for e in epochs]
+    if seen != sorted(set(seen)):
+        raise RunDirError(f"{epochs_file}: epochs out of order or repeated: {seen}")
+    return Run(root=root, info=info, epochs=epochs)
+
+
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+    return f"{loc + ': ' if loc else ''}{err['msg']}{more}"
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,347 @@
+"""Datasets, the device-side image pipeline, and the fixed probe set.
+
+Every dataset arrives as uint8 images (N, C, H, W) plus int64 labels. Datasets that fit in memory
+(the embedded digits, CIFAR-10) live on the device as uint8 and are resized, augmented and normalised
+there, a whole batch at a time; ImageFolder trees are decoded and resized by DataLoader workers into
+pinned memory, then augmented and normalised on the device by the same code.
+
+Augmentation draws its random numbers per sample index from a generator seeded by (seed, epoch), so a
+sample is augmented identically whichever process (or how many) handles it: a 2-process run sees the
+same global batches as a 1-process run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from sftreport.config import RunConfig
+from sftreport.errors import UserError
+
+# torchvision's classification weights all expect ImageNet normalisation; the embedded digits model was
+# pretrained with it too, so one normalisation serves every model.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLIT_SEED = 0  # the train/val split and the probe set never depend on --seed: runs stay comparable
+DIGITS_SOURCE_CLASSES = (0, 1, 2, 3, 4)  # the embedded model was pretrained on these ...
+DIGITS_TARGET_CLASSES = (5, 6, 7, 8, 9)  # ... and the default run fine-tunes it on these
+
+
+# --------------------------------------------------------------------------- raw uint8 data
+
+
+@dataclass
+class ImageTensors:
+    """A dataset held in memory: uint8 images (N, C, H, W) and int64 labels."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: torch.Tensor) -> ImageTensors:
+        return ImageTensors(self.images[idx], self.labels[idx])
+
+
+class FolderImages(Dataset):
+    """An ImageFolder split decoded to uint8 (C, S, S) by DataLoader workers; returns the index too."""
+
+    def __init__(self, root: Path, size: int, classes: list[str] | None = None):
+        from torchvision.datasets import ImageFolder
+
+        try:
+            self.folder = ImageFolder(str(root), loader=_path_only, allow_empty=False)
+        except (FileNotFoundError, OSError) as e:
+            raise UserError(f"ImageFolder split {root}: {e}") from None
+        if classes is not None and self.folder.classes != classes:
+            raise UserError(f"{root}: classes {self.folder.classes} differ from the train split's {classes}")
+        self.size = size
+        self.classes = self.folder.classes
+        self.labels = torch.tensor(self.folder.targets, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.folder.samples)
+
+    def __getitem__(self, i: int):
+        from torchvision.io import ImageReadMode, decode_image
+        from torchvision.transforms.v2.functional import resize
+
+        path, label = self.folder.samples[i]
+        img = decode_image(path, mode=ImageReadMode.RGB)
+        img = resize(img, [self.size, self.size], antialias=True)
+        return img, label, i
+
+    def load_all(self, indices: list[int]) -> ImageTensors:
+        items = [self[i] for i in indices]
+        return ImageTensors(torch.stack([x for x, _, _ in items]), torch.tensor([y for _, y, _ in items]))
+
+
+def _path_only(path: str) -> str:
+    return path  # ImageFolder's scan only; decoding happens in FolderImages.__getitem__
+
+
+# --------------------------------------------------------------------------- the three datasets
+
+
+@dataclass
+class DataBundle:
+    name: str
+    classes: list[str]
+    image_size: int
+    train: ImageTensors | FolderImages
+    val: ImageTensors | FolderImages
+    hflip: bool  # mirror images as augmentation (never for digits)
+    source: str
+    probe: ImageTensors = field(init=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_digits_split(classes: tuple[int, ...], val_fraction: float = 0.25) -> tuple[ImageTensors, ImageTensors]:
+    """scikit-learn's bundled 8×8 handwritten digits (no download), restricted to `classes`,
+    relabelled 0..k-1, split per class into train and validation with a fixed seed."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.from_numpy(d.images).float()  # values 0..16
+    images = (images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
+    target = torch.from_numpy(d.target).long()
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    train_idx, val_idx = [], []
+    for new_label, c in enumerate(classes):
+        idx = (target == c).nonzero().flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_val = round(len(idx) * val_fraction)
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    relabel = torch.full((10,), -1, dtype=torch.long)
+    relabel[list(classes)] = torch.arange(len(classes))
+    tr, va = torch.cat(train_idx), torch.cat(val_idx)
+    return (ImageTensors(images[tr], relabel[target[tr]]), ImageTensors(images[va], relabel[target[va]]))
+
+
+def load_cifar10(root: Path, download: bool) -> tuple[ImageTensors, ImageTensors, list[str]]:
+    """CIFAR-10 from its standard on-disk layout, ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}."""
+    base = root / "cifar-10-batches-py"
+    if not base.is_dir() and download:
+        try:
+            from torchvision.datasets import CIFAR10
+
+            CIFAR10(str(root), train=True, download=True)
+        except Exception as e:  # noqa: BLE001 - any download failure is the same message to the user
+            raise UserError(f"cannot download CIFAR-10 into {root}: {e}") from None
+    if not base.is_dir():
+        raise UserError(f"CIFAR-10 not found: {base} does not exist (put the extracted python version there, or pass --download)")
+
+    def read(name: str) -> dict:
+        try:
+            with open(base / name, "rb") as f:
+                return pickle.load(f, encoding="bytes")
+        except FileNotFoundError:
+            raise UserError(f"CIFAR-10 is incomplete: {base / name} is missing") from None
+        except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+            raise UserError(f"CIFAR-10 file {base / name} is not readable: {e}") from None
+
+    def batch(names: list[str]) -> ImageTensors:
+        parts = [read(n) for n in names]
+        try:
+            data = torch.cat([torch.as_tensor(p[b"data"], dtype=torch.uint8).reshape(-1, 3, 32, 32) for p in parts])
+            labels = torch.cat([torch.as_tensor(p[b"labels"], dtype=torch.int64) for p in parts])
+        except (KeyError, RuntimeError, TypeError, ValueError) as e:
+            raise UserError(f"CIFAR-10 files in {base} are not in the expected format: {e}") from None
+        return ImageTensors(data, labels)
+
+    meta = read("batches.meta")
+    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(b"label_names", [])]
+    if len(classes) != 10:
+        raise UserError(f"{base / 'batches.meta'}: expected 10 label names, found {len(classes)}")
+    return batch([f"data_batch_{i}" for i in range(1, 6)]), batch(["test_batch"]), classes
+
+
+def load_data(cfg: RunConfig, default_size: int | None) -> DataBundle:
+    """The dataset named by the config, with its probe set chosen."""
+    if cfg.dataset == "digits":
+        train, val = load_digits_split(DIGITS_TARGET_CLASSES)
+        bundle = DataBundle("digits", [str(c) for c in DIGITS_TARGET_CLASSES], cfg.image_size or default_size or 32,
+                            train, val, hflip=False,
+                            source="scikit-learn's bundled handwritten digits (8×8), classes 5–9")
+    elif cfg.dataset == "cifar10":
+        if cfg.data_root is None:
+            raise UserError("--dataset cifar10 needs --data-root DIR (holding cifar-10-batches-py)")
+        train, val, classes = load_cifar10(cfg.data_root, cfg.download)
+        bundle = DataBundle("cifar10", classes, cfg.image_size or default_size or 32, train, val, hflip=True,
+                            source=f"CIFAR-10 from {cfg.data_root}")
+    else:
+        if cfg.data_root is None:
+            raise UserError("--dataset imagefolder needs --data-root DIR (holding train/ and val/)")
+        for split in ("train", "val"):
+            if not (cfg.data_root / split).is_dir():
+                raise UserError(f"ImageFolder dataset: {cfg.data_root / split} is not a directory (expected train/ and val/ class folders)")
+        size = cfg.image_size or default_size or 224
+        train = FolderImages(cfg.data_root / "train", size)
+        val = FolderImages(cfg.data_root / "val", size, classes=train.classes)
+        bundle = DataBundle("imagefolder", train.classes, size, train, val, hflip=True,
+                            source=f"ImageFolder tree at {cfg.data_root}")
+    if len(bundle.train) < cfg.batch_size:
+        raise UserError(f"the training split has {len(bundle.train)} images, fewer than --batch-size {cfg.batch_size}")
+    if len(bundle.val) == 0:
+        raise UserError("the validation split is empty")
+    bundle.probe = choose_probe(bundle.val, cfg.record.probe_size, bundle.num_classes)
+    return bundle
+
+
+def choose_probe(val: ImageTensors | FolderImages, size: int, num_classes: int) -> ImageTensors:
+    """A fixed, class-balanced subset of the validation set: the same images at every epoch and in every run."""
+    labels = val.labels
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    per_class = [(labels == c).nonzero().flatten() for c in range(num_classes)]
+    per_class = [idx[torch.randperm(len(idx), generator=g)] for idx in per_class]
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < min(size, len(labels)):
+        for idx in per_class:  # round-robin over classes
+            if depth < len(idx) and len(chosen) < size:
+                chosen.append(int(idx[depth]))
+        depth += 1
+    order = torch.tensor(chosen)
+    if isinstance(val, FolderImages):
+        return val.load_all(order.tolist())
+    return val.subset(order)
+
+
+# --------------------------------------------------------------------------- device-side pipeline
+
+
+class DevicePipeline:
+    """uint8 batch on the device -> float, resized, (augmented), normalised, channels_last on CUDA."""
+
+    def __init__(self, device: torch.device, size: int, hflip: bool, channels_last: bool, translate: float = 0.125):
+        self.device, self.size, self.hflip, self.translate = device, size, hflip, translate
+        self.channels_last = channels_last
+        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+
+    def _to_float(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True).float().div_(255.0)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return x
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._to_float(x)
+        if x.shape[-1] != self.size or x.shape[-2] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return self._finish(x)
+
+    def train_batch(self, x: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
+        """`aug` (B, 3): per-sample horizontal flip sign and x/y shift in [-1, 1] (see `augment_params`).
+        Resize, flip and shift happen in one grid_sample."""
+        x = self._to_float(x)
+        aug = aug.to(self.device, non_blocking=True)
+        b = x.shape[0]
+        theta = torch.zeros(b, 2, 3, device=self.device)
+        theta[:, 0, 0] = aug[:, 0]
+        theta[:, 1, 1] = 1.0
+        theta[:, :, 2] = aug[:, 1:] * (2 * self.translate)
+        grid = F.affine_grid(theta, [b, 3, self.size, self.size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return self._finish(x)
+
+
+def augment_params(n: int, seed: int, epoch: int, hflip: bool) -> torch.Tensor:
+    """Per-sample augmentation for one epoch, indexed by sample: (flip sign, shift x, shift y)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    shift = torch.rand(n, 2, generator=g) * 2 - 1
+    flip = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0) if hflip else torch.ones(n)
+    return torch.cat([flip.unsqueeze(1), shift], dim=1)
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class TrainBatches:
+    """The training batches of one process: a DistributedSampler shards a seeded permutation, so the k-th
+    batches of all ranks together are exactly the k-th batch of a 1-process run with the global batch size."""
+
+    def __init__(self, data: ImageTensors | FolderImages, global_batch: int, seed: int, rank: int, world: int,
+                 device: torch.device, workers: int | None, max_steps: int | None):
+        if global_batch % world:
+            raise UserError(f"--batch-size {global_batch} must be divisible by the number of processes ({world})")
+        self.data, self.local_batch, self.seed, self.device = data, global_batch // world, seed, device
+        self.sampler = DistributedSampler(_Indices(len(data)), num_replicas=world, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.max_steps = max_steps
+        self.loader = None
+        if isinstance(data, FolderImages):
+            n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+            self.loader = DataLoader(data, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
+                                     num_workers=n_workers, pin_memory=device.type == "cuda",
+                                     persistent_workers=n_workers > 0)
+        elif data.images.device != device:
+            data.images, data.labels = data.images.to(device), data.labels.to(device)
+
+    def __len__(self) -> int:
+        n = len(self.sampler) // self.local_batch
+        return min(n, self.max_steps) if self.max_steps else n
+
+    def epoch(self, epoch: int, hflip: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(uint8 images, labels, augmentation params) for every step of one epoch."""
+        self.sampler.set_epoch(epoch)
+        aug = augment_params(len(self.data), self.seed, epoch, hflip)
+        steps = len(self)
+        if self.loader is not None:
+            for step, (x, y, idx) in enumerate(self.loader):
+                if step >= steps:
+                    break
+                yield x, y.to(self.device, non_blocking=True), aug[idx]
+            return
+        order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        for step in range(steps):
+            idx = order[step * self.local_batch:(step + 1) * self.local_batch]
+            dev_idx = idx.to(self.device, non_blocking=True)
+            yield self.data.images[dev_idx], self.data.labels[dev_idx], aug[idx]
+
+
+class _Indices(Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def eval_batches(data: ImageTensors | FolderImages, batch: int, rank: int, world: int, workers: int | None,
+                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Validation shard of this process: every `world`-th sample, no padding, so sums over ranks are exact."""
+    idx = torch.arange(rank, len(data), world)
+    if isinstance(data, FolderImages):
+        n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
+        loader = DataLoader(torch.utils.data.Subset(data, idx.tolist()), batch_size=batch, shuffle=False,
+                            num_workers=n_workers, pin_memory=device.type == "cuda")
+        for x, y, _ in loader:
+            yield x, y
+        return
+    for start in range(0, len(idx), batch):
+        part = idx[start:start + batch]
+        yield data.images[part.to(data.images.device)], data.labels[part.to(data.labels.device)]
+
+
+def steps_per_epoch(n: int, global_batch: int) -> int:
+    return math.floor(n / global_batch)

@@ -1,0 +1,192 @@
+"""The model zoo: build a torchvision classifier by name, load pretrained weights, replace the head, freeze.
+
+Every model follows one path: build it without weights, replace its classifier head for the target
+classes, then load the pretrained state_dict without the old head. The head's parameters are the new
+ones; every other parameter must be found in the weights, or the load fails with one clear line.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from torch import nn
+import torchvision
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from sftreport.errors import UserError
+
+DIGITS_MODEL = "digits_resnet"
+DIGITS_WEIGHTS_FILE = "digits_resnet_0to4.pt"  # shipped inside the package, made by `sftreport pretrain`
+
+
+class DigitsResNet(ResNet):
+    """A narrow ResNet (torchvision's own ResNet and BasicBlock, widths 16-128, one block per stage,
+    3×3 stem) sized for 32×32 inputs: the embedded default's model, small enough to ship pretrained."""
+
+    def __init__(self, num_classes: int = 5, widths: tuple[int, ...] = (16, 32, 64, 128)):
+        nn.Module.__init__(self)
+        self._norm_layer = nn.BatchNorm2d
+        self.inplanes, self.dilation, self.groups, self.base_width = widths[0], 1, 1, 64
+        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(BasicBlock, widths[0], 1)
+        self.layer2 = self._make_layer(BasicBlock, widths[1], 1, stride=2)
+        self.layer3 = self._make_layer(BasicBlock, widths[2], 1, stride=2)
+        self.layer4 = self._make_layer(BasicBlock, widths[3], 1, stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+
+@dataclass
+class ModelBundle:
+    model: nn.Module
+    head: str  # name of the classifier module that was replaced
+    new_params: set[str]  # parameter names not loaded from pretrained weights
+    weights: str  # what was loaded, in words
+    default_image_size: int | None
+
+
+def available_models() -> list[str]:
+    return sorted([DIGITS_MODEL, *torchvision.models.list_models(module=torchvision.models)])
+
+
+def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
+    if name == DIGITS_MODEL:
+        model = DigitsResNet()
+        default_size = 32
+    else:
+        if name not in torchvision.models.list_models(module=torchvision.models):
+            raise UserError(f"unknown model {name!r}: use a torchvision classification model "
+                            f"(e.g. resnet50, vit_b_16) or {DIGITS_MODEL}")
+        kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
+        default_size = 224 if name.startswith(("vit_", "swin", "maxvit")) else None
+    head = replace_head(model, num_classes)
+    new = {n for n, _ in model.named_parameters() if n == head or n.startswith(head + ".")}
+    state, described = _pretrained_state(name, weights)
+    if state is None:
+        return ModelBundle(model, head, {n for n, _ in model.named_parameters()}, described, default_size)
+    _load_backbone(model, state, head, described)
+    return ModelBundle(model, head, new, described, default_size)
+
+
+def replace_head(model: nn.Module, num_classes: int) -> str:
+    """Swap the final classifier (the last Linear, or 1×1 Conv for SqueezeNet, producing the logits) for
+    a fresh one with `num_classes` outputs; return its module name."""
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not candidates:
+        raise UserError(f"{type(model).__name__}: no classifier head (Linear or Conv2d) found")
+    name, old = candidates[-1]
+    if isinstance(old, nn.Linear):
+        new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
+    else:
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride)
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+    return name
+
+
+def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    if weights.lower() == "none":
+        return None, "none (random initialisation)"
+    path = Path(weights).expanduser()
+    if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.exists() or "/" in weights:
+        return _load_file(path), f"file {path}"
+    if name == DIGITS_MODEL:
+        if weights.upper() != "DEFAULT":
+            raise UserError(f"{DIGITS_MODEL} has one set of weights, DEFAULT (or none, or a file path), not {weights!r}")
+        ref = resources.files("sftreport.train").joinpath("weights", DIGITS_WEIGHTS_FILE)
+        with resources.as_file(ref) as p:
+            if not p.exists():
+                raise UserError(f"the embedded weights {p} are missing: rebuild them with `sftreport pretrain`")
+            return _load_file(p), "sftreport's digits_resnet, pretrained on digits 0–4"
+    try:
+        enum = torchvision.models.get_model_weights(name)
+        w = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+    except (KeyError, ValueError):
+        names = ", ".join(["DEFAULT", *(w.name for w in torchvision.models.get_model_weights(name))])
+        raise UserError(f"unknown weights {weights!r} for {name}: one of {names}, none, or a file path") from None
+    try:
+        return w.get_state_dict(progress=False, check_hash=False), f"torchvision {type(w).__name__}.{w.name}"
+    except Exception as e:  # noqa: BLE001 - URLError, socket errors, HTTP errors: all mean "no download"
+        raise UserError(f"cannot download {type(w).__name__}.{w.name} ({type(e).__name__}: {e}); with no network, "
+                        f"put {Path(w.url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'} or pass --weights FILE") from None
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals: all "unreadable"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read weights file {path}: {first}") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"weights file {path} does not hold a state_dict (a dict of tensors)")
+    # DataParallel/DDP checkpoints prefix every key with "module."
+    if obj and all(k.startswith("module.") for k in obj):
+        obj = {k.removeprefix("module."): v for k, v in obj.items()}
+    return obj
+
+
+def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], head: str, described: str) -> None:
+    """Load everything but the head; every backbone tensor must be present with the right shape."""
+    def is_head(key: str) -> bool:
+        return key.startswith(head + ".")
+
+    own = model.state_dict()
+    body = {k: v for k, v in state.items() if not is_head(k) and not k.startswith("AuxLogits.") and not k.startswith("aux")}
+    missing = [k for k in own if not is_head(k) and k not in body]
+    unexpected = [k for k in body if k not in own]
+    wrong = [k for k in body if k in own and body[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(f"{what} {len(keys)} (e.g. {keys[0]})" for what, keys in
+                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        raise UserError(f"weights {described} do not fit {type(model).__name__}: {detail}")
+    model.load_state_dict(body, strict=False)
+
+
+def apply_strategy(model: nn.Module, strategy: str, head: str) -> list[str]:
+    """Set requires_grad per the strategy; return the names of fully frozen modules (kept in eval mode)."""
+    names = [n for n, _ in model.named_parameters()]
+    if strategy == "full":
+        frozen_until = -1
+    elif strategy == "linear-probe":
+        frozen_until = max((i for i, n in enumerate(names) if not n.startswith(head + ".")), default=-1)
+    else:
+        target = strategy.split(":", 1)[1]
+        if target not in dict(model.named_modules()):
+            raise UserError(f"--strategy {strategy}: the model has no module {target!r}")
+        owned = [i for i, n in enumerate(names) if n.startswith(target + ".")]
+        if not owned:
+            raise UserError(f"--strategy {strategy}: module {target!r} has no parameters")
+        if any(n.startswith(head + ".") for n in names[: max(owned) + 1]):
+            raise UserError(f"--strategy {strategy}: that would freeze the new head {head!r}")
+        frozen_until = max(owned)
+    for i, (_, p) in enumerate(model.named_parameters()):
+        p.requires_grad_(i > frozen_until)
+    return [n for n, m in model.named_modules()
+            if n and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
+
+
+def set_train_mode(model: nn.Module, frozen_modules: list[str]) -> None:
+    """model.train(), except that fully frozen BatchNorm layers keep their running statistics."""
+    model.train()
+    for name in frozen_modules:
+        m = model.get_submodule(name)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
