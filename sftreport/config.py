@@ -46,7 +46,7 @@ class RunConfig(BaseModel):
     download: bool = Field(False, description="let torchvision download CIFAR-10 into data_root")
     image_size: int | None = Field(None, ge=8, le=1024, description="input side in pixels; default: the dataset's own (224 for ImageFolder and ViT)")
     strategy: str = Field("full", description="full | linear-probe | freeze-until:MODULE")
-    epochs: int = Field(8, ge=1, le=10_000)
+    epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(0.01, gt=0, le=10)
     optimizer: Literal["sgd", "adamw"] = "sgd"

@@ -6,7 +6,6 @@ Reading validates every line and names the file and line number of the first bad
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -22,31 +21,32 @@ EPOCHS_FILE = "epochs.jsonl"
 ASSETS_DIR = "assets"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, then rename over the target: readers see the old
+    file or the new one, never half of one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 class RunWriter:
@@ -67,11 +67,17 @@ class RunWriter:
         atomic_write_text(self.root / RUN_FILE, info.model_dump_json(indent=1) + "\n")
 
     def append_epoch(self, snap: EpochSnapshot) -> None:
-        line = snap.model_dump_json(exclude_defaults=False)
-        with open(self.root / EPOCHS_FILE, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        # One write() of the whole line on an O_APPEND descriptor: a reader never sees half a line
+        # of a finished epoch, and a crash cannot interleave two.
+        line = (snap.model_dump_json() + "\n").encode("utf-8")
+        fd = os.open(self.root / EPOCHS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            written = os.write(fd, line)
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def write_asset(self, name: str, data: bytes) -> str:
         """Store an image under assets/ and return its path relative to the run directory."""
@@ -132,7 +138,3 @@ def _first_error(e: ValidationError) -> str:
     loc = ".".join(str(x) for x in err["loc"])
     more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
     return f"{loc + ': ' if loc else ''}{err['msg']}{more}"
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))

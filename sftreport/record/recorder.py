@@ -117,6 +117,7 @@ class Recorder:
         self._map_channels: dict[str, list[int]] = {}
         self._filters_module = first_conv(model)
 
+        self.last: EpochSnapshot | None = None  # the latest snapshot recorded
         self.info: RunInfo | None = None
         if writer:
             sample = self.probe_x[:2]
@@ -185,6 +186,7 @@ class Recorder:
         if self.writer:
             self.writer.append_epoch(snap)
         self._reset_epoch()
+        self.last = snap
         return snap
 
     def _train_metrics(self, snap: EpochSnapshot, lr: float | None) -> None:

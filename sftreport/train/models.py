@@ -60,17 +60,23 @@ def available_models() -> list[str]:
     return sorted([DIGITS_MODEL, *torchvision.models.list_models(module=torchvision.models)])
 
 
+def default_image_size(name: str) -> int | None:
+    """The input side a model needs whatever the dataset (None: the dataset's own size works)."""
+    if name == DIGITS_MODEL:
+        return 32
+    return 224 if name.startswith(("vit_", "swin", "maxvit")) else None
+
+
 def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
+    default_size = default_image_size(name)
     if name == DIGITS_MODEL:
         model = DigitsResNet()
-        default_size = 32
     else:
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise UserError(f"unknown model {name!r}: use a torchvision classification model "
                             f"(e.g. resnet50, vit_b_16) or {DIGITS_MODEL}")
         kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
         model = torchvision.models.get_model(name, weights=None, **kwargs)
-        default_size = 224 if name.startswith(("vit_", "swin", "maxvit")) else None
     head = replace_head(model, num_classes)
     new = {n for n, _ in model.named_parameters() if n == head or n.startswith(head + ".")}
     state, described = _pretrained_state(name, weights)

@@ -1,0 +1,146 @@
+"""The command line: `sftreport run | render | schema | pretrain` (also `python -m sftreport`).
+
+Bad input (a flag, a config value, a dataset, a weights file, a run directory) ends with one line on
+stderr and exit code 2, never a traceback. `render` and `schema` never import torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from sftreport import __version__
+from sftreport.errors import UserError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sftreport", description="Fine-tune a pretrained model and report what fine-tuning changed.")
+    p.add_argument("--version", action="version", version=f"sftreport {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="fine-tune, record every epoch, render the report",
+                       description="Fine-tune and record. With no arguments: the embedded default "
+                                   "(digits_resnet pretrained on digits 0-4, fine-tuned on digits 5-9).")
+    a = r.add_argument
+    a("--config", type=Path, metavar="FILE.toml", help="TOML file with the same fields; flags override it")
+    a("--name", help="run name shown in the report")
+    a("--model", help="torchvision classification model (resnet50, vit_b_16, ...) or digits_resnet (default)")
+    a("--weights", help="none | torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | path to a state_dict file")
+    a("--dataset", help="digits (default) | cifar10 | imagefolder")
+    a("--data-root", type=Path, metavar="DIR", help="cifar10: DIR/cifar-10-batches-py; imagefolder: DIR/train, DIR/val")
+    a("--download", action="store_const", const=True, help="let torchvision download CIFAR-10 into --data-root")
+    a("--image-size", type=int, metavar="PX", help="input side in pixels (default: the dataset's own; 224 for ViT)")
+    a("--strategy", help="full (default) | linear-probe | freeze-until:MODULE")
+    a("--epochs", type=int)
+    a("--batch-size", type=int)
+    a("--lr", type=float)
+    a("--optimizer", help="sgd (default) | adamw")
+    a("--momentum", type=float)
+    a("--weight-decay", type=float)
+    a("--scheduler", help="cosine (default) | constant")
+    a("--seed", type=int)
+    a("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda | mps")
+    a("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision / channels_last on CUDA")
+    a("--workers", type=int, help="DataLoader workers for ImageFolder")
+    a("--max-steps-per-epoch", type=int, metavar="N", help="cap optimizer steps per epoch (quick runs)")
+    a("--out", type=Path, action="append", metavar="FILE", help="report file (.html, .pdf, .md); repeatable")
+    a("--run-dir", type=Path, metavar="DIR", help="where the run directory goes (default: runs/<time>-<model>-<dataset>)")
+    a("--quiet", action="store_const", const=True, help="no progress display")
+    g = r.add_argument_group("recording")
+    g.add_argument("--no-record", dest="record_enabled", action="store_const", const=False,
+                   help="metrics only, no probes (for timing comparisons)")
+    g.add_argument("--probe-size", type=int, help="validation images in the fixed probe set (default 256)")
+    g.add_argument("--hist-bins", type=int)
+    g.add_argument("--grad-every", type=int, metavar="K", help="sample gradient norms every K steps (default 5)")
+    g.add_argument("--image-every", type=int, metavar="N", help="save filter/feature-map images every N epochs")
+    g.add_argument("--activations", type=_csv, metavar="M1,M2", help="modules to probe (default: stem, blocks, head)")
+    g.add_argument("--tsne", action="store_const", const=True, help="also project features with t-SNE")
+
+    d = sub.add_parser("render", help="render reports from a run directory (no torch needed)")
+    d.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    d.add_argument("--out", type=Path, action="append", required=True, metavar="FILE", help="report file; repeatable")
+
+    sub.add_parser("schema", help="print the JSON Schema of a run directory's files")
+
+    t = sub.add_parser("pretrain", help="rebuild the embedded default's pretrained checkpoint (digits 0-4)")
+    t.add_argument("--out", type=Path, help="where to write it (default: inside the installed package)")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--seed", type=int, default=0)
+    return p
+
+
+_RECORD_FLAGS = {"record_enabled": "enabled", "probe_size": "probe_size", "hist_bins": "hist_bins",
+                 "grad_every": "grad_every", "image_every": "image_every", "activations": "activations", "tsne": "tsne"}
+
+
+def _overrides(ns: argparse.Namespace) -> dict:
+    skip = {"command", "config", *_RECORD_FLAGS}
+    out = {k: v for k, v in vars(ns).items() if k not in skip and v is not None}
+    record = {_RECORD_FLAGS[k]: getattr(ns, k) for k in _RECORD_FLAGS if getattr(ns, k) is not None}
+    if record:
+        out["record"] = record
+    return out
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    from sftreport.config import build_config
+
+    cfg = build_config(ns.config, _overrides(ns))
+    from sftreport.train.runner import run  # torch is imported only now, after the config is valid
+
+    outcome = run(cfg)
+    if outcome.status != "completed":
+        print(f"sftreport: run {outcome.status}: {outcome.detail}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def cmd_render(ns: argparse.Namespace) -> int:
+    from sftreport.report.render import render_run
+
+    for path in render_run(ns.run_dir, ns.out):
+        print(f"report: {path}")
+    return 0
+
+
+def cmd_schema(ns: argparse.Namespace) -> int:
+    from sftreport.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def cmd_pretrain(ns: argparse.Namespace) -> int:
+    from sftreport.train.pretrain import PACKAGE_WEIGHTS, pretrain_digits
+
+    pretrain_digits(ns.out or PACKAGE_WEIGHTS, epochs=ns.epochs, seed=ns.seed)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    rank = os.environ.get("RANK")
+    prefix = f"sftreport[rank {rank}]" if rank not in (None, "0") else "sftreport"
+    try:
+        ns = build_parser().parse_args(argv)
+        return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](ns)
+    except UserError as e:
+        print(f"{prefix}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1

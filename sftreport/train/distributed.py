@@ -1,0 +1,80 @@
+"""torchrun support: detect the launch, start and stop the process group, pick the device.
+
+`torchrun --nproc-per-node N -m sftreport run ...` sets RANK, WORLD_SIZE and LOCAL_RANK; without them
+the run is a single process and nothing here starts a process group.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from sftreport.errors import UserError
+
+# A failed rank is reported by torchrun, which stops the others; the timeout is only the last resort
+# against a collective that never completes (a rank stuck outside torchrun's view).
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def pick_device(requested: str, ctx: DistContext) -> torch.device:
+    """auto prefers CUDA, then MPS, then the CPU; under torchrun each process takes its LOCAL_RANK's GPU."""
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return torch.device("cuda", ctx.local_rank if ctx.enabled else torch.cuda.current_device())
+    if requested == "cuda":
+        raise UserError("--device cuda: no CUDA device is available")
+    mps = getattr(torch.backends, "mps", None)
+    if requested in ("auto", "mps") and mps is not None and mps.is_available() and not ctx.enabled:
+        return torch.device("mps")
+    if requested == "mps":
+        raise UserError("--device mps: MPS is not available (or not usable under torchrun)")
+    return torch.device("cpu")
+
+
+def setup(requested_device: str) -> tuple[DistContext, torch.device]:
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        ctx = DistContext()
+        return ctx, pick_device(requested_device, ctx)
+    ctx = DistContext(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    device = pick_device(requested_device, ctx)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT,
+                            device_id=device if device.type == "cuda" else None)
+    return ctx, device
+
+
+def teardown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_flag(value: bool, device: torch.device) -> bool:
+    """True on every rank if it is True on any rank (a stop decided by one process, e.g. divergence)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([1.0 if value else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

@@ -1,0 +1,219 @@
+"""The fine-tuning run, top to bottom: data, model, optimizer, the loop, the recorder, the report.
+
+The loop is a plain PyTorch loop; everything sftreport measures goes through the public Recorder API
+(`Recorder(...)`, `rec.step(...)`, `rec.epoch_end()`, `rec.finish(...)`), exactly as in a user's loop.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+
+from sftreport.config import RunConfig
+from sftreport.errors import UserError
+from sftreport.record.recorder import Recorder, environment
+from sftreport.schema import DatasetInfo
+from sftreport.train import distributed
+from sftreport.train.data import DevicePipeline, TrainBatches, eval_batches, load_data
+from sftreport.train.models import apply_strategy, build_model, default_image_size, set_train_mode
+from sftreport.train.progress import Progress
+
+CHECK_EVERY = 20  # under torchrun, ranks agree on stopping (NaN loss, Ctrl-C) every this many steps
+
+
+@dataclass
+class RunOutcome:
+    status: str  # completed | interrupted | diverged
+    run_dir: Path
+    reports: list[Path]
+    detail: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return {"completed": 0, "interrupted": 130, "diverged": 3}.get(self.status, 1)
+
+
+class StopRequest:
+    """Ctrl-C sets a flag the loop checks after each step, so the run stops after a clean write.
+    A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> StopRequest:
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        try:
+            self._previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread (e.g. run from a notebook worker): plain Ctrl-C behaviour
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class _Diverged(Exception):
+    pass
+
+
+class EvalData:
+    """Re-iterable validation batches of this process, prepared on the device."""
+
+    def __init__(self, data, pipeline: DevicePipeline, batch: int, ctx, workers, device):
+        self.data, self.pipeline, self.batch, self.ctx, self.workers, self.device = data, pipeline, batch, ctx, workers, device
+
+    def __iter__(self):
+        for x, y in eval_batches(self.data, self.batch, self.ctx.rank, self.ctx.world_size, self.workers, self.device):
+            yield self.pipeline.eval_batch(x), y.to(self.device, non_blocking=True)
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{stamp}-{cfg.model}-{cfg.dataset}"
+
+
+def run(cfg: RunConfig) -> RunOutcome:
+    ctx, device = distributed.setup(cfg.device)
+    try:
+        return _run(cfg, ctx, device)
+    finally:
+        distributed.teardown()
+
+
+def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> RunOutcome:
+    torch.manual_seed(cfg.seed)  # the same on every rank: identical initial heads, identical shuffles
+
+    # ---- data and model
+    data = load_data(cfg, default_image_size(cfg.model))
+    bundle = build_model(cfg.model, cfg.weights, data.num_classes)
+    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    model = bundle.model.to(device)
+    if use_amp:
+        model = model.to(memory_format=torch.channels_last)
+    pipeline = DevicePipeline(device, data.image_size, data.hflip, channels_last=use_amp)
+    train = TrainBatches(data.train, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size, device, cfg.workers,
+                         cfg.max_steps_per_epoch)
+    val = EvalData(data.val, pipeline, cfg.batch_size, ctx, cfg.workers, device)
+    probe = (pipeline.eval_batch(data.probe.images), data.probe.labels.to(device))
+
+    train_model = model
+    if ctx.enabled:
+        if device.type == "cuda":  # CPU has no SyncBatchNorm; see README on what that changes
+            model = train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---- optimizer and schedule (per step)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    total_steps = cfg.epochs * len(train)
+    if cfg.scheduler == "cosine":
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
+    else:
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
+
+    # ---- the recorder (epoch 0: the pretrained model, before any step)
+    run_dir = cfg.run_dir or default_run_dir(cfg)
+    progress = Progress(cfg.epochs, len(train), enabled=ctx.is_main and not cfg.quiet)
+    progress.message(f"{cfg.model} ({bundle.weights}) on {data.name}: {len(data.train)} train / {len(data.val)} val "
+                     f"images at {data.image_size} px, {cfg.strategy}, device {device}"
+                     f"{' ×' + str(ctx.world_size) if ctx.enabled else ''}{', ' + str(amp_dtype).split('.')[-1] if use_amp else ''}")
+    progress.message("epoch 0: measuring the pretrained model")
+    rec = Recorder(
+        model, probe=probe, val_data=val, run_dir=run_dir, class_names=data.classes, options=cfg.record,
+        new_params=bundle.new_params, head=bundle.head, name=cfg.resolved_name(), config=cfg.model_dump(mode="json"),
+        dataset=DatasetInfo(name=data.name, classes=data.classes, train_size=len(data.train), val_size=len(data.val),
+                            image_size=data.image_size, source=data.source),
+        model_name=cfg.model, weights=bundle.weights, strategy=cfg.strategy, planned_epochs=cfg.epochs,
+        autocast=autocast, writer=ctx.is_main,
+        env=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size))
+    if rec.last is not None and rec.last.val is not None:
+        progress.message(f"epoch 0: val loss {rec.last.val.loss:.4f} acc {rec.last.val.accuracy:.1%}")
+
+    # ---- the loop
+    status, detail = "completed", ""
+    with StopRequest() as stop:
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                set_train_mode(model, frozen)
+                progress.start_epoch(epoch)
+                for step, (x, y, aug) in enumerate(train.epoch(epoch, data.hflip), 1):
+                    x = pipeline.train_batch(x, aug)
+                    with autocast():
+                        logits = train_model(x)
+                        loss = F.cross_entropy(logits.float(), y)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)  # the recorder sees the true gradients
+                    scaler.step(optimizer)
+                    scaler.update()
+                    rec.step(loss, logits, y, lr=schedule.get_last_lr()[0])
+                    schedule.step()
+
+                    check = step % CHECK_EVERY == 0 if ctx.enabled else progress.due()
+                    value = None
+                    if check:  # a host sync: only a few times a second
+                        value = loss.item()
+                        if distributed.broadcast_flag(not math.isfinite(value), device):
+                            raise _Diverged(f"training loss became {value} at epoch {epoch}, step {step}")
+                        if distributed.broadcast_flag(stop.requested, device):
+                            raise KeyboardInterrupt
+                    progress.update(step, step * cfg.batch_size, value)
+                snap = rec.epoch_end(lr=schedule.get_last_lr()[0])
+                progress.end_epoch(_epoch_line(epoch, cfg.epochs, snap))
+                if snap.train_loss is not None and not math.isfinite(snap.train_loss):
+                    raise _Diverged(f"training loss became {snap.train_loss} in epoch {epoch}")
+                if distributed.broadcast_flag(stop.requested, device):
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            status, detail = "interrupted", f"stopped by the user after {rec.epoch} of {cfg.epochs} epochs"
+        except _Diverged as e:
+            status, detail = "diverged", str(e)
+            if rec.epoch < epoch:  # keep the diverging epoch's evidence (NaN weights, gradients)
+                rec.epoch_end(lr=schedule.get_last_lr()[0])
+        finally:
+            progress.close()
+
+    outs = cfg.out or [Path(run_dir) / "report.html"]
+    started = time.perf_counter()
+    reports = rec.finish(status, detail, out=outs) if ctx.is_main else []
+    if ctx.is_main and not cfg.quiet:
+        for r in reports:
+            print(f"report: {r}", flush=True)
+        print(f"run directory: {run_dir}  (status {status}; reports rendered in {time.perf_counter() - started:.1f} s)",
+              flush=True)
+    return RunOutcome(status, Path(run_dir), reports, detail)
+
+
+def _epoch_line(epoch: int, epochs: int, snap) -> str:
+    parts = [f"epoch {epoch}/{epochs}"]
+    if snap.train_loss is not None:
+        parts.append(f"train loss {snap.train_loss:.4f}")
+    if snap.train_accuracy is not None:
+        parts.append(f"acc {snap.train_accuracy:.1%}")
+    if snap.val is not None:
+        parts.append(f"| val loss {snap.val.loss:.4f} acc {snap.val.accuracy:.1%}")
+    t = snap.timing
+    parts.append(f"| {t.train_s:.1f} s train, {t.eval_s:.1f} s eval, {t.record_s:.2f} s probes")
+    return "  ".join(parts)
