@@ -130,6 +130,13 @@ def cmd_pretrain(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(e: UserError) -> str:
+    """The message itself; a UserError re-raised by a DataLoader worker carries a traceback first."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(e).__name__
+    return last.split("UserError: ", 1)[-1] if len(lines) > 1 else last
+
+
 def main(argv: list[str] | None = None) -> int:
     rank = os.environ.get("RANK")
     prefix = f"sftreport[rank {rank}]" if rank not in (None, "0") else "sftreport"
@@ -137,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         ns = build_parser().parse_args(argv)
         return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](ns)
     except UserError as e:
-        print(f"{prefix}: error: {e}", file=sys.stderr)
+        print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

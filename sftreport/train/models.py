@@ -6,6 +6,9 @@ ones; every other parameter must be found in the weights, or the load fails with
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -123,8 +126,12 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
     except (KeyError, ValueError):
         names = ", ".join(["DEFAULT", *(w.name for w in torchvision.models.get_model_weights(name))])
         raise UserError(f"unknown weights {weights!r} for {name}: one of {names}, none, or a file path") from None
+    notice = io.StringIO()  # torch.hub announces a download on stdout; say it on stderr, and only if it worked
     try:
-        return w.get_state_dict(progress=False, check_hash=False), f"torchvision {type(w).__name__}.{w.name}"
+        with contextlib.redirect_stdout(notice):
+            state = w.get_state_dict(progress=False, check_hash=False)
+        sys.stderr.write(notice.getvalue())
+        return state, f"torchvision {type(w).__name__}.{w.name}"
     except Exception as e:  # noqa: BLE001 - URLError, socket errors, HTTP errors: all mean "no download"
         raise UserError(f"cannot download {type(w).__name__}.{w.name} ({type(e).__name__}: {e}); with no network, "
                         f"put {Path(w.url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'} or pass --weights FILE") from None
@@ -136,8 +143,9 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals: all "unreadable"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read weights file {path}: {first}") from None
+        text = str(e).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+        raise UserError(f"cannot read weights file {path} with torch.load(weights_only=True): {first}") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -1,0 +1,373 @@
+"""Altair charts: pure functions of the frames in frames.py (no run, no I/O).
+
+Every chart has axis titles with units and a legend wherever colour carries meaning. Sizes are passed
+in (the HTML page and an A4 page have different widths). Untrusted text (class and layer names) only
+ever appears as data values, never in field names or expressions.
+"""
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import pandas as pd
+
+# one colour per meaning, the same in every chart
+TRAIN, TRAIN_STEP, VAL = "#1f77b4", "#aec7e8", "#ff7f0e"
+PRETRAINED, FINETUNED = "#9e9e9e", "#1f77b4"
+GREY_CELL = "#e8e8e8"
+HEALTHY_BAND = (1e-4, 1e-2)  # update-to-weight ratio band marked on the chart; 1e-3 is the usual target
+HEALTHY_TARGET = 1e-3
+
+LEGEND_BOTTOM = dict(orient="bottom", direction="horizontal")
+
+
+def row_step(n: int) -> int:
+    """Pixels per row of a layer-by-something chart: readable labels, bounded height."""
+    if n <= 20:
+        return 16
+    if n <= 40:
+        return 13
+    if n <= 70:
+        return 10
+    return 8
+
+
+def label_font(n: int) -> int:
+    return 11 if n <= 40 else 9 if n <= 70 else 8
+
+
+def class_scale(classes: list[str]) -> alt.Scale:
+    scheme = "tableau10" if len(classes) <= 10 else "tableau20"
+    return alt.Scale(domain=classes, scheme=scheme)
+
+
+def class_legend(classes: list[str]) -> alt.Legend | None:
+    if len(classes) > 30:
+        return None
+    return alt.Legend(title="class", columns=1 if len(classes) <= 12 else 2, symbolLimit=0, labelLimit=140)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def loss_curves(epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: int = 260) -> alt.Chart:
+    """Training loss per step (thin) and per epoch, validation loss per epoch, on one epoch axis."""
+    series = ["training loss, per step", "training loss, epoch mean", "validation loss"]
+    colors = [TRAIN_STEP, TRAIN, VAL]
+    rows = []
+    for r in steps.itertuples():
+        rows.append({"series": series[0], "x": r.x, "loss": r.loss, "epoch": r.epoch, "step": r.step})
+    for r in epochs.itertuples():
+        if not math.isnan(r.train_loss):
+            rows.append({"series": series[1], "x": r.epoch, "loss": r.train_loss, "epoch": r.epoch, "step": r.step})
+        if not math.isnan(r.val_loss) or r.epoch > 0:
+            rows.append({"series": series[2], "x": r.epoch, "loss": r.val_loss, "epoch": r.epoch, "step": r.step})
+    df = pd.DataFrame(rows, columns=["series", "x", "loss", "epoch", "step"])
+    finite = df["loss"].dropna()
+    finite = finite[finite > 0]
+    log = len(finite) > 1 and finite.max() / finite.min() > 30
+    y = alt.Y("loss:Q", title="loss (cross-entropy)" + (", log scale" if log else ""),
+              scale=alt.Scale(type="log") if log else alt.Scale(zero=False))
+    color = alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=colors),
+                      legend=alt.Legend(**LEGEND_BOTTOM))
+    x = alt.X("x:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
+    tips = [alt.Tooltip("series:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("step:Q", title="optimizer step"),
+            alt.Tooltip("loss:Q", format=".4g")]
+    base = alt.Chart(df).encode(x=x, y=y, color=color, tooltip=tips)
+    step_line = base.transform_filter(alt.datum.series == series[0]).mark_line(strokeWidth=1, opacity=0.8)
+    epoch_line = base.transform_filter(alt.datum.series != series[0]).mark_line(strokeWidth=2.2, point=True)
+    return alt.layer(step_line, epoch_line).properties(width=width, height=height)
+
+
+def accuracy_curves(epochs: pd.DataFrame, width: int, height: int = 240) -> alt.Chart:
+    series = ["training accuracy", "validation accuracy"]
+    rows = []
+    for r in epochs.itertuples():
+        if not math.isnan(r.train_accuracy):
+            rows.append({"series": series[0], "epoch": r.epoch, "accuracy": r.train_accuracy})
+        if not math.isnan(r.val_accuracy):
+            rows.append({"series": series[1], "epoch": r.epoch, "accuracy": r.val_accuracy})
+    df = pd.DataFrame(rows, columns=["series", "epoch", "accuracy"])
+    return alt.Chart(df).mark_line(point=True, strokeWidth=2.2).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("accuracy:Q", title="accuracy (%)", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
+        color=alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=[TRAIN, VAL]),
+                        legend=alt.Legend(**LEGEND_BOTTOM)),
+        tooltip=[alt.Tooltip("series:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("accuracy:Q", format=".2%")],
+    ).properties(width=width, height=height)
+
+
+def learning_rate(steps: pd.DataFrame, epochs: pd.DataFrame, width: int, height: int = 160) -> alt.Chart:
+    """Learning rate per step when the steps carry it, else per epoch."""
+    df = steps[["x", "lr", "step", "epoch"]].dropna(subset=["lr"]) if not steps.empty else steps
+    if df.empty:
+        df = epochs[["epoch", "lr", "step"]].dropna(subset=["lr"]).assign(x=lambda d: d["epoch"])
+    return alt.Chart(df).mark_line(color="#4c78a8", strokeWidth=2, interpolate="step-after").encode(
+        x=alt.X("x:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("lr:Q", title="learning rate", axis=alt.Axis(format=".1e")),
+        tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("step:Q", title="optimizer step"),
+                 alt.Tooltip("lr:Q", title="learning rate", format=".3e")],
+    ).properties(width=width, height=height)
+
+
+def confusion_pair(frames: list[tuple[str, pd.DataFrame]], classes: list[str], width: int) -> alt.HConcatChart:
+    """Confusion matrices side by side (rows: true class, share of the row), one colour scale."""
+    n = len(classes)
+    panel = max(120, min(360, (width - 60 * len(frames)) // max(1, len(frames)) - 70))
+    charts = []
+    for title, df in frames:
+        base = alt.Chart(df, title=title).encode(
+            x=alt.X("pred:N", title="predicted class", sort=classes, scale=alt.Scale(domain=classes),
+                    axis=alt.Axis(labelAngle=-45 if n > 6 else 0, labelLimit=80)),
+            y=alt.Y("true:N", title="true class", sort=classes, scale=alt.Scale(domain=classes),
+                    axis=alt.Axis(labelLimit=80)),
+        )
+        rect = base.mark_rect().encode(
+            color=alt.Color("share:Q", title="share of the true class", scale=alt.Scale(scheme="blues", domain=[0, 1]),
+                            legend=alt.Legend(format="%", **LEGEND_BOTTOM)),
+            tooltip=[alt.Tooltip("true:N", title="true"), alt.Tooltip("pred:N", title="predicted"),
+                     alt.Tooltip("count:Q", title="samples"), alt.Tooltip("share:Q", title="share of row", format=".1%")])
+        layer = rect
+        if n <= 12:
+            text = base.mark_text(fontSize=9 if n > 8 else 10).encode(
+                text=alt.Text("count:Q"),
+                color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("#333")))
+            layer = alt.layer(rect, text)
+        charts.append(layer.properties(width=panel, height=panel))
+    return alt.hconcat(*charts, spacing=30).resolve_scale(color="shared")
+
+
+def per_class_accuracy(df: pd.DataFrame, classes: list[str], width: int) -> alt.Chart:
+    """Dumbbell: each class's validation accuracy before and after fine-tuning."""
+    whiches = list(dict.fromkeys(df["which"]))
+    colors = [PRETRAINED, FINETUNED][: len(whiches)]
+    n = len(classes)
+    y = alt.Y("class:N", title="class", sort=classes, scale=alt.Scale(domain=classes),
+              axis=alt.Axis(labelFontSize=label_font(n), labelLimit=160))
+    x = alt.X("accuracy:Q", title="validation accuracy (%)", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]))
+    rule = alt.Chart(df).mark_rule(color="#bbbbbb", strokeWidth=2).encode(
+        y=y, x=alt.X("min(accuracy):Q", title="validation accuracy (%)"), x2="max(accuracy):Q")
+    pts = alt.Chart(df).mark_circle(size=70, opacity=1).encode(
+        y=y, x=x,
+        color=alt.Color("which:N", title=None, scale=alt.Scale(domain=whiches, range=colors),
+                        legend=alt.Legend(**LEGEND_BOTTOM)),
+        tooltip=[alt.Tooltip("class:N"), alt.Tooltip("which:N", title="model"),
+                 alt.Tooltip("accuracy:Q", format=".1%")])
+    return alt.layer(rule, pts).properties(width=width, height=alt.Step(row_step(n) + 2))
+
+
+# --------------------------------------------------------------------------- architecture
+
+PARTS = ["pretrained, frozen", "pretrained, fine-tuned", "new, trained", "new, frozen"]
+PART_COLORS = ["#c7c7c7", "#4c78a8", "#f58518", "#ffd8a8"]
+
+
+def params_by_block(df: pd.DataFrame, width: int) -> alt.Chart:
+    """Stacked horizontal bars: parameters per top-level block, split by pretrained/new and trained/frozen."""
+    blocks = list(dict.fromkeys(df["block"]))
+    return alt.Chart(df).mark_bar().encode(
+        y=alt.Y("block:N", title="block (top-level module)", sort=blocks, axis=alt.Axis(labelLimit=200)),
+        x=alt.X("sum(params):Q", title="parameters", axis=alt.Axis(format="~s")),
+        color=alt.Color("part:N", title=None, scale=alt.Scale(domain=PARTS, range=PART_COLORS),
+                        legend=alt.Legend(**LEGEND_BOTTOM)),
+        order=alt.Order("part_order:Q"),
+        tooltip=[alt.Tooltip("block:N"), alt.Tooltip("type:N"), alt.Tooltip("part:N"),
+                 alt.Tooltip("params:Q", title="parameters", format=",")],
+    ).properties(width=width, height=alt.Step(row_step(len(blocks)) + 4))
+
+
+# --------------------------------------------------------------------------- layer × epoch
+
+
+def heatmap(df: pd.DataFrame, value: str, layers: list[str], *, width: int, legend_title: str,
+            scale: alt.Scale, legend_format: str = ".2g", tooltip_format: str = ".3g",
+            extra_tooltips: list | None = None, grey_missing: bool = True, title: str | None = None,
+            y_labels: bool = True) -> alt.Chart:
+    """Layers (network order, top to bottom) × epochs, coloured by `value`. Cells whose value cannot be
+    coloured (0 on a log scale, missing) are drawn light grey underneath."""
+    n = len(layers)
+    epochs = sorted(df["epoch"].unique().tolist())
+    y = alt.Y("layer:N", title="layer (network order)" if y_labels else None, sort=layers,
+              scale=alt.Scale(domain=layers),
+              axis=alt.Axis(labelFontSize=label_font(n), labelLimit=220, labels=y_labels, ticks=y_labels))
+    x = alt.X("epoch:O", title="epoch", sort=epochs, axis=alt.Axis(labelAngle=0))
+    tips = [alt.Tooltip("layer:N"), alt.Tooltip("epoch:O")] + list(extra_tooltips or []) + \
+        [alt.Tooltip(f"{value}:Q", title=legend_title, format=tooltip_format)]
+    base = alt.Chart(df, title=title).encode(x=x, y=y, tooltip=tips)
+    cells = base.mark_rect().encode(
+        color=alt.Color(f"{value}:Q", title=legend_title, scale=scale,
+                        legend=alt.Legend(format=legend_format, gradientLength=max(120, min(260, width - 80)),
+                                          **LEGEND_BOTTOM)))
+    props = dict(width=width, height=alt.Step(row_step(n)))
+    if not grey_missing:
+        return cells.properties(**props)
+    under = base.mark_rect(color=GREY_CELL)
+    return alt.layer(under, cells).properties(**props)
+
+
+def update_ratio(df: pd.DataFrame, layers: list[str], width: int) -> alt.Chart:
+    """Update-to-weight ratio of one optimizer step per epoch, per layer, on a log axis, with the healthy band."""
+    n = len(layers)
+    lo, hi = HEALTHY_BAND
+    vals = df["update_ratio"].dropna()
+    vals = vals[vals > 0]
+    dmin = min(lo / 10, float(vals.min()) / 2) if len(vals) else lo / 10
+    dmax = max(hi * 10, float(vals.max()) * 2) if len(vals) else hi * 10
+    xscale = alt.Scale(type="log", domain=[dmin, dmax])
+    y = alt.Y("layer:N", title="layer (network order)", sort=layers, scale=alt.Scale(domain=layers),
+              axis=alt.Axis(labelFontSize=label_font(n), labelLimit=220))
+    band = alt.Chart(pd.DataFrame([{"lo": lo, "hi": hi, "target": HEALTHY_TARGET}])).mark_rect(
+        color="#2ca02c", opacity=0.12).encode(x=alt.X("lo:Q", scale=xscale), x2="hi:Q")
+    target = alt.Chart(pd.DataFrame([{"target": HEALTHY_TARGET}])).mark_rule(
+        color="#2ca02c", strokeDash=[4, 3]).encode(x=alt.X("target:Q", scale=xscale))
+    pts = alt.Chart(df).mark_circle(size=36, opacity=0.85).encode(
+        y=y,
+        x=alt.X("update_ratio:Q", title="‖update‖ / ‖W‖ of one step (log scale; green band 1e-4 … 1e-2)",
+                scale=xscale, axis=alt.Axis(format=".0e")),
+        color=alt.Color("epoch:Q", title="epoch", scale=alt.Scale(scheme="viridis"),
+                        legend=alt.Legend(format="d", tickMinStep=1, **LEGEND_BOTTOM)),
+        tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("type:N"),
+                 alt.Tooltip("update_ratio:Q", title="update / weight", format=".3e")])
+    return alt.layer(band, target, pts).properties(width=width, height=alt.Step(row_step(n)))
+
+
+def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
+    """Whole-model gradient norm per epoch (mean over sampled steps) and the largest tensor norm seen;
+    red marks epochs with non-finite gradients."""
+    series = ["model gradient norm (mean of sampled steps)", "largest single-tensor norm"]
+    rows = []
+    for r in df.itertuples():
+        rows.append({"series": series[0], "epoch": r.epoch, "norm": r.norm, "nonfinite": r.nonfinite})
+        rows.append({"series": series[1], "epoch": r.epoch, "norm": r.max_norm, "nonfinite": r.nonfinite})
+    long = pd.DataFrame(rows, columns=["series", "epoch", "norm", "nonfinite"])
+    long = long[long["norm"] > 0]
+    line = alt.Chart(long).mark_line(point=True, strokeWidth=2).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("norm:Q", title="gradient L2 norm (log scale)", scale=alt.Scale(type="log"),
+                axis=alt.Axis(format=".0e")),
+        color=alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=["#4c78a8", "#9ecae9"]),
+                        legend=alt.Legend(**LEGEND_BOTTOM)),
+        tooltip=[alt.Tooltip("series:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("norm:Q", format=".3e"),
+                 alt.Tooltip("nonfinite:Q", title="steps with NaN/inf gradients")])
+    bad = df[df["nonfinite"] > 0]
+    if bad.empty:
+        return line.properties(width=width, height=height)
+    rules = alt.Chart(bad).mark_rule(color="#d62728", strokeWidth=2, strokeDash=[4, 2]).encode(
+        x=alt.X("epoch:Q"), tooltip=[alt.Tooltip("epoch:Q"),
+                                     alt.Tooltip("nonfinite:Q", title="sampled steps with NaN/inf gradients")])
+    return alt.layer(rules, line).properties(width=width, height=height)
+
+
+def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.HConcatChart:
+    """Four panels over layers × epochs: mean, std, zero fraction, dead-channel fraction."""
+    n_ep = df["epoch"].nunique()
+    panel = max(70, min(190, (width - 260) // 4, 40 * n_ep))
+    tips = [alt.Tooltip("type:N"), alt.Tooltip("channels:Q"), alt.Tooltip("dead:Q", title="dead channels")]
+    pos = df["std"].dropna()
+    pos = pos[pos > 0]
+    std_scale = alt.Scale(type="log", scheme="viridis") if len(pos) and pos.max() / pos.min() > 20 else \
+        alt.Scale(scheme="viridis")
+    panels = [
+        heatmap(df, "mean", layers, width=panel, legend_title="mean", title="mean",
+                scale=alt.Scale(scheme="blueorange", domainMid=0), extra_tooltips=tips),
+        heatmap(df, "std", layers, width=panel, legend_title="standard deviation", title="standard deviation",
+                scale=std_scale, extra_tooltips=tips, y_labels=False),
+        heatmap(df, "zero_fraction", layers, width=panel, legend_title="zeros (%)", title="zero outputs",
+                scale=alt.Scale(scheme="oranges", domain=[0, 1]), legend_format="%", tooltip_format=".1%",
+                extra_tooltips=tips, y_labels=False),
+        heatmap(df, "dead_fraction", layers, width=panel, legend_title="dead channels (%)", title="dead channels",
+                scale=alt.Scale(scheme="reds", domain=[0, max(0.1, float(df["dead_fraction"].max() or 0))]),
+                legend_format="%", tooltip_format=".1%", extra_tooltips=tips, y_labels=False),
+    ]
+    return alt.hconcat(*panels, spacing=12).resolve_scale(color="independent")
+
+
+# --------------------------------------------------------------------------- histograms
+
+
+def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, columns: int,
+               first_epoch: int, color_epochs: bool, x_title: str, sqrt_y: bool = False) -> alt.FacetChart:
+    """Small multiples of histograms: the pretrained one as a grey area, later epochs as lines
+    (a sequential colour per epoch, or one colour when only the last epoch is shown)."""
+    panel_w = max(150, (width - 40 * columns) // columns)
+    y = alt.Y("share:Q", title="share of values" + (" (square-root scale)" if sqrt_y else ""),
+              scale=alt.Scale(type="sqrt") if sqrt_y else alt.Scale(), axis=alt.Axis(format="~%"))
+    x = alt.X("x:Q", title=x_title, axis=alt.Axis(format="~g", tickCount=5))
+    tips = [alt.Tooltip(f"{facet}:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("x0:Q", title="from", format=".3g"),
+            alt.Tooltip("x1:Q", title="to", format=".3g"), alt.Tooltip("share:Q", format=".2%")]
+    area = alt.Chart().transform_filter(alt.datum.epoch == first_epoch).mark_area(
+        interpolate="step", color=PRETRAINED, opacity=0.45).encode(x=x, y=y, tooltip=tips)
+    later = alt.Chart().transform_filter(alt.datum.epoch != first_epoch)
+    if color_epochs:
+        color = alt.Color("epoch:Q", title="epoch (grey area: pretrained)", scale=alt.Scale(scheme="viridis"),
+                          legend=alt.Legend(format="d", tickMinStep=1, **LEGEND_BOTTOM))
+    else:
+        color = alt.Color("label:N", title=None, scale=alt.Scale(range=[FINETUNED]),
+                          legend=alt.Legend(**LEGEND_BOTTOM))
+        later = later.transform_calculate(label="'fine-tuned (grey area: pretrained)'")
+    lines = later.mark_line(interpolate="step", strokeWidth=1.4).encode(x=x, y=y, color=color,
+                                                                        detail="epoch:Q", tooltip=tips)
+    return alt.layer(area, lines, data=df).properties(width=panel_w, height=130).facet(
+        facet=alt.Facet(f"{facet}:N", title=None, sort=facets, header=alt.Header(labelFontSize=11, labelLimit=300)),
+        columns=columns, spacing={"row": 16, "column": 28},
+    ).resolve_scale(x="independent", y="independent")
+
+
+# --------------------------------------------------------------------------- features
+
+
+def _xy_domains(df: pd.DataFrame) -> tuple[list[float], list[float]]:
+    def dom(col):
+        lo, hi = float(df[col].min()), float(df[col].max())
+        pad = (hi - lo) * 0.05 or 1.0
+        return [round(lo - pad, 3), round(hi + pad, 3)]
+    return dom("x"), dom("y")
+
+
+def projection_slider(df: pd.DataFrame, classes: list[str], epochs: list[int], width: int, title: str) -> alt.Chart:
+    """The 2-D feature projection of the probe set at one epoch, chosen with a slider (fixed axes)."""
+    xd, yd = _xy_domains(df)
+    last = epochs[-1]
+    epoch = alt.param(name="epoch", value=last,
+                      bind=alt.binding_range(min=epochs[0], max=last, step=1, name="epoch "))
+    side = min(width - 170, 520)
+    return alt.Chart(df).mark_circle(size=30, opacity=0.8).encode(
+        x=alt.X("x:Q", title=f"{title} axis 1", scale=alt.Scale(domain=xd, nice=False)),
+        y=alt.Y("y:Q", title=f"{title} axis 2", scale=alt.Scale(domain=yd, nice=False)),
+        color=alt.Color("class:N", scale=class_scale(classes), legend=class_legend(classes)),
+        tooltip=[alt.Tooltip("class:N"), alt.Tooltip("sample:Q", title="probe sample"), alt.Tooltip("epoch:Q"),
+                 alt.Tooltip("x:Q", format=".3g"), alt.Tooltip("y:Q", format=".3g")],
+    ).add_params(epoch).transform_filter(alt.datum.epoch == epoch).properties(width=side, height=side)
+
+
+def projection_multiples(df: pd.DataFrame, classes: list[str], epochs: list[int], width: int,
+                         title: str, shared_axes: bool = True) -> alt.FacetChart:
+    """Small multiples of the projection at chosen epochs."""
+    sub = df[df["epoch"].isin(epochs)]
+    xd, yd = _xy_domains(sub)
+    cols = len(epochs)
+    legend_w = 110 if len(classes) <= 30 else 0
+    side = max(110, min(260, (width - legend_w - 25 * cols) // cols))
+    xs = alt.Scale(domain=xd, nice=False) if shared_axes else alt.Scale(zero=False)
+    ys = alt.Scale(domain=yd, nice=False) if shared_axes else alt.Scale(zero=False)
+    chart = alt.Chart(sub).mark_circle(size=14, opacity=0.8).encode(
+        x=alt.X("x:Q", title=f"{title} axis 1", scale=xs, axis=alt.Axis(tickCount=4)),
+        y=alt.Y("y:Q", title=f"{title} axis 2", scale=ys, axis=alt.Axis(tickCount=4)),
+        color=alt.Color("class:N", scale=class_scale(classes), legend=class_legend(classes)),
+    ).properties(width=side, height=side).facet(
+        column=alt.Column("epoch:O", title=None, sort=epochs,
+                          header=alt.Header(labelExpr="'epoch ' + datum.value", labelFontSize=11)),
+        spacing=12)
+    return chart if shared_axes else chart.resolve_scale(x="independent", y="independent")
+
+
+def separability(df: pd.DataFrame, width: int, height: int = 220) -> alt.Chart:
+    measures = list(dict.fromkeys(df["measure"]))
+    return alt.Chart(df).mark_line(point=True, strokeWidth=2).encode(
+        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        y=alt.Y("accuracy:Q", title="accuracy on the probe set (%)", axis=alt.Axis(format="%"),
+                scale=alt.Scale(zero=False)),
+        color=alt.Color("measure:N", title=None, scale=alt.Scale(domain=measures, range=["#54a24b", "#4c78a8"]),
+                        legend=alt.Legend(**LEGEND_BOTTOM)),
+        tooltip=[alt.Tooltip("measure:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("accuracy:Q", format=".2%")],
+    ).properties(width=width, height=height)

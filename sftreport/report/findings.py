@@ -1,0 +1,312 @@
+"""Findings: explicit rules over the run's frames, each stating its evidence.
+
+Each rule is a function `rule(frames) -> list[Finding]` (empty when it does not apply) with its
+thresholds named as constants here, so the report can say exactly what triggered it.
+"""
+from __future__ import annotations
+
+import math
+from statistics import median
+
+from sftreport.report import fmt
+from sftreport.report.charts import HEALTHY_BAND
+from sftreport.report.frames import RunFrames
+from sftreport.report.model import SEVERITY_ORDER, Finding
+
+ACC_CHANGE = 0.005  # accuracy changes smaller than half a point count as unchanged
+OVERFIT_RISE = 0.05  # validation loss at the end at least 5% above its minimum ...
+OVERFIT_TRAIN_FALL = 0.01  # ... while training loss fell at least 1% more after that minimum
+DEAD_GROWTH = 0.05  # dead-channel fraction up by at least 5 points between first and last epoch
+EXPLODE_FACTOR = 10.0  # model gradient norm ≥ 10× its smallest earlier value
+VANISHED = 1e-12  # a trainable layer whose gradient norm stays below this got no gradient
+MOVED_SHOWN = 3
+
+
+def _join(items: list[str], limit: int = 4) -> str:
+    more = len(items) - limit
+    shown = items[:limit]
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
+
+
+# --------------------------------------------------------------------------- status and accuracy
+
+
+def status_rule(f: RunFrames) -> list[Finding]:
+    info = f.info
+    done = f.last.epoch if f.last else 0
+    planned = f"of {info.planned_epochs} planned " if info.planned_epochs else ""
+    detail = f" ({info.status_detail})" if info.status_detail else ""
+    if info.status == "completed":
+        return []
+    if info.status == "diverged":
+        return [Finding("status", "alert", f"The run diverged after {done} epochs",
+                        f"Training stopped because it diverged{detail}; {done} epochs {planned}were recorded. "
+                        "Charts show the non-finite values as gaps.", "training")]
+    if info.status == "failed":
+        return [Finding("status", "alert", "The run failed",
+                        f"The run ended with an error{detail}; {done} epochs {planned}were recorded.", "training")]
+    if info.status == "interrupted":
+        return [Finding("status", "warning", f"The run was interrupted after epoch {done}",
+                        f"{done} epochs {planned}were recorded{detail}; the report shows what was finished.",
+                        "training")]
+    return [Finding("status", "info", f"The run is still running (epoch {done} recorded)",
+                    f"This report shows the {done} epochs {planned}recorded so far.", "training")]
+
+
+def nonfinite_loss_rule(f: RunFrames) -> list[Finding]:
+    bad = [e.epoch for e in f.trained
+           if (e.train_loss is not None and not _finite(e.train_loss)) or (e.val is not None and not _finite(e.val.loss))]
+    steps = f.steps
+    bad_steps = steps[~steps["loss"].apply(_finite)] if not steps.empty else steps
+    if not bad and bad_steps.empty:
+        return []
+    first = min(bad + [int(x) for x in bad_steps["epoch"]])
+    where = f", first at optimizer step {int(bad_steps['step'].min())}" if not bad_steps.empty else ""
+    return [Finding("nonfinite_loss", "alert", f"The loss became NaN or infinite in epoch {first}",
+                    f"Non-finite loss values from epoch {first} on{where}; {len(bad)} epoch(s) have a non-finite "
+                    "training or validation loss. Lower the learning rate, or check the data and the loss.",
+                    "training")]
+
+
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def accuracy_rule(f: RunFrames) -> list[Finding]:
+    first, last = f.val_at("first"), f.val_at("last")
+    if first is None or last is None or last[0].epoch == first[0].epoch:
+        return []
+    (e0, v0), (e1, v1) = first, last
+    gain = v1.accuracy - v0.accuracy
+    best = f.best_epoch()
+    best_txt = ""
+    if best and best[0] != e1.epoch:
+        best_txt = f" The best epoch was {best[0]} ({fmt.pct(best[1])}), {fmt.points(best[1] - v1.accuracy)} above the last."
+    who = "pretrained model" if e0.epoch == 0 else f"first recorded epoch ({e0.epoch})"
+    evidence = (f"Validation accuracy of the {who}: {fmt.pct(v0.accuracy)}; after epoch {e1.epoch}: "
+                f"{fmt.pct(v1.accuracy)} on {fmt.integer(v1.count)} images.{best_txt}")
+    if gain > ACC_CHANGE:
+        return [Finding("accuracy", "good", f"Fine-tuning gained {fmt.points(gain)} of validation accuracy "
+                        f"({fmt.pct(v0.accuracy)} → {fmt.pct(v1.accuracy)})", evidence, "training")]
+    if gain < -ACC_CHANGE:
+        return [Finding("accuracy", "warning", f"Validation accuracy fell by {fmt.points(-gain)[1:]} "
+                        f"({fmt.pct(v0.accuracy)} → {fmt.pct(v1.accuracy)})", evidence, "training")]
+    return [Finding("accuracy", "info", f"Validation accuracy did not change ({fmt.pct(v1.accuracy)})",
+                    evidence, "training")]
+
+
+def overfitting_rule(f: RunFrames) -> list[Finding]:
+    t = f.epoch_table
+    t = t[(t["epoch"] > 0) & t["val_loss"].apply(_finite) & t["train_loss"].apply(_finite)]
+    if len(t) < 2:
+        return []
+    i_min = t["val_loss"].idxmin()
+    m = t.loc[i_min]
+    lastrow = t.iloc[-1]
+    if int(m["epoch"]) == int(lastrow["epoch"]):
+        return []
+    rise = lastrow["val_loss"] / m["val_loss"] - 1 if m["val_loss"] > 0 else 0.0
+    fall = 1 - lastrow["train_loss"] / m["train_loss"] if m["train_loss"] > 0 else 0.0
+    if rise < OVERFIT_RISE or fall < OVERFIT_TRAIN_FALL:
+        return []
+    after = t[t["epoch"] > m["epoch"]]
+    onset = int(after["epoch"].iloc[0])
+    return [Finding(
+        "overfitting", "warning", f"Overfitting from epoch {onset}: validation loss turned up while training loss kept falling",
+        f"Validation loss was lowest at epoch {int(m['epoch'])} ({fmt.num(m['val_loss'])}) and rose to "
+        f"{fmt.num(lastrow['val_loss'])} by epoch {int(lastrow['epoch'])} (+{rise:.0%}), while training loss fell from "
+        f"{fmt.num(m['train_loss'])} to {fmt.num(lastrow['train_loss'])} (−{fall:.0%}). Epoch {int(m['epoch'])} is the "
+        "checkpoint to keep; stop earlier or regularise more.", "training")]
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def _last_weights(f: RunFrames):
+    w = f.layer_weights
+    if w.empty:
+        return None
+    last = int(w["epoch"].max())
+    if last == 0:
+        return None
+    return last, w[w["epoch"] == last]
+
+
+def moved_layers_rule(f: RunFrames) -> list[Finding]:
+    got = _last_weights(f)
+    if got is None:
+        return []
+    epoch, w = got
+    pre = w[w["trainable"] & ~w["new"] & w["rel_change"].apply(_finite)]
+    new = w[w["new"] & w["rel_change"].apply(_finite)]
+    frozen = w[w["frozen"]]
+    head_txt = ""
+    if not new.empty:
+        head_txt = " New layers moved from their initialisation by " + _join(
+            [f"{r.layer} {fmt.pct(r.rel_change)}" for r in new.itertuples()]) + "."
+    frozen_txt = f" {len(frozen)} layers were frozen and did not change." if len(frozen) else ""
+    if pre.empty:
+        if new.empty:
+            return []
+        return [Finding("moved", "info", "Only the new layers changed; the pretrained layers were frozen",
+                        f"At epoch {epoch}:{head_txt}{frozen_txt}", "parameters")]
+    ranked = pre.sort_values("rel_change", ascending=False)
+    most = [f"{r.layer} ({fmt.pct(r.rel_change, 2)})" for r in ranked.head(MOVED_SHOWN).itertuples()]
+    least = [f"{r.layer} ({fmt.pct(r.rel_change, 3)})" for r in ranked.tail(MOVED_SHOWN).iloc[::-1].itertuples()]
+    med = median(pre["rel_change"].tolist())
+    evidence = (f"Relative change ‖Wₜ−W₀‖/‖W₀‖ of the pretrained layers at epoch {epoch}: most moved "
+                f"{', '.join(most)}; least moved {', '.join(least) if len(pre) > MOVED_SHOWN else '–'}; "
+                f"median {fmt.pct(med, 2)} over {len(pre)} layers.{head_txt}{frozen_txt}")
+    top = ranked.iloc[0]
+    return [Finding("moved", "info", f"Pretrained layer that moved most: {top.layer} ({fmt.pct(top.rel_change, 2)} "
+                    f"of its norm); least: {ranked.iloc[-1].layer} ({fmt.pct(ranked.iloc[-1].rel_change, 3)})",
+                    evidence, "parameters")]
+
+
+def gradients_rule(f: RunFrames) -> list[Finding]:
+    out: list[Finding] = []
+    g = f.layer_grads
+    if g.empty:
+        return out
+    bad = g[g["nonfinite"] > 0]
+    if not bad.empty:
+        tot = f.grad_total
+        epochs = sorted(set(int(e) for e in bad["epoch"]))
+        steps = int(tot[tot["epoch"].isin(epochs)]["nonfinite"].sum())
+        first_epoch = epochs[0]
+        layers = list(dict.fromkeys(bad[bad["epoch"] == first_epoch].sort_values("order")["layer"]))
+        out.append(Finding(
+            "nonfinite_gradients", "alert",
+            f"Non-finite gradients (NaN or ∞) in {steps} sampled step(s), from epoch {first_epoch}",
+            f"Epochs {', '.join(map(str, epochs))}; in epoch {first_epoch} in {len(layers)} layer(s): {_join(layers)}. "
+            "Lower the learning rate, use gradient clipping, or check for bad inputs or fp16 overflow.",
+            "parameters"))
+    tot = f.grad_total
+    tot = tot[tot["norm"].apply(_finite) & (tot["norm"] > 0)]
+    for i in range(1, len(tot)):
+        now = tot.iloc[i]
+        prev = tot.iloc[:i]
+        low = prev.loc[prev["norm"].idxmin()]
+        if now["norm"] >= EXPLODE_FACTOR * low["norm"]:
+            out.append(Finding(
+                "exploding_gradients", "alert",
+                f"Gradients exploded in epoch {int(now['epoch'])}: model gradient norm ×{now['norm'] / low['norm']:.0f}",
+                f"Model gradient norm {fmt.num(now['norm'])} in epoch {int(now['epoch'])}, against {fmt.num(low['norm'])} "
+                f"in epoch {int(low['epoch'])} (threshold ×{EXPLODE_FACTOR:g}); largest single-tensor norm "
+                f"{fmt.num(now['max_norm'])}. Lower the learning rate or clip gradients.", "parameters"))
+            break
+    last = int(g["epoch"].max())
+    gl = g[g["epoch"] == last]
+    vanished = gl[gl["norm"].apply(_finite) & (gl["norm"] < VANISHED)]
+    if not vanished.empty:
+        names = list(vanished.sort_values("order")["layer"])
+        out.append(Finding(
+            "vanishing_gradients", "warning", f"{len(names)} trainable layer(s) received no gradient in epoch {last}",
+            f"Gradient norm below {VANISHED:g} in {_join(names)}: these parameters are trainable but do not learn "
+            "(unused in the forward pass, or the gradient vanished).", "parameters"))
+    return out
+
+
+def update_ratio_rule(f: RunFrames) -> list[Finding]:
+    w = f.layer_weights
+    if w.empty:
+        return []
+    w = w[w["update_ratio"].apply(_finite) & (w["update_ratio"] > 0) & w["trainable"]]
+    if w.empty:
+        return []
+    epoch = int(w["epoch"].max())
+    w = w[w["epoch"] == epoch]
+    lo, hi = HEALTHY_BAND
+    below = w[w["update_ratio"] < lo].sort_values("update_ratio")
+    above = w[w["update_ratio"] > hi].sort_values("update_ratio", ascending=False)
+    if below.empty and above.empty:
+        return []
+    med = median(w["update_ratio"].tolist())
+    parts = []
+    if not above.empty:
+        parts.append(f"{len(above)} above {hi:g} (largest: " +
+                     _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in above.itertuples()], 3) + ")")
+    if not below.empty:
+        parts.append(f"{len(below)} below {lo:g} (smallest: " +
+                     _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in below.itertuples()], 3) + ")")
+    off = len(below) + len(above)
+    severity = "warning" if not (lo <= med <= hi) else "info"
+    advice = (" The median is outside the band: the learning rate is probably too "
+              f"{'high' if med > hi else 'low'} for this model." if severity == "warning" else "")
+    return [Finding(
+        "update_ratio", severity,
+        f"Update-to-weight ratio outside {lo:g}…{hi:g} in {off} of {len(w)} trainable layers (epoch {epoch})",
+        f"One optimizer step's ‖update‖/‖W‖ per layer; the usual target is about 1e-3, the band used here is "
+        f"{lo:g}…{hi:g}. Median {fmt.sci(med)}; " + "; ".join(parts) + "." + advice, "parameters")]
+
+
+# --------------------------------------------------------------------------- activations and features
+
+
+def dead_units_rule(f: RunFrames) -> list[Finding]:
+    a = f.activations
+    if a.empty:
+        return []
+    first, last = int(a["epoch"].min()), int(a["epoch"].max())
+    if first == last:
+        return []
+    a0 = a[(a["epoch"] == first) & a["nonnegative"]].set_index("layer")
+    a1 = a[(a["epoch"] == last) & a["nonnegative"]].set_index("layer")
+    grown = []
+    for layer, r in a1.iterrows():
+        if layer not in a0.index or not _finite(r["dead_fraction"]):
+            continue
+        before = a0.loc[layer]
+        growth = r["dead_fraction"] - before["dead_fraction"]
+        if growth >= DEAD_GROWTH and r["dead"] > before["dead"]:
+            grown.append((growth, layer, before, r))
+    if not grown:
+        return []
+    grown.sort(key=lambda x: -x[0])
+    items = [f"{layer}: {int(r['dead'])} of {int(r['channels'])} channels ({fmt.pct(b['dead_fraction'])} → "
+             f"{fmt.pct(r['dead_fraction'])})" for _, layer, b, r in grown]
+    return [Finding(
+        "dead_units", "warning", f"Dead units grew in {len(grown)} layer(s); most in {grown[0][1]} "
+        f"({fmt.points(grown[0][0])})",
+        f"Channels whose output is 0 for every probe image, epoch {first} → {last} (threshold: "
+        f"+{DEAD_GROWTH * 100:g} points): {_join(items, 3)}. A high learning rate often kills ReLU units.",
+        "activations")]
+
+
+def representation_rule(f: RunFrames) -> list[Finding]:
+    c = f.cka
+    if c.empty:
+        return []
+    last = int(c["epoch"].max())
+    if last == 0:
+        return []
+    cl = c[(c["epoch"] == last) & c["cka"].apply(_finite)]
+    if cl.empty:
+        return []
+    low = cl.loc[cl["cka"].idxmin()]
+    high = cl.loc[cl["cka"].idxmax()]
+    sep = f.separability
+    sep_txt = ""
+    knn = sep[sep["measure"].str.startswith("k-NN")] if not sep.empty else sep
+    if len(knn) >= 2:
+        sep_txt = (f" Class separability of the penultimate features (k-NN accuracy on the probe set): "
+                   f"{fmt.pct(knn['accuracy'].iloc[0])} → {fmt.pct(knn['accuracy'].iloc[-1])}.")
+    return [Finding(
+        "representation", "info", f"Representations changed most in {low['layer']} (CKA {low['cka']:.2f} to pretrained)",
+        f"Linear CKA between each probed layer's features now (epoch {last}) and in the pretrained model: lowest "
+        f"{low['layer']} ({low['cka']:.3f}), highest {high['layer']} ({high['cka']:.3f}); 1 means unchanged.{sep_txt}",
+        "features")]
+
+
+RULES = [status_rule, nonfinite_loss_rule, accuracy_rule, overfitting_rule, gradients_rule, update_ratio_rule,
+         dead_units_rule, moved_layers_rule, representation_rule]
+
+
+def derive_findings(f: RunFrames) -> list[Finding]:
+    out: list[Finding] = []
+    for rule in RULES:
+        out += rule(f)
+    if not f.trained and not any(x.rule == "status" for x in out):
+        out.append(Finding("only_pretrained", "info", "Only the pretrained model (epoch 0) was recorded",
+                           "No training epoch has finished yet; the report shows the starting point.", "training"))
+    return sorted(out, key=lambda x: SEVERITY_ORDER[x.severity])

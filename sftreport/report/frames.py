@@ -1,0 +1,352 @@
+"""A run as tidy pandas frames: the aggregation step between the stored snapshots and the charts.
+
+Everything the report draws or reasons about is computed here once, already aggregated to what a chart
+needs (per layer and epoch, never per sample beyond the probe set), with floats rounded to 4 significant
+digits so the embedded data stays small. Charts (charts.py) and rules (findings.py) only read these frames.
+
+A "layer" is a module that owns parameters (for weights and gradients) or a probed module call (for
+activations), in network order. Per-layer numbers merge the layer's parameter tensors exactly from the
+stored sums: ‖Wₜ−W₀‖/‖W₀‖ = sqrt(Σ diff² / Σ ref²), update ratio = sqrt(Σ update² / Σ W²).
+"""
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import pandas as pd
+
+from sftreport.schema import EpochSnapshot, Evaluation, Histogram
+from sftreport.store import Run
+
+NAN = math.nan
+
+
+def sig(v: float | None, digits: int = 4) -> float:
+    """Round to `digits` significant digits (NaN for None); keeps NaN and infinities."""
+    if v is None:
+        return NAN
+    v = float(v)
+    if v == 0 or not math.isfinite(v):
+        return v
+    return float(f"{v:.{digits}g}")
+
+
+def _ratio(num: float, den: float) -> float:
+    if den == 0:
+        return 0.0 if num == 0 else math.inf
+    return math.sqrt(num / den)
+
+
+def layer_kind(type_name: str, shape: list[int] | None = None) -> str:
+    t = type_name.lower()
+    if "norm" in t:
+        return "normalisation"
+    if "conv" in t:
+        return "convolution"
+    if "linear" in t:
+        return "linear"
+    if "embed" in t:
+        return "embedding"
+    if shape is not None:
+        return "matrix" if len(shape) >= 2 else "vector"
+    return "other"
+
+
+class RunFrames:
+    """Lazily computed frames of one run (each computed at most once)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.info = run.info
+        self.epochs: list[EpochSnapshot] = run.epochs
+        self.classes: list[str] = list(run.info.dataset.classes)
+        arch = run.info.architecture
+        self.module_type: dict[str, str] = {m.name: m.type for m in arch.modules} if arch else {}
+        self.module_order: dict[str, int] = {m.name: i for i, m in enumerate(arch.modules)} if arch else {}
+
+    # ------------------------------------------------------------------ epochs
+
+    @property
+    def first(self) -> EpochSnapshot | None:
+        return self.epochs[0] if self.epochs else None
+
+    @property
+    def last(self) -> EpochSnapshot | None:
+        return self.epochs[-1] if self.epochs else None
+
+    @property
+    def trained(self) -> list[EpochSnapshot]:
+        """Snapshots after the pretrained one (epoch ≥ 1)."""
+        return [e for e in self.epochs if e.epoch > 0]
+
+    def class_name(self, i: int) -> str:
+        return self.classes[i] if 0 <= i < len(self.classes) else str(i)
+
+    @cached_property
+    def epoch_table(self) -> pd.DataFrame:
+        rows = []
+        for e in self.epochs:
+            rows.append({
+                "epoch": e.epoch, "step": e.step,
+                "train_loss": sig(e.train_loss), "train_accuracy": sig(e.train_accuracy),
+                "val_loss": sig(e.val.loss) if e.val else NAN, "val_accuracy": sig(e.val.accuracy) if e.val else NAN,
+                "lr": sig(e.lr),
+                "knn_accuracy": sig(e.features.knn_accuracy) if e.features else NAN,
+                "probe_accuracy": sig(e.features.probe_accuracy) if e.features else NAN,
+                "train_s": e.timing.train_s, "eval_s": e.timing.eval_s, "record_s": e.timing.record_s,
+                "samples_per_s": sig(e.timing.samples_per_s),
+            })
+        cols = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "knn_accuracy",
+                "probe_accuracy", "train_s", "eval_s", "record_s", "samples_per_s"]
+        return pd.DataFrame(rows, columns=cols)
+
+    @cached_property
+    def steps(self) -> pd.DataFrame:
+        """Per-step training loss (and learning rate), placed on a fractional-epoch axis."""
+        rows = []
+        prev_step = None
+        for e in self.epochs:
+            if e.steps:
+                start = prev_step if prev_step is not None else e.steps[0].step - e.steps[0].steps
+                span = max(1, e.step - start)
+                for p in e.steps:
+                    rows.append({"epoch": e.epoch, "x": sig((e.epoch - 1) + (p.step - start) / span, 5),
+                                 "step": p.step, "loss": sig(p.loss), "lr": sig(p.lr)})
+            prev_step = e.step
+        return pd.DataFrame(rows, columns=["epoch", "x", "step", "loss", "lr"])
+
+    @cached_property
+    def has_val(self) -> bool:
+        return any(e.val is not None for e in self.epochs)
+
+    def val_at(self, which: str) -> tuple[EpochSnapshot, Evaluation] | None:
+        evals = [(e, e.val) for e in self.epochs if e.val is not None]
+        if not evals:
+            return None
+        return evals[0] if which == "first" else evals[-1]
+
+    def best_epoch(self) -> tuple[int, float] | None:
+        """(epoch, validation accuracy) of the best epoch (highest accuracy, earliest on ties)."""
+        best = None
+        for e in self.epochs:
+            if e.val is not None and math.isfinite(e.val.accuracy):
+                if best is None or e.val.accuracy > best[1]:
+                    best = (e.epoch, e.val.accuracy)
+        return best
+
+    def confusion(self, snap: EpochSnapshot) -> pd.DataFrame:
+        rows = []
+        for t, row in enumerate(snap.val.confusion):
+            total = sum(row)
+            for p, n in enumerate(row):
+                rows.append({"true": self.class_name(t), "pred": self.class_name(p), "ti": t, "pi": p, "count": n,
+                             "share": sig(n / total) if total else NAN})
+        return pd.DataFrame(rows, columns=["true", "pred", "ti", "pi", "count", "share"])
+
+    def per_class(self) -> pd.DataFrame:
+        """Per-class validation accuracy at the first and the last evaluated epoch."""
+        first, last = self.val_at("first"), self.val_at("last")
+        if first is None:
+            return pd.DataFrame(columns=["class", "ci", "epoch", "which", "accuracy"])
+        rows = []
+        pairs = [(first, "pretrained")] + ([(last, "fine-tuned")] if last[0].epoch != first[0].epoch else [])
+        for (snap, ev), which in pairs:
+            for i, a in enumerate(ev.per_class_accuracy):
+                rows.append({"class": self.class_name(i), "ci": i, "epoch": snap.epoch,
+                             "which": f"{which} (epoch {snap.epoch})", "accuracy": sig(a)})
+        return pd.DataFrame(rows, columns=["class", "ci", "epoch", "which", "accuracy"])
+
+    # ------------------------------------------------------------------ weights and gradients
+
+    def _order(self, name: str, fallback: int) -> float:
+        return self.module_order.get(name, 1e6 + fallback)
+
+    @cached_property
+    def layer_weights(self) -> pd.DataFrame:
+        """Per layer (module owning parameters) and epoch: relative change, update ratio, sizes."""
+        rows = []
+        seen: dict[str, int] = {}
+        for e in self.epochs:
+            agg: dict[str, dict] = {}
+            for w in e.weights:
+                seen.setdefault(w.module, len(seen))
+                a = agg.setdefault(w.module, {"diff": 0.0, "ref": 0.0, "upd": 0.0, "before": 0.0, "has_upd": False,
+                                              "params": 0, "trainable": 0, "new": 0, "matrix": False,
+                                              "finite": True})
+                n = math.prod(w.shape) if w.shape else 1
+                a["diff"] += w.diff_sq
+                a["ref"] += w.ref_sq
+                a["params"] += n
+                a["trainable"] += n if w.trainable else 0
+                a["new"] += n if w.new else 0
+                a["matrix"] = a["matrix"] or len(w.shape) >= 2
+                a["finite"] = a["finite"] and math.isfinite(w.stats.sum_sq)
+                if w.update_sq is not None and w.before_update_sq is not None:
+                    a["upd"] += w.update_sq
+                    a["before"] += w.before_update_sq
+                    a["has_upd"] = True
+            for module, a in agg.items():
+                ratio = _ratio(a["upd"], a["before"]) if a["has_upd"] and a["before"] > 0 else NAN
+                mtype = self.module_type.get(module, "")
+                rows.append({
+                    "layer": module or "(model)", "module": module, "epoch": e.epoch,
+                    "order": self._order(module, seen[module]), "type": mtype,
+                    "kind": layer_kind(mtype, [2, 2] if a["matrix"] else [1]),
+                    "params": a["params"], "trainable": a["trainable"] > 0, "frozen": a["trainable"] == 0,
+                    "new": a["new"] > 0, "rel_change": sig(_ratio(a["diff"], a["ref"])),
+                    "update_ratio": sig(ratio), "matrix": a["matrix"], "finite": a["finite"]})
+        df = pd.DataFrame(rows, columns=["layer", "module", "epoch", "order", "type", "kind", "params", "trainable",
+                                         "frozen", "new", "rel_change", "update_ratio", "matrix", "finite"])
+        return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
+
+    @cached_property
+    def layer_grads(self) -> pd.DataFrame:
+        """Per layer and epoch: gradient norm (root of the sum of its tensors' squared mean norms), the
+        largest sampled tensor norm, and the sampled steps with a non-finite gradient."""
+        rows = []
+        seen: dict[str, int] = {}
+        for e in self.epochs:
+            agg: dict[str, dict] = {}
+            for g in e.gradients:
+                seen.setdefault(g.module, len(seen))
+                a = agg.setdefault(g.module, {"sq": 0.0, "max": 0.0, "nonfinite": 0, "samples": 0, "nan": False})
+                m = g.mean_norm
+                if math.isfinite(m):
+                    a["sq"] += m * m
+                else:
+                    a["nan"] = True
+                a["max"] = max(a["max"], g.norm_max)
+                a["nonfinite"] = max(a["nonfinite"], g.nonfinite)
+                a["samples"] = max(a["samples"], g.samples)
+            for module, a in agg.items():
+                rows.append({"layer": module or "(model)", "module": module, "epoch": e.epoch,
+                             "order": self._order(module, seen[module]),
+                             "norm": NAN if a["nan"] and a["sq"] == 0 else sig(math.sqrt(a["sq"])),
+                             "max_norm": sig(a["max"]), "nonfinite": a["nonfinite"], "samples": a["samples"]})
+        df = pd.DataFrame(rows, columns=["layer", "module", "epoch", "order", "norm", "max_norm", "nonfinite",
+                                         "samples"])
+        return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
+
+    @cached_property
+    def grad_total(self) -> pd.DataFrame:
+        """Per epoch: the whole model's gradient norm (from mean tensor norms), the largest tensor norm seen,
+        and the sampled steps with a non-finite gradient anywhere."""
+        rows = []
+        for e in self.epochs:
+            if not e.gradients:
+                continue
+            sq = sum(g.mean_norm ** 2 for g in e.gradients if math.isfinite(g.mean_norm))
+            rows.append({"epoch": e.epoch, "norm": sig(math.sqrt(sq)),
+                         "max_norm": sig(max(g.norm_max for g in e.gradients)),
+                         "nonfinite": max(g.nonfinite for g in e.gradients),
+                         "samples": max(g.samples for g in e.gradients)})
+        return pd.DataFrame(rows, columns=["epoch", "norm", "max_norm", "nonfinite", "samples"])
+
+    def weight_tensors(self) -> list[str]:
+        """Parameter names of the first snapshot with weights, in network order."""
+        for e in self.epochs:
+            if e.weights:
+                return [w.name for w in e.weights]
+        return []
+
+    def weight_hist(self, names: list[str]) -> pd.DataFrame:
+        """Histogram bins of chosen parameter tensors at every epoch, as fractions of the tensor's values."""
+        rows = []
+        wanted = set(names)
+        for e in self.epochs:
+            for w in e.weights:
+                if w.name in wanted:
+                    rows += _hist_rows(w.hist, {"tensor": w.name, "epoch": e.epoch})
+        return pd.DataFrame(rows, columns=["tensor", "epoch", "x0", "x1", "x", "share"])
+
+    # ------------------------------------------------------------------ activations and features
+
+    @cached_property
+    def activations(self) -> pd.DataFrame:
+        rows = []
+        seen: dict[str, int] = {}
+        for e in self.epochs:
+            for a in e.activations:
+                seen.setdefault(a.module, len(seen))
+                base = a.module.split("#")[0]
+                rows.append({"layer": a.module, "epoch": e.epoch,
+                             "order": self._order(base, seen[a.module]) + seen[a.module] * 1e-4,
+                             "type": a.type, "mean": sig(a.stats.mean), "std": sig(a.stats.std),
+                             "zero_fraction": sig(a.stats.zero_fraction), "dead_fraction": sig(a.dead_fraction),
+                             "dead": a.dead_channels, "channels": a.channels, "nonnegative": a.nonnegative,
+                             "min": sig(a.stats.min), "max": sig(a.stats.max)})
+        df = pd.DataFrame(rows, columns=["layer", "epoch", "order", "type", "mean", "std", "zero_fraction",
+                                         "dead_fraction", "dead", "channels", "nonnegative", "min", "max"])
+        return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
+
+    def activation_hist(self, layers: list[str], epochs: list[int]) -> pd.DataFrame:
+        rows = []
+        wl, we = set(layers), set(epochs)
+        for e in self.epochs:
+            if e.epoch not in we:
+                continue
+            for a in e.activations:
+                if a.module in wl:
+                    rows += _hist_rows(a.hist, {"layer": a.module, "epoch": e.epoch})
+        return pd.DataFrame(rows, columns=["layer", "epoch", "x0", "x1", "x", "share"])
+
+    def projection(self, method: str = "pca") -> pd.DataFrame:
+        labels = self.info.probe.labels if self.info.probe else []
+        rows = []
+        for e in self.epochs:
+            if e.features is None:
+                continue
+            for p in e.features.projections:
+                if p.method != method:
+                    continue
+                for i, (x, y) in enumerate(zip(p.x, p.y)):
+                    ci = labels[i] if i < len(labels) else -1
+                    rows.append({"epoch": e.epoch, "sample": i, "x": sig(x), "y": sig(y), "ci": ci,
+                                 "class": self.class_name(ci) if ci >= 0 else "?"})
+        return pd.DataFrame(rows, columns=["epoch", "sample", "x", "y", "ci", "class"])
+
+    @cached_property
+    def cka(self) -> pd.DataFrame:
+        rows = []
+        seen: dict[str, int] = {}
+        act_order = {}
+        if not self.activations.empty:
+            act_order = dict(zip(self.activations["layer"], self.activations["order"]))
+        for e in self.epochs:
+            for c in e.cka:
+                seen.setdefault(c.module, len(seen))
+                rows.append({"layer": c.module, "epoch": e.epoch,
+                             "order": act_order.get(c.module, self._order(c.module.split("#")[0], seen[c.module])),
+                             "cka": sig(c.value)})
+        df = pd.DataFrame(rows, columns=["layer", "epoch", "order", "cka"])
+        return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
+
+    @cached_property
+    def separability(self) -> pd.DataFrame:
+        rows = []
+        for e in self.epochs:
+            if e.features is None:
+                continue
+            rows.append({"epoch": e.epoch, "measure": f"k-NN accuracy (k={e.features.knn_k})",
+                         "accuracy": sig(e.features.knn_accuracy)})
+            rows.append({"epoch": e.epoch, "measure": "classifier accuracy on the probe set",
+                         "accuracy": sig(e.features.probe_accuracy)})
+        return pd.DataFrame(rows, columns=["epoch", "measure", "accuracy"])
+
+    def image_epochs(self) -> list[EpochSnapshot]:
+        return [e for e in self.epochs if e.images is not None]
+
+    def layers_in_order(self, df: pd.DataFrame) -> list[str]:
+        """Distinct layer labels of a per-layer frame, in network order."""
+        if df.empty:
+            return []
+        return list(dict.fromkeys(df.sort_values("order", kind="stable")["layer"]))
+
+
+def _hist_rows(h: Histogram, extra: dict) -> list[dict]:
+    total = h.total
+    if not total or not h.counts:
+        return []
+    edges = h.edges
+    return [{**extra, "x0": sig(edges[i]), "x1": sig(edges[i + 1]), "x": sig((edges[i] + edges[i + 1]) / 2),
+             "share": sig(c / total)} for i, c in enumerate(h.counts)]

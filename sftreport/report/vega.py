@@ -1,0 +1,102 @@
+"""Vega-Lite plumbing: chart → JSON-safe spec, specs → a <script> JSON blob, spec → static SVG/PNG,
+and the Vega + Vega-Lite + vega-embed JavaScript bundle (inlined once per HTML page).
+
+No NaN or infinity ever reaches JSON (a diverged run has them): they become null, which Vega-Lite
+treats as a missing value. Text inside the blob cannot close the <script> element: every `<`, `>` and
+`&` is written as a \\u escape, which JSON.parse turns back into the character.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+# the look shared by every chart; fonts: only DejaVu is installed on the machines that make PDFs
+CONFIG = {
+    "font": "DejaVu Sans, Verdana, Helvetica, Arial, sans-serif",
+    "background": "white",
+    "padding": 6,
+    "axis": {"labelFontSize": 11, "titleFontSize": 12, "titleFontWeight": "normal", "labelLimit": 220,
+             "titleColor": "#333", "labelColor": "#333"},
+    "legend": {"labelFontSize": 11, "titleFontSize": 11, "titleFontWeight": "normal", "labelLimit": 260},
+    "header": {"labelFontSize": 11, "titleFontSize": 12},
+    "title": {"fontSize": 12, "fontWeight": "bold", "anchor": "start", "offset": 6},
+    "view": {"stroke": "#ddd"},
+    "point": {"size": 36},
+}
+
+
+def json_safe(obj):
+    """A copy of `obj` with every non-finite float replaced by None (recursively)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def chart_spec(chart) -> dict:
+    """The Vega-Lite dict of an Altair chart with data inlined, the shared config, and no NaN."""
+    import altair as alt
+
+    with alt.data_transformers.enable("default", max_rows=None):
+        spec = chart.to_dict(validate=False)
+    spec = json_safe(spec)
+    spec["config"] = {**CONFIG, **spec.get("config", {})}
+    return spec
+
+
+def script_json(obj) -> str:
+    """JSON for inside <script type="application/json">: no `<`, `>`, `&` (so no `</script>`, no `<!--`)."""
+    text = json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sftreport"
+
+
+def javascript_bundle() -> str:
+    """vl-convert's Vega + Vega-Lite + vega-embed bundle (~900 KB). Making it takes ~2 s per process, so it
+    is cached on disk per vl-convert version (any failure to cache is ignored: it is only slower)."""
+    import vl_convert as vlc
+
+    version = getattr(vlc, "__version__", None) or "unknown"
+    key = f"vega-bundle-{version}-{vlc.get_vega_version()}-{vlc.get_vega_embed_version()}.js"
+    path = _cache_dir() / key
+    try:
+        text = path.read_text(encoding="utf-8")
+        if "vegaEmbed" in text and len(text) > 100_000:
+            return text
+    except OSError:
+        pass
+    text = vlc.javascript_bundle()
+    if "</script" in text.lower():  # cannot happen with today's bundle (FACTS.md); never inline one that does
+        text = text.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".bundle.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return text
+
+
+def to_static(spec: dict, fmt: str, scale: float = 3.0) -> str:
+    """A data: URI of the chart drawn by vl-convert, as SVG (vector, searchable text) or PNG (dense charts)."""
+    import vl_convert as vlc
+
+    if fmt == "png":
+        data = vlc.vegalite_to_png(spec, scale=scale, allowed_base_urls=[])
+        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    svg = vlc.vegalite_to_svg(spec, allowed_base_urls=[])
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")

@@ -1,0 +1,115 @@
+"""RunConfig (TOML + flags) and the run directory (atomic writes, validated reads)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sftreport.config import RunConfig, build_config
+from sftreport.errors import RunDirError, UserError
+from sftreport.schema import DatasetInfo, Environment, EpochSnapshot, RunInfo, json_schema
+from sftreport.store import EPOCHS_FILE, RunWriter, read_run
+
+
+def test_defaults_are_the_embedded_default_run():
+    cfg = RunConfig()
+    assert (cfg.model, cfg.weights, cfg.dataset, cfg.strategy) == ("digits_resnet", "DEFAULT", "digits", "full")
+
+
+def test_flags_override_the_toml_file_and_record_tables_merge(tmp_path: Path):
+    f = tmp_path / "run.toml"
+    f.write_text('model = "resnet18"\nepochs = 3\nlr = 0.5\n[record]\nprobe_size = 64\nhist_bins = 16\n')
+    cfg = build_config(f, {"epochs": 7, "record": {"hist_bins": 8}})
+    assert (cfg.model, cfg.epochs, cfg.lr) == ("resnet18", 7, 0.5)
+    assert (cfg.record.probe_size, cfg.record.hist_bins) == (64, 8)
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("epochs = -1\n", "epochs"),
+    ("optimiser = 'sgd'\n", "optimiser"),  # a typo is refused, not ignored
+    ("strategy = 'freeze'\n", "strategy"),
+    ("[record]\nprobe_size = 1\n", "record.probe_size"),
+    ("epochs = \n", "not valid TOML"),
+])
+def test_bad_config_files_give_one_line_naming_the_field(tmp_path: Path, text: str, needle: str):
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(UserError) as e:
+        build_config(f, {})
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_config_file(tmp_path: Path):
+    with pytest.raises(UserError, match="config file not found"):
+        build_config(tmp_path / "nope.toml", {})
+
+
+def _info() -> RunInfo:
+    return RunInfo(name="t", started_at="2026-01-01T00:00:00+00:00", model="m", weights="w", strategy="full",
+                   dataset=DatasetInfo(name="d", classes=["a", "b"], train_size=1, val_size=1, image_size=8),
+                   environment=Environment(python="3", platform="p", sftreport="0", device="cpu"))
+
+
+def test_run_directory_round_trip_and_nan_survives(tmp_path: Path):
+    w = RunWriter(tmp_path / "run")
+    w.write_run(_info())
+    w.append_epoch(EpochSnapshot(epoch=0, step=0))
+    w.append_epoch(EpochSnapshot(epoch=1, step=5, train_loss=float("nan")))
+    run = read_run(tmp_path / "run")
+    assert [e.epoch for e in run.epochs] == [0, 1]
+    assert run.epochs[1].train_loss != run.epochs[1].train_loss  # NaN kept: a diverged run's evidence
+    assert run.info.name == "t"
+
+
+def test_a_broken_line_is_reported_with_file_and_line_number(tmp_path: Path):
+    w = RunWriter(tmp_path / "run")
+    w.write_run(_info())
+    w.append_epoch(EpochSnapshot(epoch=0, step=0))
+    with open(tmp_path / "run" / EPOCHS_FILE, "a") as f:
+        f.write('{"epoch": 1, "step": "many"}\n')
+    with pytest.raises(RunDirError) as e:
+        read_run(tmp_path / "run")
+    assert f"{EPOCHS_FILE}:2:" in str(e.value) and "step" in str(e.value)
+
+
+def test_a_truncated_last_line_is_reported(tmp_path: Path):
+    w = RunWriter(tmp_path / "run")
+    w.write_run(_info())
+    w.append_epoch(EpochSnapshot(epoch=0, step=0))
+    with open(tmp_path / "run" / EPOCHS_FILE, "a") as f:
+        f.write('{"epoch": 1, "st')
+    with pytest.raises(RunDirError, match=f"{EPOCHS_FILE}:2:"):
+        read_run(tmp_path / "run")
+
+
+def test_a_second_run_never_appends_to_a_finished_one(tmp_path: Path):
+    w = RunWriter(tmp_path / "run")
+    w.write_run(_info())
+    w.append_epoch(EpochSnapshot(epoch=0, step=0))
+    with pytest.raises(RunDirError, match="already holds a run"):
+        RunWriter(tmp_path / "run")
+
+
+def test_newer_schema_versions_are_refused(tmp_path: Path):
+    w = RunWriter(tmp_path / "run")
+    info = json.loads(_info().model_dump_json())
+    info["schema_version"] = 99
+    (tmp_path / "run" / "run.json").write_text(json.dumps(info))
+    with pytest.raises(RunDirError, match="newer"):
+        read_run(tmp_path / "run")
+    del w
+
+
+def test_asset_paths_cannot_leave_the_run_directory(tmp_path: Path):
+    w = RunWriter(tmp_path / "run")
+    w.write_run(_info())
+    run = read_run(tmp_path / "run")
+    with pytest.raises(RunDirError):
+        run.asset("../../etc/passwd")
+
+
+def test_json_schema_covers_both_files():
+    schema = json_schema()
+    assert set(schema["properties"]) == {"run.json", "epochs.jsonl (each line)"}
+    assert "weights" in json.dumps(schema["properties"]["epochs.jsonl (each line)"])

@@ -1,0 +1,112 @@
+"""Datasets in their real formats, the device pipeline, sharding and the probe set."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftreport.config import RunConfig
+from sftreport.errors import UserError
+from sftreport.train.data import (DIGITS_TARGET_CLASSES, DevicePipeline, FolderImages, TrainBatches, augment_params,
+                                  choose_probe, eval_batches, load_cifar10, load_data, load_digits_split)
+
+
+def test_digits_target_task_is_classes_5_to_9_relabelled(tmp_path: Path):
+    train, val = load_digits_split(DIGITS_TARGET_CLASSES)
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (1, 8, 8)
+    assert set(train.labels.tolist()) == set(val.labels.tolist()) == {0, 1, 2, 3, 4}
+    assert 800 < len(train) + len(val) < 1000
+    again, _ = load_digits_split(DIGITS_TARGET_CLASSES)
+    assert torch.equal(again.labels, train.labels)  # the split never depends on the run's seed
+
+
+def test_cifar10_is_read_from_the_standard_layout(cifar_root: Path):
+    train, val, classes = load_cifar10(cifar_root, download=False)
+    assert classes[0] == "airplane" and len(classes) == 10
+    assert train.images.shape == (100, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert len(val) == 20
+    raw = pickle.load(open(cifar_root / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="bytes")
+    assert torch.equal(train.images[0].reshape(-1), torch.as_tensor(raw[b"data"][0]))
+
+
+def test_cifar10_missing_or_broken_files_are_one_line_errors(tmp_path: Path, cifar_root: Path):
+    with pytest.raises(UserError, match="not found"):
+        load_cifar10(tmp_path, download=False)
+    broken = tmp_path / "broken" / "cifar-10-batches-py"
+    broken.mkdir(parents=True)
+    for f in (cifar_root / "cifar-10-batches-py").iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "data_batch_3").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="data_batch_3"):
+        load_cifar10(broken.parent, download=False)
+
+
+def test_imagefolder_train_and_val(folder_root: Path):
+    cfg = RunConfig(dataset="imagefolder", data_root=folder_root, image_size=24, batch_size=4, record={"probe_size": 8})
+    data = load_data(cfg, None)
+    assert data.classes == ["cat", "dog", "fox"]
+    img, label, idx = data.train[0]
+    assert img.shape == (3, 24, 24) and img.dtype == torch.uint8
+    assert len(data.probe) == 8
+
+
+def test_imagefolder_with_mismatched_classes(tmp_path: Path, folder_root: Path):
+    import shutil
+
+    root = tmp_path / "f"
+    shutil.copytree(folder_root, root)
+    shutil.rmtree(root / "val" / "fox")
+    with pytest.raises(UserError, match="differ"):
+        FolderImages(root / "val", 16, classes=["cat", "dog", "fox"])
+
+
+def test_probe_set_is_fixed_and_class_balanced():
+    _, val = load_digits_split(DIGITS_TARGET_CLASSES)
+    a = choose_probe(val, 50, 5)
+    b = choose_probe(val, 50, 5)
+    assert torch.equal(a.images, b.images)
+    assert torch.bincount(a.labels, minlength=5).tolist() == [10] * 5
+
+
+def test_two_shards_together_make_the_one_process_batches():
+    train, _ = load_digits_split(DIGITS_TARGET_CLASSES)
+    cpu = torch.device("cpu")
+    one = TrainBatches(train, 16, seed=3, rank=0, world=1, device=cpu, workers=None, max_steps=None)
+    shards = [TrainBatches(train, 16, seed=3, rank=r, world=2, device=cpu, workers=None, max_steps=None) for r in (0, 1)]
+    assert len(one) == len(shards[0]) == len(shards[1])
+    for (x, y, aug), (x0, y0, a0), (x1, y1, a1) in zip(one.epoch(2, True), shards[0].epoch(2, True), shards[1].epoch(2, True)):
+        whole = sorted(zip(y.tolist(), aug.tolist(), x.flatten(1).sum(1).tolist()))
+        parts = sorted(zip(y0.tolist() + y1.tolist(), a0.tolist() + a1.tolist(),
+                           x0.flatten(1).sum(1).tolist() + x1.flatten(1).sum(1).tolist()))
+        assert whole == parts
+
+
+def test_batch_size_must_split_evenly_across_processes():
+    train, _ = load_digits_split(DIGITS_TARGET_CLASSES)
+    with pytest.raises(UserError, match="divisible"):
+        TrainBatches(train, 15, 0, 0, 2, torch.device("cpu"), None, None)
+
+
+def test_validation_shards_cover_every_sample_once():
+    _, val = load_digits_split(DIGITS_TARGET_CLASSES)
+    seen = []
+    for rank in range(3):
+        seen += [y for _, ys in eval_batches(val, 7, rank, 3, None, torch.device("cpu")) for y in ys.tolist()]
+    assert sorted(seen) == sorted(val.labels.tolist())
+
+
+def test_device_pipeline_normalises_resizes_and_augments_deterministically():
+    x = torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8)
+    p = DevicePipeline(torch.device("cpu"), 32, hflip=False, channels_last=False)
+    ev = p.eval_batch(x)
+    assert ev.shape == (4, 3, 32, 32) and ev.dtype == torch.float32
+    aug = augment_params(10, seed=1, epoch=1, hflip=False)
+    assert torch.equal(aug, augment_params(10, seed=1, epoch=1, hflip=False))
+    assert not torch.equal(aug, augment_params(10, seed=1, epoch=2, hflip=False))
+    assert (aug[:, 0] == 1).all()  # no mirror for digits
+    tr = p.train_batch(x, aug[:4])
+    assert tr.shape == ev.shape and not torch.allclose(tr, ev)
+    identity = torch.tensor([[1.0, 0.0, 0.0]]).expand(4, 3)
+    assert torch.allclose(p.train_batch(x, identity), ev, atol=1e-5)  # no shift, no flip = plain resize

@@ -1,0 +1,111 @@
+"""The model zoo: head replacement across torchvision families, weights files, freezing strategies."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from sftreport.errors import UserError
+from sftreport.train.models import DIGITS_MODEL, apply_strategy, build_model, set_train_mode
+
+FAMILIES = {  # model -> the head torchvision gives it
+    "resnet18": "fc",
+    "vgg11": "classifier.6",
+    "mobilenet_v2": "classifier.1",
+    "mobilenet_v3_small": "classifier.3",
+    "efficientnet_b0": "classifier.1",
+    "convnext_tiny": "classifier.2",
+    "vit_b_16": "heads.head",
+    "squeezenet1_0": "classifier.1",
+}
+
+
+@pytest.mark.parametrize("name, head", FAMILIES.items())
+def test_head_is_replaced_for_the_target_classes(name: str, head: str):
+    torch.manual_seed(0)
+    b = build_model(name, "none", num_classes=7)
+    assert b.head == head
+    size = 224 if name.startswith("vit") else 64
+    b.model.eval()
+    with torch.no_grad():
+        out = b.model(torch.randn(1, 3, size, size))
+    assert out.shape == (1, 7)
+    assert b.new_params == {n for n, _ in b.model.named_parameters()}  # weights none: everything is new
+
+
+def test_local_state_dict_is_loaded_and_only_the_head_is_new(tmp_path: Path):
+    import torchvision
+
+    src = torchvision.models.resnet18(num_classes=1000)
+    path = tmp_path / "r18.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)  # DDP-style wrapper
+    b = build_model("resnet18", str(path), num_classes=4)
+    assert b.new_params == {"fc.weight", "fc.bias"}
+    assert torch.equal(b.model.layer3[0].conv1.weight, src.layer3[0].conv1.weight)
+    assert b.model.fc.out_features == 4
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_in_one_line(tmp_path: Path):
+    import torchvision
+
+    path = tmp_path / "r34.pth"
+    torch.save(torchvision.models.resnet34().state_dict(), path)
+    with pytest.raises(UserError) as e:
+        build_model("resnet18", str(path), num_classes=4)
+    assert "do not fit" in str(e.value) and "unexpected" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_weights_are_loaded_with_weights_only(tmp_path: Path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(UserError, match="weights_only=True"):
+        build_model("resnet18", str(path), num_classes=2)
+
+
+def test_embedded_default_loads_its_shipped_pretrained_weights():
+    b = build_model(DIGITS_MODEL, "DEFAULT", num_classes=5)
+    assert "pretrained on digits 0–4" in b.weights
+    assert b.new_params == {"fc.weight", "fc.bias"}
+    assert b.model.layer1[0].conv1.weight.abs().sum() > 0
+
+
+def test_strategies_freeze_what_they_say():
+    b = build_model("resnet18", "none", num_classes=3)
+    frozen = apply_strategy(b.model, "linear-probe", b.head)
+    assert [n for n, p in b.model.named_parameters() if p.requires_grad] == ["fc.weight", "fc.bias"]
+    assert "layer4.1.bn2" in frozen
+    set_train_mode(b.model, frozen)
+    assert not b.model.layer4[1].bn2.training and b.model.fc.training  # frozen BN keeps its statistics
+
+    apply_strategy(b.model, "freeze-until:layer2", b.head)
+    trainable = {n.split(".")[0] for n, p in b.model.named_parameters() if p.requires_grad}
+    assert trainable == {"layer3", "layer4", "fc"}
+
+    apply_strategy(b.model, "full", b.head)
+    assert all(p.requires_grad for p in b.model.parameters())
+
+
+@pytest.mark.parametrize("strategy, message", [("freeze-until:nope", "no module"), ("freeze-until:fc", "new head"),
+                                                ("freeze-until:relu", "no parameters")])
+def test_bad_freeze_targets(strategy: str, message: str):
+    b = build_model("resnet18", "none", num_classes=3)
+    with pytest.raises(UserError, match=message):
+        apply_strategy(b.model, strategy, b.head)
+
+
+def test_unknown_model_and_weights_names():
+    with pytest.raises(UserError, match="unknown model"):
+        build_model("resnet1000", "none", 2)
+    with pytest.raises(UserError, match="IMAGENET1K_V2"):
+        build_model("resnet50", "IMAGENET9K", 2)
+
+
+def test_head_replacement_leaves_a_plain_module(tmp_path: Path):
+    b = build_model("mobilenet_v3_small", "none", num_classes=2)
+    assert isinstance(b.model.get_submodule(b.head), nn.Linear)
