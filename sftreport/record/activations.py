@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sftreport.errors import UserError
 from sftreport.record.stats import BinSpec, merge, stats_from_rows
 from sftreport.schema import ActivationStat, Histogram
 
@@ -51,6 +52,14 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
         stem = tops[-1] if tops else None
     chosen = ([stem] if stem else []) + blocks + [head]
     return sorted(dict.fromkeys(chosen), key=order.__getitem__)
+
+
+def check_modules(model: nn.Module, names: list[str]) -> None:
+    known = dict(model.named_modules())
+    missing = [m for m in names if m not in known]
+    if missing:
+        raise UserError(f"no module named {missing[0]!r} to record activations of "
+                        f"(top-level modules: {', '.join(n for n, _ in model.named_children())})")
 
 
 def channel_dim(x: torch.Tensor) -> int:

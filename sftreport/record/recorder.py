@@ -36,7 +36,8 @@ from torch import nn
 
 from sftreport import __version__
 from sftreport.config import RecordOptions
-from sftreport.record.activations import ActivationProbe, default_modules
+from sftreport.errors import UserError
+from sftreport.record.activations import ActivationProbe, check_modules, default_modules
 from sftreport.record.architecture import describe
 from sftreport.record.evaluation import all_reduce_sum, evaluate
 from sftreport.record.features import FeatureProbe, capture_head_input
@@ -58,7 +59,7 @@ def _now() -> str:
 def last_linear(model: nn.Module) -> str:
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
     if not names:
-        raise ValueError("cannot find the classifier head: pass head='module name'")
+        raise UserError("cannot find the classifier head: pass head='module name'")
     return names[-1]
 
 
@@ -102,15 +103,13 @@ class Recorder:
         self.global_step = 0
         self._started = time.perf_counter()
         self._reset_epoch()
-        self.writer = RunWriter(Path(run_dir)) if writer else None
 
         record = self.options.enabled and writer
         self.weights = WeightProbe(model, self.new_params, self.options.hist_bins) if record else None
         self.grads = GradientProbe(model, self.options.grad_every) if record else None
         act_modules = self.options.activations or default_modules(model, self.head)
-        missing = [m for m in act_modules if m not in dict(model.named_modules())]
-        if missing:
-            raise ValueError(f"no module named {missing[0]!r} to record activations of")
+        check_modules(model, act_modules)
+        self.writer = RunWriter(Path(run_dir)) if writer else None  # only once the arguments are known good
         image_modules = self._image_modules(model, act_modules)
         self.activations = ActivationProbe(act_modules, self.options.hist_bins, image_modules, IMAGE_SAMPLES) if record else None
         self.features = FeatureProbe(self.head, self.probe_y, self.options.knn_k, self.options.tsne) if record else None

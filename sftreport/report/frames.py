@@ -52,6 +52,19 @@ def layer_kind(type_name: str, shape: list[int] | None = None) -> str:
     return "other"
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Class names as chart categories: repeated names get ' (2)', ' (3)', ... so no class merges with another."""
+    out, seen = [], set()
+    for n in names:
+        name, k = n, 1
+        while name in seen:
+            k += 1
+            name = f"{n} ({k})"
+        seen.add(name)
+        out.append(name)
+    return out
+
+
 class RunFrames:
     """Lazily computed frames of one run (each computed at most once)."""
 
@@ -59,7 +72,7 @@ class RunFrames:
         self.run = run
         self.info = run.info
         self.epochs: list[EpochSnapshot] = run.epochs
-        self.classes: list[str] = list(run.info.dataset.classes)
+        self.classes: list[str] = unique_names(run.info.dataset.classes)
         arch = run.info.architecture
         self.module_type: dict[str, str] = {m.name: m.type for m in arch.modules} if arch else {}
         self.module_order: dict[str, int] = {m.name: i for i, m in enumerate(arch.modules)} if arch else {}

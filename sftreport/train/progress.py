@@ -23,6 +23,7 @@ class Progress:
         self.live = enabled and sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true", "yes")
         self._started = time.perf_counter()
         self._last_plain = 0.0
+        self._last_check = 0.0
         self._rich = None
         if self.live:
             from rich.console import Console
@@ -49,11 +50,13 @@ class Progress:
             self._task = self._rich.add_task("train", total=self.steps, epoch=epoch, epochs=self.epochs, loss="-", rate="-")
 
     def due(self) -> bool:
-        """Whether a fresh loss value is worth a host sync now (the display refreshes a few times a second)."""
+        """Whether to read the loss now (a host sync): a few times a second on a live display, once a
+        second otherwise (the runner also checks it for NaN then)."""
         now = time.perf_counter()
-        if self.live:
-            return now - getattr(self, "_last_live", 0.0) > 0.25
-        return now - self._last_plain > self.PLAIN_EVERY_S
+        if now - self._last_check < (0.25 if self.live else 1.0):
+            return False
+        self._last_check = now
+        return True
 
     def update(self, step: int, images: int, loss: float | None) -> None:
         self._images = images
@@ -64,9 +67,8 @@ class Progress:
             fields = {"rate": f"{rate:,.0f}"}
             if loss is not None:
                 fields["loss"] = f"{loss:.4f}"
-                self._last_live = time.perf_counter()
             self._rich.update(self._task, completed=step, **fields)
-        elif loss is not None:
+        elif loss is not None and time.perf_counter() - self._last_plain > self.PLAIN_EVERY_S:
             self._last_plain = time.perf_counter()
             eta = self._eta(step)
             print(f"epoch {self._epoch}/{self.epochs} step {step}/{self.steps} loss {loss:.4f} "

@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sftreport.config import RunConfig
 from sftreport.errors import UserError
+from sftreport.record.activations import check_modules
 from sftreport.record.recorder import Recorder, environment
 from sftreport.schema import DatasetInfo
 from sftreport.train import distributed
@@ -100,6 +101,7 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     data = load_data(cfg, default_image_size(cfg.model))
     bundle = build_model(cfg.model, cfg.weights, data.num_classes)
     frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    check_modules(bundle.model, cfg.record.activations or [])  # before anything is printed or written
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     model = bundle.model.to(device)

@@ -1,0 +1,94 @@
+"""The command-line contract: bad input is one line on stderr and exit code 2, never a traceback;
+`sftreport` and `python -m sftreport` are the same command; render and schema need no torch."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import cli
+from sftreport.cli import main
+
+
+def _one_line_error(capsys, argv: list[str]) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sftreport: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "garbage.pt").write_bytes(b"\x00not a checkpoint")
+    (d / "bad.toml").write_text("epochs = [\n")
+    (d / "typo.toml").write_text("epocs = 3\n")
+    (d / "empty").mkdir()
+    return d
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["run", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "--epochs", "zero"], "invalid int value"),
+    (["run", "--epochs", "0"], "epochs"),
+    (["run", "--optimizer", "rmsprop"], "optimizer"),
+    (["run", "--device", "tpu"], "device"),
+    (["run", "--strategy", "half"], "strategy"),
+    (["run", "--out", "report.docx"], "extension"),
+    (["run", "--dataset", "cifar10"], "--data-root"),
+    (["run", "--dataset", "cifar10", "--data-root", "/nonexistent"], "CIFAR-10 not found"),
+    (["run", "--dataset", "imagefolder", "--data-root", "{bad}/empty"], "train"),
+    (["run", "--weights", "{bad}/missing.pt"], "not found"),
+    (["run", "--weights", "{bad}/garbage.pt"], "cannot read weights file"),
+    (["run", "--model", "resnet9000"], "unknown model"),
+    (["run", "--model", "resnet18", "--weights", "IMAGENET9K"], "unknown weights"),
+    (["run", "--config", "{bad}/nope.toml"], "config file not found"),
+    (["run", "--config", "{bad}/bad.toml"], "not valid TOML"),
+    (["run", "--config", "{bad}/typo.toml"], "epocs"),
+    (["run", "--strategy", "freeze-until:nosuch"], "no module 'nosuch'"),
+    (["run", "--batch-size", "4096"], "fewer than --batch-size"),
+    (["run", "--activations", "layer9"], "layer9"),
+    (["render", "{bad}/empty", "--out", "x.html"], "run.json"),
+    (["render", "{bad}", "--out", "x.docx"], ""),
+    ([], "required"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(capsys, bad_files: Path, tmp_path: Path, monkeypatch, argv, needle):
+    monkeypatch.chdir(tmp_path)  # nothing a failed run writes lands in the repository
+    line = _one_line_error(capsys, [a.replace("{bad}", str(bad_files)) for a in argv])
+    assert needle in line
+
+
+def test_bad_input_in_a_real_process_has_no_traceback(bad_files: Path, tmp_path: Path):
+    r = cli("run", "--weights", str(bad_files / "garbage.pt"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and r.stderr.startswith("sftreport: error:")
+
+
+def test_python_dash_m_and_the_console_script_are_the_same_command():
+    script = shutil.which("sftreport", path=str(Path(sys.executable).parent))
+    assert script, "the sftreport console script is installed next to this Python"
+    a = subprocess.run([script, "--version"], capture_output=True, text=True)
+    b = subprocess.run([sys.executable, "-m", "sftreport", "--version"], capture_output=True, text=True)
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout and "sftreport" in a.stdout
+    h1 = subprocess.run([script, "run", "--help"], capture_output=True, text=True).stdout
+    h2 = subprocess.run([sys.executable, "-m", "sftreport", "run", "--help"], capture_output=True, text=True).stdout
+    assert h1 == h2 and "--strategy" in h1
+
+
+def test_schema_prints_json_schema_without_torch():
+    code = ("import sys, io, contextlib; from sftreport.cli import main\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf): rc = main(['schema'])\n"
+            "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]\n"
+            "print(buf.getvalue())")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    schema = json.loads(r.stdout)
+    assert "EpochSnapshot" in json.dumps(schema)
