@@ -104,7 +104,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
     outcome = run(cfg)
     if outcome.status != "completed":
-        print(f"sftreport: run {outcome.status}: {outcome.detail}", file=sys.stderr)
+        hint = " (SFTREPORT_DEBUG=1 shows the traceback)" if outcome.status == "failed" else ""
+        print(f"{_prefix()}: run {outcome.status}: {outcome.detail}{hint}", file=sys.stderr)
     return outcome.exit_code
 
 
@@ -137,9 +138,13 @@ def _one_line(e: UserError) -> str:
     return last.split("UserError: ", 1)[-1] if len(lines) > 1 else last
 
 
-def main(argv: list[str] | None = None) -> int:
+def _prefix() -> str:
     rank = os.environ.get("RANK")
-    prefix = f"sftreport[rank {rank}]" if rank not in (None, "0") else "sftreport"
+    return f"sftreport[rank {rank}]" if rank not in (None, "0") else "sftreport"
+
+
+def main(argv: list[str] | None = None) -> int:
+    prefix = _prefix()
     try:
         ns = build_parser().parse_args(argv)
         return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](ns)

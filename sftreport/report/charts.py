@@ -179,30 +179,32 @@ def params_by_block(df: pd.DataFrame, width: int) -> alt.Chart:
 # --------------------------------------------------------------------------- layer × epoch
 
 
-def heatmap(df: pd.DataFrame, value: str, layers: list[str], *, width: int, legend_title: str,
+def heatmap(df: pd.DataFrame | None, value: str, layers: list[str], *, width: int, legend_title: str,
             scale: alt.Scale, legend_format: str = ".2g", tooltip_format: str = ".3g",
-            extra_tooltips: list | None = None, grey_missing: bool = True, title: str | None = None,
-            y_labels: bool = True) -> alt.Chart:
+            extra_tooltips: list | None = None, title: str | None = None, y_labels: bool = True,
+            epochs: list[int] | None = None) -> alt.Chart:
     """Layers (network order, top to bottom) × epochs, coloured by `value`. Cells whose value cannot be
-    coloured (0 on a log scale, missing) are drawn light grey underneath."""
+    coloured (missing, or not positive on a log scale) are left out and show the light grey background.
+    With `df=None` the chart has no data of its own (a panel of a concatenation that carries the data)."""
     n = len(layers)
-    epochs = sorted(df["epoch"].unique().tolist())
+    if epochs is None:
+        epochs = sorted(df["epoch"].unique().tolist()) if df is not None else []
     y = alt.Y("layer:N", title="layer (network order)" if y_labels else None, sort=layers,
               scale=alt.Scale(domain=layers),
-              axis=alt.Axis(labelFontSize=label_font(n), labelLimit=220, labels=y_labels, ticks=y_labels))
-    x = alt.X("epoch:O", title="epoch", sort=epochs, axis=alt.Axis(labelAngle=0))
+              axis=alt.Axis(labelFontSize=label_font(n), labels=y_labels, ticks=y_labels))
+    x = alt.X("epoch:O", title="epoch", sort=epochs, scale=alt.Scale(domain=epochs), axis=alt.Axis(labelAngle=0))
     tips = [alt.Tooltip("layer:N"), alt.Tooltip("epoch:O")] + list(extra_tooltips or []) + \
         [alt.Tooltip(f"{value}:Q", title=legend_title, format=tooltip_format)]
-    base = alt.Chart(df, title=title).encode(x=x, y=y, tooltip=tips)
-    cells = base.mark_rect().encode(
+    valid = f"isValid(datum['{value}']) && isFinite(datum['{value}'])"
+    if getattr(scale, "type", None) == "log":
+        valid += f" && datum['{value}'] > 0"
+    chart = alt.Chart(df, title=title) if df is not None else alt.Chart(title=title)
+    return chart.transform_filter(valid).mark_rect().encode(
+        x=x, y=y, tooltip=tips,
         color=alt.Color(f"{value}:Q", title=legend_title, scale=scale,
-                        legend=alt.Legend(format=legend_format, gradientLength=max(120, min(260, width - 80)),
-                                          **LEGEND_BOTTOM)))
-    props = dict(width=width, height=alt.Step(row_step(n)))
-    if not grey_missing:
-        return cells.properties(**props)
-    under = base.mark_rect(color=GREY_CELL)
-    return alt.layer(under, cells).properties(**props)
+                        legend=alt.Legend(format=legend_format, gradientLength=max(100, min(240, width - 40)),
+                                          labelOverlap=True, tickCount=4, **LEGEND_BOTTOM)),
+    ).properties(width=width, height=alt.Step(row_step(n)), view=alt.ViewBackground(fill=GREY_CELL, stroke=None))
 
 
 def update_ratio(df: pd.DataFrame, layers: list[str], width: int) -> alt.Chart:
@@ -260,26 +262,29 @@ def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
 
 def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.HConcatChart:
     """Four panels over layers × epochs: mean, std, zero fraction, dead-channel fraction."""
-    n_ep = df["epoch"].nunique()
-    panel = max(70, min(190, (width - 260) // 4, 40 * n_ep))
+    epochs = sorted(df["epoch"].unique().tolist())
+    panel = max(70, min(190, (width - 200) // 4, 40 * len(epochs)))
+    df = df[["layer", "epoch", "type", "channels", "dead", "mean", "std", "zero_fraction", "dead_fraction"]]
     tips = [alt.Tooltip("type:N"), alt.Tooltip("channels:Q"), alt.Tooltip("dead:Q", title="dead channels")]
     pos = df["std"].dropna()
     pos = pos[pos > 0]
     std_scale = alt.Scale(type="log", scheme="viridis") if len(pos) and pos.max() / pos.min() > 20 else \
         alt.Scale(scheme="viridis")
+    dead_max = float(df["dead_fraction"].max()) if df["dead_fraction"].notna().any() else 0.0
+    common = dict(width=panel, extra_tooltips=tips, epochs=epochs)
     panels = [
-        heatmap(df, "mean", layers, width=panel, legend_title="mean", title="mean",
-                scale=alt.Scale(scheme="blueorange", domainMid=0), extra_tooltips=tips),
-        heatmap(df, "std", layers, width=panel, legend_title="standard deviation", title="standard deviation",
-                scale=std_scale, extra_tooltips=tips, y_labels=False),
-        heatmap(df, "zero_fraction", layers, width=panel, legend_title="zeros (%)", title="zero outputs",
+        heatmap(None, "mean", layers, legend_title="mean", title="mean",
+                scale=alt.Scale(scheme="blueorange", domainMid=0), **common),
+        heatmap(None, "std", layers, legend_title="standard deviation", title="standard deviation",
+                scale=std_scale, y_labels=False, **common),
+        heatmap(None, "zero_fraction", layers, legend_title="zeros (%)", title="zero outputs",
                 scale=alt.Scale(scheme="oranges", domain=[0, 1]), legend_format="%", tooltip_format=".1%",
-                extra_tooltips=tips, y_labels=False),
-        heatmap(df, "dead_fraction", layers, width=panel, legend_title="dead channels (%)", title="dead channels",
-                scale=alt.Scale(scheme="reds", domain=[0, max(0.1, float(df["dead_fraction"].max() or 0))]),
-                legend_format="%", tooltip_format=".1%", extra_tooltips=tips, y_labels=False),
+                y_labels=False, **common),
+        heatmap(None, "dead_fraction", layers, legend_title="dead channels (%)", title="dead channels",
+                scale=alt.Scale(scheme="reds", domain=[0, max(0.1, dead_max)]), legend_format="%",
+                tooltip_format=".1%", y_labels=False, **common),
     ]
-    return alt.hconcat(*panels, spacing=12).resolve_scale(color="independent")
+    return alt.hconcat(*panels, data=df, spacing=12).resolve_scale(color="independent")
 
 
 # --------------------------------------------------------------------------- histograms

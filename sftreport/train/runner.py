@@ -6,8 +6,10 @@ The loop is a plain PyTorch loop; everything sftreport measures goes through the
 from __future__ import annotations
 
 import math
+import os
 import signal
 import time
+import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -38,32 +40,36 @@ class RunOutcome:
 
     @property
     def exit_code(self) -> int:
+        """0 completed, 130 interrupted, 3 diverged, 1 failed."""
         return {"completed": 0, "interrupted": 130, "diverged": 3}.get(self.status, 1)
 
 
 class StopRequest:
-    """Ctrl-C sets a flag the loop checks after each step, so the run stops after a clean write.
-    A second Ctrl-C interrupts at once."""
+    """Ctrl-C (or SIGTERM, from a scheduler or torchrun) sets a flag the loop checks after each step, so
+    the run stops after a clean write. A second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
-        self._previous = None
+        self.requested: str | None = None
+        self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
         def handler(signum, frame):
             if self.requested:
                 raise KeyboardInterrupt
-            self.requested = True
+            self.requested = signal.Signals(signum).name
 
         try:
-            self._previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread (e.g. run from a notebook worker): plain Ctrl-C behaviour
-            self._previous = None
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. a notebook worker): default signal behaviour
+            self._previous = {}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class _Diverged(Exception):
@@ -179,21 +185,29 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                         value = loss.item()
                         if distributed.broadcast_flag(not math.isfinite(value), device):
                             raise _Diverged(f"training loss became {value} at epoch {epoch}, step {step}")
-                        if distributed.broadcast_flag(stop.requested, device):
+                        if distributed.broadcast_flag(bool(stop.requested), device):
                             raise KeyboardInterrupt
                     progress.update(step, step * cfg.batch_size, value)
                 snap = rec.epoch_end(lr=schedule.get_last_lr()[0])
                 progress.end_epoch(_epoch_line(epoch, cfg.epochs, snap))
                 if snap.train_loss is not None and not math.isfinite(snap.train_loss):
                     raise _Diverged(f"training loss became {snap.train_loss} in epoch {epoch}")
-                if distributed.broadcast_flag(stop.requested, device):
+                if distributed.broadcast_flag(bool(stop.requested), device):
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
-            status, detail = "interrupted", f"stopped by the user after {rec.epoch} of {cfg.epochs} epochs"
+            by = "the user (Ctrl-C)" if stop.requested in (None, "SIGINT") else stop.requested
+            status, detail = "interrupted", f"stopped by {by} after {rec.epoch} of {cfg.epochs} epochs"
         except _Diverged as e:
             status, detail = "diverged", str(e)
             if rec.epoch < epoch:  # keep the diverging epoch's evidence (NaN weights, gradients)
                 rec.epoch_end(lr=schedule.get_last_lr()[0])
+        except Exception as e:  # noqa: BLE001 - any failure: keep the finished epochs, render, say what broke
+            if os.environ.get("SFTREPORT_DEBUG"):
+                traceback.print_exc()
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            if ctx.enabled and "closed by peer" in first:  # gloo's word for "another rank died"
+                first = "another process of the job failed (its own message says why)"
+            status, detail = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {first}"
         finally:
             progress.close()
 

@@ -1,0 +1,62 @@
+"""Entry point of the render stage: a run directory → report files, the format following the extension.
+
+    render_run(Path("runs/default"), [Path("report.html"), Path("report.pdf"), Path("summary.md")])
+
+Never imports torch. Each output is written atomically (a failed render never destroys an earlier file).
+The Report is built once per medium: HTML and Markdown share the interactive one, the PDF has its own
+(static small multiples, a summarised layer table).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from sftreport.errors import UserError
+from sftreport.report.model import Medium, Report
+from sftreport.store import Run, atomic_write_bytes, atomic_write_text, read_run
+
+FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md"}
+
+
+def _format(out: Path) -> str:
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise UserError(f"{out}: unknown report format {out.suffix or '(no extension)'!r}; use .html, .pdf or .md")
+    return fmt
+
+
+def render_run(run_dir: Path, outs: list[Path]) -> list[Path]:
+    """Render the run at `run_dir` into each of `outs`; returns the paths written."""
+    outs = [Path(o) for o in outs]
+    kinds = [_format(o) for o in outs]  # check every extension before doing any work
+    run = read_run(Path(run_dir))
+    return render(run, list(zip(outs, kinds)))
+
+
+def render(run: Run, jobs: list[tuple[Path, str]]) -> list[Path]:
+    from sftreport.report.frames import RunFrames
+    from sftreport.report.sections import build_report
+
+    frames = RunFrames(run)
+    reports: dict[Medium, Report] = {}
+
+    def report(medium: Medium) -> Report:
+        if medium not in reports:
+            reports[medium] = build_report(run, medium, frames)
+        return reports[medium]
+
+    written = []
+    for out, kind in jobs:
+        if kind == "html":
+            from sftreport.report.html import render_html
+
+            atomic_write_text(out, render_html(report("html")))
+        elif kind == "pdf":
+            from sftreport.report.pdf import render_pdf
+
+            atomic_write_bytes(out, render_pdf(report("pdf")))
+        else:
+            from sftreport.report.markdown import render_markdown
+
+            atomic_write_text(out, render_markdown(report("html")))
+        written.append(out)
+    return written

@@ -1,0 +1,167 @@
+"""End to end, as a user runs it: the command line in a fresh process, the run directory it leaves,
+the reports it renders; Ctrl-C and divergence; the seed's CIFAR-10 case on a tiny CIFAR-10 on disk."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICK, cli
+from sftreport.store import read_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """The embedded default (shortened to 3 epochs), with all three report formats."""
+    d = tmp_path_factory.mktemp("default")
+    r = cli("run", "--epochs", "3", "--run-dir", str(d / "run"), "--out", str(d / "report.html"),
+            "--out", str(d / "report.pdf"), "--out", str(d / "summary.md"), cwd=d)
+    return r, d
+
+
+def test_default_run_succeeds_and_says_where_everything_is(default_run):
+    r, d = default_run
+    assert r.returncode == 0, r.stderr
+    assert f"run directory: {d / 'run'}" in r.stdout
+    for name in ("report.html", "report.pdf", "summary.md"):
+        assert (d / name).stat().st_size > 1000
+        assert f"report: {d / name}" in r.stdout
+    assert "epoch 3/3" in r.stderr  # plain progress lines: stderr is not a terminal here
+
+
+def test_default_run_is_transfer_learning_that_measurably_changes_the_model(default_run):
+    _, d = default_run
+    run = read_run(d / "run")
+    assert run.info.status == "completed"
+    assert "pretrained on digits 0–4" in run.info.weights
+    assert [e.epoch for e in run.epochs] == [0, 1, 2, 3]
+    first, last = run.epochs[0], run.epochs[-1]
+    assert first.train_loss is None and first.step == 0  # epoch 0: the pretrained model, before any step
+    assert last.val.accuracy > first.val.accuracy + 0.3
+    moved = {w.name: w.rel_change for w in last.weights}
+    assert moved["fc.weight"] > 0 and moved["layer1.0.conv1.weight"] > 0
+    assert {w.name for w in last.weights if w.new} == {"fc.weight", "fc.bias"}
+    arch = run.info.architecture
+    assert arch.new_params == 128 * 5 + 5 and arch.total_params == sum(m.params for m in arch.modules)
+
+
+def test_every_epoch_holds_every_probe(default_run):
+    _, d = default_run
+    run = read_run(d / "run")
+    for snap in run.epochs:
+        assert snap.val is not None and snap.weights and snap.activations and snap.features and snap.cka
+        assert all(w.hist.total == _numel(w.shape) for w in snap.weights)
+        assert {a.module for a in snap.activations} >= {"maxpool", "layer1.0", "layer4.0", "fc"}
+        assert len(snap.features.projections[0].x) == run.info.probe.size
+    assert all(c.value == pytest.approx(1.0) for c in run.epochs[0].cka)  # the pretrained model vs itself
+    assert run.epochs[0].gradients == [] and run.epochs[1].gradients
+    assert run.epochs[1].weights[0].update_ratio is not None
+    images = [s.images for s in run.epochs if s.images]
+    assert images[0].filters and images[0].feature_maps
+    for img in images:
+        assert (d / "run" / img.filters).read_bytes().startswith(b"\x89PNG")
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def test_render_rebuilds_reports_from_the_run_directory_without_torch(default_run, tmp_path: Path):
+    _, d = default_run
+    code = ("import sys; from sftreport.cli import main\n"
+            f"rc = main(['render', {str(d / 'run')!r}, '--out', {str(tmp_path / 'again.html')!r}, "
+            f"'--out', {str(tmp_path / 'again.md')!r}])\n"
+            "assert rc == 0\n"
+            "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')], 'render imported torch'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "again.html").stat().st_size > 1000
+
+
+def test_ctrl_c_stops_after_a_clean_write_and_renders_an_interrupted_report(tmp_path: Path):
+    run_dir, out = tmp_path / "run", tmp_path / "report.html"
+    proc = subprocess.Popen([sys.executable, "-m", "sftreport", "run", "--epochs", "500", "--run-dir", str(run_dir),
+                             "--out", str(out), "--probe-size", "32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**__import__("os").environ, "CI": "true"})
+    epochs = run_dir / "epochs.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not epochs.exists() or epochs.read_text().count("\n") < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    run = read_run(run_dir)
+    assert run.info.status == "interrupted"
+    assert 3 <= len(run.epochs) < 500
+    assert "interrupted" in out.read_text().lower()
+    assert "Traceback" not in stderr
+
+
+def test_a_diverging_loss_stops_the_run_and_the_report_says_so(tmp_path: Path):
+    r = cli("run", "--epochs", "5", "--lr", "10000", "--run-dir", str(tmp_path / "run"), "--out",
+            str(tmp_path / "report.html"), "--probe-size", "32", "--quiet", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    assert "diverged" in r.stderr
+    run = read_run(tmp_path / "run")
+    assert run.info.status == "diverged" and "loss became" in run.info.status_detail
+    assert len(run.epochs) < 6
+    assert "diverged" in (tmp_path / "report.html").read_text().lower()
+
+
+def test_seed_case_on_cifar10_files_with_a_local_weights_file(tmp_path: Path, cifar_root: Path):
+    """The seed's command shape (model, weights, cifar10, data root) with weights from a local file,
+    a linear probe: the backbone must not move at all, the new head must."""
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    r = cli("run", "--model", "resnet18", "--weights", str(weights), "--dataset", "cifar10", "--data-root",
+            str(cifar_root), "--strategy", "linear-probe", "--run-dir", str(tmp_path / "run"),
+            "--out", str(tmp_path / "r.md"), *QUICK, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = read_run(tmp_path / "run")
+    assert run.info.dataset.classes[:2] == ["airplane", "automobile"] and run.info.dataset.train_size == 100
+    last = run.epochs[-1]
+    for w in last.weights:
+        if w.name.startswith("fc."):
+            assert w.new and w.trainable and w.rel_change > 0
+        else:
+            assert not w.trainable and w.rel_change == 0.0
+    assert {g.name for g in last.gradients} == {"fc.weight", "fc.bias"}
+
+
+def test_imagefolder_with_a_toml_config_and_flag_overrides(tmp_path: Path, folder_root: Path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(f'model = "mobilenet_v3_small"\nweights = "none"\ndataset = "imagefolder"\n'
+                   f'data_root = "{folder_root}"\nimage_size = 48\nepochs = 4\nstrategy = "freeze-until:features.3"\n'
+                   f'optimizer = "adamw"\nlr = 0.001\n[record]\nprobe_size = 9\ntsne = true\n')
+    r = cli("run", "--config", str(cfg), "--epochs", "1", "--batch-size", "6", "--workers", "0",
+            "--run-dir", str(tmp_path / "run"), "--quiet", "--out", str(tmp_path / "r.md"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = read_run(tmp_path / "run")
+    assert run.info.config["epochs"] == 1 and run.info.config["optimizer"] == "adamw"  # flag over file
+    assert run.info.dataset.classes == ["cat", "dog", "fox"] and run.info.dataset.image_size == 48
+    frozen = {w.name.split(".")[1] for w in run.epochs[-1].weights if not w.trainable}
+    assert frozen == {"0", "1", "2", "3"}
+    assert [p.method for p in run.epochs[-1].features.projections] == ["pca", "tsne"]
+
+
+def test_run_dir_default_and_refusal_to_overwrite(tmp_path: Path):
+    r = cli("run", *QUICK, "--out", "r.md", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (made,) = list((tmp_path / "runs").iterdir())
+    assert made.name.endswith("-digits_resnet-digits") and (made / "run.json").exists()
+    again = cli("run", *QUICK, "--run-dir", str(made), cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
+    assert json.loads((made / "run.json").read_text())["status"] == "completed"  # untouched
