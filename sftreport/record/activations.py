@@ -135,18 +135,18 @@ class ActivationProbe:
         acc = self._acc.get((name, k))
         if acc is None:
             acc = self._acc[(name, k)] = _CallAcc(type(module).__name__, list(out.shape[1:]))
-        x = out.float()
+        x = out if out.dtype == torch.float32 else out.float()
         flat = x.reshape(-1)
-        xd = flat.double()
-        row = torch.stack([torch.tensor(float(flat.numel()), dtype=torch.float64, device=x.device), xd.sum(),
-                           (xd * xd).sum(), flat.min().double(), flat.max().double(),
-                           (flat.numel() - torch.count_nonzero(flat)).double()])
+        # float32 reductions (cascade-summed by torch) and no full-size temporaries: the outputs of a
+        # large model on a few hundred images are gigabytes, and a double copy would double the cost
+        lo, hi = torch.aminmax(flat)
+        row = torch.stack([torch.tensor(float(flat.numel()), device=x.device), flat.sum(),
+                           torch.linalg.vector_norm(flat) ** 2, lo, hi,
+                           flat.numel() - torch.count_nonzero(flat)]).double()
         acc.moments = merge(acc.moments, row)
         cd = channel_dim(x)
-        other = [d for d in range(x.dim()) if d != cd]
-        alive = (x != 0).any(dim=other[-1])
-        for d in reversed(other[:-1]):
-            alive = alive.any(dim=d)
+        other = tuple(d for d in range(x.dim()) if d != cd)
+        alive = (x.amax(dim=other) > 0) | (x.amin(dim=other) < 0)  # any non-zero value in the channel
         acc.alive = alive if acc.alive is None else acc.alive | alive
         key = f"{name}#{k}"
         if want_hist and key in self.spec:

@@ -73,10 +73,10 @@ def loss_curves(epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: i
     x = alt.X("x:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
     tips = [alt.Tooltip("series:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("step:Q", title="optimizer step"),
             alt.Tooltip("loss:Q", format=".4g")]
-    base = alt.Chart(df).encode(x=x, y=y, color=color, tooltip=tips)
+    base = alt.Chart().encode(x=x, y=y, color=color, tooltip=tips)
     step_line = base.transform_filter(alt.datum.series == series[0]).mark_line(strokeWidth=1, opacity=0.8)
     epoch_line = base.transform_filter(alt.datum.series != series[0]).mark_line(strokeWidth=2.2, point=True)
-    return alt.layer(step_line, epoch_line).properties(width=width, height=height)
+    return alt.layer(step_line, epoch_line, data=df).properties(width=width, height=height)
 
 
 def accuracy_curves(epochs: pd.DataFrame, width: int, height: int = 240) -> alt.Chart:
@@ -104,7 +104,7 @@ def learning_rate(steps: pd.DataFrame, epochs: pd.DataFrame, width: int, height:
         df = epochs[["epoch", "lr", "step"]].dropna(subset=["lr"]).assign(x=lambda d: d["epoch"])
     return alt.Chart(df).mark_line(color="#4c78a8", strokeWidth=2, interpolate="step-after").encode(
         x=alt.X("x:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
-        y=alt.Y("lr:Q", title="learning rate", axis=alt.Axis(format=".1e")),
+        y=alt.Y("lr:Q", title="learning rate", axis=alt.Axis(format="~g")),
         tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("step:Q", title="optimizer step"),
                  alt.Tooltip("lr:Q", title="learning rate", format=".3e")],
     ).properties(width=width, height=height)
@@ -116,7 +116,8 @@ def confusion_pair(frames: list[tuple[str, pd.DataFrame]], classes: list[str], w
     panel = max(120, min(360, (width - 60 * len(frames)) // max(1, len(frames)) - 70))
     charts = []
     for title, df in frames:
-        base = alt.Chart(df, title=title).encode(
+        df = df[["true", "pred", "count", "share"]]
+        base = alt.Chart().encode(
             x=alt.X("pred:N", title="predicted class", sort=classes, scale=alt.Scale(domain=classes),
                     axis=alt.Axis(labelAngle=-45 if n > 6 else 0, labelLimit=80)),
             y=alt.Y("true:N", title="true class", sort=classes, scale=alt.Scale(domain=classes),
@@ -127,12 +128,13 @@ def confusion_pair(frames: list[tuple[str, pd.DataFrame]], classes: list[str], w
                             legend=alt.Legend(format="%", **LEGEND_BOTTOM)),
             tooltip=[alt.Tooltip("true:N", title="true"), alt.Tooltip("pred:N", title="predicted"),
                      alt.Tooltip("count:Q", title="samples"), alt.Tooltip("share:Q", title="share of row", format=".1%")])
-        layer = rect
         if n <= 12:
             text = base.mark_text(fontSize=9 if n > 8 else 10).encode(
                 text=alt.Text("count:Q"),
                 color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("#333")))
-            layer = alt.layer(rect, text)
+            layer = alt.layer(rect, text, data=df, title=title)
+        else:
+            layer = alt.layer(rect, data=df, title=title)
         charts.append(layer.properties(width=panel, height=panel))
     return alt.hconcat(*charts, spacing=30).resolve_scale(color="shared")
 
@@ -144,16 +146,19 @@ def per_class_accuracy(df: pd.DataFrame, classes: list[str], width: int) -> alt.
     n = len(classes)
     y = alt.Y("class:N", title="class", sort=classes, scale=alt.Scale(domain=classes),
               axis=alt.Axis(labelFontSize=label_font(n), labelLimit=160))
-    x = alt.X("accuracy:Q", title="validation accuracy (%)", axis=alt.Axis(format="%"), scale=alt.Scale(domain=[0, 1]))
-    rule = alt.Chart(df).mark_rule(color="#bbbbbb", strokeWidth=2).encode(
-        y=y, x=alt.X("min(accuracy):Q", title="validation accuracy (%)"), x2="max(accuracy):Q")
-    pts = alt.Chart(df).mark_circle(size=70, opacity=1).encode(
+    xscale, xaxis = alt.Scale(domain=[0, 1]), alt.Axis(format="%")
+    x = alt.X("accuracy:Q", title="validation accuracy (%)", axis=xaxis, scale=xscale)
+    rule = alt.Chart().mark_rule(color="#bbbbbb", strokeWidth=2).encode(
+        y=y, x=alt.X("min(accuracy):Q", title="validation accuracy (%)", axis=xaxis, scale=xscale),
+        x2="max(accuracy):Q")
+    pts = alt.Chart().mark_circle(size=70, opacity=1).encode(
         y=y, x=x,
         color=alt.Color("which:N", title=None, scale=alt.Scale(domain=whiches, range=colors),
                         legend=alt.Legend(**LEGEND_BOTTOM)),
         tooltip=[alt.Tooltip("class:N"), alt.Tooltip("which:N", title="model"),
                  alt.Tooltip("accuracy:Q", format=".1%")])
-    return alt.layer(rule, pts).properties(width=width, height=alt.Step(row_step(n) + 2))
+    df = df[["class", "which", "accuracy"]]
+    return alt.layer(rule, pts, data=df).properties(width=width, height=alt.Step(row_step(n) + 2))
 
 
 # --------------------------------------------------------------------------- architecture
@@ -165,10 +170,12 @@ PART_COLORS = ["#c7c7c7", "#4c78a8", "#f58518", "#ffd8a8"]
 def params_by_block(df: pd.DataFrame, width: int) -> alt.Chart:
     """Stacked horizontal bars: parameters per top-level block, split by pretrained/new and trained/frozen."""
     blocks = list(dict.fromkeys(df["block"]))
+    present = [p for p in PARTS if p in set(df["part"])]
+    colors = [c for p, c in zip(PARTS, PART_COLORS) if p in present]
     return alt.Chart(df).mark_bar().encode(
         y=alt.Y("block:N", title="block (top-level module)", sort=blocks, axis=alt.Axis(labelLimit=200)),
         x=alt.X("sum(params):Q", title="parameters", axis=alt.Axis(format="~s")),
-        color=alt.Color("part:N", title=None, scale=alt.Scale(domain=PARTS, range=PART_COLORS),
+        color=alt.Color("part:N", title=None, scale=alt.Scale(domain=present, range=colors),
                         legend=alt.Legend(**LEGEND_BOTTOM)),
         order=alt.Order("part_order:Q"),
         tooltip=[alt.Tooltip("block:N"), alt.Tooltip("type:N"), alt.Tooltip("part:N"),
@@ -198,6 +205,9 @@ def heatmap(df: pd.DataFrame | None, value: str, layers: list[str], *, width: in
     valid = f"isValid(datum['{value}']) && isFinite(datum['{value}'])"
     if getattr(scale, "type", None) == "log":
         valid += f" && datum['{value}'] > 0"
+    if df is not None:
+        keep = ["layer", "epoch", value] + [t.shorthand.split(":")[0] for t in (extra_tooltips or [])]
+        df = df[list(dict.fromkeys(keep))]
     chart = alt.Chart(df, title=title) if df is not None else alt.Chart(title=title)
     return chart.transform_filter(valid).mark_rect().encode(
         x=x, y=y, tooltip=tips,
@@ -218,19 +228,20 @@ def update_ratio(df: pd.DataFrame, layers: list[str], width: int) -> alt.Chart:
     xscale = alt.Scale(type="log", domain=[dmin, dmax])
     y = alt.Y("layer:N", title="layer (network order)", sort=layers, scale=alt.Scale(domain=layers),
               axis=alt.Axis(labelFontSize=label_font(n), labelLimit=220))
-    band = alt.Chart(pd.DataFrame([{"lo": lo, "hi": hi, "target": HEALTHY_TARGET}])).mark_rect(
+    band = alt.Chart(pd.DataFrame([{"lo": lo, "hi": hi}])).mark_rect(
         color="#2ca02c", opacity=0.12).encode(x=alt.X("lo:Q", scale=xscale), x2="hi:Q")
     target = alt.Chart(pd.DataFrame([{"target": HEALTHY_TARGET}])).mark_rule(
         color="#2ca02c", strokeDash=[4, 3]).encode(x=alt.X("target:Q", scale=xscale))
-    pts = alt.Chart(df).mark_circle(size=36, opacity=0.85).encode(
+    df = df[["layer", "epoch", "type", "update_ratio"]]
+    pts = alt.Chart().mark_circle(size=36, opacity=0.85).encode(
         y=y,
         x=alt.X("update_ratio:Q", title="‖update‖ / ‖W‖ of one step (log scale; green band 1e-4 … 1e-2)",
-                scale=xscale, axis=alt.Axis(format=".0e")),
+                scale=xscale, axis=alt.Axis(format=".0e", labelOverlap=True, tickCount=6)),
         color=alt.Color("epoch:Q", title="epoch", scale=alt.Scale(scheme="viridis"),
                         legend=alt.Legend(format="d", tickMinStep=1, **LEGEND_BOTTOM)),
         tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("type:N"),
                  alt.Tooltip("update_ratio:Q", title="update / weight", format=".3e")])
-    return alt.layer(band, target, pts).properties(width=width, height=alt.Step(row_step(n)))
+    return alt.layer(band, target, pts, data=df).properties(width=width, height=alt.Step(row_step(n)))
 
 
 def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
@@ -243,21 +254,21 @@ def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
         rows.append({"series": series[1], "epoch": r.epoch, "norm": r.max_norm, "nonfinite": r.nonfinite})
     long = pd.DataFrame(rows, columns=["series", "epoch", "norm", "nonfinite"])
     long = long[long["norm"] > 0]
-    line = alt.Chart(long).mark_line(point=True, strokeWidth=2).encode(
+    line = alt.Chart().mark_line(point=True, strokeWidth=2).encode(
         x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
         y=alt.Y("norm:Q", title="gradient L2 norm (log scale)", scale=alt.Scale(type="log"),
-                axis=alt.Axis(format=".0e")),
+                axis=alt.Axis(format="~g", tickCount=5, labelOverlap=True)),
         color=alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=["#4c78a8", "#9ecae9"]),
                         legend=alt.Legend(**LEGEND_BOTTOM)),
         tooltip=[alt.Tooltip("series:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("norm:Q", format=".3e"),
                  alt.Tooltip("nonfinite:Q", title="steps with NaN/inf gradients")])
     bad = df[df["nonfinite"] > 0]
     if bad.empty:
-        return line.properties(width=width, height=height)
-    rules = alt.Chart(bad).mark_rule(color="#d62728", strokeWidth=2, strokeDash=[4, 2]).encode(
+        return alt.layer(line, data=long).properties(width=width, height=height)
+    rules = alt.Chart(bad[["epoch", "nonfinite"]]).mark_rule(color="#d62728", strokeWidth=2, strokeDash=[4, 2]).encode(
         x=alt.X("epoch:Q"), tooltip=[alt.Tooltip("epoch:Q"),
                                      alt.Tooltip("nonfinite:Q", title="sampled steps with NaN/inf gradients")])
-    return alt.layer(rules, line).properties(width=width, height=height)
+    return alt.layer(rules, line, data=long).properties(width=width, height=height)
 
 
 def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.HConcatChart:
@@ -297,7 +308,7 @@ def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, c
     panel_w = max(150, (width - 40 * columns) // columns)
     y = alt.Y("share:Q", title="share of values" + (" (square-root scale)" if sqrt_y else ""),
               scale=alt.Scale(type="sqrt") if sqrt_y else alt.Scale(), axis=alt.Axis(format="~%"))
-    x = alt.X("x:Q", title=x_title, axis=alt.Axis(format="~g", tickCount=5))
+    x = alt.X("x:Q", title=x_title, axis=alt.Axis(format=".3~r", tickCount=5, labelOverlap=True))
     tips = [alt.Tooltip(f"{facet}:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("x0:Q", title="from", format=".3g"),
             alt.Tooltip("x1:Q", title="to", format=".3g"), alt.Tooltip("share:Q", format=".2%")]
     area = alt.Chart().transform_filter(alt.datum.epoch == first_epoch).mark_area(

@@ -11,5 +11,6 @@ def render_html(report: Report) -> str:
     specs = {c.id: c.spec for c in report.charts()}
     page_js = (template_dir() / "js" / "embed.js").read_text(encoding="utf-8").replace("</", "<\\/")
     return html_env().get_template("report.html.j2").render(
-        report=report, medium="html", statics={}, specs_json=script_json(specs), bundle=javascript_bundle(),
+        report=report, medium="html", statics={}, image_src=None, specs_json=script_json(specs),
+        bundle=javascript_bundle(),
         page_js=page_js)

@@ -7,6 +7,8 @@ and numbers are the same.
 """
 from __future__ import annotations
 
+import base64
+
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -61,9 +63,13 @@ class TableBlock:
 
 @dataclass
 class Image:
-    src: str  # data: URI
+    data: bytes  # the file's bytes (PNG); the HTML inlines them as a data: URI
+    mime: str
     alt: str
-    label: str = ""
+
+    @property
+    def src(self) -> str:
+        return f"data:{self.mime};base64," + base64.b64encode(self.data).decode("ascii")
 
 
 @dataclass

@@ -1,28 +1,63 @@
 """The PDF report: the same sections laid out by WeasyPrint on A4, charts drawn beforehand by vl-convert
-as SVG (vector, searchable text) or, for dense charts, PNG at 3× (WeasyPrint is slow on big SVGs).
-Nothing is fetched: only data: and file: URLs are allowed."""
+as SVG (vector, searchable text) or, for dense charts, PNG (WeasyPrint is slow on SVGs with many elements).
+
+Images reach WeasyPrint through its URL fetcher from memory (`sftreport:` URLs) rather than as data: URIs
+inside the HTML, which would make its HTML parser scan megabytes of base64. Nothing is fetched from
+anywhere else: besides those, only data: and file: URLs are allowed.
+"""
 from __future__ import annotations
 
 import logging
 
-from sftreport.report.model import Report
+from sftreport.report.model import Image, Report
 from sftreport.report.templating import html_env, template_dir
 from sftreport.report.vega import to_static
 
+SCHEME = "sftreport"
 
-def pdf_html(report: Report) -> str:
-    """The HTML WeasyPrint lays out (with every chart as a data: image)."""
-    statics = {c.id: to_static(c.spec, c.static) for c in report.charts()}
-    return html_env().get_template("report_pdf.html.j2").render(report=report, medium="pdf", statics=statics)
+
+class Resources:
+    """Files the PDF's HTML refers to as `sftreport:<n>`, kept in memory."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[bytes, str]] = {}
+
+    def add(self, data: bytes, mime: str) -> str:
+        url = f"{SCHEME}:{len(self.files)}"
+        self.files[url] = (data, mime)
+        return url
+
+    def image(self, img: Image) -> str:
+        return self.add(img.data, img.mime)
+
+
+def pdf_html(report: Report) -> tuple[str, Resources]:
+    """The HTML WeasyPrint lays out, and the images it refers to."""
+    res = Resources()
+    statics = {c.id: res.add(*to_static(c.spec, c.static)) for c in report.charts()}
+    html = html_env().get_template("report_pdf.html.j2").render(
+        report=report, medium="pdf", statics=statics, image_src=res.image)
+    return html, res
+
+
+def _fetcher(res: Resources):
+    from weasyprint.urls import URLFetcher, URLFetcherResponse
+
+    class Fetcher(URLFetcher):
+        def fetch(self, url, headers=None):
+            if url in res.files:
+                data, mime = res.files[url]
+                return URLFetcherResponse(url, data, {"Content-Type": mime})
+            return super().fetch(url, headers)
+
+    return Fetcher(allowed_protocols={"data", "file"})
 
 
 def render_pdf(report: Report) -> bytes:
     import weasyprint
-    from weasyprint.urls import URLFetcher
 
     # WeasyPrint logs every CSS property it does not support at WARNING; they are not the user's problem
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
-    html = pdf_html(report)
-    fetcher = URLFetcher(allowed_protocols={"data", "file"})
-    doc = weasyprint.HTML(string=html, base_url=str(template_dir()), url_fetcher=fetcher)
+    html, res = pdf_html(report)
+    doc = weasyprint.HTML(string=html, base_url=str(template_dir()), url_fetcher=_fetcher(res))
     return doc.write_pdf()

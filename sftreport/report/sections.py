@@ -5,7 +5,6 @@ says so in one line (`Note`) instead of drawing an empty chart.
 """
 from __future__ import annotations
 
-import base64
 import json
 import math
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ MAX_HEATMAP_ROWS = 70  # above this, layer heatmaps keep only convolution/linear
 MAX_HIST_TENSORS = 6
 MAX_ACT_HIST = 6
 MAX_PDF_PROJECTIONS = 4
-PNG_ABOVE_MARKS = 600  # charts with more marks are drawn as PNG in the PDF (WeasyPrint is slow on big SVGs)
+PNG_ABOVE_MARKS = 300  # charts with more marks are drawn as PNG in the PDF (WeasyPrint is slow on big SVGs)
 PDF_TABLE_DEPTH = 2
 
 STRATEGIES = {
@@ -437,10 +436,9 @@ class _Builder:
             data = self.run.asset(rel).read_bytes()
         except (OSError, UserError):
             return None
-        mime = "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else None
-        if mime is None:
+        if data[:8] != b"\x89PNG\r\n\x1a\n":
             return None
-        return Image(src=f"data:{mime};base64," + base64.b64encode(data).decode("ascii"), alt=alt)
+        return Image(data=data, mime="image/png", alt=alt)
 
     # ------------------------------------------------------------------ features
 
@@ -492,7 +490,7 @@ class _Builder:
                 "model: 1 is unchanged, lower values mean fine-tuning changed what the layer represents.",
                 charts.heatmap(c, "cka", layers, width=s.heat, legend_title="linear CKA to pretrained",
                                scale=alt_scale_linear(c["cka"], "viridis", hi=1.0), legend_format=".2f",
-                               tooltip_format=".3f", grey_missing=True),
+                               tooltip_format=".3f"),
                 marks=len(c)))
         sep = f.separability
         if not sep.empty and sep["epoch"].nunique() > 1:

@@ -7,7 +7,6 @@ treats as a missing value. Text inside the blob cannot close the <script> elemen
 """
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -91,12 +90,42 @@ def javascript_bundle() -> str:
     return text
 
 
-def to_static(spec: dict, fmt: str, scale: float = 3.0) -> str:
-    """A data: URI of the chart drawn by vl-convert, as SVG (vector, searchable text) or PNG (dense charts)."""
+# vl-convert measures text slowly: truncating labels to a width (labelLimit) measures each label many times
+# and a list of fallback fonts is resolved per measurement. Static charts use one font and no truncation.
+STATIC_CONFIG = {"font": "DejaVu Sans", "axis": {"labelLimit": 0}, "legend": {"labelLimit": 0},
+                 "header": {"labelLimit": 0}}
+
+
+def static_spec(spec: dict) -> dict:
+    """`spec` with the static-drawing config on top (shallow copies; the input is not changed)."""
+    config = dict(spec.get("config", {}))
+    for key, value in STATIC_CONFIG.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    return {**spec, "config": config}
+
+
+def to_static(spec: dict, fmt: str, scale: float = 2.0) -> tuple[bytes, str]:
+    """The chart drawn by vl-convert: (bytes, MIME type), as SVG (vector, searchable text) or, for dense
+    charts, PNG at `scale`× (RGB without alpha: WeasyPrint re-encodes an alpha channel separately)."""
     import vl_convert as vlc
 
+    spec = static_spec(spec)
     if fmt == "png":
         data = vlc.vegalite_to_png(spec, scale=scale, allowed_base_urls=[])
-        return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    svg = vlc.vegalite_to_svg(spec, allowed_base_urls=[])
-    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+        return _opaque_png(data), "image/png"
+    return vlc.vegalite_to_svg(spec, allowed_base_urls=[]).encode("utf-8"), "image/svg+xml"
+
+
+def _opaque_png(data: bytes) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    if img.mode == "RGB":
+        return data
+    rgb = Image.new("RGB", img.size, (255, 255, 255))
+    rgb.paste(img, mask=img.getchannel("A") if "A" in img.mode else None)
+    out = io.BytesIO()
+    rgb.save(out, format="PNG", compress_level=1)
+    return out.getvalue()

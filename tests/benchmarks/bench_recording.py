@@ -1,0 +1,175 @@
+"""What recording costs: the same fine-tuning with recording off and on, side by side in one process.
+
+    python tests/benchmarks/bench_recording.py            # default run + resnet50 (a few minutes on 2 CPU cores)
+    python tests/benchmarks/bench_recording.py --quick    # smaller resnet50 probe set
+
+Prints a Markdown table (the README holds the latest one). Targets (issue 3): all probes together at most
+2 % of a CIFAR-10-size ResNet-50 epoch; the weight and gradient statistics alone at most 0.10 s per epoch end
+for resnet50 on the CPU. The TensorBoard route (add_histogram of every parameter and gradient) is timed for
+comparison (needs the `bench` extra: pip install '.[bench]').
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from sftreport.config import RecordOptions, RunConfig
+from sftreport.record.gradients import GradientProbe
+from sftreport.record.recorder import Recorder
+from sftreport.record.weights import WeightProbe
+from sftreport.train.runner import run
+
+CIFAR_EPOCH = 50_000
+
+
+def timed(fn, repeat: int = 5) -> float:
+    """Median seconds of `repeat` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def default_run_rows(tmp: Path) -> list[tuple[str, str]]:
+    """The embedded default run, recording off and on; per-epoch train time and probe time."""
+    out = {}
+    for enabled in (False, True):
+        cfg = RunConfig(run_dir=tmp / f"default-{enabled}", quiet=True, out=[tmp / f"d{enabled}.md"],
+                        record=RecordOptions(enabled=enabled))
+        started = time.perf_counter()
+        outcome = run(cfg)
+        wall = time.perf_counter() - started
+        from sftreport.store import read_run
+
+        epochs = read_run(outcome.run_dir).epochs[1:]
+        out[enabled] = (wall, statistics.mean(e.timing.train_s for e in epochs),
+                        statistics.mean(e.timing.record_s for e in epochs))
+    (w0, t0, _), (w1, t1, r1) = out[False], out[True]
+    return [
+        ("default run, wall time, recording off / on", f"{w0:.1f} s / {w1:.1f} s"),
+        ("default run, train time per epoch, off / on", f"{t0:.2f} s / {t1:.2f} s"),
+        ("default run, probes per epoch end", f"{r1:.3f} s ({r1 / (t1 + r1):.1%} of an epoch)"),
+    ]
+
+
+def resnet50_rows(probe_size: int, batch: int, steps: int) -> list[tuple[str, str]]:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(num_classes=10)
+    new = {"fc.weight", "fc.bias"}
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, 3, 224, 224)
+    y = torch.randint(0, 10, (batch,))
+
+    def train_step(rec: Recorder | None = None):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if rec is not None:
+            rec.step(loss, logits, y)
+
+    model.train()
+    step_plain = timed(train_step, repeat=steps)
+    per_image = step_plain / batch
+    epoch_s = per_image * CIFAR_EPOCH
+    steps_per_epoch = CIFAR_EPOCH // 32
+
+    # weight and gradient statistics alone, at an epoch end (gradients sampled once so there is data)
+    wprobe = WeightProbe(model, new, bins=32)
+    wprobe.measure()
+    gprobe = GradientProbe(model, every=1)
+
+    def weights_and_grads():
+        gprobe.maybe_sample()
+        wprobe.measure()
+        gprobe.collect()
+
+    wg = timed(weights_and_grads)
+    # every probe at an epoch end, through the public Recorder (probe set at 224 px)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = (torch.randn(probe_size, 3, 224, 224), torch.arange(probe_size) % 10)
+        rec = Recorder(model, probe=probe, run_dir=Path(tmp) / "r", new_params=new, head="fc",
+                       options=RecordOptions(grad_every=5, image_every=0))
+        train_step()
+        logits = model(x[:2]).detach()
+        loss = F.cross_entropy(logits, y[:2])
+        t = time.perf_counter()
+        rec.step(loss, logits, y[:2])  # the epoch's first step also measures the update-to-weight ratio
+        first_step = time.perf_counter() - t
+        n = 50
+        t = time.perf_counter()
+        for _ in range(n):  # every 5th of these samples the gradient norms
+            rec.step(loss, logits, y[:2])
+        per_step = (time.perf_counter() - t) / n
+        t = time.perf_counter()
+        rec.epoch_end()
+        probes = time.perf_counter() - t
+    per_epoch_steps = per_step * steps_per_epoch + first_step
+    total = probes + per_epoch_steps
+
+    rows = [
+        (f"resnet50 224 px, one training step (batch {batch})", f"{step_plain:.2f} s"),
+        ("resnet50, CIFAR-10-size epoch (50,000 images), estimated from it", f"{epoch_s / 3600:.1f} h"),
+        ("resnet50, weight + gradient statistics per epoch end", f"{wg:.3f} s (target ≤ 0.10 s)"),
+        ("resnet50, `rec.step` per step (gradient norms every 5th)", f"{per_step * 1000:.2f} ms; first step of an epoch {first_step * 1000:.0f} ms"),
+        ("resnet50, `rec.step` over an epoch of 1,562 steps (batch 32)", f"{per_epoch_steps:.1f} s"),
+        (f"resnet50, all probes at an epoch end (probe set {probe_size} at 224 px)", f"{probes:.1f} s"),
+        ("resnet50, recording share of a CIFAR-10-size epoch", f"{total / epoch_s:.2%} (target ≤ 2 %)"),
+    ]
+    rows += tensorboard_rows(model, wg)
+    return rows
+
+
+def tensorboard_rows(model: torch.nn.Module, ours: float) -> list[tuple[str, str]]:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return [("TensorBoard add_histogram route", "not measured: pip install '.[bench]'")]
+    with tempfile.TemporaryDirectory() as tmp:
+        writer = SummaryWriter(tmp)
+        step = [0]
+
+        def tb():
+            step[0] += 1
+            for name, p in model.named_parameters():
+                writer.add_histogram(name, p, step[0])
+                if p.grad is not None:
+                    writer.add_histogram(name + ".grad", p.grad, step[0])
+            writer.flush()
+
+        t = timed(tb, repeat=3)
+        writer.close()
+    return [("TensorBoard add_histogram, every parameter and gradient", f"{t:.2f} s per epoch end ({t / ours:.0f}× ours)")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="probe set of 64 instead of 256 for resnet50")
+    ap.add_argument("--skip-default", action="store_true")
+    a = ap.parse_args()
+    rows: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        if not a.skip_default:
+            rows += default_run_rows(Path(tmp))
+    rows += resnet50_rows(probe_size=64 if a.quick else 256, batch=8, steps=3)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print("| measurement | result |\n|---|---|")
+    for k, v in rows:
+        print(f"| {k} | {v} |")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
