@@ -36,8 +36,10 @@ def test_moments_and_histograms_match_per_tensor_reference():
         assert (lo, hi) == (t.min().item(), t.max().item())
         assert zeros == (t == 0).sum().item()
     spec = BinSpec.around([r[3] for r in rows], [r[4] for r in rows], bins=8)
-    scratch = FlatBuffer(flat.numels, torch.device("cpu")).copy_from(flat)
-    hists = spec.histograms(histogram_counts(scratch, spec).tolist())
+    scratch = FlatBuffer(flat.numels, torch.device("cpu"))
+    hists = spec.histograms(histogram_counts(flat, scratch, spec).tolist())
+    again = spec.histograms(histogram_counts(flat, scratch, spec, [r[3] for r in rows], [r[4] for r in rows]).tolist())
+    assert again == hists  # the shortcut taken when min/max are known gives the same counts
     for t, h in zip(tensors, hists):
         assert h.total == t.numel()  # counts (with below/above) sum to numel
         ref = torch.histc(t.float(), bins=8, min=h.lo, max=h.hi)
@@ -48,7 +50,7 @@ def test_histogram_counts_values_outside_the_fixed_range_and_skips_nan():
     spec = BinSpec(lo=[0.0], hi=[1.0], bins=4)
     t = torch.tensor([-5.0, 0.0, 0.3, 0.99, 1.0, 7.0, float("inf"), float("-inf"), float("nan")])
     flat = FlatBuffer([t.numel()], torch.device("cpu")).load([t])
-    h = spec.histograms(histogram_counts(flat, spec).tolist())[0]
+    h = spec.histograms(histogram_counts(flat, FlatBuffer([t.numel()], torch.device("cpu")), spec).tolist())[0]
     assert (h.below, h.counts, h.above) == (2, [1, 1, 0, 1], 3)
     assert h.total == t.numel() - 1  # the NaN is in no bin
 

@@ -7,6 +7,7 @@ sums, sums of squares, min, max and histogram counts add (or min/max) elementwis
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +33,6 @@ class FlatBuffer:
 
     def load(self, tensors: list[torch.Tensor]) -> FlatBuffer:
         torch._foreach_copy_(self.views, [t.detach().reshape(-1) for t in tensors])
-        return self
-
-    def copy_from(self, other: FlatBuffer) -> FlatBuffer:
-        self.buf.copy_(other.buf)
         return self
 
 
@@ -84,33 +81,33 @@ class BinSpec:
                 for lo, hi, c in zip(self.lo, self.hi, counts)]
 
 
-def histogram_counts(scratch: FlatBuffer, spec: BinSpec) -> torch.Tensor:
-    """(T, bins+2) int64 counts of `scratch`'s views; bin 0 counts values below lo, bin bins+1 values at or
-    above hi. Destroys `scratch` (transforms it in place). NaNs fall in no bin.
+def histogram_counts(source: FlatBuffer, scratch: FlatBuffer, spec: BinSpec,
+                     mins: list[float] | None = None, maxs: list[float] | None = None) -> torch.Tensor:
+    """(T, bins+2) int64 counts of `source`'s views; bin 0 counts values below lo, bin bins+1 values at or
+    above hi. `scratch` (same layout) is overwritten; `source` is not. NaNs fall in no bin.
 
-    Each view is mapped in place to `tensor_index * (bins + 2) + 1 + (x - lo) * bins / (hi - lo)`, clamped to
-    its own block of bins + 2 integers, so one bincount over the whole buffer counts every histogram."""
-    t, width = len(scratch.views), spec.bins + 2
+    Each view is mapped to `tensor_index * (bins + 2) + 1 + (x - lo) * bins / (hi - lo)`, clamped to its own
+    block of bins + 2 integers, so one bincount over the whole buffer counts every histogram. When the
+    caller knows each tensor's min and max (it computed the moments already), only the tensors that
+    leave their range are clamped and the NaN pass runs only if something is not finite."""
+    t, width = len(source.views), spec.bins + 2
     assert t * width < 2**24, "bin indices must stay exact in float32"
     inv = [spec.bins / (h - l) for l, h in zip(spec.lo, spec.hi)]
     shift = [i * width + 1 - l * s for i, (l, s) in enumerate(zip(spec.lo, inv))]
-    torch._foreach_mul_(scratch.views, inv)
+    for src, dst, s in zip(source.views, scratch.views, inv):  # copy and scale in one pass
+        torch.mul(src, s, out=dst)
     torch._foreach_add_(scratch.views, shift)
-    torch._foreach_clamp_min_(scratch.views, [float(i * width) for i in range(t)])
-    torch._foreach_clamp_max_(scratch.views, [float(i * width + width - 1) for i in range(t)])
-    scratch.buf.nan_to_num_(nan=float(t * width))  # NaN -> one spare bin past the end, dropped below
+    known = mins is not None and maxs is not None
+    finite = known and all(math.isfinite(v) for v in (*mins, *maxs))
+    for i, view in enumerate(scratch.views):
+        if not known or not finite or mins[i] < spec.lo[i] or maxs[i] >= spec.hi[i]:
+            view.clamp_(float(i * width), float(i * width + width - 1))
+    if not finite:
+        scratch.buf.nan_to_num_(nan=float(t * width))  # NaN -> one spare bin past the end, dropped below
     idx = scratch.ints()
     idx.copy_(scratch.buf)  # truncation is floor: every value is >= 0 here
     counts = torch.bincount(idx, minlength=t * width + 1)[: t * width]
     return counts.view(t, width)
-
-
-def tensor_stats_single(x: torch.Tensor) -> torch.Tensor:
-    """(6,) float64 moments of one tensor (count, sum, sum_sq, min, max, zeros); mergeable with `merge`."""
-    x = x.detach().float().reshape(-1)
-    xd = x.double()
-    return torch.stack([torch.tensor(x.numel(), dtype=torch.float64, device=x.device), xd.sum(), (xd * xd).sum(),
-                        x.min().double(), x.max().double(), (x == 0).sum().double()])
 
 
 def merge(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:

@@ -50,25 +50,23 @@ class WeightProbe:
         mom = moments(now)
         torch.sub(now.buf, self.ref.buf, out=scratch.buf)
         diff_sq = torch.stack(torch._foreach_norm(scratch.views)).double() ** 2
-        ref_sq = torch.stack(torch._foreach_norm(self.ref.views)).double() ** 2
-        if self.spec is None:  # bins fixed once, from the reference weights
+        if self.spec is None:  # fixed once, from the reference weights: bins and ‖W₀‖²
             ref_mom = moments(self.ref).tolist()
             self.spec = BinSpec.around([r[3] for r in ref_mom], [r[4] for r in ref_mom], self.bins)
-        scratch.copy_from(now)
-        counts = histogram_counts(scratch, self.spec)
+            self._ref_sq = torch.tensor([r[2] for r in ref_mom], dtype=torch.float64, device=mom.device)
         update = self._update
-        # one host transfer for the floats, one for the integer histogram counts
-        table = torch.cat([mom, diff_sq[:, None], ref_sq[:, None]] + ([update] if update is not None else []), dim=1)
-        rows, hist_rows = table.tolist(), counts.tolist()
-        hists = self.spec.histograms(hist_rows)
+        # the floats in one host transfer; their min/max tell the histogram which tensors need clamping
+        table = torch.cat([mom, diff_sq[:, None], self._ref_sq[:, None]] + ([update] if update is not None else []), dim=1)
+        rows = table.tolist()
+        counts = histogram_counts(now, scratch, self.spec, [r[3] for r in rows], [r[4] for r in rows])
+        hists = self.spec.histograms(counts.tolist())
         self._awaiting_update, self._update = True, None
         out = []
         for i, (name, p) in enumerate(zip(self.names, self.params)):
             row = rows[i]
-            module = name.rpartition(".")[0]
             out.append(WeightStat(
-                name=name, module=module, shape=list(p.shape), trainable=p.requires_grad, new=name in self.new,
-                stats=stats_from_rows([row[:6]])[0], hist=hists[i], diff_sq=row[6], ref_sq=row[7],
-                update_sq=row[8] if update is not None else None,
+                name=name, module=name.rpartition(".")[0], shape=list(p.shape), trainable=p.requires_grad,
+                new=name in self.new, stats=stats_from_rows([row[:6]])[0], hist=hists[i], diff_sq=row[6],
+                ref_sq=row[7], update_sq=row[8] if update is not None else None,
                 before_update_sq=row[9] if update is not None else None))
         return out

@@ -146,7 +146,7 @@ def per_class_accuracy(df: pd.DataFrame, classes: list[str], width: int) -> alt.
     n = len(classes)
     y = alt.Y("class:N", title="class", sort=classes, scale=alt.Scale(domain=classes),
               axis=alt.Axis(labelFontSize=label_font(n), labelLimit=160))
-    xscale, xaxis = alt.Scale(domain=[0, 1]), alt.Axis(format="%")
+    xscale, xaxis = alt.Scale(domain=[0, 1]), alt.Axis(format="%", tickCount=5)
     x = alt.X("accuracy:Q", title="validation accuracy (%)", axis=xaxis, scale=xscale)
     rule = alt.Chart().mark_rule(color="#bbbbbb", strokeWidth=2).encode(
         y=y, x=alt.X("min(accuracy):Q", title="validation accuracy (%)", axis=xaxis, scale=xscale),
@@ -199,7 +199,8 @@ def heatmap(df: pd.DataFrame | None, value: str, layers: list[str], *, width: in
     y = alt.Y("layer:N", title="layer (network order)" if y_labels else None, sort=layers,
               scale=alt.Scale(domain=layers),
               axis=alt.Axis(labelFontSize=label_font(n), labels=y_labels, ticks=y_labels))
-    x = alt.X("epoch:O", title="epoch", sort=epochs, scale=alt.Scale(domain=epochs), axis=alt.Axis(labelAngle=0))
+    x = alt.X("epoch:O", title="epoch", sort=epochs, scale=alt.Scale(domain=epochs),
+              axis=alt.Axis(labelAngle=0, labelOverlap="parity"))
     tips = [alt.Tooltip("layer:N"), alt.Tooltip("epoch:O")] + list(extra_tooltips or []) + \
         [alt.Tooltip(f"{value}:Q", title=legend_title, format=tooltip_format)]
     valid = f"isValid(datum['{value}']) && isFinite(datum['{value}'])"

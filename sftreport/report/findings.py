@@ -214,7 +214,12 @@ def update_ratio_rule(f: RunFrames) -> list[Finding]:
     w = w[w["update_ratio"].apply(_finite) & (w["update_ratio"] > 0) & w["trainable"]]
     if w.empty:
         return []
-    epoch = int(w["epoch"].max())
+    # judge the epoch whose learning rate was highest (a decaying schedule shrinks every ratio towards its end)
+    lrs = f.epoch_table.set_index("epoch")["lr"]
+    epochs = sorted(set(int(e) for e in w["epoch"]))
+    rated = [(lrs.get(e), e) for e in epochs if _finite(lrs.get(e))]
+    epoch = max(rated)[1] if rated else epochs[-1]
+    lr_txt = f" (learning rate {fmt.num(lrs.get(epoch))}, the highest of the run)" if rated and len(epochs) > 1 else ""
     w = w[w["epoch"] == epoch]
     lo, hi = HEALTHY_BAND
     below = w[w["update_ratio"] < lo].sort_values("update_ratio")
@@ -236,7 +241,8 @@ def update_ratio_rule(f: RunFrames) -> list[Finding]:
     return [Finding(
         "update_ratio", severity,
         f"Update-to-weight ratio outside {lo:g}…{hi:g} in {off} of {len(w)} trainable layers (epoch {epoch})",
-        f"One optimizer step's ‖update‖/‖W‖ per layer; the usual target is about 1e-3, the band used here is "
+        f"One optimizer step's ‖update‖/‖W‖ per layer at epoch {epoch}{lr_txt}; the usual target is about 1e-3, "
+        f"the band used here is "
         f"{lo:g}…{hi:g}. Median {fmt.sci(med)}; " + "; ".join(parts) + "." + advice, "parameters")]
 
 

@@ -40,9 +40,12 @@ class Sizes:
     full: int  # plot width of a chart that spans the page (axis labels come on top)
     heat: int  # plot width of layer × epoch heatmaps (long layer names take the rest)
     panel: int  # width available to a row of small panels
+    line_h: int  # height of a line chart
+    small_h: int  # height of a small line chart (learning rate, gradient norm)
 
 
-SIZES = {"html": Sizes(full=780, heat=560, panel=900), "pdf": Sizes(full=560, heat=400, panel=640)}
+SIZES = {"html": Sizes(full=780, heat=560, panel=900, line_h=260, small_h=170),
+         "pdf": Sizes(full=560, heat=400, panel=640, line_h=190, small_h=130)}
 
 
 def build_report(run: Run, medium: Medium, frames: RunFrames | None = None) -> Report:
@@ -132,14 +135,14 @@ class _Builder:
             sec.blocks.append(self.chart(
                 "loss", "Loss", "Training loss per optimizer step (light) and per epoch, and validation loss per "
                 "epoch, on one epoch axis. Gaps are NaN or infinite values.",
-                charts.loss_curves(t, f.steps, s.full)))
+                charts.loss_curves(t, f.steps, s.full, s.line_h)))
             if t["train_accuracy"].notna().any() or t["val_accuracy"].notna().any():
                 sec.blocks.append(self.chart(
                     "accuracy", "Accuracy", "Training accuracy (on the batches as trained) and validation accuracy "
-                    "per epoch; epoch 0 is the pretrained model with its new head.", charts.accuracy_curves(t, s.full)))
+                    "per epoch; epoch 0 is the pretrained model with its new head.", charts.accuracy_curves(t, s.full, s.line_h)))
             if f.steps["lr"].notna().any() or t["lr"].notna().any():
                 sec.blocks.append(self.chart("lr", "Learning rate", "The learning rate the optimizer used at each step.",
-                                             charts.learning_rate(f.steps, t, s.full)))
+                                             charts.learning_rate(f.steps, t, s.full, s.small_h)))
         if not f.has_val:
             sec.blocks.append(Note("No validation set was evaluated: no confusion matrix or per-class accuracy."))
             return sec
@@ -164,11 +167,12 @@ class _Builder:
 
     def epoch_table(self) -> TableBlock:
         rows = []
-        for r in self.f.epoch_table.itertuples():
-            rows.append([Cell(str(r.epoch)), Cell(fmt.integer(r.step)), Cell(fmt.num(r.train_loss, 4)),
-                         Cell(fmt.pct(r.train_accuracy)), Cell(fmt.num(r.val_loss, 4)), Cell(fmt.pct(r.val_accuracy)),
-                         Cell(fmt.sci(r.lr, 3) if _finite(r.lr) else "–"),
-                         Cell(fmt.duration(r.train_s) if r.train_s else "–")])
+        for e in self.f.epochs:  # the snapshots themselves: None (not measured) shows as –, NaN as NaN
+            v = e.val
+            rows.append([Cell(str(e.epoch)), Cell(fmt.integer(e.step)), Cell(fmt.num(e.train_loss, 4)),
+                         Cell(fmt.pct(e.train_accuracy)), Cell(fmt.num(v.loss, 4) if v else "–"),
+                         Cell(fmt.pct(v.accuracy) if v else "–"), Cell(fmt.num(e.lr, 3)),
+                         Cell(fmt.duration(e.timing.train_s) if e.timing.train_s else "–")])
         return TableBlock("epochs", "Per epoch", "The numbers behind the curves (NaN: not a number).",
                           ["epoch", "steps", "train loss", "train acc.", "val. loss", "val. acc.", "learning rate",
                            "train time"], rows, numeric=[True] * 8)
@@ -246,7 +250,7 @@ class _Builder:
         for m in keep:
             p, tr, nw = totals[m.name]
             rows.append([
-                Cell(m.name.rsplit(".", 1)[-1] if m.name else "(model)", title=m.name, cls=f"mono d{min(m.depth, 6)}"),
+                Cell(m.name or "(model)", cls=f"mono d{min(m.depth, 6)}"),
                 Cell(m.type), Cell(fmt.shape(m.output_shape)), Cell(fmt.integer(p) if p else "–"),
                 _share_cell(tr, p, "trainable", "frozen"), _share_cell(nw, p, "new", "pretrained", invert=True)])
         hidden = len(mods) - len(keep)
@@ -300,7 +304,7 @@ class _Builder:
             sec.blocks.append(self.chart(
                 "grad-total", "Gradient norm of the whole model",
                 "Mean over the epoch's sampled steps, and the largest single-tensor norm seen (log scale). "
-                "A red line marks an epoch with NaN or infinite gradients.", charts.grad_total(f.grad_total, s.full)))
+                "A red line marks an epoch with NaN or infinite gradients.", charts.grad_total(f.grad_total, s.full, s.small_h + 20)))
             gw = g.merge(w[["layer", "epoch", "matrix", "type"]], on=["layer", "epoch"], how="left")
             gw["matrix"] = gw["matrix"].fillna(True).astype(bool)
             hg, note = self.heat_layers(gw)
@@ -356,7 +360,7 @@ class _Builder:
         df = f.weight_hist(chosen)
         epochs = sorted(df["epoch"].unique().tolist())
         first = epochs[0]
-        cols = 3 if self.html else 2
+        cols = 3
         return self.chart(
             "weight-hist", "Weight histograms, pretrained vs now",
             "Distribution of the values of chosen weight tensors (first, middle, last pretrained layer, the one that "
@@ -399,7 +403,7 @@ class _Builder:
                     "act-hist", "Activation histograms, pretrained vs last epoch",
                     f"Distribution of output values of chosen layers on the probe images: grey area epoch "
                     f"{hist_epochs[0]}, blue line epoch {hist_epochs[-1]} (square-root scale, so the tails show).",
-                    charts.histograms(df, "layer", pick, width=s.panel, columns=3 if self.html else 2,
+                    charts.histograms(df, "layer", pick, width=s.panel, columns=3,
                                       first_epoch=hist_epochs[0], color_epochs=False,
                                       x_title="activation value", sqrt_y=True)))
         sec.blocks.append(self.feature_maps())
@@ -497,7 +501,7 @@ class _Builder:
             sec.blocks.append(self.chart(
                 "separability", "Class separability of the features",
                 "Leave-one-out k-NN accuracy on the probe set's penultimate features (do the classes form clusters?), "
-                "and the model's own accuracy on the same images.", charts.separability(sep, s.full)))
+                "and the model's own accuracy on the same images.", charts.separability(sep, s.full, s.line_h - 20)))
         sec.blocks.append(self.filters())
         return sec
 

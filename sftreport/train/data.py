@@ -347,6 +347,3 @@ def eval_batches(data: ImageTensors | FolderImages, batch: int, rank: int, world
         part = idx[start:start + batch]
         yield data.images[part.to(data.images.device)], data.labels[part.to(data.labels.device)]
 
-
-def steps_per_epoch(n: int, global_batch: int) -> int:
-    return math.floor(n / global_batch)
