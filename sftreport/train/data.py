@@ -11,7 +11,6 @@ same global batches as a 1-process run.
 """
 from __future__ import annotations
 
-import math
 import os
 import pickle
 from dataclasses import dataclass, field
