@@ -48,7 +48,7 @@ class RunConfig(BaseModel):
     strategy: str = Field("full", description="full | linear-probe | freeze-until:MODULE")
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)
-    lr: float = Field(0.01, gt=0, le=10)
+    lr: float = Field(0.01, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)

@@ -32,7 +32,7 @@ class TensorStats(_Model):
 
     count: int = Field(ge=0)
     sum: float
-    sum_sq: float = Field(ge=0)
+    sum_sq: float  # NaN when the tensor holds NaN (a diverged run), so no lower bound
     min: float
     max: float
     zeros: int = Field(ge=0, description="elements exactly equal to 0")
@@ -133,10 +133,10 @@ class WeightStat(_Model):
     new: bool = Field(description="not loaded from pretrained weights (compared with its initialisation)")
     stats: TensorStats
     hist: Histogram
-    diff_sq: float = Field(ge=0, description="sum of (W_t - W_0)^2")
-    ref_sq: float = Field(ge=0, description="sum of W_0^2")
-    update_sq: float | None = Field(None, ge=0, description="sum of (one optimizer step's update)^2")
-    before_update_sq: float | None = Field(None, ge=0, description="sum of W^2 before that step")
+    diff_sq: float = Field(description="sum of (W_t - W_0)^2")
+    ref_sq: float = Field(description="sum of W_0^2")
+    update_sq: float | None = Field(None, description="sum of (one optimizer step's update)^2")
+    before_update_sq: float | None = Field(None, description="sum of W^2 before that step")
 
     @property
     def rel_change(self) -> float:
@@ -156,8 +156,8 @@ class GradStat(_Model):
     name: str
     module: str
     samples: int = Field(ge=0, description="steps whose gradient was sampled")
-    norm_sum: float = Field(ge=0, description="sum over sampled steps of the finite gradient norms")
-    norm_max: float = Field(ge=0)
+    norm_sum: float = Field(description="sum over sampled steps of the finite gradient norms")
+    norm_max: float
     nonfinite: int = Field(ge=0, description="sampled steps whose gradient held a NaN or an infinity")
 
     @property
