@@ -160,6 +160,7 @@ def test_imagefolder_with_a_toml_config_and_flag_overrides(tmp_path: Path, folde
 def test_run_dir_default_and_refusal_to_overwrite(tmp_path: Path):
     r = cli("run", *QUICK, "--out", "r.md", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # --quiet: no progress at all
     (made,) = list((tmp_path / "runs").iterdir())
     assert made.name.endswith("-digits_resnet-digits") and (made / "run.json").exists()
     again = cli("run", *QUICK, "--run-dir", str(made), cwd=tmp_path)

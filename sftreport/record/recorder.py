@@ -80,7 +80,7 @@ def environment(device: torch.device, precision: str = "fp32", world_size: int =
 
 class Recorder:
     def __init__(self, model: nn.Module, *, probe: tuple[torch.Tensor, torch.Tensor],
-                 val_data: Iterable | None = None, run_dir: str | Path = "runs/sftreport",
+                 val_data: Iterable | None = None, run_dir: str | Path | None = None,
                  class_names: list[str] | None = None, options: RecordOptions | None = None,
                  new_params: Iterable[str] = (), head: str | None = None, name: str = "fine-tuning run",
                  config: dict | None = None, dataset: DatasetInfo | None = None, model_name: str | None = None,
@@ -109,6 +109,8 @@ class Recorder:
         self.grads = GradientProbe(model, self.options.grad_every) if record else None
         act_modules = self.options.activations or default_modules(model, self.head)
         check_modules(model, act_modules)
+        if run_dir is None:
+            run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-recorder")
         self.writer = RunWriter(Path(run_dir)) if writer else None  # only once the arguments are known good
         image_modules = self._image_modules(model, act_modules)
         self.activations = ActivationProbe(act_modules, self.options.hist_bins, image_modules, IMAGE_SAMPLES) if record else None

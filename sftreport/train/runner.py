@@ -24,7 +24,7 @@ from sftreport.record.activations import check_modules
 from sftreport.record.recorder import Recorder, environment
 from sftreport.schema import DatasetInfo
 from sftreport.train import distributed
-from sftreport.train.data import DevicePipeline, TrainBatches, eval_batches, load_data
+from sftreport.train.data import DevicePipeline, ImageTensors, TrainBatches, eval_batches, load_data
 from sftreport.train.models import apply_strategy, build_model, default_image_size, set_train_mode
 from sftreport.train.progress import Progress
 
@@ -116,6 +116,8 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     pipeline = DevicePipeline(device, data.image_size, data.hflip, channels_last=use_amp)
     train = TrainBatches(data.train, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size, device, cfg.workers,
                          cfg.max_steps_per_epoch)
+    if isinstance(data.val, ImageTensors):  # in-memory validation data lives on the device too
+        data.val = ImageTensors(data.val.images.to(device), data.val.labels.to(device))
     val = EvalData(data.val, pipeline, cfg.batch_size, ctx, cfg.workers, device)
     probe = (pipeline.eval_batch(data.probe.images), data.probe.labels.to(device))
 
