@@ -21,6 +21,12 @@ HEALTHY_TARGET = 1e-3
 LEGEND_BOTTOM = dict(orient="bottom", direction="horizontal")
 
 
+def decades(lo: float, hi: float) -> list[float]:
+    """Powers of ten from below `lo` to above `hi`: the ticks and grid lines of a log axis."""
+    a, b = math.floor(math.log10(lo)), math.ceil(math.log10(hi))
+    return [10.0 ** k for k in range(a, b + 1)]
+
+
 def row_step(n: int) -> int:
     """Pixels per row of a layer-by-something chart: readable labels, bounded height."""
     if n <= 20:
@@ -110,7 +116,8 @@ def learning_rate(steps: pd.DataFrame, epochs: pd.DataFrame, width: int, height:
     ).properties(width=width, height=height)
 
 
-def confusion_pair(frames: list[tuple[str, pd.DataFrame]], classes: list[str], width: int) -> alt.HConcatChart:
+def confusion_pair(frames: list[tuple[str, pd.DataFrame]], classes: list[str], width: int,
+                   max_text: int = 12) -> alt.HConcatChart:
     """Confusion matrices side by side (rows: true class, share of the row), one colour scale."""
     n = len(classes)
     panel = max(120, min(360, (width - 60 * len(frames)) // max(1, len(frames)) - 70))
@@ -128,7 +135,7 @@ def confusion_pair(frames: list[tuple[str, pd.DataFrame]], classes: list[str], w
                             legend=alt.Legend(format="%", **LEGEND_BOTTOM)),
             tooltip=[alt.Tooltip("true:N", title="true"), alt.Tooltip("pred:N", title="predicted"),
                      alt.Tooltip("count:Q", title="samples"), alt.Tooltip("share:Q", title="share of row", format=".1%")])
-        if n <= 12:
+        if n <= max_text:
             text = base.mark_text(fontSize=9 if n > 8 else 10).encode(
                 text=alt.Text("count:Q"),
                 color=alt.condition(alt.datum.share > 0.5, alt.value("white"), alt.value("#333")))
@@ -198,9 +205,9 @@ def heatmap(df: pd.DataFrame | None, value: str, layers: list[str], *, width: in
         epochs = sorted(df["epoch"].unique().tolist()) if df is not None else []
     y = alt.Y("layer:N", title="layer (network order)" if y_labels else None, sort=layers,
               scale=alt.Scale(domain=layers),
-              axis=alt.Axis(labelFontSize=label_font(n), labels=y_labels, ticks=y_labels))
+              axis=alt.Axis(labelFontSize=label_font(n), labels=y_labels, ticks=False, domain=False))
     x = alt.X("epoch:O", title="epoch", sort=epochs, scale=alt.Scale(domain=epochs),
-              axis=alt.Axis(labelAngle=0, labelOverlap="parity"))
+              axis=alt.Axis(labelAngle=0, labelOverlap="parity", ticks=False, domain=False))
     tips = [alt.Tooltip("layer:N"), alt.Tooltip("epoch:O")] + list(extra_tooltips or []) + \
         [alt.Tooltip(f"{value}:Q", title=legend_title, format=tooltip_format)]
     valid = f"isValid(datum['{value}']) && isFinite(datum['{value}'])"
@@ -228,7 +235,7 @@ def update_ratio(df: pd.DataFrame, layers: list[str], width: int) -> alt.Chart:
     dmax = max(hi * 10, float(vals.max()) * 2) if len(vals) else hi * 10
     xscale = alt.Scale(type="log", domain=[dmin, dmax])
     y = alt.Y("layer:N", title="layer (network order)", sort=layers, scale=alt.Scale(domain=layers),
-              axis=alt.Axis(labelFontSize=label_font(n), labelLimit=220))
+              axis=alt.Axis(labelFontSize=label_font(n), grid=False))
     band = alt.Chart(pd.DataFrame([{"lo": lo, "hi": hi}])).mark_rect(
         color="#2ca02c", opacity=0.12).encode(x=alt.X("lo:Q", scale=xscale), x2="hi:Q")
     target = alt.Chart(pd.DataFrame([{"target": HEALTHY_TARGET}])).mark_rule(
@@ -237,7 +244,7 @@ def update_ratio(df: pd.DataFrame, layers: list[str], width: int) -> alt.Chart:
     pts = alt.Chart().mark_circle(size=36, opacity=0.85).encode(
         y=y,
         x=alt.X("update_ratio:Q", title="‖update‖ / ‖W‖ of one step (log scale; green band 1e-4 … 1e-2)",
-                scale=xscale, axis=alt.Axis(format=".0e", labelOverlap=True, tickCount=6)),
+                scale=xscale, axis=alt.Axis(format=".0e", values=decades(dmin, dmax))),
         color=alt.Color("epoch:Q", title="epoch", scale=alt.Scale(scheme="viridis"),
                         legend=alt.Legend(format="d", tickMinStep=1, **LEGEND_BOTTOM)),
         tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("type:N"),
@@ -255,10 +262,14 @@ def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
         rows.append({"series": series[1], "epoch": r.epoch, "norm": r.max_norm, "nonfinite": r.nonfinite})
     long = pd.DataFrame(rows, columns=["series", "epoch", "norm", "nonfinite"])
     long = long[long["norm"] > 0]
+    finite = long["norm"][long["norm"].apply(math.isfinite)]
+    ticks = decades(float(finite.min()), float(finite.max())) if len(finite) else None
+    if ticks is not None and len(ticks) <= 2:  # less than a decade: a few plain ticks read better
+        ticks = None
     line = alt.Chart().mark_line(point=True, strokeWidth=2).encode(
         x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
         y=alt.Y("norm:Q", title="gradient L2 norm (log scale)", scale=alt.Scale(type="log"),
-                axis=alt.Axis(format="~g", tickCount=5, labelOverlap=True)),
+                axis=alt.Axis(format="~g", **({"values": ticks} if ticks else {}))),
         color=alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=["#4c78a8", "#9ecae9"]),
                         legend=alt.Legend(**LEGEND_BOTTOM)),
         tooltip=[alt.Tooltip("series:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("norm:Q", format=".3e"),
@@ -324,7 +335,8 @@ def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, c
         later = later.transform_calculate(label="'fine-tuned (grey area: pretrained)'")
     lines = later.mark_line(interpolate="step", strokeWidth=1.4).encode(x=x, y=y, color=color,
                                                                         detail="epoch:Q", tooltip=tips)
-    return alt.layer(area, lines, data=df).properties(width=panel_w, height=130).facet(
+    layers = [area, lines] if (df["epoch"] != first_epoch).any() else [area]  # only the pretrained model yet
+    return alt.layer(*layers, data=df).properties(width=panel_w, height=130).facet(
         facet=alt.Facet(f"{facet}:N", title=None, sort=facets, header=alt.Header(labelFontSize=11, labelLimit=300)),
         columns=columns, spacing={"row": 16, "column": 28},
     ).resolve_scale(x="independent", y="independent")

@@ -36,7 +36,7 @@ class ChartBlock:
     title: str
     caption: str  # how to read it, one or two sentences
     spec: dict
-    static: Literal["svg", "png"] = "svg"  # how the PDF draws it: dense charts as PNG (WeasyPrint is slow on big SVGs)
+    static: Literal["auto", "svg", "png"] = "auto"  # how the PDF draws it (vega.to_static)
     wide: bool = True
     kind: Literal["chart"] = "chart"
 

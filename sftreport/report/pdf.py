@@ -11,7 +11,7 @@ import logging
 
 from sftreport.report.model import Image, Report
 from sftreport.report.templating import html_env, template_dir
-from sftreport.report.vega import to_static
+from sftreport.report.convert import Helper, convert_all
 
 SCHEME = "sftreport"
 
@@ -31,10 +31,12 @@ class Resources:
         return self.add(img.data, img.mime)
 
 
-def pdf_html(report: Report) -> tuple[str, Resources]:
-    """The HTML WeasyPrint lays out, and the images it refers to."""
+def pdf_html(report: Report, helper: Helper | None = None) -> tuple[str, Resources]:
+    """The HTML WeasyPrint lays out, and the images it refers to (charts drawn with `helper`'s help)."""
     res = Resources()
-    statics = {c.id: res.add(*to_static(c.spec, c.static)) for c in report.charts()}
+    charts = report.charts()
+    drawn = convert_all([c.spec for c in charts], "auto", helper)
+    statics = {c.id: res.add(*img) for c, img in zip(charts, drawn)}
     html = html_env().get_template("report_pdf.html.j2").render(
         report=report, medium="pdf", statics=statics, image_src=res.image)
     return html, res
@@ -53,11 +55,12 @@ def _fetcher(res: Resources):
     return Fetcher(allowed_protocols={"data", "file"})
 
 
-def render_pdf(report: Report) -> bytes:
+def render_pdf(report: Report, helper: Helper | None = None) -> bytes:
+    """The PDF's bytes. `helper`: a chart-drawing process started earlier (convert.Helper.start())."""
     import weasyprint
 
     # WeasyPrint logs every CSS property it does not support at WARNING; they are not the user's problem
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
-    html, res = pdf_html(report)
+    html, res = pdf_html(report, helper)
     doc = weasyprint.HTML(string=html, base_url=str(template_dir()), url_fetcher=_fetcher(res))
     return doc.write_pdf()

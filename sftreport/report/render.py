@@ -38,6 +38,12 @@ def render(run: Run, jobs: list[tuple[Path, str]]) -> list[Path]:
 
     frames = RunFrames(run)
     reports: dict[Medium, Report] = {}
+    helper = None
+    if any(kind == "pdf" for _, kind in jobs):
+        # start the chart-drawing helper now: its start-up overlaps building the report
+        from sftreport.report.convert import Helper
+
+        helper = Helper.start()
 
     def report(medium: Medium) -> Report:
         if medium not in reports:
@@ -45,18 +51,23 @@ def render(run: Run, jobs: list[tuple[Path, str]]) -> list[Path]:
         return reports[medium]
 
     written = []
-    for out, kind in jobs:
-        if kind == "html":
-            from sftreport.report.html import render_html
+    try:
+        for out, kind in jobs:
+            if kind == "html":
+                from sftreport.report.html import render_html
 
-            atomic_write_text(out, render_html(report("html")))
-        elif kind == "pdf":
-            from sftreport.report.pdf import render_pdf
+                atomic_write_text(out, render_html(report("html")))
+            elif kind == "pdf":
+                from sftreport.report.pdf import render_pdf
 
-            atomic_write_bytes(out, render_pdf(report("pdf")))
-        else:
-            from sftreport.report.markdown import render_markdown
+                pdf, helper = render_pdf(report("pdf"), helper), None  # render_pdf closes the helper
+                atomic_write_bytes(out, pdf)
+            else:
+                from sftreport.report.markdown import render_markdown
 
-            atomic_write_text(out, render_markdown(report("html")))
-        written.append(out)
+                atomic_write_text(out, render_markdown(report("html")))
+            written.append(out)
+    finally:
+        if helper is not None:
+            helper.close()
     return written

@@ -26,7 +26,6 @@ MAX_HEATMAP_ROWS = 70  # above this, layer heatmaps keep only convolution/linear
 MAX_HIST_TENSORS = 6
 MAX_ACT_HIST = 6
 MAX_PDF_PROJECTIONS = 4
-PNG_ABOVE_MARKS = 300  # charts with more marks are drawn as PNG in the PDF (WeasyPrint is slow on big SVGs)
 PDF_TABLE_DEPTH = 2
 
 STRATEGIES = {
@@ -71,8 +70,7 @@ class _Builder:
         self.html = medium == "html"
 
     def chart(self, id: str, title: str, caption: str, chart, marks: int = 0) -> ChartBlock:
-        static = "png" if marks > PNG_ABOVE_MARKS else "svg"
-        return ChartBlock(id=id, title=title, caption=caption, spec=chart_spec(chart), static=static)
+        return ChartBlock(id=id, title=title, caption=caption, spec=chart_spec(chart))
 
     # ------------------------------------------------------------------ summary
 
@@ -154,8 +152,9 @@ class _Builder:
         n = len(f.classes)
         sec.blocks.append(self.chart(
             "confusion", "Confusion matrix, before and after",
-            "Rows are the true class, columns the predicted class; colour is the share of the row, numbers are "
-            "image counts. A strong diagonal is good.", charts.confusion_pair(pairs, f.classes, s.panel),
+            "Rows are the true class, columns the predicted class; colour is the share of the row"
+            + (", numbers are image counts" if n <= (12 if self.html else 6) else "") + ". A strong diagonal is good.",
+            charts.confusion_pair(pairs, f.classes, s.panel, max_text=12 if self.html else 6),
             marks=n * n * len(pairs)))
         pc = f.per_class()
         sec.blocks.append(self.chart(

@@ -92,7 +92,7 @@ def javascript_bundle() -> str:
 
 # vl-convert measures text slowly: truncating labels to a width (labelLimit) measures each label many times
 # and a list of fallback fonts is resolved per measurement. Static charts use one font and no truncation.
-STATIC_CONFIG = {"font": "DejaVu Sans", "axis": {"labelLimit": 0}, "legend": {"labelLimit": 0},
+STATIC_CONFIG = {"font": "sans-serif", "axis": {"labelLimit": 0}, "legend": {"labelLimit": 0},
                  "header": {"labelLimit": 0}}
 
 
@@ -104,19 +104,24 @@ def static_spec(spec: dict) -> dict:
     return {**spec, "config": config}
 
 
-def to_static(spec: dict, fmt: str, scale: float = 2.0) -> tuple[bytes, str]:
-    """The chart drawn by vl-convert: (bytes, MIME type), as SVG (vector, searchable text) or, for dense
-    charts, PNG at `scale`× (RGB without alpha: WeasyPrint re-encodes an alpha channel separately)."""
+PNG_ABOVE_ELEMENTS = 150  # about the size of a bare line chart: WeasyPrint draws SVG at ~0.5 ms per element, vl-convert rasterises in a helper process
+
+
+def to_static(spec: dict, fmt: str = "auto", scale: float = 2.0) -> tuple[bytes, str]:
+    """The chart drawn by vl-convert: (bytes, MIME type). SVG keeps text and lines vector; a chart with many
+    elements (heatmaps, scatter plots) is rasterised to PNG at `scale`× instead, because WeasyPrint is
+    slow on big SVGs. `fmt`: "svg", "png", or "auto" (by element count)."""
     import vl_convert as vlc
 
-    spec = static_spec(spec)
-    if fmt == "png":
-        data = vlc.vegalite_to_png(spec, scale=scale, allowed_base_urls=[])
-        return _opaque_png(data), "image/png"
-    return vlc.vegalite_to_svg(spec, allowed_base_urls=[]).encode("utf-8"), "image/svg+xml"
+    svg = vlc.vegalite_to_svg(static_spec(spec), allowed_base_urls=[])
+    if fmt == "svg" or (fmt == "auto" and svg.count("<") <= PNG_ABOVE_ELEMENTS):
+        return svg.encode("utf-8"), "image/svg+xml"
+    return _opaque_png(vlc.svg_to_png(svg, scale=scale)), "image/png"
 
 
 def _opaque_png(data: bytes) -> bytes:
+    """The PNG without its (fully opaque) alpha channel, quickly compressed: WeasyPrint re-encodes every PNG
+    anyway, and would encode an alpha channel as a second image."""
     import io
 
     from PIL import Image
@@ -124,8 +129,16 @@ def _opaque_png(data: bytes) -> bytes:
     img = Image.open(io.BytesIO(data))
     if img.mode == "RGB":
         return data
-    rgb = Image.new("RGB", img.size, (255, 255, 255))
-    rgb.paste(img, mask=img.getchannel("A") if "A" in img.mode else None)
     out = io.BytesIO()
-    rgb.save(out, format="PNG", compress_level=1)
+    img.convert("RGB").save(out, format="PNG", compress_level=1)
     return out.getvalue()
+
+
+def placeholder_svg(message: str) -> tuple[bytes, str]:
+    """A small SVG that says `message` (escaped), in place of a chart."""
+    from html import escape
+
+    svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="640" height="40" viewBox="0 0 640 40">'
+           '<rect width="640" height="40" fill="#fff8c5"/><text x="10" y="25" font-family="DejaVu Sans, sans-serif" '
+           f'font-size="12" fill="#82071e">{escape(message)}</text></svg>')
+    return svg.encode("utf-8"), "image/svg+xml"

@@ -1,0 +1,167 @@
+"""Draw the PDF's charts with vl-convert on two cores.
+
+vl-convert holds the GIL and runs one chart at a time, so a helper process (`python -m
+sftreport.report.convert`, started early so its start-up overlaps the report's construction) takes charts
+from the front of the list, biggest first, while this process takes them from the back; whoever is free
+takes the next one. A subprocess rather than multiprocessing: spawning would re-run the caller's
+`__main__` (a training script that renders at its end). Anything wrong with the helper (no second core,
+not POSIX, it died, it is slow to answer) and this process simply draws the rest itself.
+
+Protocol on the helper's pipes: request `<n>\\n` + n bytes of JSON `[spec, fmt]`; answer
+`<n> <mime>\\n` + n bytes, or `0 error/<message>\\n`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+
+from sftreport.report import vega
+
+MIN_CHARTS = 4  # fewer charts than this are not worth a second process
+HELPER_QUEUE = 2  # requests outstanding at the helper
+ANSWER_TIMEOUT_S = 120
+
+
+class Helper:
+    def __init__(self) -> None:
+        import sftreport
+
+        env = dict(os.environ)
+        root = str(Path(sftreport.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen([sys.executable, "-m", "sftreport.report.convert"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+
+    @classmethod
+    def start(cls, charts: int | None = None) -> Helper | None:
+        """A helper when it can help: a POSIX system with a second core, and enough charts."""
+        if os.name != "posix" or (os.cpu_count() or 1) < 2 or os.environ.get("SFTREPORT_NO_HELPER"):
+            return None
+        if charts is not None and charts < MIN_CHARTS:
+            return None
+        try:
+            return cls()
+        except OSError:
+            return None
+
+    def send(self, spec: dict, fmt: str) -> None:
+        body = json.dumps([spec, fmt], allow_nan=False).encode("utf-8")
+        self.proc.stdin.write(b"%d\n" % len(body) + body)
+        self.proc.stdin.flush()
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return bool(r)
+
+    def receive(self) -> tuple[bytes, str]:
+        if not self.ready(ANSWER_TIMEOUT_S):
+            raise TimeoutError("chart helper did not answer")
+        header = self.proc.stdout.readline().decode("ascii").split(" ", 1)
+        if len(header) != 2:
+            raise EOFError("chart helper ended")
+        n, mime = int(header[0]), header[1].strip()
+        if mime.startswith("error/"):
+            raise RuntimeError(mime[6:])
+        data = self.proc.stdout.read(n)
+        if len(data) != n:
+            raise EOFError("chart helper ended")
+        return data, mime
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def convert_all(specs: list[dict], fmt: str = "auto", helper: Helper | None = None) -> list[tuple[bytes, str]]:
+    """Every spec drawn (to_static), in order. Uses `helper` for part of them when given (and closes it)."""
+    results: list[tuple[bytes, str] | None] = [None] * len(specs)
+    # biggest first for the helper (from the front), smallest for us (from the back)
+    todo = deque(sorted(range(len(specs)), key=lambda i: -_cost(specs[i])))
+    sent: deque[int] = deque()  # the helper's queue: it always has the next chart waiting (no idle gap)
+    try:
+        while todo or sent:
+            while helper is not None and len(sent) < HELPER_QUEUE and todo:
+                i = todo.popleft()
+                try:
+                    helper.send(specs[i], fmt)
+                    sent.append(i)
+                except OSError:
+                    todo.appendleft(i)
+                    helper = _drop(helper, sent, todo)
+            if todo:
+                j = todo.pop()
+                results[j] = _draw(specs[j], fmt)
+                while helper is not None and sent and helper.ready():
+                    helper = _collect(helper, sent, todo, results)
+            elif sent:
+                helper = _collect(helper, sent, todo, results)
+    finally:
+        if helper is not None:
+            helper.close()
+    return results
+
+
+def _collect(helper: Helper, sent: deque, todo: deque, results: list) -> Helper | None:
+    """The helper's answer for its oldest request; on any trouble, drop it and take its work back."""
+    try:
+        results[sent[0]] = helper.receive()
+        sent.popleft()
+        return helper
+    except (OSError, EOFError, TimeoutError, RuntimeError, ValueError):
+        return _drop(helper, sent, todo)
+
+
+def _drop(helper: Helper, sent: deque, todo: deque) -> None:
+    helper.proc.kill()
+    helper.proc.wait()
+    todo.extend(sent)
+    sent.clear()
+    return None
+
+
+def _draw(spec: dict, fmt: str) -> tuple[bytes, str]:
+    """One chart; a chart that cannot be drawn becomes a one-line note in its place, not a failed report."""
+    try:
+        return vega.to_static(spec, fmt)
+    except Exception as e:  # vl-convert raises plain RuntimeError/ValueError with a Rust backtrace
+        return vega.placeholder_svg(f"This chart could not be drawn: {str(e).splitlines()[0][:160]}")
+
+
+def _cost(spec: dict) -> int:
+    """A rough cost of drawing a chart: text labels dominate (vl-convert measures text slowly)."""
+    text = json.dumps(spec.get("datasets", {}))
+    return len(text) // 50 + 400 * json.dumps(spec).count('"layer"')
+
+
+def warm_up() -> None:
+    """vl-convert's first chart in a process costs ~0.5 s (its JavaScript runtime, fonts, the rasteriser)."""
+    spec = {"data": {"values": [{"a": 1, "b": "x"}]}, "mark": "point", "title": "warm-up",
+            "encoding": {"x": {"field": "a", "type": "quantitative"}, "color": {"field": "b", "type": "nominal"}}}
+    vega.to_static(spec, "png")
+
+
+def _serve() -> None:
+    """The helper: warm vl-convert up, then answer requests until stdin closes."""
+    warm_up()
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        line = stdin.readline()
+        if not line:
+            return
+        spec, fmt = json.loads(stdin.read(int(line)))
+        data, mime = _draw(spec, fmt)
+        stdout.write(f"{len(data)} {mime}\n".encode("ascii") + data)
+        stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,113 @@
+"""Runs that are not the happy path: hostile names, diverged, interrupted, only epoch 0, probes off."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import HOSTILE, render_all
+from synthetic_run import build_run
+from test_render import spec_blob
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --------------------------------------------------------------------------- escaping
+
+
+def test_hostile_text_is_escaped_in_html(hostile_report):
+    html = hostile_report["html_text"]
+    assert HOSTILE not in html  # never verbatim, anywhere (markup, specs, scripts)
+    assert "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in html  # shown as text
+    assert "<script>alert(2)</script>" not in html and "</style><script>" not in html
+    # exactly the page's own <script> elements, and the chart data survives the round trip
+    assert len(re.findall(r"<script\b", re.sub(r'<script>.*?</script>', "<script>", html, flags=re.S))) == 3
+    specs = spec_blob(html)
+    assert HOSTILE in json.dumps(specs, ensure_ascii=False)  # the class name is data, intact
+
+
+def test_hostile_text_in_pdf_and_markdown(hostile_report):
+    assert HOSTILE in hostile_report["pdf_text"].replace("\n", "")
+    md = hostile_report["md_text"]
+    unescaped = md.replace("\\<", "").replace("\\>", "")
+    assert "<" not in unescaped and ">" not in unescaped
+    assert "\\<img src=x onerror=alert(1)\\>" in md
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_diverged_status_is_prominent(diverged_report):
+    html, md, pdf = diverged_report["html_text"], diverged_report["md_text"], diverged_report["pdf_text"]
+    assert 'class="status-banner status-diverged" role="alert"' in html
+    assert "Run diverged" in html and "3 of 8 planned" not in html  # 4 epochs recorded
+    assert "4 epochs of 8 planned recorded" in html
+    assert "Run diverged" in pdf and "NaN" in pdf and "could not be drawn" not in pdf
+    assert "**Run DIVERGED**" in md
+    assert 'data-rule="nonfinite_loss"' in html and 'data-rule="nonfinite_gradients"' in html
+    # NaN and infinities became null in the chart data (strict JSON parse)
+    spec_blob(html)
+
+
+def test_interrupted_status(runs, tmp_path):
+    run = build_run(runs / "interrupted", epochs=2, planned_epochs=6, status="interrupted")
+    out = render_all(run, tmp_path, ("html", "md"))
+    assert 'class="status-banner status-interrupted"' in out["html_text"]
+    assert "Run interrupted" in out["html_text"] and "2 epochs of 6 planned recorded" in out["html_text"]
+    assert "**Run INTERRUPTED**" in out["md_text"] and "2 of 6" in out["md_text"]
+
+
+def test_completed_run_has_no_banner(rendered):
+    assert "status-banner" not in rendered.html_text.split("<main>")[1].split("</header>")[0]
+
+
+# --------------------------------------------------------------------------- missing data
+
+
+def test_only_epoch_zero(runs, tmp_path):
+    run = build_run(runs / "zero", epochs=0, planned_epochs=5, status="running")
+    out = render_all(run, tmp_path)
+    html = out["html_text"]
+    assert "Only the pretrained model (epoch 0) was recorded" in html
+    assert "nothing has changed yet" in html
+    assert 'data-chart="loss"' not in html and 'data-chart="rel-change"' not in html
+    assert 'data-chart="confusion"' in html  # epoch 0 alone still has a confusion matrix
+    assert "Only the pretrained model" in out["pdf_text"] and "Run in progress" in out["md_text"]
+    assert "could not be drawn" not in out["pdf_text"]
+
+
+def test_probes_off(runs, tmp_path):
+    run = build_run(runs / "noprobes", epochs=3, probes=False)
+    out = render_all(run, tmp_path, ("html", "md"))
+    html = out["html_text"]
+    for line in ["The architecture was not recorded", "No weight statistics were recorded",
+                 "No activation statistics were recorded", "No feature projections were recorded",
+                 "No feature-map images were recorded", "No first-layer filter images were recorded"]:
+        assert line in html, line
+    assert 'data-chart="loss"' in html and 'data-chart="confusion"' in html
+
+
+def test_no_validation_set(runs, tmp_path):
+    run = build_run(runs / "noval", epochs=2, val=False, probes=False)
+    html = render_all(run, tmp_path, ("html",))["html_text"]
+    assert "No validation set was evaluated" in html and "not measured" in html
+
+
+# --------------------------------------------------------------------------- no torch
+
+
+def test_render_never_imports_torch(main_run, tmp_path):
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from sftreport.report.render import render_run\n"
+        f"render_run(Path({str(main_run)!r}), [Path({str(tmp_path / 'r.html')!r}), Path({str(tmp_path / 'r.md')!r})])\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision') or "
+        "m.startswith(('sftreport.train', 'sftreport.record'))]\n"
+        "assert not bad, bad\n"
+        "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    assert (tmp_path / "r.html").exists()

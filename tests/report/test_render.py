@@ -1,0 +1,198 @@
+"""The three formats of one shared report (conftest.rendered), the render contract, and units behind it."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import pytest
+
+from sftreport.errors import UserError
+from sftreport.report import fmt
+from sftreport.report.render import render_run
+from sftreport.report.templating import md_escape, template_dir
+from sftreport.report.vega import json_safe, script_json
+
+SECTION_TITLES = ["Summary", "Findings", "Training", "Architecture", "Parameters", "Activations", "Features",
+                  "Appendix"]
+CHART_IDS = ["loss", "accuracy", "lr", "confusion", "per-class", "params-by-block", "rel-change", "weight-hist",
+             "grad-total", "grad-layers", "update-ratio", "act-stats", "act-hist", "projection", "cka",
+             "separability"]
+
+
+def spec_blob(html: str) -> dict:
+    m = re.search(r'<script type="application/json" id="sftreport-specs">(.*?)</script>', html, re.S)
+    assert m, "no chart specs in the page"
+
+    def no_constants(name):
+        raise AssertionError(f"JSON holds {name}")
+
+    return json.loads(m.group(1), parse_constant=no_constants)
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def test_html_is_self_contained(rendered):
+    html = rendered.html_text
+    assert html.count("vegaEmbed") >= 2 and len(html) > 900_000  # the bundle is inlined
+    # nothing refers to anything outside the page
+    markup = re.sub(r"<script[^>]*>.*?</script>", "", html, flags=re.S)  # the page's markup without scripts
+    assert not re.search(r'<(script|img|link|iframe|source|video|audio)[^>]+(src|href)="(?!data:|#)', markup)
+    assert not re.search(r"<script[^>]+src=", html)
+    assert "Content-Security-Policy" in html and "connect-src 'none'" in html
+    assert html.count("<script>") == 2  # the Vega bundle once, the page's own script once
+
+
+def test_html_has_every_chart_with_axis_titles(rendered):
+    specs = spec_blob(rendered.html_text)
+    assert set(CHART_IDS) <= set(specs)
+    for cid in CHART_IDS:
+        assert f'data-chart="{cid}"' in rendered.html_text
+        text = json.dumps(specs[cid])
+        assert '"title"' in text, cid
+    # the feature projection has an epoch slider and tooltips
+    proj = json.dumps(specs["projection"])
+    assert '"bind"' in proj and '"input": "range"' in proj and '"tooltip"' in proj
+
+
+def test_html_sections_and_toc(rendered):
+    html = rendered.html_text
+    for sid in ["summary", "findings", "training", "architecture", "parameters", "activations", "features",
+                "appendix"]:
+        assert f'id="{sid}"' in html and f'href="#{sid}"' in html
+    assert '<style media="print">' in html
+    # each section opens with its one sentence on what to look for
+    assert html.count('<p class="lead">') == 8
+
+
+def test_html_findings(rendered):
+    html = rendered.html_text
+    for rule in ["overfitting", "dead_units", "accuracy", "moved"]:
+        assert f'data-rule="{rule}"' in html
+    assert "Overfitting from epoch 4" in html
+
+
+def test_full_layer_table_in_html_summary_in_pdf(rendered):
+    from sftreport.report.sections import PDF_TABLE_DEPTH, build_report
+    from sftreport.store import read_run
+
+    run = read_run(rendered.run)
+    modules = run.info.architecture.modules
+    deep = [m.name for m in modules if m.depth > PDF_TABLE_DEPTH]
+    assert deep and all(f">{name}<" in rendered.html_text for name in deep)
+
+    def layer_rows(medium):
+        (table,) = [b for s in build_report(run, medium).sections for b in s.blocks if getattr(b, "id", "") == "layers"]
+        return [row[0].text for row in table.rows]
+
+    assert len(layer_rows("html")) == len(modules)
+    pdf_rows = layer_rows("pdf")
+    assert len(pdf_rows) < len(modules) and "fc" in pdf_rows
+    assert all(n.count(".") < PDF_TABLE_DEPTH for n in pdf_rows if n != "fc")
+    assert "deeper modules are in the HTML report" in rendered.pdf_text
+
+
+# --------------------------------------------------------------------------- PDF
+
+
+def test_pdf_sections_and_findings(rendered):
+    text = rendered.pdf_text
+    for title in SECTION_TITLES:
+        assert title in text, title
+    assert "Contents" in text and "page 1 of" in text
+    assert "could not be drawn" not in text
+    assert "Overfitting from epoch 4" in text and "Dead units grew" in text
+    assert "Loss" in text and "Relative change from the pretrained weights" in text
+
+
+@pytest.mark.skipif(not shutil.which("pdftocairo"), reason="pdftocairo (poppler-utils) not installed")
+def test_pdf_pages(rendered):
+    from PIL import Image
+
+    assert 6 <= len(rendered.pages) <= 20
+    w, h = Image.open(rendered.pages[0]).size
+    assert abs(h / w - 297 / 210) < 0.01  # A4 portrait
+
+
+def test_pdf_draws_charts_as_images(rendered):
+    from pypdf import PdfReader
+
+    reader = PdfReader(str(rendered.pdf))
+    images = sum(len(p.images) for p in reader.pages)
+    assert images >= 3  # dense charts are PNG; the simple ones are vector drawings
+
+
+# --------------------------------------------------------------------------- Markdown
+
+
+def test_markdown_summary(rendered):
+    md = rendered.md_text
+    assert md.startswith("## sftreport: synthetic fine\\-tuning run") or md.startswith("## sftreport: synthetic fine-tuning run")
+    assert "| Validation accuracy |" in md and "→" in md and "points" in md
+    assert "### Findings" in md and "**warning**" in md and "Overfitting from epoch 4" in md
+    assert "<" not in md.replace("\\<", "")
+
+
+# --------------------------------------------------------------------------- the contract
+
+
+def test_unknown_extension_is_one_clear_line(main_run, tmp_path):
+    with pytest.raises(UserError) as e:
+        render_run(main_run, [tmp_path / "a.html", tmp_path / "report.docx"])
+    assert "report.docx" in str(e.value) and ".html, .pdf or .md" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "a.html").exists()  # checked before any work
+
+
+def test_failed_render_keeps_the_earlier_file(main_run, tmp_path, monkeypatch):
+    out = tmp_path / "r.md"
+    out.write_text("earlier report")
+    import sftreport.report.markdown as md
+
+    def boom(report):
+        raise RuntimeError("render failed")
+
+    monkeypatch.setattr(md, "render_markdown", boom)
+    with pytest.raises(RuntimeError):
+        render_run(main_run, [out])
+    assert out.read_text() == "earlier report"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.md"]  # no temporary file left behind
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(UserError):
+        render_run(tmp_path / "missing", [tmp_path / "r.html"])
+
+
+def test_templates_found():
+    d = template_dir()
+    assert (d / "report.html.j2").is_file() and (d / "css" / "print.css").is_file()
+    assert {p.stem.split(".")[0] for p in (d / "sections").glob("*.html.j2")} >= {
+        "summary", "training", "architecture", "parameters", "activations", "features", "appendix"}
+
+
+# --------------------------------------------------------------------------- units
+
+
+def test_json_safe_and_script_json():
+    obj = {"a": [1.0, math.nan, math.inf, -math.inf, {"b": math.nan}], "s": "</script><!-- & >"}
+    assert json_safe(obj) == {"a": [1.0, None, None, None, {"b": None}], "s": "</script><!-- & >"}
+    text = script_json(obj)
+    assert "<" not in text and ">" not in text and "&" not in text
+    assert json.loads(text) == json_safe(obj)
+
+
+def test_md_escape():
+    assert md_escape("a_b*c") == "a\\_b\\*c"
+    assert md_escape("<img src=x>") == "\\<img src=x\\>"
+    assert md_escape("x\ny|z") == "x y\\|z"
+
+
+def test_formatters():
+    assert fmt.pct(0.9312) == "93.1%" and fmt.pct(None) == "–" and fmt.pct(math.nan) == "NaN"
+    assert fmt.points(0.05) == "+5.0 points"
+    assert fmt.num(0.000123) == "1.23e-04" and fmt.num(2.0) == "2" and fmt.num(math.inf) == "∞"
+    assert fmt.count(23_528_522) == "23.5 M" and fmt.integer(1234567) == "1,234,567"
+    assert fmt.duration(8.24) == "8.2 s" and fmt.duration(192) == "3 min 12 s" and fmt.duration(7300) == "2 h 01 min"
+    assert fmt.shape([3, 32, 32]) == "3×32×32"
