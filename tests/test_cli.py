@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli
+from support import cli
 from sftreport.cli import main
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, cli
+from support import QUICK, cli
 from sftreport.store import read_run
 
 pytestmark = pytest.mark.slow
