@@ -225,7 +225,8 @@ def heatmap(df: pd.DataFrame | None, value: str, layers: list[str], *, width: in
     ).properties(width=width, height=alt.Step(row_step(n)), view=alt.ViewBackground(fill=GREY_CELL, stroke=None))
 
 
-def update_ratio(df: pd.DataFrame, layers: list[str], width: int) -> alt.Chart:
+def update_ratio(df: pd.DataFrame, layers: list[str], width: int, y_labels: bool = True,
+                 title: str | None = None) -> alt.Chart:
     """Update-to-weight ratio of one optimizer step per epoch, per layer, on a log axis, with the healthy band."""
     n = len(layers)
     lo, hi = HEALTHY_BAND
@@ -234,8 +235,9 @@ def update_ratio(df: pd.DataFrame, layers: list[str], width: int) -> alt.Chart:
     dmin = min(lo / 10, float(vals.min()) / 2) if len(vals) else lo / 10
     dmax = max(hi * 10, float(vals.max()) * 2) if len(vals) else hi * 10
     xscale = alt.Scale(type="log", domain=[dmin, dmax])
-    y = alt.Y("layer:N", title="layer (network order)", sort=layers, scale=alt.Scale(domain=layers),
-              axis=alt.Axis(labelFontSize=label_font(n), grid=False))
+    y = alt.Y("layer:N", title="layer (network order)" if y_labels else None, sort=layers,
+              scale=alt.Scale(domain=layers),
+              axis=alt.Axis(labelFontSize=label_font(n), grid=False, labels=y_labels, ticks=y_labels))
     band = alt.Chart(pd.DataFrame([{"lo": lo, "hi": hi}])).mark_rect(
         color="#2ca02c", opacity=0.12).encode(x=alt.X("lo:Q", scale=xscale), x2="hi:Q")
     target = alt.Chart(pd.DataFrame([{"target": HEALTHY_TARGET}])).mark_rule(
@@ -243,13 +245,19 @@ def update_ratio(df: pd.DataFrame, layers: list[str], width: int) -> alt.Chart:
     df = df[["layer", "epoch", "type", "update_ratio"]]
     pts = alt.Chart().mark_circle(size=36, opacity=0.85).encode(
         y=y,
-        x=alt.X("update_ratio:Q", title="‖update‖ / ‖W‖ of one step (log scale; green band 1e-4 … 1e-2)",
+        x=alt.X("update_ratio:Q", title="‖update‖ / ‖W‖ of one step (log scale)" if not y_labels else
+                "‖update‖ / ‖W‖ of one step (log scale; green band 1e-4 … 1e-2)",
                 scale=xscale, axis=alt.Axis(format=".0e", values=decades(dmin, dmax))),
         color=alt.Color("epoch:Q", title="epoch", scale=alt.Scale(scheme="viridis"),
                         legend=alt.Legend(format="d", tickMinStep=1, **LEGEND_BOTTOM)),
         tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("type:N"),
                  alt.Tooltip("update_ratio:Q", title="update / weight", format=".3e")])
-    return alt.layer(band, target, pts, data=df).properties(width=width, height=alt.Step(row_step(n)))
+    return alt.layer(band, target, pts, data=df, title=title).properties(width=width, height=alt.Step(row_step(n)))
+
+
+def side_by_side(panels: list) -> alt.HConcatChart:
+    """Panels that share their rows (layers), each with its own colour scale and legend."""
+    return alt.hconcat(*panels, spacing=10).resolve_scale(color="independent")
 
 
 def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:

@@ -81,51 +81,82 @@ class Helper:
             self.proc.wait()
 
 
+class Drawer:
+    """Draws charts as they are handed in. While the report is still being built (`add`), charts go to the
+    helper, which starts on them at once; `finish` then shares what is left: the helper takes from the
+    front, this process from the back, whoever is free takes the next one. Without a helper (or once it
+    failed) this process draws everything itself."""
+
+    def __init__(self, helper: Helper | None = None, fmt: str = "auto"):
+        self.helper, self.fmt = helper, fmt
+        self.specs: dict[str, dict] = {}
+        self.results: dict[str, tuple[bytes, str]] = {}
+        self.todo: deque[str] = deque()  # not yet given to anyone
+        self.sent: deque[str] = deque()  # at the helper, oldest first (it always has the next one waiting)
+
+    def add(self, key: str, spec: dict) -> None:
+        self.specs[key] = spec
+        self.todo.append(key)
+        self._feed()
+        self._poll()
+
+    def finish(self) -> dict[str, tuple[bytes, str]]:
+        """Every chart added, drawn; closes the helper."""
+        try:
+            while self.todo or self.sent:
+                self._feed()
+                if self.todo:
+                    key = self.todo.pop()
+                    self.results[key] = _draw(self.specs[key], self.fmt)
+                    self._poll()
+                elif self.sent:
+                    self._collect()
+        finally:
+            self.close()
+        return self.results
+
+    def close(self) -> None:
+        if self.helper is not None:
+            self.helper.close()
+            self.helper = None
+
+    def _feed(self) -> None:
+        while self.helper is not None and len(self.sent) < HELPER_QUEUE and self.todo:
+            key = self.todo.popleft()
+            try:
+                self.helper.send(self.specs[key], self.fmt)
+                self.sent.append(key)
+            except OSError:
+                self.todo.appendleft(key)
+                self._drop()
+
+    def _poll(self) -> None:
+        while self.helper is not None and self.sent and self.helper.ready():
+            self._collect()
+
+    def _collect(self) -> None:
+        """The helper's answer to its oldest request; on any trouble, drop it and take its work back."""
+        try:
+            self.results[self.sent[0]] = self.helper.receive()
+            self.sent.popleft()
+        except (OSError, EOFError, TimeoutError, RuntimeError, ValueError):
+            self._drop()
+
+    def _drop(self) -> None:
+        self.helper.proc.kill()
+        self.helper.proc.wait()
+        self.helper = None
+        self.todo.extend(self.sent)
+        self.sent.clear()
+
+
 def convert_all(specs: list[dict], fmt: str = "auto", helper: Helper | None = None) -> list[tuple[bytes, str]]:
-    """Every spec drawn (to_static), in order. Uses `helper` for part of them when given (and closes it)."""
-    results: list[tuple[bytes, str] | None] = [None] * len(specs)
-    # biggest first for the helper (from the front), smallest for us (from the back)
-    todo = deque(sorted(range(len(specs)), key=lambda i: -_cost(specs[i])))
-    sent: deque[int] = deque()  # the helper's queue: it always has the next chart waiting (no idle gap)
-    try:
-        while todo or sent:
-            while helper is not None and len(sent) < HELPER_QUEUE and todo:
-                i = todo.popleft()
-                try:
-                    helper.send(specs[i], fmt)
-                    sent.append(i)
-                except OSError:
-                    todo.appendleft(i)
-                    helper = _drop(helper, sent, todo)
-            if todo:
-                j = todo.pop()
-                results[j] = _draw(specs[j], fmt)
-                while helper is not None and sent and helper.ready():
-                    helper = _collect(helper, sent, todo, results)
-            elif sent:
-                helper = _collect(helper, sent, todo, results)
-    finally:
-        if helper is not None:
-            helper.close()
-    return results
-
-
-def _collect(helper: Helper, sent: deque, todo: deque, results: list) -> Helper | None:
-    """The helper's answer for its oldest request; on any trouble, drop it and take its work back."""
-    try:
-        results[sent[0]] = helper.receive()
-        sent.popleft()
-        return helper
-    except (OSError, EOFError, TimeoutError, RuntimeError, ValueError):
-        return _drop(helper, sent, todo)
-
-
-def _drop(helper: Helper, sent: deque, todo: deque) -> None:
-    helper.proc.kill()
-    helper.proc.wait()
-    todo.extend(sent)
-    sent.clear()
-    return None
+    """Every spec drawn (to_static), in order; `helper` (closed at the end) takes part of them."""
+    drawer = Drawer(helper, fmt)
+    for i in sorted(range(len(specs)), key=lambda i: -_cost(specs[i])):  # biggest first for the helper
+        drawer.add(str(i), specs[i])
+    results = drawer.finish()
+    return [results[str(i)] for i in range(len(specs))]
 
 
 def _draw(spec: dict, fmt: str) -> tuple[bytes, str]:
@@ -150,14 +181,27 @@ def warm_up() -> None:
 
 
 def _serve() -> None:
-    """The helper: warm vl-convert up, then answer requests until stdin closes."""
+    """The helper: warm vl-convert up, then answer requests until stdin closes. A thread reads requests as
+    they come, so the caller's writes never wait on our (possibly blocked) writes: no pipe deadlock."""
+    import queue
+    import threading
+
+    requests: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        stdin = sys.stdin.buffer
+        while True:
+            line = stdin.readline()
+            if not line:
+                requests.put(None)
+                return
+            requests.put(stdin.read(int(line)))
+
+    threading.Thread(target=read, daemon=True).start()
     warm_up()
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        line = stdin.readline()
-        if not line:
-            return
-        spec, fmt = json.loads(stdin.read(int(line)))
+    stdout = sys.stdout.buffer
+    while (body := requests.get()) is not None:
+        spec, fmt = json.loads(body)
         data, mime = _draw(spec, fmt)
         stdout.write(f"{len(data)} {mime}\n".encode("ascii") + data)
         stdout.flush()

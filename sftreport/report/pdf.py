@@ -11,7 +11,8 @@ import logging
 
 from sftreport.report.model import Image, Report
 from sftreport.report.templating import html_env, template_dir
-from sftreport.report.convert import Helper, convert_all
+from sftreport.report.vega import css_width
+from sftreport.report.convert import Drawer, Helper
 
 SCHEME = "sftreport"
 
@@ -31,12 +32,17 @@ class Resources:
         return self.add(img.data, img.mime)
 
 
-def pdf_html(report: Report, helper: Helper | None = None) -> tuple[str, Resources]:
-    """The HTML WeasyPrint lays out, and the images it refers to (charts drawn with `helper`'s help)."""
-    res = Resources()
+def pdf_html(report: Report, drawer: Drawer | None = None) -> tuple[str, Resources]:
+    """The HTML WeasyPrint lays out, and the images it refers to. `drawer` may already hold (some of) the
+    report's charts, handed to it while the report was built."""
+    drawer = drawer or Drawer(Helper.start(len(report.charts())))
     charts = report.charts()
-    drawn = convert_all([c.spec for c in charts], "auto", helper)
-    statics = {c.id: res.add(*img) for c, img in zip(charts, drawn)}
+    for c in charts:
+        if c.id not in drawer.specs:
+            drawer.add(c.id, c.spec)
+    drawn = drawer.finish()
+    res = Resources()
+    statics = {c.id: {"url": res.add(*drawn[c.id]), "width": css_width(*drawn[c.id])} for c in charts}
     html = html_env().get_template("report_pdf.html.j2").render(
         report=report, medium="pdf", statics=statics, image_src=res.image)
     return html, res
@@ -55,12 +61,12 @@ def _fetcher(res: Resources):
     return Fetcher(allowed_protocols={"data", "file"})
 
 
-def render_pdf(report: Report, helper: Helper | None = None) -> bytes:
-    """The PDF's bytes. `helper`: a chart-drawing process started earlier (convert.Helper.start())."""
+def render_pdf(report: Report, drawer: Drawer | None = None) -> bytes:
+    """The PDF's bytes. `drawer`: see pdf_html."""
     import weasyprint
 
     # WeasyPrint logs every CSS property it does not support at WARNING; they are not the user's problem
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
-    html, res = pdf_html(report, helper)
+    html, res = pdf_html(report, drawer)
     doc = weasyprint.HTML(string=html, base_url=str(template_dir()), url_fetcher=_fetcher(res))
     return doc.write_pdf()

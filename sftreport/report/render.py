@@ -38,16 +38,18 @@ def render(run: Run, jobs: list[tuple[Path, str]]) -> list[Path]:
 
     frames = RunFrames(run)
     reports: dict[Medium, Report] = {}
-    helper = None
+    drawer = None
     if any(kind == "pdf" for _, kind in jobs):
-        # start the chart-drawing helper now: its start-up overlaps building the report
-        from sftreport.report.convert import Helper
+        # start the chart-drawing helper now (its start-up overlaps building the report) and hand it each
+        # chart of the PDF's report as soon as it is built
+        from sftreport.report.convert import Drawer, Helper
 
-        helper = Helper.start()
+        drawer = Drawer(Helper.start())
 
     def report(medium: Medium) -> Report:
         if medium not in reports:
-            reports[medium] = build_report(run, medium, frames)
+            on_chart = (lambda c: drawer.add(c.id, c.spec)) if medium == "pdf" and drawer else None
+            reports[medium] = build_report(run, medium, frames, on_chart=on_chart)
         return reports[medium]
 
     written = []
@@ -60,14 +62,13 @@ def render(run: Run, jobs: list[tuple[Path, str]]) -> list[Path]:
             elif kind == "pdf":
                 from sftreport.report.pdf import render_pdf
 
-                pdf, helper = render_pdf(report("pdf"), helper), None  # render_pdf closes the helper
-                atomic_write_bytes(out, pdf)
+                atomic_write_bytes(out, render_pdf(report("pdf"), drawer))
             else:
                 from sftreport.report.markdown import render_markdown
 
                 atomic_write_text(out, render_markdown(report("html")))
             written.append(out)
     finally:
-        if helper is not None:
-            helper.close()
+        if drawer is not None:
+            drawer.close()
     return written

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import pandas as pd
 
@@ -25,7 +26,7 @@ from sftreport.store import Run
 MAX_HEATMAP_ROWS = 70  # above this, layer heatmaps keep only convolution/linear layers
 MAX_HIST_TENSORS = 6
 MAX_ACT_HIST = 6
-MAX_PDF_PROJECTIONS = 4
+MAX_PDF_PROJECTIONS = 3
 PDF_TABLE_DEPTH = 2
 
 STRATEGIES = {
@@ -47,9 +48,11 @@ SIZES = {"html": Sizes(full=780, heat=560, panel=900, line_h=260, small_h=170),
          "pdf": Sizes(full=560, heat=400, panel=640, line_h=190, small_h=130)}
 
 
-def build_report(run: Run, medium: Medium, frames: RunFrames | None = None) -> Report:
+def build_report(run: Run, medium: Medium, frames: RunFrames | None = None,
+                 on_chart: Callable[[ChartBlock], None] | None = None) -> Report:
+    """The report of `run` for `medium`; `on_chart` is called with each chart as soon as it is built."""
     f = frames or RunFrames(run)
-    b = _Builder(run, f, medium)
+    b = _Builder(run, f, medium, on_chart)
     findings = derive_findings(f)
     headline = b.headline()
     sections = [b.training(), b.architecture(), b.parameters(), b.activations(), b.features(), b.appendix()]
@@ -63,14 +66,18 @@ def _finite(v) -> bool:
 
 
 class _Builder:
-    def __init__(self, run: Run, frames: RunFrames, medium: Medium):
-        self.run, self.f, self.medium = run, frames, medium
+    def __init__(self, run: Run, frames: RunFrames, medium: Medium,
+                 on_chart: Callable[[ChartBlock], None] | None = None):
+        self.run, self.f, self.medium, self.on_chart = run, frames, medium, on_chart
         self.info = run.info
         self.size = SIZES[medium]
         self.html = medium == "html"
 
     def chart(self, id: str, title: str, caption: str, chart, marks: int = 0) -> ChartBlock:
-        return ChartBlock(id=id, title=title, caption=caption, spec=chart_spec(chart))
+        block = ChartBlock(id=id, title=title, caption=caption, spec=chart_spec(chart))
+        if self.on_chart is not None:
+            self.on_chart(block)
+        return block
 
     # ------------------------------------------------------------------ summary
 
@@ -281,56 +288,74 @@ class _Builder:
             sec.blocks.append(Note("No weight statistics were recorded (probes were off)."))
             return sec
         trained = w[w["epoch"] > 0]
+        g = f.layer_grads
+        u = w[w["update_ratio"].notna() & (w["update_ratio"] > 0)]
+        rel_cap = ("‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale; new layers are "
+                   "compared with their initialisation. Grey cells did not change (frozen).")
+        grad_cap = ("Root of the summed squared mean gradient norms of each layer's tensors, per epoch (log colour "
+                    "scale). Frozen layers have no gradient.")
+        upd_cap = ("‖update‖ / ‖W‖ of one optimizer step per layer and epoch (log scale). The green band is "
+                   f"{charts.HEALTHY_BAND[0]:g} … {charts.HEALTHY_BAND[1]:g} around the usual target of "
+                   f"{charts.HEALTHY_TARGET:g} (dashed): far below, a layer barely learns; far above, training is "
+                   "unstable. Frozen layers are not shown.")
+        rel_args = dict(legend_title="‖Wₜ−W₀‖ / ‖W₀‖ (log scale)", scale=alt_scale_log(trained["rel_change"], "viridis"),
+                        legend_format=".0e", tooltip_format=".3~%",
+                        extra_tooltips=[_tip("type:N"), _tip("params:Q", "parameters", ",")])
+        grad_args = dict(legend_title="gradient norm (log scale)", legend_format=".0e", tooltip_format=".3e",
+                         scale=alt_scale_log(g["norm"], "plasma") if not g.empty else None,
+                         extra_tooltips=[_tip("max_norm:Q", "largest sampled tensor norm", ".3e"),
+                                         _tip("nonfinite:Q", "steps with NaN/inf gradients")])
+        if not g.empty:
+            g = g.merge(w[["layer", "epoch", "matrix", "type"]], on=["layer", "epoch"], how="left")
+            g["matrix"] = g["matrix"].fillna(True).astype(bool)
         if trained.empty:
             sec.blocks.append(Note("Only the pretrained weights (epoch 0) were recorded: nothing has changed yet."))
-        else:
+        elif not self.html and not g.empty and not u.empty:
+            # the PDF shows the three per-layer views side by side: one row per layer, labels drawn once
             hw, note = self.heat_layers(trained)
             layers = f.layers_in_order(hw)
+            hg, hu = g[g["layer"].isin(layers)], u[u["layer"].isin(layers)]
+            third = (s.panel - 200) // 3
             sec.blocks.append(self.chart(
-                "rel-change", "Relative change from the pretrained weights",
-                "‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale; new layers are compared "
-                "with their initialisation. Grey cells did not change (frozen)." + note,
-                charts.heatmap(hw, "rel_change", layers, width=s.heat, legend_title="‖Wₜ−W₀‖ / ‖W₀‖ (log scale)",
-                               scale=alt_scale_log(hw["rel_change"], "viridis"), legend_format=".0e",
-                               tooltip_format=".3~%",
-                               extra_tooltips=[_tip("type:N"), _tip("params:Q", "parameters", ",")]),
-                marks=len(hw)))
+                "per-layer", "Relative change from the pretrained weights, gradient norm and update ratio per layer",
+                f"Left: {rel_cap} Middle: {grad_cap} Right: {upd_cap}{note}",
+                charts.side_by_side([
+                    charts.heatmap(hw, "rel_change", layers, width=third, title="change from pretrained", **rel_args),
+                    charts.heatmap(hg, "norm", layers, width=third, title="gradient norm", y_labels=False,
+                                   epochs=sorted(hw["epoch"].unique().tolist()), **grad_args),
+                    charts.update_ratio(hu, layers, third, y_labels=False, title="update / weight (green: 1e-4…1e-2)"),
+                ])))
+            sec.blocks.append(self.weight_histograms())
+            sec.blocks.append(self.grad_total())
+            return sec
+        else:
+            hw, note = self.heat_layers(trained)
+            sec.blocks.append(self.chart(
+                "rel-change", "Relative change from the pretrained weights", rel_cap + note,
+                charts.heatmap(hw, "rel_change", f.layers_in_order(hw), width=s.heat, **rel_args)))
         sec.blocks.append(self.weight_histograms())
-        g = f.layer_grads
         if g.empty:
             sec.blocks.append(Note("No gradients were sampled (no training step recorded, or probes were off)."))
         else:
+            sec.blocks.append(self.grad_total())
+            hg, note = self.heat_layers(g)
             sec.blocks.append(self.chart(
-                "grad-total", "Gradient norm of the whole model",
-                "Mean over the epoch's sampled steps, and the largest single-tensor norm seen (log scale). "
-                "A red line marks an epoch with NaN or infinite gradients.", charts.grad_total(f.grad_total, s.full, s.small_h + 20)))
-            gw = g.merge(w[["layer", "epoch", "matrix", "type"]], on=["layer", "epoch"], how="left")
-            gw["matrix"] = gw["matrix"].fillna(True).astype(bool)
-            hg, note = self.heat_layers(gw)
-            layers = f.layers_in_order(hg)
-            sec.blocks.append(self.chart(
-                "grad-layers", "Gradient norm per layer",
-                "Root of the summed squared mean gradient norms of each layer's tensors, per epoch (log colour "
-                "scale). Frozen layers have no gradient." + note,
-                charts.heatmap(hg, "norm", layers, width=s.heat, legend_title="gradient norm (log scale)",
-                               scale=alt_scale_log(hg["norm"], "plasma"), legend_format=".0e", tooltip_format=".3e",
-                               extra_tooltips=[_tip("max_norm:Q", "largest sampled tensor norm", ".3e"),
-                                               _tip("nonfinite:Q", "steps with NaN/inf gradients")]),
-                marks=len(hg)))
-        u = w[w["update_ratio"].notna() & (w["update_ratio"] > 0)]
+                "grad-layers", "Gradient norm per layer", grad_cap + note,
+                charts.heatmap(hg, "norm", f.layers_in_order(hg), width=s.heat, **grad_args)))
         if u.empty:
             sec.blocks.append(Note("No update-to-weight ratios were recorded (no optimizer step measured)."))
         else:
             hu, note = self.heat_layers(u)
-            layers = f.layers_in_order(hu)
-            sec.blocks.append(self.chart(
-                "update-ratio", "Update-to-weight ratio",
-                "‖update‖ / ‖W‖ of one optimizer step per layer and epoch (log scale). The green band is "
-                f"{charts.HEALTHY_BAND[0]:g} … {charts.HEALTHY_BAND[1]:g} around the usual target of "
-                f"{charts.HEALTHY_TARGET:g} (dashed): far below, a layer barely learns; far above, "
-                "training is unstable. Frozen layers are not shown." + note,
-                charts.update_ratio(hu, layers, s.heat), marks=len(hu)))
+            sec.blocks.append(self.chart("update-ratio", "Update-to-weight ratio", upd_cap + note,
+                                         charts.update_ratio(hu, f.layers_in_order(hu), s.heat)))
         return sec
+
+    def grad_total(self) -> ChartBlock:
+        return self.chart(
+            "grad-total", "Gradient norm of the whole model",
+            "Mean over the epoch's sampled steps, and the largest single-tensor norm seen (log scale). "
+            "A red line marks an epoch with NaN or infinite gradients.",
+            charts.grad_total(self.f.grad_total, self.size.full, self.size.small_h + 20))
 
     def weight_histograms(self):
         f = self.f
@@ -350,10 +375,12 @@ class _Builder:
         mod_of = {n: m for n, (m, _) in self._tensor_info().items()}
         new_mods = set(w[w["new"]]["module"])
         pre_mats = [n for n in mats if mod_of.get(n) not in new_mods] or mats
-        chosen = [pre_mats[0], pre_mats[len(pre_mats) // 2], pre_mats[-1]]
-        if "most" in mod_rank:
-            chosen += [n for n in pre_mats if mod_of.get(n) == mod_rank["most"]][:1]
-        chosen += [n for n in mats if mod_of.get(n) in new_mods][:2]
+        most = [n for n in pre_mats if mod_of.get(n) == mod_rank.get("most")][:1]
+        head = [n for n in mats if mod_of.get(n) in new_mods][:2]
+        if self.html:  # first, middle, last pretrained layer, the one that moved most, the new head
+            chosen = [pre_mats[0], pre_mats[len(pre_mats) // 2], pre_mats[-1]] + most + head
+        else:  # the PDF keeps one row of three: first pretrained layer, the one that moved most, the head
+            chosen = [pre_mats[0]] + (most or [pre_mats[-1]]) + head[:1]
         order = {n: i for i, n in enumerate(names)}
         chosen = sorted(dict.fromkeys(chosen), key=order.__getitem__)[:MAX_HIST_TENSORS]
         df = f.weight_hist(chosen)
@@ -362,9 +389,11 @@ class _Builder:
         cols = 3
         return self.chart(
             "weight-hist", "Weight histograms, pretrained vs now",
-            "Distribution of the values of chosen weight tensors (first, middle, last pretrained layer, the one that "
-            "moved most, and the new head); grey area: pretrained, lines: each later epoch. Fixed bins per tensor, "
-            "chosen on the pretrained weights.",
+            "Distribution of the values of chosen weight tensors ("
+            + ("first, middle, last pretrained layer, the one that moved most, and the new head" if self.html else
+               "first pretrained layer, the one that moved most, and the new head")
+            + "); grey area: pretrained, lines: each later epoch. Fixed bins per tensor, chosen on the pretrained "
+            "weights.",
             charts.histograms(df, "tensor", chosen, width=self.size.panel, columns=cols, first_epoch=first,
                               color_epochs=len(epochs) > 2, x_title="weight value"))
 
@@ -392,8 +421,7 @@ class _Builder:
                 "probe image and position) of each probed layer's output on the fixed probe batch.",
                 charts.activation_heatmaps(a, layers, s.panel), marks=len(a) * 4))
             epochs = sorted(a["epoch"].unique().tolist())
-            pick = layers if len(layers) <= MAX_ACT_HIST else \
-                [layers[round(i * (len(layers) - 1) / (MAX_ACT_HIST - 1))] for i in range(MAX_ACT_HIST)]
+            pick = _spread(layers, MAX_ACT_HIST if self.html else 3)
             pick = list(dict.fromkeys(pick))
             hist_epochs = [epochs[0], epochs[-1]] if len(epochs) > 1 else epochs
             df = f.activation_hist(pick, hist_epochs)

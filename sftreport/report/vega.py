@@ -92,7 +92,7 @@ def javascript_bundle() -> str:
 
 # vl-convert measures text slowly: truncating labels to a width (labelLimit) measures each label many times
 # and a list of fallback fonts is resolved per measurement. Static charts use one font and no truncation.
-STATIC_CONFIG = {"font": "sans-serif", "axis": {"labelLimit": 0}, "legend": {"labelLimit": 0},
+STATIC_CONFIG = {"font": "DejaVu Sans", "axis": {"labelLimit": 0}, "legend": {"labelLimit": 0},
                  "header": {"labelLimit": 0}}
 
 
@@ -104,34 +104,56 @@ def static_spec(spec: dict) -> dict:
     return {**spec, "config": config}
 
 
-PNG_ABOVE_ELEMENTS = 150  # about the size of a bare line chart: WeasyPrint draws SVG at ~0.5 ms per element, vl-convert rasterises in a helper process
+RASTER_ABOVE_ELEMENTS = 150  # about a bare line chart: WeasyPrint draws SVG at ~0.5 ms per element
+JPEG_QUALITY = 92  # with 4:4:4 chroma (no subsampling): text and thin lines stay clean
 
 
-def to_static(spec: dict, fmt: str = "auto", scale: float = 2.0) -> tuple[bytes, str]:
-    """The chart drawn by vl-convert: (bytes, MIME type). SVG keeps text and lines vector; a chart with many
-    elements (heatmaps, scatter plots) is rasterised to PNG at `scale`× instead, because WeasyPrint is
-    slow on big SVGs. `fmt`: "svg", "png", or "auto" (by element count)."""
+RASTER_SCALE = 2.0
+
+
+def to_static(spec: dict, fmt: str = "auto", scale: float = RASTER_SCALE) -> tuple[bytes, str]:
+    """The chart drawn by vl-convert: (bytes, MIME type).
+
+    SVG keeps text and lines vector, but WeasyPrint draws SVG slowly (about 0.5 ms per element), so a chart
+    with more elements is rasterised at `scale`× (about 190 dpi at A4 width) instead. The raster is JPEG at
+    high quality rather than PNG: WeasyPrint embeds JPEG bytes as they are, whereas it decodes and
+    re-compresses every PNG (~50 ms per chart). `fmt`: "svg", "png", "jpeg", or "auto"."""
     import vl_convert as vlc
 
     svg = vlc.vegalite_to_svg(static_spec(spec), allowed_base_urls=[])
-    if fmt == "svg" or (fmt == "auto" and svg.count("<") <= PNG_ABOVE_ELEMENTS):
+    if fmt == "svg" or (fmt == "auto" and svg.count("<") <= RASTER_ABOVE_ELEMENTS):
         return svg.encode("utf-8"), "image/svg+xml"
-    return _opaque_png(vlc.svg_to_png(svg, scale=scale)), "image/png"
+    png = vlc.svg_to_png(svg, scale=scale)
+    if fmt == "png":
+        return png, "image/png"
+    return _jpeg(png), "image/jpeg"
 
 
-def _opaque_png(data: bytes) -> bytes:
-    """The PNG without its (fully opaque) alpha channel, quickly compressed: WeasyPrint re-encodes every PNG
-    anyway, and would encode an alpha channel as a second image."""
+def _jpeg(png: bytes) -> bytes:
     import io
 
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data))
-    if img.mode == "RGB":
-        return data
     out = io.BytesIO()
-    img.convert("RGB").save(out, format="PNG", compress_level=1)
+    Image.open(io.BytesIO(png)).convert("RGB").save(out, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     return out.getvalue()
+
+
+def css_width(data: bytes, mime: str, scale: float = RASTER_SCALE) -> float | None:
+    """The width a static chart is drawn at, in CSS pixels: the SVG's own width, or a raster's pixels / scale
+    (WeasyPrint would otherwise draw a 2× raster twice as large)."""
+    import io
+    import re
+
+    if mime == "image/svg+xml":
+        m = re.search(rb'<svg[^>]*\swidth="([0-9.]+)', data[:2000])
+        return float(m.group(1)) if m else None
+    try:
+        from PIL import Image
+
+        return Image.open(io.BytesIO(data)).size[0] / scale
+    except Exception:
+        return None
 
 
 def placeholder_svg(message: str) -> tuple[bytes, str]:

@@ -196,3 +196,46 @@ def test_formatters():
     assert fmt.count(23_528_522) == "23.5 M" and fmt.integer(1234567) == "1,234,567"
     assert fmt.duration(8.24) == "8.2 s" and fmt.duration(192) == "3 min 12 s" and fmt.duration(7300) == "2 h 01 min"
     assert fmt.shape([3, 32, 32]) == "3×32×32"
+
+
+# --------------------------------------------------------------------------- drawing the PDF's charts
+
+
+def _big_spec(rows: int = 70) -> dict:
+    """A heatmap whose drawing is larger than a pipe buffer (the helper must not deadlock on it)."""
+    values = [{"layer": f"layer{i}.conv{j}", "epoch": e, "v": (i * 7 + e) % 13}
+              for i in range(rows // 3) for j in range(3) for e in range(10)]
+    return {"data": {"values": values}, "mark": "rect", "width": 300,
+            "encoding": {"x": {"field": "epoch", "type": "ordinal"}, "y": {"field": "layer", "type": "nominal"},
+                         "color": {"field": "v", "type": "quantitative"}}}
+
+
+def test_helper_draws_big_charts_without_deadlock():
+    from sftreport.report.convert import Helper, convert_all
+
+    helper = Helper.start()
+    if helper is None:
+        pytest.skip("no second core or not POSIX: no helper process")
+    specs = [_big_spec() for _ in range(6)]
+    out = convert_all(specs, "auto", helper)
+    assert len(out) == 6 and all(mime == "image/jpeg" and len(data) > 65_536 for data, mime in out)
+    assert helper.proc.poll() is not None  # closed
+
+
+def test_dead_helper_falls_back(monkeypatch):
+    from sftreport.report.convert import Helper, convert_all
+
+    helper = Helper.start()
+    if helper is None:
+        pytest.skip("no helper process here")
+    helper.proc.kill()
+    helper.proc.wait()
+    out = convert_all([_big_spec(9) for _ in range(4)], "auto", helper)
+    assert len(out) == 4 and all(data for data, _ in out)
+
+
+def test_a_chart_that_cannot_be_drawn_becomes_a_note():
+    from sftreport.report.convert import convert_all
+
+    ((data, mime),) = convert_all([{"mark": "nonsense-mark", "data": {"values": []}}], "auto", None)
+    assert mime == "image/svg+xml" and b"could not be drawn" in data
