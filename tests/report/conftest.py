@@ -3,19 +3,13 @@ shared by many tests, and a headless Chromium that opens reports offline as a us
 from __future__ import annotations
 
 import shutil
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from report_support import CHROMIUM, CHROMIUM_ARGS, HOSTILE, pdf_pages, pdf_text, render_all
 from synthetic_run import build_run
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-HOSTILE = "</script><img src=x onerror=alert(1)>"
-
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> Path:
@@ -40,19 +34,6 @@ class Rendered:
     pages: list[Path] = field(default_factory=list)
 
 
-def pdf_text(path: Path) -> str:
-    from pypdf import PdfReader
-
-    return "\n".join(page.extract_text() or "" for page in PdfReader(str(path)).pages)
-
-
-def pdf_pages(path: Path, out: Path) -> list[Path]:
-    """The PDF's pages as PNG files (pdftocairo draws gradient legends right)."""
-    out.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["pdftocairo", "-png", "-r", "40", str(path), str(out / "page")], check=True)
-    return sorted(out.glob("page-*.png"))
-
-
 @pytest.fixture(scope="session")
 def rendered(main_run, tmp_path_factory) -> Rendered:
     from sftreport.report.render import render_run
@@ -67,19 +48,6 @@ def rendered(main_run, tmp_path_factory) -> Rendered:
     if shutil.which("pdftocairo"):
         r.pages = pdf_pages(r.pdf, out / "pages")
     return r
-
-
-def render_all(run: Path, out: Path, formats=("html", "pdf", "md")) -> dict:
-    """Render `run` into out/report.{formats}; the paths and their text (PDF: extracted text)."""
-    from sftreport.report.render import render_run
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {f: out / f"report.{f}" for f in formats}
-    render_run(run, list(paths.values()))
-    result: dict = dict(paths)
-    for f, p in paths.items():
-        result[f + "_text"] = pdf_text(p) if f == "pdf" else p.read_text(encoding="utf-8")
-    return result
 
 
 @pytest.fixture(scope="session")

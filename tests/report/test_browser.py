@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import HOSTILE
+from report_support import HOSTILE
 
 pytestmark = pytest.mark.browser
 

@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import HOSTILE, render_all
+from report_support import HOSTILE, render_all, spec_blob
 from synthetic_run import build_run
-from test_render import spec_blob
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,22 +13,13 @@ from sftreport.report import fmt
 from sftreport.report.render import render_run
 from sftreport.report.templating import md_escape, template_dir
 from sftreport.report.vega import json_safe, script_json
+from report_support import spec_blob
 
 SECTION_TITLES = ["Summary", "Findings", "Training", "Architecture", "Parameters", "Activations", "Features",
                   "Appendix"]
 CHART_IDS = ["loss", "accuracy", "lr", "confusion", "per-class", "params-by-block", "rel-change", "weight-hist",
              "grad-total", "grad-layers", "update-ratio", "act-stats", "act-hist", "projection", "cka",
              "separability"]
-
-
-def spec_blob(html: str) -> dict:
-    m = re.search(r'<script type="application/json" id="sftreport-specs">(.*?)</script>', html, re.S)
-    assert m, "no chart specs in the page"
-
-    def no_constants(name):
-        raise AssertionError(f"JSON holds {name}")
-
-    return json.loads(m.group(1), parse_constant=no_constants)
 
 
 # --------------------------------------------------------------------------- HTML
