@@ -361,20 +361,45 @@ def _xy_domains(df: pd.DataFrame) -> tuple[list[float], list[float]]:
     return dom("x"), dom("y")
 
 
+def axes_comparable(df: pd.DataFrame, epochs: list[int], factor: float = 5.0) -> bool:
+    """Whether one set of axes for all `epochs` keeps every epoch readable (no epoch's points spread over
+    less than 1/`factor` of the shared range, as happens when a few epochs blow the features up)."""
+    sub = df[df["epoch"].isin(epochs)]
+    span = max(float(sub["x"].max() - sub["x"].min()), float(sub["y"].max() - sub["y"].min()))
+    for _, g in sub.groupby("epoch"):
+        own = max(float(g["x"].max() - g["x"].min()), float(g["y"].max() - g["y"].min()))
+        if own * factor < span:
+            return False
+    return True
+
+
 def projection_slider(df: pd.DataFrame, classes: list[str], epochs: list[int], width: int, title: str) -> alt.Chart:
-    """The 2-D feature projection of the probe set at one epoch, chosen with a slider (fixed axes)."""
+    """The 2-D feature projection of the probe set at one epoch, chosen with a slider. The axes are the same
+    for every epoch unless "fit axes" is ticked (ticked from the start when a few epochs would squash the
+    others into a corner)."""
     xd, yd = _xy_domains(df)
-    last = epochs[-1]
-    epoch = alt.param(name="epoch", value=last,
-                      bind=alt.binding_range(min=epochs[0], max=last, step=1, name="epoch "))
+    first, last = epochs[0], epochs[-1]
+    epoch = alt.param(name="epoch", value=last, bind=alt.binding_range(min=first, max=last, step=1, name="epoch "))
+    fit = alt.param(name="fit_axes", value=not axes_comparable(df, epochs),
+                    bind=alt.binding_checkbox(name="fit the axes to this epoch "))
+    # per-epoch extents as literal number arrays inside the expressions (numbers only, made here)
+    ext = {e: _xy_domains(g) for e, g in df.groupby("epoch")}
+
+    def bound(axis: int, end: int, default: float) -> dict:
+        values = [ext[e][axis][end] if e in ext else default for e in range(first, last + 1)]
+        arr = "[" + ",".join(repr(float(v)) for v in values) + "]"
+        return {"expr": f"fit_axes ? {arr}[epoch - {first}] : {float(default)!r}"}
+
     side = min(width - 170, 520)
     return alt.Chart(df).mark_circle(size=30, opacity=0.8).encode(
-        x=alt.X("x:Q", title=f"{title} axis 1", scale=alt.Scale(domain=xd, nice=False)),
-        y=alt.Y("y:Q", title=f"{title} axis 2", scale=alt.Scale(domain=yd, nice=False)),
+        x=alt.X("x:Q", title=f"{title} axis 1",
+                scale=alt.Scale(domainMin=bound(0, 0, xd[0]), domainMax=bound(0, 1, xd[1]), nice=False)),
+        y=alt.Y("y:Q", title=f"{title} axis 2",
+                scale=alt.Scale(domainMin=bound(1, 0, yd[0]), domainMax=bound(1, 1, yd[1]), nice=False)),
         color=alt.Color("class:N", scale=class_scale(classes), legend=class_legend(classes)),
         tooltip=[alt.Tooltip("class:N"), alt.Tooltip("sample:Q", title="probe sample"), alt.Tooltip("epoch:Q"),
                  alt.Tooltip("x:Q", format=".3g"), alt.Tooltip("y:Q", format=".3g")],
-    ).add_params(epoch).transform_filter(alt.datum.epoch == epoch).properties(width=side, height=side)
+    ).add_params(epoch, fit).transform_filter(alt.datum.epoch == epoch).properties(width=side, height=side)
 
 
 def projection_multiples(df: pd.DataFrame, classes: list[str], epochs: list[int], width: int,

@@ -20,6 +20,9 @@ DEAD_GROWTH = 0.05  # dead-channel fraction up by at least 5 points between firs
 EXPLODE_FACTOR = 10.0  # model gradient norm ≥ 10× its smallest earlier value
 VANISHED = 1e-12  # a trainable layer whose gradient norm stays below this got no gradient
 MOVED_SHOWN = 3
+FAR_FACTOR = 10.0  # an update-to-weight ratio 10× outside the band is "far" from it
+OVERWRITTEN = 1.0  # a pretrained layer that moved more than its own norm has lost its pretrained weights
+VAL_LOSS_RISE = 0.5  # validation loss at the end 50% above the pretrained model's
 
 
 def _join(items: list[str], limit: int = 4) -> str:
@@ -95,6 +98,25 @@ def accuracy_rule(f: RunFrames) -> list[Finding]:
                     evidence, "training")]
 
 
+def val_loss_rule(f: RunFrames) -> list[Finding]:
+    """Validation loss ended well above the pretrained model's (with its new head): fine-tuning made the
+    model's confidence worse, whatever happened to accuracy."""
+    evals = [(e.epoch, e.val.loss) for e in f.epochs if e.val is not None and _finite(e.val.loss)]
+    if len(evals) < 2 or evals[0][0] != 0:
+        return []
+    (_, first), (last_epoch, last) = evals[0], evals[-1]
+    if first <= 0 or last < first * (1 + VAL_LOSS_RISE):
+        return []
+    peak_epoch, peak = max(evals, key=lambda x: x[1])
+    peak_txt = f", peaking at {fmt.num(peak)} in epoch {peak_epoch}" if peak_epoch != last_epoch else ""
+    return [Finding(
+        "val_loss_rise", "warning", f"Validation loss ended ×{last / first:.1f} above the pretrained model's "
+        f"({fmt.num(first)} → {fmt.num(last)})",
+        f"Validation loss {fmt.num(first)} at epoch 0 and {fmt.num(last)} at epoch {last_epoch}{peak_txt} (threshold "
+        f"+{VAL_LOSS_RISE:.0%}). The model became confidently wrong on validation images: the learning rate may be "
+        "too high, or training is unstable.", "training")]
+
+
 def overfitting_rule(f: RunFrames) -> list[Finding]:
     t = f.epoch_table
     t = t[(t["epoch"] > 0) & t["val_loss"].apply(_finite) & t["train_loss"].apply(_finite)]
@@ -143,7 +165,7 @@ def moved_layers_rule(f: RunFrames) -> list[Finding]:
     head_txt = ""
     if not new.empty:
         head_txt = " New layers moved from their initialisation by " + _join(
-            [f"{r.layer} {fmt.pct(r.rel_change)}" for r in new.itertuples()]) + "."
+            [f"{r.layer} {fmt.change(r.rel_change)}" for r in new.itertuples()]) + "."
     frozen_txt = f" {len(frozen)} layers were frozen and did not change." if len(frozen) else ""
     if pre.empty:
         if new.empty:
@@ -151,15 +173,25 @@ def moved_layers_rule(f: RunFrames) -> list[Finding]:
         return [Finding("moved", "info", "Only the new layers changed; the pretrained layers were frozen",
                         f"At epoch {epoch}:{head_txt}{frozen_txt}", "parameters")]
     ranked = pre.sort_values("rel_change", ascending=False)
-    most = [f"{r.layer} ({fmt.pct(r.rel_change, 2)})" for r in ranked.head(MOVED_SHOWN).itertuples()]
-    least = [f"{r.layer} ({fmt.pct(r.rel_change, 3)})" for r in ranked.tail(MOVED_SHOWN).iloc[::-1].itertuples()]
+    most = [f"{r.layer} ({fmt.change(r.rel_change)})" for r in ranked.head(MOVED_SHOWN).itertuples()]
+    least = [f"{r.layer} ({fmt.change(r.rel_change)})" for r in ranked.tail(MOVED_SHOWN).iloc[::-1].itertuples()]
     med = median(pre["rel_change"].tolist())
     evidence = (f"Relative change ‖Wₜ−W₀‖/‖W₀‖ of the pretrained layers at epoch {epoch}: most moved "
                 f"{', '.join(most)}; least moved {', '.join(least) if len(pre) > MOVED_SHOWN else '–'}; "
-                f"median {fmt.pct(med, 2)} over {len(pre)} layers.{head_txt}{frozen_txt}")
+                f"median {fmt.change(med)} over {len(pre)} layers.{head_txt}{frozen_txt}")
     top = ranked.iloc[0]
-    return [Finding("moved", "info", f"Pretrained layer that moved most: {top.layer} ({fmt.pct(top.rel_change, 2)} "
-                    f"of its norm); least: {ranked.iloc[-1].layer} ({fmt.pct(ranked.iloc[-1].rel_change, 3)})",
+    lost = pre[pre["rel_change"] > OVERWRITTEN]
+    if not lost.empty:
+        names = [f"{r.layer} ({fmt.change(r.rel_change)})" for r in lost.sort_values("rel_change", ascending=False)
+                 .itertuples()]
+        return [Finding("moved", "warning", f"Pretrained weights largely overwritten in {len(lost)} layer(s), "
+                        f"most in {top.layer} ({fmt.change(top.rel_change)} of its norm)",
+                        f"Layers whose weights moved further than their own pretrained norm "
+                        f"(‖Wₜ−W₀‖/‖W₀‖ > {OVERWRITTEN:g}): {_join(names)}. What they learned in pre-training is "
+                        f"mostly gone; a smaller learning rate (or freezing them) keeps it. " + evidence,
+                        "parameters")]
+    return [Finding("moved", "info", f"Pretrained layer that moved most: {top.layer} ({fmt.change(top.rel_change)} "
+                    f"of its norm); least: {ranked.iloc[-1].layer} ({fmt.change(ranked.iloc[-1].rel_change)})",
                     evidence, "parameters")]
 
 
@@ -235,9 +267,16 @@ def update_ratio_rule(f: RunFrames) -> list[Finding]:
         parts.append(f"{len(below)} below {lo:g} (smallest: " +
                      _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in below.itertuples()], 3) + ")")
     off = len(below) + len(above)
-    severity = "warning" if not (lo <= med <= hi) else "info"
-    advice = (" The median is outside the band: the learning rate is probably too "
-              f"{'high' if med > hi else 'low'} for this model." if severity == "warning" else "")
+    far = w[(w["update_ratio"] > hi * FAR_FACTOR) | (w["update_ratio"] < lo / FAR_FACTOR)]
+    severity = "warning" if not (lo <= med <= hi) or not far.empty else "info"
+    advice = ""
+    if not (lo <= med <= hi):
+        advice = (" The median is outside the band: the learning rate is probably too "
+                  f"{'high' if med > hi else 'low'} for this model.")
+    elif not far.empty:
+        advice = (f" {len(far)} layer(s) are more than {FAR_FACTOR:g}× outside the band ("
+                  + _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in far.itertuples()], 3)
+                  + "): consider a smaller learning rate for them (layer-wise rates) or gradient clipping.")
     return [Finding(
         "update_ratio", severity,
         f"Update-to-weight ratio outside {lo:g}…{hi:g} in {off} of {len(w)} trainable layers (epoch {epoch})",
@@ -304,7 +343,7 @@ def representation_rule(f: RunFrames) -> list[Finding]:
         "features")]
 
 
-RULES = [status_rule, nonfinite_loss_rule, accuracy_rule, overfitting_rule, gradients_rule, update_ratio_rule,
+RULES = [status_rule, nonfinite_loss_rule, accuracy_rule, val_loss_rule, overfitting_rule, gradients_rule, update_ratio_rule,
          dead_units_rule, moved_layers_rule, representation_rule]
 
 

@@ -29,6 +29,8 @@ def num(v, digits: int = 3) -> str:
         return "0"
     if abs(f) < 1e-3 or abs(f) >= 1e6:
         return f"{f:.{max(0, digits - 1)}e}"
+    if abs(f) >= 10 ** digits:
+        return f"{f:,.0f}"
     return f"{f:.{digits}g}"
 
 
@@ -41,6 +43,19 @@ def pct(v, digits: int = 1) -> str:
     if f != 0 and abs(f) < 10 ** -digits:
         return f"{f:.1g}%"
     return f"{f:.{digits}f}%"
+
+
+def change(v) -> str:
+    """A relative change as a percentage with 3 significant digits: 0.000871 → '0.0871%', 24.6 → '2,461%'."""
+    bad = _bad(v)
+    if bad is not None:
+        return bad
+    f = float(v) * 100
+    if abs(f) >= 1000:
+        return f"{f:,.0f}%"
+    if f == 0:
+        return "0%"
+    return f"{f:.3g}%"
 
 
 def points(v, digits: int = 1) -> str:
@@ -97,5 +112,5 @@ def sci(v, digits: int = 2) -> str:
     return f"{float(v):.{digits - 1}e}"
 
 
-FILTERS = {"num": num, "pct": pct, "points": points, "integer": integer, "count": count, "duration": duration,
+FILTERS = {"num": num, "pct": pct, "change": change, "points": points, "integer": integer, "count": count, "duration": duration,
            "shape": shape, "sci": sci}

@@ -71,6 +71,19 @@ class Image:
     def src(self) -> str:
         return f"data:{self.mime};base64," + base64.b64encode(self.data).decode("ascii")
 
+    @property
+    def width(self) -> int | None:
+        """Pixel width from the PNG header (None for anything else)."""
+        if self.data[:8] == b"\x89PNG\r\n\x1a\n" and len(self.data) >= 24:
+            return int.from_bytes(self.data[16:20], "big")
+        return None
+
+    @property
+    def display_width(self) -> int | None:
+        """CSS width to show it at: small images (filter grids) twice their size, pixels kept sharp."""
+        w = self.width
+        return None if w is None else (w * 2 if w < 450 else w)
+
 
 @dataclass
 class ImageGrid:

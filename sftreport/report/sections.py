@@ -293,7 +293,7 @@ class _Builder:
         rel_cap = ("‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale; new layers are "
                    "compared with their initialisation. Grey cells did not change (frozen).")
         grad_cap = ("Root of the summed squared mean gradient norms of each layer's tensors, per epoch (log colour "
-                    "scale). Frozen layers have no gradient.")
+                    "scale). Frozen layers have no gradient; grey: none sampled in that epoch.")
         upd_cap = ("‖update‖ / ‖W‖ of one optimizer step per layer and epoch (log scale). The green band is "
                    f"{charts.HEALTHY_BAND[0]:g} … {charts.HEALTHY_BAND[1]:g} around the usual target of "
                    f"{charts.HEALTHY_TARGET:g} (dashed): far below, a layer barely learns; far above, training is "
@@ -340,8 +340,10 @@ class _Builder:
             sec.blocks.append(self.grad_total())
             hg, note = self.heat_layers(g)
             sec.blocks.append(self.chart(
-                "grad-layers", "Gradient norm per layer", grad_cap + note,
-                charts.heatmap(hg, "norm", f.layers_in_order(hg), width=s.heat, **grad_args)))
+                "grad-layers", "Gradient norm per layer",
+                grad_cap + note,
+                charts.heatmap(hg, "norm", f.layers_in_order(hg), width=s.heat,
+                               epochs=sorted(trained["epoch"].unique().tolist()), **grad_args)))
         if u.empty:
             sec.blocks.append(Note("No update-to-weight ratios were recorded (no optimizer step measured)."))
         else:
@@ -491,13 +493,18 @@ class _Builder:
             if self.html and len(epochs) > 1:
                 sec.blocks.append(self.chart(
                     "projection", "Feature projection (PCA) by epoch",
-                    cap + " Move the slider to change the epoch; hover a point for its class.",
+                    cap + " Move the slider to change the epoch; hover a point for its class. \"Fit the axes\" zooms "
+                    "to one epoch's points (ticked from the start when some epochs' features are far larger than "
+                    "others').",
                     charts.projection_slider(proj, f.classes, epochs, s.full, "PCA")))
             else:
                 pick = _spread(epochs, MAX_PDF_PROJECTIONS)
+                shared = charts.axes_comparable(proj, pick)
                 sec.blocks.append(self.chart(
-                    "projection", "Feature projection (PCA) at chosen epochs", cap,
-                    charts.projection_multiples(proj, f.classes, pick, s.panel, "PCA"),
+                    "projection", "Feature projection (PCA) at chosen epochs",
+                    cap + ("" if shared else " Each epoch has its own axis ranges here: the features' scale changed "
+                                             "too much between epochs for one set of axes."),
+                    charts.projection_multiples(proj, f.classes, pick, s.panel, "PCA", shared_axes=shared),
                     marks=int((proj["epoch"].isin(pick)).sum())))
             tsne = f.projection("tsne")
             if not tsne.empty:
@@ -538,11 +545,12 @@ class _Builder:
             return Note("No first-layer filter images were recorded.")
         cols = [eps[0]] if len(eps) == 1 else [eps[0], eps[-1]]
         module = eps[0].images.filters_module or "first layer"
-        imgs = [self.image(e.images.filters, f"filters of {module} at epoch {e.epoch}") for e in cols]
+        # one row per epoch (a filter grid is a wide strip: stacked, each gets the full width)
+        rows = [(self._epoch_label(e.epoch), [self.image(e.images.filters, f"filters of {module} at epoch {e.epoch}")])
+                for e in cols]
         return ImageGrid("filters", "First-layer filters, before and after",
-                         "The first convolution's filters as images (up to 64; one colour scale per grid, grey is 0). "
-                         "Pretrained filters usually change little.",
-                         [self._epoch_label(e.epoch) for e in cols], [(module, imgs)])
+                         f"The filters of {module} as images (up to 64; one colour scale per grid, grey is 0). "
+                         "Pretrained filters usually change little.", [module], rows)
 
     # ------------------------------------------------------------------ appendix
 

@@ -200,8 +200,12 @@ def build_run(root: Path, *, name: str = "synthetic fine-tuning run", arch: str 
               val: bool = True, probe_size: int = 64, steps_per_epoch: int = 30, overfit_at: int | None = None,
               dead_growth: bool = False, nonfinite_at: int | None = None, explode_at: int | None = None,
               diverge_at: int | None = None, update_scale: float = 1e-3, accuracy_drop: bool = False,
-              tsne: bool = False, seed: int = 0, image_size: int | None = None, config: dict | None = None) -> Path:
-    """Write a run directory at `root` (epochs 0..`epochs`) and return it."""
+              tsne: bool = False, seed: int = 0, image_size: int | None = None, config: dict | None = None,
+              val_blowup: float = 1.0, hot_layer: str | None = None) -> Path:
+    """Write a run directory at `root` (epochs 0..`epochs`) and return it.
+
+    `val_blowup`: validation loss after epoch 0 multiplied by this (an unstable run). `hot_layer`: a module
+    whose weights are overwritten (relative change ×1000) by far too large updates (update ratio ×300)."""
     rng = np.random.default_rng(seed)
     root = Path(root)
     classes = classes or DIGITS
@@ -279,6 +283,8 @@ def build_run(root: Path, *, name: str = "synthetic fine-tuning run", arch: str 
             val_loss = 1.0 + 0.1 * e
         train_loss = None if e == 0 else 0.15 + 2.1 * math.exp(-e / 1.2)
         train_acc = None if e == 0 else min(1.0, val_acc + 0.03 * e)
+        if e:
+            val_loss *= val_blowup
         if diverged:
             val_loss, val_acc = math.nan, 1.0 / n_cls
             train_loss = math.nan
@@ -305,7 +311,7 @@ def build_run(root: Path, *, name: str = "synthetic fine-tuning run", arch: str 
         if probes:
             _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new, grad_base, upd_noise,
                          update_scale, steps_per_epoch, nonfinite_at, explode_at, diverged, probed, act_info,
-                         act_scale, dead_growth, probe_size, centers, noise, labels, n_cls, tsne)
+                         act_scale, dead_growth, probe_size, centers, noise, labels, n_cls, tsne, hot_layer)
             if images and (e == 0 or e == epochs or e % 5 == 0):
                 snap.images = _images(writer, rng, e, base_filters, base_maps, image_mods)
         writer.append_epoch(snap)
@@ -325,7 +331,7 @@ def build_run(root: Path, *, name: str = "synthetic fine-tuning run", arch: str 
 
 def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new, grad_base, upd_noise, update_scale,
                  steps_per_epoch, nonfinite_at, explode_at, diverged, probed, act_info, act_scale, dead_growth,
-                 probe_size, centers, noise, labels, n_cls, tsne):
+                 probe_size, centers, noise, labels, n_cls, tsne, hot_layer=None):
     weights = []
     for n, m, shape in params:
         numel = math.prod(shape)
@@ -335,14 +341,14 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
         if e and n in trainable:
             base = 0.4 if is_new else (0.002 + 0.03 * depth_of[n] ** 2)
             rel = base * math.sqrt(e) * (1 + 0.1 * rng.normal())
-            rel = abs(rel)
+            rel = abs(rel) * (1000 if m.name == hot_layer else 1)
         ref_sq = numel * (sd * sd + mu * mu)
         sd_now = sd * (1 + rel * 0.5)
         lo, hi = bins_range[n]
         update_sq = before_sq = None
         if e and n in trainable:
             before_sq = ref_sq * (1 + rel) ** 2
-            ratio = update_scale * upd_noise[n] * (3 if is_new else 1)
+            ratio = update_scale * upd_noise[n] * (3 if is_new else 1) * (300 if m.name == hot_layer else 1)
             update_sq = before_sq * ratio * ratio
         weights.append(WeightStat(
             name=n, module=m.name, shape=shape, trainable=n in trainable, new=is_new,

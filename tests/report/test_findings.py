@@ -41,6 +41,13 @@ def test_accuracy_needs_two_evaluations(tmp_path):
     assert F.accuracy_rule(frames(tmp_path / "b", epochs=3, val=False)) == []
 
 
+def test_validation_loss_rise(tmp_path, plain):
+    (f,) = F.val_loss_rule(frames(tmp_path, epochs=3, val_blowup=20.0))
+    assert f.severity == "warning" and "above the pretrained model's" in f.title and "×" in f.title
+    assert F.val_loss_rule(plain) == []
+    assert F.val_loss_rule(frames(tmp_path / "b", epochs=3, val=False)) == []
+
+
 def test_overfitting_onset(tmp_path):
     (f,) = F.overfitting_rule(frames(tmp_path, epochs=7, overfit_at=3))
     assert f.title.startswith("Overfitting from epoch 4")
@@ -87,16 +94,28 @@ def test_update_ratio_far_from_band(tmp_path):
     assert "too low" in low.evidence
 
 
+def test_update_ratio_far_for_one_layer(tmp_path):
+    """The median is fine, but one layer is 100× above the band: still a warning, naming the layer."""
+    (f,) = F.update_ratio_rule(frames(tmp_path, epochs=3, hot_layer="layer2.0.conv1"))
+    assert f.severity == "warning" and "layer2.0.conv1" in f.evidence and "more than 10×" in f.evidence
+
+
 def test_update_ratio_in_band(plain):
     assert F.update_ratio_rule(plain) == []
 
 
 def test_moved_layers(plain):
     (f,) = F.moved_layers_rule(plain)
+    assert f.severity == "info"
     assert "moved most" in f.title and "least" in f.title
     # the synthetic run moves deeper layers more: the most moved layer is deep, the least is early
     assert "layer4" in f.title and "conv1" in f.evidence.split("least moved")[1]
     assert "fc" in f.evidence  # the new head, compared with its initialisation
+
+
+def test_pretrained_weights_overwritten(tmp_path):
+    (f,) = F.moved_layers_rule(frames(tmp_path, epochs=3, hot_layer="layer1.0.conv1"))
+    assert f.severity == "warning" and "largely overwritten" in f.title and "layer1.0.conv1" in f.title
 
 
 def test_moved_layers_linear_probe(tmp_path):
