@@ -354,8 +354,12 @@ def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, c
 
 
 def _xy_domains(df: pd.DataFrame) -> tuple[list[float], list[float]]:
+    """Padded x and y ranges of the finite points ([-1, 1] when there are none: a diverged epoch)."""
     def dom(col):
-        lo, hi = float(df[col].min()), float(df[col].max())
+        v = df[col][df[col].apply(lambda x: x is not None and math.isfinite(x))]
+        if v.empty:
+            return [-1.0, 1.0]
+        lo, hi = float(v.min()), float(v.max())
         pad = (hi - lo) * 0.05 or 1.0
         return [round(lo - pad, 3), round(hi + pad, 3)]
     return dom("x"), dom("y")
@@ -364,7 +368,10 @@ def _xy_domains(df: pd.DataFrame) -> tuple[list[float], list[float]]:
 def axes_comparable(df: pd.DataFrame, epochs: list[int], factor: float = 5.0) -> bool:
     """Whether one set of axes for all `epochs` keeps every epoch readable (no epoch's points spread over
     less than 1/`factor` of the shared range, as happens when a few epochs blow the features up)."""
-    sub = df[df["epoch"].isin(epochs)]
+    sub = df[df["epoch"].isin(epochs)].dropna(subset=["x", "y"])
+    sub = sub[sub["x"].apply(math.isfinite) & sub["y"].apply(math.isfinite)]
+    if sub.empty:
+        return True
     span = max(float(sub["x"].max() - sub["x"].min()), float(sub["y"].max() - sub["y"].min()))
     for _, g in sub.groupby("epoch"):
         own = max(float(g["x"].max() - g["x"].min()), float(g["y"].max() - g["y"].min()))
@@ -387,7 +394,7 @@ def projection_slider(df: pd.DataFrame, classes: list[str], epochs: list[int], w
 
     def bound(axis: int, end: int, default: float) -> dict:
         values = [ext[e][axis][end] if e in ext else default for e in range(first, last + 1)]
-        arr = "[" + ",".join(repr(float(v)) for v in values) + "]"
+        arr = "[" + ",".join(repr(float(v)) if math.isfinite(v) else repr(float(default)) for v in values) + "]"
         return {"expr": f"fit_axes ? {arr}[epoch - {first}] : {float(default)!r}"}
 
     side = min(width - 170, 520)

@@ -14,6 +14,7 @@ from sftreport.report.frames import RunFrames
 from sftreport.report.model import SEVERITY_ORDER, Finding
 
 ACC_CHANGE = 0.005  # accuracy changes smaller than half a point count as unchanged
+PEAK_DROP = 0.05  # the last epoch 5 points below the best: the run lost what it had gained
 OVERFIT_RISE = 0.05  # validation loss at the end at least 5% above its minimum ...
 OVERFIT_TRAIN_FALL = 0.01  # ... while training loss fell at least 1% more after that minimum
 DEAD_GROWTH = 0.05  # dead-channel fraction up by at least 5 points between first and last epoch
@@ -88,6 +89,9 @@ def accuracy_rule(f: RunFrames) -> list[Finding]:
     who = "pretrained model" if e0.epoch == 0 else f"first recorded epoch ({e0.epoch})"
     evidence = (f"Validation accuracy of the {who}: {fmt.pct(v0.accuracy)}; after epoch {e1.epoch}: "
                 f"{fmt.pct(v1.accuracy)} on {fmt.integer(v1.count)} images.{best_txt}")
+    if best and best[0] != e1.epoch and best[1] - v1.accuracy > PEAK_DROP:
+        return [Finding("accuracy", "warning", f"Validation accuracy peaked at {fmt.pct(best[1])} (epoch {best[0]}) and "
+                        f"ended at {fmt.pct(v1.accuracy)}", evidence + " Keep the best epoch's checkpoint.", "training")]
     if gain > ACC_CHANGE:
         return [Finding("accuracy", "good", f"Fine-tuning gained {fmt.points(gain)} of validation accuracy "
                         f"({fmt.pct(v0.accuracy)} → {fmt.pct(v1.accuracy)})", evidence, "training")]

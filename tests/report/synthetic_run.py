@@ -355,6 +355,14 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
             stats=stats(numel, mu, sd_now, mu - 4 * sd_now, mu + 4 * sd_now),
             hist=gaussian_hist(rng, lo, hi, mu, sd_now, numel), diff_sq=rel * rel * ref_sq, ref_sq=ref_sq,
             update_sq=update_sq, before_update_sq=before_sq))
+    if diverged:  # the weights of a diverged run hold NaN: sums and changes become NaN, as the recorder writes them
+        nan = math.nan
+        for w in weights:
+            if w.trainable:
+                w.stats.sum = w.stats.sum_sq = w.stats.min = w.stats.max = nan
+                w.diff_sq = nan
+                if w.update_sq is not None:
+                    w.update_sq = w.before_update_sq = nan
     snap.weights = weights
     if e:
         samples = steps_per_epoch // 5
@@ -395,9 +403,14 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
                                    channels=channels, dead_channels=dead, nonnegative=True,
                                    hist=relu_hist(rng, -0.1 * 6 * act_scale[p], 6.6 * act_scale[p], scale * 0.8, count,
                                                   zero_frac)))
+    if diverged:
+        for a in acts:
+            a.stats.sum = a.stats.sum_sq = a.stats.min = a.stats.max = math.nan
     snap.activations = acts
     spread = 0.6 + 2.5 * (1 - math.exp(-e / 1.5))
     xy = centers[labels] * spread + noise * 0.7
+    if diverged:
+        xy = np.full_like(xy, np.nan)
     projections = [Projection(method="pca", x=[round(float(v), 4) for v in xy[:, 0]],
                               y=[round(float(v), 4) for v in xy[:, 1]])]
     if tsne:
@@ -406,7 +419,8 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
     knn = min(1.0, 0.45 + 0.5 * (1 - math.exp(-e / 1.2)))
     snap.features = Features(module="fc", dim=128, projections=projections, knn_accuracy=knn, knn_k=5,
                              probe_accuracy=min(1.0, max(0.0, snap.val.accuracy if snap.val else knn)))
-    snap.cka = [CKA(module=p, value=1.0 if e == 0 else max(0.0, 1 - 0.7 * (i / len(probed)) ** 2 * (1 - math.exp(-e / 2))))
+    snap.cka = [CKA(module=p, value=math.nan if diverged else
+                    1.0 if e == 0 else max(0.0, 1 - 0.7 * (i / len(probed)) ** 2 * (1 - math.exp(-e / 2))))
                 for i, p in enumerate(probed)]
 
 

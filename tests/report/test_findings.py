@@ -36,6 +36,11 @@ def test_accuracy_drop_is_a_warning(tmp_path):
     assert f.severity == "warning" and "fell" in f.title
 
 
+def test_accuracy_that_peaked_and_fell(tmp_path):
+    (f,) = F.accuracy_rule(frames(tmp_path, epochs=4, status="diverged", diverge_at=3))
+    assert f.severity == "warning" and "peaked at" in f.title and "(epoch 2)" in f.title
+
+
 def test_accuracy_needs_two_evaluations(tmp_path):
     assert F.accuracy_rule(frames(tmp_path, epochs=0)) == []
     assert F.accuracy_rule(frames(tmp_path / "b", epochs=3, val=False)) == []
