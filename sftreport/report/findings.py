@@ -89,7 +89,7 @@ def accuracy_rule(f: RunFrames) -> list[Finding]:
     who = "pretrained model" if e0.epoch == 0 else f"first recorded epoch ({e0.epoch})"
     evidence = (f"Validation accuracy of the {who}: {fmt.pct(v0.accuracy)}; after epoch {e1.epoch}: "
                 f"{fmt.pct(v1.accuracy)} on {fmt.integer(v1.count)} images.{best_txt}")
-    if best and best[0] != e1.epoch and best[1] - v1.accuracy > PEAK_DROP:
+    if best and e0.epoch < best[0] < e1.epoch and best[1] - v1.accuracy > PEAK_DROP:
         return [Finding("accuracy", "warning", f"Validation accuracy peaked at {fmt.pct(best[1])} (epoch {best[0]}) and "
                         f"ended at {fmt.pct(v1.accuracy)}", evidence + " Keep the best epoch's checkpoint.", "training")]
     if gain > ACC_CHANGE:
