@@ -31,6 +31,15 @@ def decades(lo: float, hi: float) -> list[float]:
     return [10.0 ** k for k in range(a, b + 1)]
 
 
+def _resolve_color(how: str) -> alt.Resolve:
+    """A resolve given to the concatenation's constructor (resolve_scale() would copy the whole chart)."""
+    return alt.Resolve(scale=alt.ScaleResolveMap(color=how))
+
+
+def _independent_xy() -> alt.Resolve:
+    return alt.Resolve(scale=alt.ScaleResolveMap(x="independent", y="independent"))
+
+
 def row_step(n: int) -> int:
     """Pixels per row of a layer-by-something chart: readable labels, bounded height."""
     if n <= 20:
@@ -86,7 +95,7 @@ def loss_curves(epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: i
     base = alt.Chart().encode(x=x, y=y, color=color, tooltip=tips)
     step_line = base.transform_filter(alt.datum.series == series[0]).mark_line(strokeWidth=1, opacity=0.8)
     epoch_line = base.transform_filter(alt.datum.series != series[0]).mark_line(strokeWidth=2.2, point=True)
-    return alt.layer(step_line, epoch_line, data=df).properties(width=width, height=height)
+    return alt.layer(step_line, epoch_line, data=df, width=width, height=height)
 
 
 def accuracy_curves(epochs: pd.DataFrame, width: int, height: int = 240) -> alt.Chart:
@@ -147,11 +156,11 @@ def confusion_pair(frames: list[tuple[str, pd.DataFrame]], classes: list[str], w
                 text=alt.Text("count:Q"))
             light = base.transform_filter("datum.share > 0.5").mark_text(fontSize=size, color="white").encode(
                 text=alt.Text("count:Q"))
-            layer = alt.layer(rect, dark, light, data=df, title=title)
+            layer = alt.layer(rect, dark, light, data=df, title=title, width=panel, height=panel)
         else:
-            layer = alt.layer(rect, data=df, title=title)
-        charts.append(layer.properties(width=panel, height=panel))
-    return alt.hconcat(*charts, spacing=30).resolve_scale(color="shared")
+            layer = alt.layer(rect, data=df, title=title, width=panel, height=panel)
+        charts.append(layer)
+    return alt.hconcat(*charts, spacing=30, resolve=_resolve_color("shared"))
 
 
 def per_class_accuracy(df: pd.DataFrame, classes: list[str], width: int) -> alt.Chart:
@@ -173,7 +182,7 @@ def per_class_accuracy(df: pd.DataFrame, classes: list[str], width: int) -> alt.
         tooltip=[alt.Tooltip("class:N"), alt.Tooltip("which:N", title="model"),
                  alt.Tooltip("accuracy:Q", format=".1%")])
     df = df[["class", "which", "accuracy"]]
-    return alt.layer(rule, pts, data=df).properties(width=width, height=alt.Step(row_step(n) + 2))
+    return alt.layer(rule, pts, data=df, width=width, height=alt.Step(row_step(n) + 2))
 
 
 # --------------------------------------------------------------------------- architecture
@@ -260,12 +269,12 @@ def update_ratio(df: pd.DataFrame, layers: list[str], width: int, y_labels: bool
                         legend=alt.Legend(format="d", tickMinStep=1, **LEGEND_BOTTOM)),
         tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("type:N"),
                  alt.Tooltip("update_ratio:Q", title="update / weight", format=".3e")])
-    return alt.layer(band, target, pts, data=df, title=title).properties(width=width, height=alt.Step(row_step(n)))
+    return alt.layer(band, target, pts, data=df, title=title, width=width, height=alt.Step(row_step(n)))
 
 
 def side_by_side(panels: list) -> alt.HConcatChart:
     """Panels that share their rows (layers), each with its own colour scale and legend."""
-    return alt.hconcat(*panels, spacing=10).resolve_scale(color="independent")
+    return alt.hconcat(*panels, spacing=10, resolve=_resolve_color("independent"))
 
 
 def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
@@ -292,11 +301,11 @@ def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
                  alt.Tooltip("nonfinite:Q", title="steps with NaN/inf gradients")])
     bad = df[df["nonfinite"] > 0]
     if bad.empty:
-        return alt.layer(line, data=long).properties(width=width, height=height)
+        return alt.layer(line, data=long, width=width, height=height)
     rules = alt.Chart(bad[["epoch", "nonfinite"]]).mark_rule(color="#d62728", strokeWidth=2, strokeDash=[4, 2]).encode(
         x=alt.X("epoch:Q"), tooltip=[alt.Tooltip("epoch:Q"),
                                      alt.Tooltip("nonfinite:Q", title="sampled steps with NaN/inf gradients")])
-    return alt.layer(rules, line, data=long).properties(width=width, height=height)
+    return alt.layer(rules, line, data=long, width=width, height=height)
 
 
 def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.HConcatChart:
@@ -323,7 +332,7 @@ def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.
                 scale=alt.Scale(scheme="reds", domain=[0, max(0.1, dead_max)]), legend_format="%",
                 tooltip_format=".1%", y_labels=False, **common),
     ]
-    return alt.hconcat(*panels, data=df, spacing=12).resolve_scale(color="independent")
+    return alt.hconcat(*panels, data=df, spacing=12, resolve=_resolve_color("independent"))
 
 
 # --------------------------------------------------------------------------- histograms
@@ -352,10 +361,9 @@ def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, c
     lines = later.mark_line(interpolate="step", strokeWidth=1.4).encode(x=x, y=y, color=color,
                                                                         detail=alt.Detail("epoch:Q"), tooltip=tips)
     layers = [area, lines] if (df["epoch"] != first_epoch).any() else [area]  # only the pretrained model yet
-    return alt.layer(*layers, data=df).properties(width=panel_w, height=130).facet(
+    return alt.layer(*layers, data=df, width=panel_w, height=130).facet(
         facet=alt.Facet(f"{facet}:N", title=None, sort=facets, header=alt.Header(labelFontSize=11, labelLimit=300)),
-        columns=columns, spacing={"row": 16, "column": 28},
-    ).resolve_scale(x="independent", y="independent")
+        columns=columns, spacing={"row": 16, "column": 28}, resolve=_independent_xy())
 
 
 # --------------------------------------------------------------------------- features
@@ -427,15 +435,14 @@ def projection_multiples(df: pd.DataFrame, classes: list[str], epochs: list[int]
     side = max(110, min(260, (width - legend_w - 25 * cols) // cols))
     xs = alt.Scale(domain=xd, nice=False) if shared_axes else alt.Scale(zero=False)
     ys = alt.Scale(domain=yd, nice=False) if shared_axes else alt.Scale(zero=False)
-    chart = alt.Chart(sub).mark_circle(size=14, opacity=0.8).encode(
+    extra = {} if shared_axes else {"resolve": _independent_xy()}
+    return alt.Chart(sub, width=side, height=side).mark_circle(size=14, opacity=0.8).encode(
         x=alt.X("x:Q", title=f"{title} axis 1", scale=xs, axis=alt.Axis(tickCount=4)),
         y=alt.Y("y:Q", title=f"{title} axis 2", scale=ys, axis=alt.Axis(tickCount=4)),
         color=alt.Color("class:N", scale=class_scale(classes), legend=class_legend(classes)),
-    ).properties(width=side, height=side).facet(
-        column=alt.Column("epoch:O", title=None, sort=epochs,
-                          header=alt.Header(labelExpr="'epoch ' + datum.value", labelFontSize=11)),
-        spacing=12)
-    return chart if shared_axes else chart.resolve_scale(x="independent", y="independent")
+    ).facet(column=alt.Column("epoch:O", title=None, sort=epochs,
+                              header=alt.Header(labelExpr="'epoch ' + datum.value", labelFontSize=11)),
+            spacing=12, **extra)
 
 
 def separability(df: pd.DataFrame, width: int, height: int = 220) -> alt.Chart:
