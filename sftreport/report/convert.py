@@ -100,17 +100,35 @@ class Drawer:
         self._feed()
         self._poll()
 
+    def draw_own(self) -> None:
+        """Draw every chart not already given to the helper (from the back), keeping the helper fed; what the
+        helper still works on is left to `result` / `finish`."""
+        while self.todo:
+            self._feed()
+            if self.todo:
+                key = self.todo.pop()
+                self.results[key] = _draw(self.specs[key], self.fmt)
+                self._poll()
+
+    def result(self, key: str) -> tuple[bytes, str]:
+        """One chart, waiting for the helper if it has it (or drawing it here if the helper failed)."""
+        while key not in self.results:
+            if key in self.todo:
+                self.todo.remove(key)
+                self.results[key] = _draw(self.specs[key], self.fmt)
+            elif self.sent:
+                self._collect()
+            else:
+                raise KeyError(key)
+        return self.results[key]
+
     def finish(self) -> dict[str, tuple[bytes, str]]:
         """Every chart added, drawn; closes the helper."""
         try:
-            while self.todo or self.sent:
-                self._feed()
-                if self.todo:
-                    key = self.todo.pop()
-                    self.results[key] = _draw(self.specs[key], self.fmt)
-                    self._poll()
-                elif self.sent:
-                    self._collect()
+            self.draw_own()
+            while self.sent:
+                self._collect()
+            self.draw_own()  # what a failed helper handed back
         finally:
             self.close()
         return self.results

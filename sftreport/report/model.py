@@ -166,9 +166,5 @@ class Report:
     schema_version: int
     sftreport_version: str
 
-    @property
-    def problem_status(self) -> bool:
-        return self.headline.status not in ("completed",)
-
     def charts(self) -> list[ChartBlock]:
         return [c for s in self.sections for c in s.charts()]

@@ -11,17 +11,18 @@ import logging
 
 from sftreport.report.model import Image, Report
 from sftreport.report.templating import html_env, template_dir
-from sftreport.report.vega import css_width
 from sftreport.report.convert import Drawer, Helper
 
 SCHEME = "sftreport"
 
 
 class Resources:
-    """Files the PDF's HTML refers to as `sftreport:<n>`, kept in memory."""
+    """Files the PDF's HTML refers to as `sftreport:<name>`, kept in memory. Charts are looked up in the
+    drawer when WeasyPrint asks for them, so its parsing and styling overlap the helper's last charts."""
 
-    def __init__(self) -> None:
+    def __init__(self, drawer: Drawer | None = None) -> None:
         self.files: dict[str, tuple[bytes, str]] = {}
+        self.drawer = drawer
 
     def add(self, data: bytes, mime: str) -> str:
         url = f"{SCHEME}:{len(self.files)}"
@@ -31,18 +32,30 @@ class Resources:
     def image(self, img: Image) -> str:
         return self.add(img.data, img.mime)
 
+    def chart(self, key: str) -> str:
+        return f"{SCHEME}:chart/{key}"
+
+    def get(self, url: str) -> tuple[bytes, str] | None:
+        if url in self.files:
+            return self.files[url]
+        prefix = f"{SCHEME}:chart/"
+        if self.drawer is not None and url.startswith(prefix):
+            return self.drawer.result(url[len(prefix):])
+        return None
+
 
 def pdf_html(report: Report, drawer: Drawer | None = None) -> tuple[str, Resources]:
     """The HTML WeasyPrint lays out, and the images it refers to. `drawer` may already hold (some of) the
-    report's charts, handed to it while the report was built."""
-    drawer = drawer or Drawer(Helper.start(len(report.charts())))
+    report's charts, handed to it while the report was built; this process draws its own share now, the
+    helper's last charts are waited for when WeasyPrint fetches them."""
     charts = report.charts()
+    drawer = drawer or Drawer(Helper.start(len(charts)))
     for c in charts:
         if c.id not in drawer.specs:
             drawer.add(c.id, c.spec)
-    drawn = drawer.finish()
-    res = Resources()
-    statics = {c.id: {"url": res.add(*drawn[c.id]), "width": css_width(*drawn[c.id])} for c in charts}
+    drawer.draw_own()
+    res = Resources(drawer)
+    statics = {c.id: {"url": res.chart(c.id)} for c in charts}
     html = html_env().get_template("report_pdf.html.j2").render(
         report=report, medium="pdf", statics=statics, image_src=res.image)
     return html, res
@@ -53,8 +66,9 @@ def _fetcher(res: Resources):
 
     class Fetcher(URLFetcher):
         def fetch(self, url, headers=None):
-            if url in res.files:
-                data, mime = res.files[url]
+            found = res.get(url)
+            if found is not None:
+                data, mime = found
                 return URLFetcherResponse(url, data, {"Content-Type": mime})
             return super().fetch(url, headers)
 
@@ -68,5 +82,8 @@ def render_pdf(report: Report, drawer: Drawer | None = None) -> bytes:
     # WeasyPrint logs every CSS property it does not support at WARNING; they are not the user's problem
     logging.getLogger("weasyprint").setLevel(logging.ERROR)
     html, res = pdf_html(report, drawer)
-    doc = weasyprint.HTML(string=html, base_url=str(template_dir()), url_fetcher=_fetcher(res))
-    return doc.write_pdf()
+    try:
+        doc = weasyprint.HTML(string=html, base_url=str(template_dir()), url_fetcher=_fetcher(res))
+        return doc.write_pdf()
+    finally:
+        res.drawer.close()

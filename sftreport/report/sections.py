@@ -17,7 +17,7 @@ from sftreport.errors import UserError
 from sftreport.report import charts, fmt
 from sftreport.report.findings import derive_findings
 from sftreport.report.frames import RunFrames
-from sftreport.report.model import (Cell, ChartBlock, Finding, Headline, Image, ImageGrid, KeyValues, Medium, Note,
+from sftreport.report.model import (Cell, ChartBlock, Headline, Image, ImageGrid, KeyValues, Medium, Note,
                                     Report, Section, TableBlock)
 from sftreport.report.vega import chart_spec
 from sftreport.schema import SCHEMA_VERSION, Architecture
@@ -651,5 +651,3 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
             out.append((key, text if len(text) <= 300 else text[:297] + "…"))
     return out
 
-
-__all__ = ["build_report", "Finding"]

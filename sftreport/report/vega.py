@@ -139,23 +139,6 @@ def _jpeg(png: bytes) -> bytes:
     return out.getvalue()
 
 
-def css_width(data: bytes, mime: str, scale: float = RASTER_SCALE) -> float | None:
-    """The width a static chart is drawn at, in CSS pixels: the SVG's own width, or a raster's pixels / scale
-    (WeasyPrint would otherwise draw a 2× raster twice as large)."""
-    import io
-    import re
-
-    if mime == "image/svg+xml":
-        m = re.search(rb'<svg[^>]*\swidth="([0-9.]+)', data[:2000])
-        return float(m.group(1)) if m else None
-    try:
-        from PIL import Image
-
-        return Image.open(io.BytesIO(data)).size[0] / scale
-    except Exception:
-        return None
-
-
 def placeholder_svg(message: str) -> tuple[bytes, str]:
     """A small SVG that says `message` (escaped), in place of a chart."""
     from html import escape
