@@ -26,6 +26,10 @@ OVERWRITTEN = 1.0  # a pretrained layer that moved more than its own norm has lo
 VAL_LOSS_RISE = 0.5  # validation loss at the end 50% above the pretrained model's
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _join(items: list[str], limit: int = 4) -> str:
     more = len(items) - limit
     shown = items[:limit]
@@ -43,18 +47,21 @@ def status_rule(f: RunFrames) -> list[Finding]:
     if info.status == "completed":
         return []
     if info.status == "diverged":
-        return [Finding("status", "alert", f"The run diverged after {done} epochs",
-                        f"Training stopped because it diverged{detail}; {done} epochs {planned}were recorded. "
+        return [Finding("status", "alert", f"The run diverged after {_n(done, 'epoch')}",
+                        f"Training stopped because it diverged{detail}; {_n(done, 'epoch')} {planned}"
+                        f"{'was' if done == 1 else 'were'} recorded. "
                         "Charts show the non-finite values as gaps.", "training")]
     if info.status == "failed":
         return [Finding("status", "alert", "The run failed",
-                        f"The run ended with an error{detail}; {done} epochs {planned}were recorded.", "training")]
+                        f"The run ended with an error{detail}; {_n(done, 'epoch')} {planned}"
+                        f"{'was' if done == 1 else 'were'} recorded.", "training")]
     if info.status == "interrupted":
         return [Finding("status", "warning", f"The run was interrupted after epoch {done}",
-                        f"{done} epochs {planned}were recorded{detail}; the report shows what was finished.",
+                        f"{_n(done, 'epoch')} {planned}{'was' if done == 1 else 'were'} recorded{detail}; the report "
+                        "shows what was finished.",
                         "training")]
     return [Finding("status", "info", f"The run is still running (epoch {done} recorded)",
-                    f"This report shows the {done} epochs {planned}recorded so far.", "training")]
+                    f"This report shows the {_n(done, 'epoch')} {planned}recorded so far.", "training")]
 
 
 def nonfinite_loss_rule(f: RunFrames) -> list[Finding]:
