@@ -191,9 +191,9 @@ class Features(_Model):
     module: str = Field(description="the module whose input is the penultimate representation")
     dim: int
     projections: list[Projection]
-    knn_accuracy: float = Field(ge=0, le=1, description="leave-one-out k-NN accuracy on the probe set")
+    knn_accuracy: float = Field(description="leave-one-out k-NN accuracy on the probe set (NaN with under 2 samples)")
     knn_k: int
-    probe_accuracy: float = Field(ge=0, le=1)
+    probe_accuracy: float = Field(description="accuracy of the model's predictions on the probe set")
 
 
 class CKA(_Model):

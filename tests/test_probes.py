@@ -111,6 +111,10 @@ def test_gradient_norms_sampled_every_k_steps_and_non_finite_counted():
     assert stat.norm_max == pytest.approx(5.0)
     assert stat.mean_norm == pytest.approx(3.0)
     assert probe.collect() == []  # a new epoch starts empty
+    lin.weight.grad = torch.tensor([[0.0, 2.0]])  # step 6: not a multiple of k, but an epoch's first step
+    probe.maybe_sample()
+    (stat,) = probe.collect()
+    assert stat.samples == 1 and stat.norm_sum == pytest.approx(2.0)
 
 
 # ----------------------------------------------------------------------------- activations

@@ -1,8 +1,8 @@
 """Gradients probe: per parameter, the mean and maximum gradient norm over the epoch's sampled steps
 and the number of sampled steps whose gradient was not finite.
 
-No hook is installed: the recorder calls `sample()` after the optimizer step (the gradients are still
-there until the next zero_grad), every k-th step. The accumulators stay on the device; the host sees
+No hook is installed: the recorder calls `maybe_sample()` after the optimizer step (the gradients are
+still there until the next zero_grad); it samples every k-th step and the first step of every epoch. The accumulators stay on the device; the host sees
 them once per epoch.
 """
 from __future__ import annotations
@@ -27,8 +27,9 @@ class GradientProbe:
         self._acc: torch.Tensor | None = None  # (T, 3): norm sum, norm max, non-finite count
 
     def maybe_sample(self) -> None:
+        """Sample every k-th step, and always an epoch's first step (so no epoch is left without one)."""
         self._steps_seen += 1
-        if (self._steps_seen - 1) % self.every:
+        if (self._steps_seen - 1) % self.every and self.samples:
             return
         present = [p.grad is not None for p in self.params]
         if not any(present):

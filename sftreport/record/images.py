@@ -7,6 +7,7 @@ feature-map tile is scaled on its own (patterns, not magnitudes; magnitudes are 
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 import torch
@@ -58,7 +59,7 @@ def filter_grid(weight: torch.Tensor) -> bytes:
     w = (w / scale * 127.5 + 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
     tiles = w.transpose(0, 2, 3, 1) if w.shape[1] == 3 else w[:, 0]
     tiles = _upscale(tiles, FILTER_TILE)
-    return png_bytes(_grid(tiles, cols=min(16, len(tiles))))
+    return png_bytes(_grid(tiles, cols=math.ceil(math.sqrt(len(tiles)))))  # a square-ish grid
 
 
 def _norm_tile(x: np.ndarray) -> np.ndarray:
