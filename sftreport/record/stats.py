@@ -44,8 +44,7 @@ def moments(flat: FlatBuffer) -> torch.Tensor:
     sums = torch.stack([v.sum() for v in views])
     sq = torch.stack(torch._foreach_norm(views)).double() ** 2
     nonzero = torch.stack([torch.count_nonzero(v) for v in views])
-    mins = torch.stack([v.min() for v in views])
-    maxs = torch.stack(torch._foreach_max(views))
+    mins, maxs = (torch.stack(t) for t in zip(*(torch.aminmax(v) for v in views)))
     count = flat.lengths.double()
     return torch.stack([count, sums.double(), sq, mins.double(), maxs.double(), count - nonzero.double()], dim=1)
 
@@ -94,9 +93,8 @@ def histogram_counts(source: FlatBuffer, scratch: FlatBuffer, spec: BinSpec,
     assert t * width < 2**24, "bin indices must stay exact in float32"
     inv = [spec.bins / (h - l) for l, h in zip(spec.lo, spec.hi)]
     shift = [i * width + 1 - l * s for i, (l, s) in enumerate(zip(spec.lo, inv))]
-    for src, dst, s in zip(source.views, scratch.views, inv):  # copy and scale in one pass
-        torch.mul(src, s, out=dst)
-    torch._foreach_add_(scratch.views, shift)
+    for src, dst, s, b in zip(source.views, scratch.views, inv, shift):  # copy, scale and shift in one pass
+        torch.add(torch.tensor(b, dtype=dst.dtype, device=dst.device), src, alpha=s, out=dst)
     known = mins is not None and maxs is not None
     finite = known and all(math.isfinite(v) for v in (*mins, *maxs))
     for i, view in enumerate(scratch.views):
