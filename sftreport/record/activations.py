@@ -151,8 +151,12 @@ class ActivationProbe:
         key = f"{name}#{k}"
         if want_hist and key in self.spec:
             lo, hi = self.spec[key]
-            idx = ((flat - lo) * (self.bins / (hi - lo)) + 1).clamp_(0, self.bins + 1).nan_to_num_(nan=self.bins + 2)
-            h = torch.bincount(idx.to(torch.int64), minlength=self.bins + 3)[: self.bins + 2]
+            scale = self.bins / (hi - lo)
+            # bin = 1 + (x - lo) * scale in one fused pass; 0 and bins + 1 collect what falls outside,
+            # NaN goes to a spare bin that is dropped
+            pos = torch.add(torch.tensor(1.0 - lo * scale, device=flat.device), flat, alpha=scale)
+            pos.clamp_(0, self.bins + 1).nan_to_num_(nan=self.bins + 2)
+            h = torch.bincount(pos.to(torch.int32), minlength=self.bins + 3)[: self.bins + 2]
             acc.hist = h if acc.hist is None else acc.hist + h
         if want_reps:
             acc.reps.append(pooled(x))
