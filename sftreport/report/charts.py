@@ -342,7 +342,8 @@ def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, c
                first_epoch: int, color_epochs: bool, x_title: str, sqrt_y: bool = False) -> alt.FacetChart:
     """Small multiples of histograms: the pretrained one as a grey area, later epochs as lines
     (a sequential colour per epoch, or one colour when only the last epoch is shown)."""
-    panel_w = max(150, (width - 40 * columns) // columns)
+    # each panel also carries its y axis (labels and title, ~75 px) and the facet spacing outside its width
+    panel_w = max(140, (width - 105 * columns) // columns)
     y = alt.Y("share:Q", title="share of values" + (" (square-root scale)" if sqrt_y else ""),
               scale=alt.Scale(type="sqrt") if sqrt_y else alt.Scale(), axis=alt.Axis(format="~%"))
     x = alt.X("x:Q", title=x_title, axis=alt.Axis(format=".3~r", tickCount=5, labelOverlap=True))
