@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from sftreport import __version__
-from sftreport.errors import UserError
+from sftreport.errors import UserError, one_line
+from sftreport.store import check_output_path
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -21,6 +22,12 @@ EXIT_INTERRUPTED = 130
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line instead of usage + message
         raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _positive_int(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {value!r}")
+    return int(value)
 
 
 def _csv(value: str) -> list[str]:
@@ -78,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("pretrain", help="rebuild the embedded default's pretrained checkpoint (digits 0-4)")
     t.add_argument("--out", type=Path, help="where to write it (default: inside the installed package)")
-    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--epochs", type=_positive_int, default=30)
     t.add_argument("--seed", type=int, default=0)
     return p
 
@@ -100,6 +107,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     from sftreport.config import build_config
 
     cfg = build_config(ns.config, _overrides(ns))
+    for out in cfg.out:  # before hours of training, not after
+        check_output_path(out)
     from sftreport.train.runner import run  # torch is imported only now, after the config is valid
 
     outcome = run(cfg)
@@ -112,6 +121,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
 def cmd_render(ns: argparse.Namespace) -> int:
     from sftreport.report.render import render_run
 
+    for out in ns.out:
+        check_output_path(out)
     for path in render_run(ns.run_dir, ns.out):
         print(f"report: {path}")
     return 0
@@ -127,15 +138,10 @@ def cmd_schema(ns: argparse.Namespace) -> int:
 def cmd_pretrain(ns: argparse.Namespace) -> int:
     from sftreport.train.pretrain import PACKAGE_WEIGHTS, pretrain_digits
 
-    pretrain_digits(ns.out or PACKAGE_WEIGHTS, epochs=ns.epochs, seed=ns.seed)
+    out = ns.out or PACKAGE_WEIGHTS
+    check_output_path(out)
+    pretrain_digits(out, epochs=ns.epochs, seed=ns.seed)
     return 0
-
-
-def _one_line(e: UserError) -> str:
-    """The message itself; a UserError re-raised by a DataLoader worker carries a traceback first."""
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(e).__name__
-    return last.split("UserError: ", 1)[-1] if len(lines) > 1 else last
 
 
 def _prefix() -> str:
@@ -149,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         ns = build_parser().parse_args(argv)
         return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](ns)
     except UserError as e:
-        print(f"{prefix}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{prefix}: error: {one_line(e, limit=2000)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)

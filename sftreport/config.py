@@ -15,7 +15,7 @@ from sftreport.errors import UserError
 
 DEFAULT_MODEL = "digits_resnet"
 DATASETS = ("digits", "cifar10", "imagefolder")
-REPORT_FORMATS = (".html", ".pdf", ".md")
+REPORT_FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md"}  # extension -> format
 _STRATEGY = re.compile(r"^(full|linear-probe|freeze-until:[A-Za-z0-9_.]+)$")
 
 
@@ -75,7 +75,7 @@ class RunConfig(BaseModel):
     def _out(cls, v: list[Path]) -> list[Path]:
         for p in v:
             if p.suffix.lower() not in REPORT_FORMATS:
-                raise ValueError(f"{p}: the report format follows the extension, one of {', '.join(REPORT_FORMATS)}")
+                raise ValueError(f"{p}: the report format follows the extension: .html, .pdf or .md")
         return v
 
     @field_validator("model")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from sftreport.errors import RunDirError
+from sftreport.errors import RunDirError, UserError
 from sftreport.schema import EpochSnapshot, RunInfo
 
 RUN_FILE = "run.json"
@@ -27,12 +27,29 @@ def _umask() -> int:
     return mask
 
 
+def check_output_path(path: Path) -> None:
+    """Refuse, in one line, a file that cannot be written: its folder is a file, or is not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a directory")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the folder will be created from here
+    if not parent.is_dir():
+        raise UserError(f"cannot write {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write {path}: {parent} is not writable")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, then rename over the target: readers see the old
     file or the new one, never half of one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -40,6 +57,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -49,19 +69,26 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def check_run_dir_free(root: Path) -> None:
+    """Never append a second run's epochs to a first one's: that would lose the first run's meaning."""
+    root = Path(root)
+    if (root / EPOCHS_FILE).exists() and (root / EPOCHS_FILE).stat().st_size:
+        raise RunDirError(f"run directory {root} already holds a run; choose another --run-dir")
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"run directory {root} is a file")
+
+
 class RunWriter:
     """Writes one run directory as the run goes. Only one process (rank 0) ever holds one."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.assets = self.root / ASSETS_DIR
+        check_run_dir_free(self.root)
         try:
             self.assets.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise RunDirError(f"cannot create run directory {self.root}: {e.strerror}") from None
-        if (self.root / EPOCHS_FILE).exists() and (self.root / EPOCHS_FILE).stat().st_size:
-            # Never append a second run's epochs to the first one's: that would lose its meaning.
-            raise RunDirError(f"run directory {self.root} already holds a run; choose another --run-dir")
 
     def write_run(self, info: RunInfo) -> None:
         atomic_write_text(self.root / RUN_FILE, info.model_dump_json(indent=1) + "\n")

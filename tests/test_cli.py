@@ -56,7 +56,12 @@ def bad_files(tmp_path_factory) -> Path:
     (["run", "--batch-size", "4096"], "fewer than --batch-size"),
     (["run", "--activations", "layer9"], "layer9"),
     (["render", "{bad}/empty", "--out", "x.html"], "run.json"),
-    (["render", "{bad}", "--out", "x.docx"], ""),
+    (["render", "{bad}", "--out", "x.docx"], "unknown report format"),
+    (["render", "{bad}/empty", "--out", "{bad}/garbage.pt/x.html"], "cannot write"),
+    (["run", "--out", "{bad}/garbage.pt/sub/report.md"], "cannot write"),
+    (["run", "--model", "alexnet", "--weights", "none"], "cannot run on inputs of shape [3, 32, 32]"),
+    (["run", "--model", "vit_b_16", "--weights", "none", "--image-size", "32"], "cannot run on inputs"),
+    (["pretrain", "--epochs", "0"], "at least 1"),
     ([], "required"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(capsys, bad_files: Path, tmp_path: Path, monkeypatch, argv, needle):

@@ -12,7 +12,7 @@ from sftreport.record.architecture import describe
 from sftreport.record.evaluation import evaluate
 from sftreport.record.features import PCA2, centered_gram, knn_accuracy, linear_cka
 from sftreport.record.gradients import GradientProbe
-from sftreport.record.stats import BinSpec, FlatBuffer, histogram_counts, moments
+from sftreport.record.stats import BinSpec, FlatBuffer, count_bins, histogram_counts, moments
 from sftreport.record.weights import WeightProbe
 
 
@@ -185,6 +185,27 @@ def test_default_modules_are_stem_blocks_and_head_in_network_order():
                                           "layer3.1", "layer4.0", "layer4.1", "fc"]
     mods = default_modules(torchvision.models.mobilenet_v2(), "classifier.1")
     assert mods[0] == "features.0" and mods[-1] == "classifier.1" and "features.17" in mods
+    vit = default_modules(torchvision.models.vit_b_16(), "heads.head")  # blocks inside the Encoder module
+    assert vit == ["conv_proj", *(f"encoder.layers.encoder_layer_{i}" for i in range(12)), "heads.head"]
+    goog = default_modules(torchvision.models.googlenet(aux_logits=False, init_weights=False), "fc")
+    assert goog[:4] == ["conv1", "conv2", "conv3", "inception3a"] and goog[-2:] == ["inception5b", "fc"]
+
+
+def test_count_bins_is_the_same_with_index_add_as_with_bincount():
+    idx = torch.randint(0, 40, (10_000,), dtype=torch.int32)
+    assert torch.equal(count_bins(idx, 41, index_add=True), count_bins(idx, 41, index_add=False))
+    assert count_bins(idx, 41).sum() == idx.numel()
+
+
+def test_channels_last_weights_are_read_in_logical_order():
+    conv = nn.Conv2d(3, 4, 3)
+    cl = nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        cl.weight.copy_(conv.weight)
+    assert not cl.weight.is_contiguous()
+    a = FlatBuffer([conv.weight.numel()], torch.device("cpu")).load([conv.weight])
+    b = FlatBuffer([cl.weight.numel()], torch.device("cpu")).load([cl.weight])
+    assert torch.equal(a.buf, b.buf)
 
 
 # ----------------------------------------------------------------------------- features

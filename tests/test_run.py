@@ -107,6 +107,16 @@ def test_ctrl_c_stops_after_a_clean_write_and_renders_an_interrupted_report(tmp_
     assert "Traceback" not in stderr
 
 
+def test_a_loss_diverging_mid_epoch_stops_within_a_few_steps_and_keeps_the_evidence(tmp_path: Path):
+    r = cli("run", "--epochs", "3", "--lr", "10000", "--batch-size", "4", "--run-dir", str(tmp_path / "run"),
+            "--out", str(tmp_path / "r.md"), "--probe-size", "32", "--quiet", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr
+    run = read_run(tmp_path / "run")
+    assert run.info.status == "diverged" and "at epoch 1, step" in run.info.status_detail
+    assert [e.epoch for e in run.epochs] == [0, 1]  # the partial epoch is recorded as evidence
+    assert run.epochs[1].step < 168  # stopped before the epoch's end
+
+
 def test_a_diverging_loss_stops_the_run_and_the_report_says_so(tmp_path: Path):
     r = cli("run", "--epochs", "5", "--lr", "10000", "--run-dir", str(tmp_path / "run"), "--out",
             str(tmp_path / "report.html"), "--probe-size", "32", "--quiet", cwd=tmp_path)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftreport.errors import UserError
-from sftreport.record.stats import BinSpec, merge, stats_from_rows
+from sftreport.record.stats import BinSpec, count_bins, merge, stats_from_rows
 from sftreport.schema import ActivationStat, Histogram
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -29,26 +29,45 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
     """The stem, every block, and the head, in network order.
 
     A block is a module held in a plain container (Sequential / ModuleList) that is not itself a plain
-    container: ResNet's layerN.M, ViT's encoder layers, MobileNet's and EfficientNet's features.N(.M).
-    The stem is the last top-level module before the first block (ResNet's maxpool, ViT's conv_proj).
+    container: ResNet's layerN.M, ViT's encoder layers (inside its Encoder module), MobileNet's and
+    EfficientNet's features.N(.M). A model with no containers (GoogLeNet, Inception) uses its top-level
+    modules that own parameters. The stem is the last top-level module with parameters, or ResNet's
+    pooling, before the first block (ResNet's maxpool, ViT's conv_proj).
     """
     blocks: list[str] = []
+
+    def holds_block_list(m: nn.Module) -> bool:
+        """A direct child container of three or more modules of one type (ViT's Encoder.layers), not the
+        two-module branches of an Inception block."""
+        for c in m.children():
+            kids = list(c.children())
+            if type(c) in _CONTAINERS and len(kids) >= 3 and len({type(k) for k in kids}) == 1:
+                return True
+        return False
 
     def walk(prefix: str, module: nn.Module, in_container: bool) -> None:
         for name, child in module.named_children():
             full = f"{prefix}.{name}" if prefix else name
+            if full == head or isinstance(child, _SKIP):
+                continue
             if type(child) in _CONTAINERS:
                 walk(full, child, True)
-            elif in_container and not isinstance(child, _SKIP) and full != head:
+            elif in_container:
                 blocks.append(full)
+            elif holds_block_list(child):  # e.g. ViT's Encoder holding its layers
+                walk(full, child, False)
 
     walk("", model, False)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+    if not blocks:  # no containers anywhere: every top-level module that owns parameters
+        blocks = [n for n, m in model.named_children()
+                  if n != head and any(True for _ in m.parameters()) and not isinstance(m, _SKIP)]
     stem = None
     if blocks:
         first = order[blocks[0]]
         tops = [n for n, m in model.named_children()
-                if type(m) not in _CONTAINERS and not isinstance(m, _SKIP) and order[n] < first]
+                if order[n] < first and not blocks[0].startswith(n + ".") and type(m) not in _CONTAINERS
+                and not isinstance(m, _SKIP)]
         stem = tops[-1] if tops else None
     chosen = ([stem] if stem else []) + blocks + [head]
     return sorted(dict.fromkeys(chosen), key=order.__getitem__)
@@ -135,14 +154,14 @@ class ActivationProbe:
         acc = self._acc.get((name, k))
         if acc is None:
             acc = self._acc[(name, k)] = _CallAcc(type(module).__name__, list(out.shape[1:]))
-        x = out if out.dtype == torch.float32 else out.float()
-        flat = x.reshape(-1)
-        # float32 reductions (cascade-summed by torch) and no full-size temporaries: the outputs of a
-        # large model on a few hundred images are gigabytes, and a double copy would double the cost
-        lo, hi = torch.aminmax(flat)
-        row = torch.stack([torch.tensor(float(flat.numel()), device=x.device), flat.sum(),
-                           torch.linalg.vector_norm(flat) ** 2, lo, hi,
-                           flat.numel() - torch.count_nonzero(flat)]).double()
+        x = out if out.dtype == torch.float32 else out.float()  # any memory layout: no flattening copy
+        n = x.numel()
+        # float32 reductions (cascade-summed by torch), each promoted to float64 on its own so that the
+        # counts stay exact; no full-size temporaries but the histogram's positions
+        lo, hi = torch.aminmax(x)
+        row = torch.stack([x.new_full((), float(n), dtype=torch.float64), x.sum().double(),
+                           torch.linalg.vector_norm(x).double() ** 2, lo.double(), hi.double(),
+                           (n - torch.count_nonzero(x)).double()])
         acc.moments = merge(acc.moments, row)
         cd = channel_dim(x)
         other = tuple(d for d in range(x.dim()) if d != cd)
@@ -150,13 +169,13 @@ class ActivationProbe:
         acc.alive = alive if acc.alive is None else acc.alive | alive
         key = f"{name}#{k}"
         if want_hist and key in self.spec:
-            lo, hi = self.spec[key]
-            scale = self.bins / (hi - lo)
+            lo_edge, hi_edge = self.spec[key]
+            scale = self.bins / (hi_edge - lo_edge)
             # bin = 1 + (x - lo) * scale in one fused pass; 0 and bins + 1 collect what falls outside,
             # NaN goes to a spare bin that is dropped
-            pos = torch.add(torch.tensor(1.0 - lo * scale, device=flat.device), flat, alpha=scale)
+            pos = torch.add(x.new_full((), 1.0 - lo_edge * scale), x, alpha=scale)
             pos.clamp_(0, self.bins + 1).nan_to_num_(nan=self.bins + 2)
-            h = torch.bincount(pos.to(torch.int32), minlength=self.bins + 3)[: self.bins + 2]
+            h = count_bins(pos.to(torch.int32), self.bins + 3)[: self.bins + 2]
             acc.hist = h if acc.hist is None else acc.hist + h
         if want_reps:
             acc.reps.append(pooled(x))

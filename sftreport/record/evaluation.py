@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from sftreport.record.stats import count_bins
 from sftreport.schema import Evaluation
 
 
@@ -40,13 +41,14 @@ def evaluate(model: nn.Module, data: Iterable, num_classes: int, device: torch.d
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     try:
         for x, y in data:
+            x = x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
             y = y.to(device, non_blocking=True)
             with autocast():
                 logits = model(x)
             logits = logits.float()
             loss_sum += loss_fn(logits, y, reduction="sum").double()
             pred = logits.argmax(dim=1)
-            confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+            confusion += count_bins(y * num_classes + pred, num_classes * num_classes)
     finally:
         model.train(was_training)
     packed = torch.cat([loss_sum.reshape(1), confusion.double()])  # one reduction, one transfer

@@ -37,15 +37,17 @@ class PCA2:
         # economy SVD of (N, D); N is the probe size (hundreds), so this is cheap even for D = 2048
         _, _, vh = torch.linalg.svd(centered, full_matrices=False)
         comps = vh[:2]
+        if comps.shape[0] < 2:  # one feature (or one sample): the second axis is all zeros
+            comps = torch.cat([comps, torch.zeros(2 - comps.shape[0], comps.shape[1], device=comps.device)])
         # fix each axis' sign so the projection does not flip between runs
         signs = torch.sign(comps[torch.arange(comps.shape[0]), comps.abs().argmax(dim=1)])
-        self.components = comps * signs[:, None]
+        self.components = comps * torch.where(signs == 0, 1.0, signs)[:, None]
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) @ self.components.T
 
 
-def knn_accuracy(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+def knn_accuracy(x: torch.Tensor, labels: torch.Tensor, k: int, classes: int | None = None) -> torch.Tensor:
     """Leave-one-out k-NN accuracy (cosine similarity, majority vote, ties to the nearest)."""
     n = x.shape[0]
     k = min(k, n - 1)
@@ -56,7 +58,7 @@ def knn_accuracy(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     sim.fill_diagonal_(-float("inf"))
     nn_idx = sim.topk(k, dim=1).indices  # nearest first
     votes = labels[nn_idx]
-    classes = int(labels.max()) + 1
+    classes = classes or int(labels.max()) + 1  # pass it: reading the max back is a host sync
     counts = torch.zeros(n, classes, device=x.device).scatter_add_(1, votes, torch.ones_like(votes, dtype=torch.float))
     # break ties toward the nearer neighbour: add a tiny bonus decreasing with rank
     bonus = torch.zeros(n, classes, device=x.device).scatter_add_(
@@ -80,9 +82,10 @@ def linear_cka(gram_a: torch.Tensor, gram_b: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureProbe:
-    def __init__(self, head: str, labels: torch.Tensor, knn_k: int, tsne: bool):
+    def __init__(self, head: str, labels: torch.Tensor, num_classes: int, knn_k: int, tsne: bool):
         self.head = head
         self.labels = labels
+        self.num_classes = num_classes
         self.knn_k = knn_k
         self.tsne = tsne
         self.pca: PCA2 | None = None
@@ -92,7 +95,7 @@ class FeatureProbe:
         if self.pca is None:
             self.pca = PCA2(feats)
         xy = self.pca.transform(feats)
-        knn = knn_accuracy(feats, self.labels, self.knn_k)
+        knn = knn_accuracy(feats, self.labels, self.knn_k, self.num_classes)
         acc = (logits.argmax(dim=1) == self.labels).float().mean()
         grams = {name: centered_gram(r) for name, r in reps.items()}
         if not self.ref_grams:

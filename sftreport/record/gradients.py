@@ -23,13 +23,15 @@ class GradientProbe:
         self._reset()
 
     def _reset(self) -> None:
-        self.samples = 0
-        self._acc: torch.Tensor | None = None  # (T, 3): norm sum, norm max, non-finite count
+        self._sampled = False  # whether this epoch has had a sample yet
+        self._acc: torch.Tensor | None = None  # (T, 4): norm sum, norm max, non-finite count, samples
 
-    def maybe_sample(self) -> None:
-        """Sample every k-th step, and always an epoch's first step (so no epoch is left without one)."""
+    def maybe_sample(self, valid: torch.Tensor | None = None) -> None:
+        """Sample every k-th step, and always an epoch's first step (so no epoch is left without one).
+        `valid` (a boolean tensor, kept on the device): false for a step the optimizer skipped (fp16
+        overflow), which then counts nowhere."""
         self._steps_seen += 1
-        if (self._steps_seen - 1) % self.every and self.samples:
+        if (self._steps_seen - 1) % self.every and self._sampled:
             return
         present = [p.grad is not None for p in self.params]
         if not any(present):
@@ -39,22 +41,22 @@ class GradientProbe:
             norms = torch.stack(torch._foreach_norm(grads)).float()
             finite = torch.isfinite(norms)
             clean = torch.where(finite, norms, torch.zeros_like(norms))
-            row = torch.stack([clean, clean, (~finite).float()], dim=1)
+            weight = torch.ones_like(norms) if valid is None else valid.to(norms.device).float().expand_as(norms)
+            row = torch.stack([clean * weight, clean * weight, (~finite).float() * weight, weight], dim=1)
             if self._acc is None:
                 self._acc = row
             else:
                 self._acc[:, 0] += row[:, 0]
                 torch.maximum(self._acc[:, 1], row[:, 1], out=self._acc[:, 1])
-                self._acc[:, 2] += row[:, 2]
-        self.samples += 1
+                self._acc[:, 2:] += row[:, 2:]
+        self._sampled = True
 
     def collect(self) -> list[GradStat]:
-        """The epoch's statistics; starts a new epoch."""
+        """The epoch's statistics (one host transfer); starts a new epoch."""
         if self._acc is None:
             self._reset()
             return []
         rows = self._acc.tolist()
-        samples = self.samples
         self._reset()
-        return [GradStat(name=n, module=n.rpartition(".")[0], samples=samples, norm_sum=r[0], norm_max=r[1],
+        return [GradStat(name=n, module=n.rpartition(".")[0], samples=int(r[3]), norm_sum=r[0], norm_max=r[1],
                          nonfinite=int(r[2])) for n, r in zip(self.names, rows)]

@@ -36,7 +36,7 @@ from torch import nn
 
 from sftreport import __version__
 from sftreport.config import RecordOptions
-from sftreport.errors import UserError
+from sftreport.errors import UserError, one_line
 from sftreport.record.activations import ActivationProbe, check_modules, default_modules
 from sftreport.record.architecture import describe
 from sftreport.record.evaluation import all_reduce_sum, evaluate
@@ -78,6 +78,24 @@ def environment(device: torch.device, precision: str = "fp32", world_size: int =
                        hostname=socket.gethostname())
 
 
+@torch.no_grad()
+def check_forward(model: nn.Module, x: torch.Tensor) -> int:
+    """One forward pass of a couple of inputs: the model must run on them (a bad image size is the user's
+    to fix, said in one line), and the logits' width is the class count. Train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, AssertionError, IndexError) as e:
+        raise UserError(f"{type(model).__name__} cannot run on inputs of shape {list(x.shape[1:])}: "
+                        f"{one_line(e, limit=200)}") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise UserError(f"{type(model).__name__} must return logits of shape (batch, classes)")
+    return out.shape[1]
+
+
 class Recorder:
     def __init__(self, model: nn.Module, *, probe: tuple[torch.Tensor, torch.Tensor],
                  val_data: Iterable | None = None, run_dir: str | Path | None = None,
@@ -91,10 +109,13 @@ class Recorder:
         self.options = options or RecordOptions()
         self.device = next(model.parameters()).device
         self.probe_x, self.probe_y = probe[0].to(self.device), probe[1].to(self.device).long()
+        if len(self.probe_y) < 2:
+            raise UserError(f"the probe set needs at least 2 samples, got {len(self.probe_y)}")
         self.val_data = val_data
-        self.num_classes = len(class_names) if class_names else int(self.probe_y.max()) + 1
-        self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         self.head = head or last_linear(model)
+        logits_width = check_forward(model, self.probe_x[:2])
+        self.num_classes = len(class_names) if class_names else logits_width
+        self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         self.new_params = set(new_params)
         self.loss_fn, self.autocast = loss_fn, autocast
         self.planned_epochs = planned_epochs
@@ -105,16 +126,17 @@ class Recorder:
         self._reset_epoch()
 
         record = self.options.enabled and writer
-        self.weights = WeightProbe(model, self.new_params, self.options.hist_bins) if record else None
-        self.grads = GradientProbe(model, self.options.grad_every) if record else None
         act_modules = self.options.activations or default_modules(model, self.head)
         check_modules(model, act_modules)
         if run_dir is None:
             run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-recorder")
         self.writer = RunWriter(Path(run_dir)) if writer else None  # only once the arguments are known good
+        self.weights = WeightProbe(model, self.new_params, self.options.hist_bins) if record else None
+        self.grads = GradientProbe(model, self.options.grad_every) if record else None
         image_modules = self._image_modules(model, act_modules)
         self.activations = ActivationProbe(act_modules, self.options.hist_bins, image_modules, IMAGE_SAMPLES) if record else None
-        self.features = FeatureProbe(self.head, self.probe_y, self.options.knn_k, self.options.tsne) if record else None
+        self.features = FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k,
+                                     self.options.tsne) if record else None
         self._map_channels: dict[str, list[int]] = {}
         self._filters_module = first_conv(model)
 
@@ -137,8 +159,10 @@ class Recorder:
     # ------------------------------------------------------------------ per step
 
     def step(self, loss: torch.Tensor, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-             lr: float | None = None) -> None:
-        """Call once per optimizer step, after `optimizer.step()` (the gradients are still there)."""
+             lr: float | None = None, skipped: torch.Tensor | None = None) -> None:
+        """Call once per optimizer step, after `optimizer.step()` (the gradients are still there).
+        `skipped`: a boolean tensor, true when the optimizer skipped this step (fp16 GradScaler overflow):
+        its gradients are then not counted as a training problem."""
         self.global_step += 1
         loss = loss.detach().float()
         n = len(targets) if targets is not None else 1
@@ -150,9 +174,9 @@ class Recorder:
             self._correct += (logits.detach().argmax(dim=1) == targets).sum()
             self._with_acc = True
         if self.grads is not None:
-            self.grads.maybe_sample()
+            self.grads.maybe_sample(valid=None if skipped is None else ~skipped)
         if self.weights is not None:
-            self.weights.after_step()
+            self.weights.after_step(skipped)
 
     def _reset_epoch(self) -> None:
         self._step_losses: list[torch.Tensor] = []
@@ -167,12 +191,12 @@ class Recorder:
 
     def epoch_end(self, lr: float | None = None) -> EpochSnapshot | None:
         """Record the epoch just finished: evaluation, train metrics, probes; append it to epochs.jsonl."""
-        self.epoch += 1
         return self._record_epoch(first=False, lr=lr)
 
     def _record_epoch(self, first: bool, lr: float | None = None) -> EpochSnapshot | None:
         train_s = time.perf_counter() - self._epoch_started
-        snap = EpochSnapshot(epoch=self.epoch, step=self.global_step)
+        epoch = 0 if first else self.epoch + 1
+        snap = EpochSnapshot(epoch=epoch, step=self.global_step)
         if not first:
             self._train_metrics(snap, lr)
         t0 = time.perf_counter()
@@ -186,6 +210,7 @@ class Recorder:
                              samples_per_s=None if first or train_s <= 0 else self._global_count / train_s)
         if self.writer:
             self.writer.append_epoch(snap)
+        self.epoch = epoch  # only once the epoch is recorded
         self._reset_epoch()
         self.last = snap
         return snap
@@ -234,8 +259,8 @@ class Recorder:
             feats, logits = self._probe_pass(want_hist=True, want_reps=True)
             snap.activations, reps, maps = self.activations.collect()
             snap.features, snap.cka = self.features.measure(feats, logits, reps)
-            if self._want_images(first):
-                snap.images = self._images(maps)
+            if self._want_images(snap.epoch):
+                snap.images = self._images(maps, snap.epoch)
         finally:
             self.model.train(was_training)
 
@@ -262,13 +287,13 @@ class Recorder:
         step = (len(candidates) - 1) / (IMAGE_DEPTHS - 1)
         return [candidates[round(i * step)] for i in range(IMAGE_DEPTHS)]
 
-    def _want_images(self, first: bool) -> bool:
+    def _want_images(self, epoch: int) -> bool:
         every = self.options.image_every
-        return first or (every and self.epoch % every == 0) or self.epoch == self.planned_epochs
+        return epoch == 0 or bool(every and epoch % every == 0) or epoch == self.planned_epochs
 
-    def _images(self, maps: dict[str, torch.Tensor]) -> Images:
+    def _images(self, maps: dict[str, torch.Tensor], epoch: int) -> Images:
         images = Images()
-        tag = f"e{self.epoch:03d}"
+        tag = f"e{epoch:03d}"
         if self._filters_module:
             weight = self.model.get_submodule(self._filters_module).weight
             images.filters = self.writer.write_asset(f"filters_{tag}.png", filter_grid(weight))

@@ -32,7 +32,8 @@ class FlatBuffer:
         return self._ints
 
     def load(self, tensors: list[torch.Tensor]) -> FlatBuffer:
-        torch._foreach_copy_(self.views, [t.detach().reshape(-1) for t in tensors])
+        # copy_ into a shaped view converts any memory format (channels_last) without a temporary copy
+        torch._foreach_copy_([v.view(t.shape) for v, t in zip(self.views, tensors)], [t.detach() for t in tensors])
         return self
 
 
@@ -94,7 +95,7 @@ def histogram_counts(source: FlatBuffer, scratch: FlatBuffer, spec: BinSpec,
     inv = [spec.bins / (h - l) for l, h in zip(spec.lo, spec.hi)]
     shift = [i * width + 1 - l * s for i, (l, s) in enumerate(zip(spec.lo, inv))]
     for src, dst, s, b in zip(source.views, scratch.views, inv, shift):  # copy, scale and shift in one pass
-        torch.add(torch.tensor(b, dtype=dst.dtype, device=dst.device), src, alpha=s, out=dst)
+        torch.add(torch.full((), b, dtype=dst.dtype, device=dst.device), src, alpha=s, out=dst)
     known = mins is not None and maxs is not None
     finite = known and all(math.isfinite(v) for v in (*mins, *maxs))
     for i, view in enumerate(scratch.views):
@@ -104,8 +105,19 @@ def histogram_counts(source: FlatBuffer, scratch: FlatBuffer, spec: BinSpec,
         scratch.buf.nan_to_num_(nan=float(t * width))  # NaN -> one spare bin past the end, dropped below
     idx = scratch.ints()
     idx.copy_(scratch.buf)  # truncation is floor: every value is >= 0 here
-    counts = torch.bincount(idx, minlength=t * width + 1)[: t * width]
-    return counts.view(t, width)
+    return count_bins(idx, t * width + 1)[: t * width].view(t, width)
+
+
+def count_bins(idx: torch.Tensor, n: int, index_add: bool | None = None) -> torch.Tensor:
+    """int64 counts of the integer values 0..n-1 in `idx` (any shape, int32 or int64).
+
+    On the CPU a bincount is the fastest; on CUDA bincount reads the input's maximum back to the host (a
+    sync per call), so the counts are accumulated with index_add_ into a fixed-size tensor instead."""
+    idx = idx.reshape(-1)
+    if not (idx.is_cuda if index_add is None else index_add):
+        return torch.bincount(idx, minlength=n)
+    counts = torch.zeros(n, dtype=torch.int64, device=idx.device)
+    return counts.index_add_(0, idx, torch.ones((), dtype=torch.int64, device=idx.device).expand(idx.numel()))
 
 
 def merge(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:

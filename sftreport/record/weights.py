@@ -30,10 +30,11 @@ class WeightProbe:
         self._update: torch.Tensor | None = None  # (T, 2): update_sq, before_sq of one step
         self._awaiting_update = False
 
-    def after_step(self) -> None:
+    def after_step(self, skipped: torch.Tensor | None = None) -> None:
         """Called after an optimizer step. The first step after an epoch end measures that step's update
-        against the weights saved at the epoch end; the other steps cost nothing."""
-        if not self._awaiting_update:
+        against the weights saved at the epoch end; the other steps cost nothing. A step the optimizer
+        skipped (fp16 overflow; one host sync, once per epoch) waits for the next one."""
+        if not self._awaiting_update or (skipped is not None and bool(skipped)):
             return
         self._awaiting_update = False
         with torch.no_grad():

@@ -91,7 +91,7 @@ def accuracy_rule(f: RunFrames) -> list[Finding]:
     gain = v1.accuracy - v0.accuracy
     best = f.best_epoch()
     best_txt = ""
-    if best and best[0] != e1.epoch:
+    if best and best[0] != e1.epoch and best[1] > v1.accuracy:  # a tie with the last epoch is no news
         best_txt = f" The best epoch was {best[0]} ({fmt.pct(best[1])}), {fmt.points(best[1] - v1.accuracy)} above the last."
     who = "pretrained model" if e0.epoch == 0 else f"first recorded epoch ({e0.epoch})"
     evidence = (f"Validation accuracy of the {who}: {fmt.pct(v0.accuracy)}; after epoch {e1.epoch}: "
@@ -181,6 +181,9 @@ def moved_layers_rule(f: RunFrames) -> list[Finding]:
     if pre.empty:
         if new.empty:
             return []
+        if frozen.empty:  # nothing pretrained at all (weights none): every layer is new
+            return [Finding("moved", "info", "Every layer was trained from its initialisation (no pretrained weights)",
+                            f"At epoch {epoch}:{head_txt}", "parameters")]
         return [Finding("moved", "info", "Only the new layers changed; the pretrained layers were frozen",
                         f"At epoch {epoch}:{head_txt}{frozen_txt}", "parameters")]
     ranked = pre.sort_values("rel_change", ascending=False)

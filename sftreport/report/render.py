@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sftreport.config import REPORT_FORMATS
 from sftreport.errors import UserError
 from sftreport.report.model import Medium, Report
-from sftreport.store import Run, atomic_write_bytes, atomic_write_text, read_run
-
-FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md"}
-
+from sftreport.store import Run, atomic_write_bytes, atomic_write_text, check_output_path, read_run
 
 def _format(out: Path) -> str:
-    fmt = FORMATS.get(out.suffix.lower())
+    fmt = REPORT_FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise UserError(f"{out}: unknown report format {out.suffix or '(no extension)'!r}; use .html, .pdf or .md")
     return fmt
@@ -27,7 +25,9 @@ def _format(out: Path) -> str:
 def render_run(run_dir: Path, outs: list[Path]) -> list[Path]:
     """Render the run at `run_dir` into each of `outs`; returns the paths written."""
     outs = [Path(o) for o in outs]
-    kinds = [_format(o) for o in outs]  # check every extension before doing any work
+    kinds = [_format(o) for o in outs]  # check every extension and destination before doing any work
+    for o in outs:
+        check_output_path(o)
     run = read_run(Path(run_dir))
     return render(run, list(zip(outs, kinds)))
 

@@ -197,8 +197,8 @@ def load_data(cfg: RunConfig, default_size: int | None) -> DataBundle:
                             source=f"ImageFolder tree at {cfg.data_root}")
     if len(bundle.train) < cfg.batch_size:
         raise UserError(f"the training split has {len(bundle.train)} images, fewer than --batch-size {cfg.batch_size}")
-    if len(bundle.val) == 0:
-        raise UserError("the validation split is empty")
+    if len(bundle.val) < 2:
+        raise UserError(f"the validation split has {len(bundle.val)} images; it needs at least 2")
     bundle.probe = choose_probe(bundle.val, cfg.record.probe_size, bundle.num_classes)
     return bundle
 
@@ -313,11 +313,12 @@ class TrainBatches:
                     break
                 yield x, y.to(self.device, non_blocking=True), aug[idx]
             return
-        order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
+        # the epoch's order and augmentation go to the device once, not a small copy per step
+        order = torch.tensor(list(iter(self.sampler)), dtype=torch.long).to(self.device)
+        aug = aug.to(self.device)
         for step in range(steps):
             idx = order[step * self.local_batch:(step + 1) * self.local_batch]
-            dev_idx = idx.to(self.device, non_blocking=True)
-            yield self.data.images[dev_idx], self.data.labels[dev_idx], aug[idx]
+            yield self.data.images[idx], self.data.labels[idx], aug[idx]
 
 
 class _Indices(Dataset):

@@ -71,10 +71,11 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def broadcast_flag(value: bool, device: torch.device) -> bool:
-    """True on every rank if it is True on any rank (a stop decided by one process, e.g. divergence)."""
+def any_flags(device: torch.device, *flags: bool) -> tuple[bool, ...]:
+    """Each flag true on every rank if it is true on any rank (a stop decided by one process: a NaN loss,
+    Ctrl-C). One all-reduce for all of them; without a process group, the flags as given."""
     if not (dist.is_available() and dist.is_initialized()):
-        return value
-    t = torch.tensor([1.0 if value else 0.0], device=device)
+        return tuple(flags)
+    t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())

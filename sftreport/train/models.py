@@ -18,7 +18,7 @@ from torch import nn
 import torchvision
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from sftreport.errors import UserError
+from sftreport.errors import UserError, one_line
 
 DIGITS_MODEL = "digits_resnet"
 DIGITS_WEIGHTS_FILE = "digits_resnet_0to4.pt"  # shipped inside the package, made by `sftreport pretrain`
@@ -56,11 +56,6 @@ class ModelBundle:
     head: str  # name of the classifier module that was replaced
     new_params: set[str]  # parameter names not loaded from pretrained weights
     weights: str  # what was loaded, in words
-    default_image_size: int | None
-
-
-def available_models() -> list[str]:
-    return sorted([DIGITS_MODEL, *torchvision.models.list_models(module=torchvision.models)])
 
 
 def default_image_size(name: str) -> int | None:
@@ -71,7 +66,6 @@ def default_image_size(name: str) -> int | None:
 
 
 def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
-    default_size = default_image_size(name)
     if name == DIGITS_MODEL:
         model = DigitsResNet()
     else:
@@ -84,9 +78,9 @@ def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
     new = {n for n, _ in model.named_parameters() if n == head or n.startswith(head + ".")}
     state, described = _pretrained_state(name, weights)
     if state is None:
-        return ModelBundle(model, head, {n for n, _ in model.named_parameters()}, described, default_size)
+        return ModelBundle(model, head, {n for n, _ in model.named_parameters()}, described)
     _load_backbone(model, state, head, described)
-    return ModelBundle(model, head, new, described, default_size)
+    return ModelBundle(model, head, new, described)
 
 
 def replace_head(model: nn.Module, num_classes: int) -> str:
@@ -143,8 +137,7 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals: all "unreadable"
-        text = str(e).strip()
-        first = text.splitlines()[0].split(". ")[0] if text else type(e).__name__
+        first = one_line(e).split(". ")[0]
         raise UserError(f"cannot read weights file {path} with torch.load(weights_only=True): {first}") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -45,7 +45,7 @@ class Progress:
             print(text, file=sys.stderr, flush=True)
 
     def start_epoch(self, epoch: int) -> None:
-        self._epoch, self._epoch_started, self._images = epoch, time.perf_counter(), 0
+        self._epoch, self._epoch_started = epoch, time.perf_counter()
         if self._rich is not None:
             self._task = self._rich.add_task("train", total=self.steps, epoch=epoch, epochs=self.epochs, loss="-", rate="-")
 
@@ -59,7 +59,6 @@ class Progress:
         return True
 
     def update(self, step: int, images: int, loss: float | None) -> None:
-        self._images = images
         if not self.enabled:
             return
         rate = images / max(1e-9, time.perf_counter() - self._epoch_started)
@@ -85,6 +84,12 @@ class Progress:
             self._rich.update(self._task, completed=self.steps)
             self._rich.remove_task(self._task)
         self.message(line)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._rich is not None:

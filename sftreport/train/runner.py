@@ -19,16 +19,17 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from sftreport.config import RunConfig
-from sftreport.errors import UserError
+from sftreport.errors import UserError, one_line
 from sftreport.record.activations import check_modules
-from sftreport.record.recorder import Recorder, environment
+from sftreport.record.recorder import Recorder, check_forward, environment
 from sftreport.schema import DatasetInfo
+from sftreport.store import check_run_dir_free
 from sftreport.train import distributed
 from sftreport.train.data import DevicePipeline, ImageTensors, TrainBatches, eval_batches, load_data
 from sftreport.train.models import apply_strategy, build_model, default_image_size, set_train_mode
 from sftreport.train.progress import Progress
 
-CHECK_EVERY = 20  # under torchrun, ranks agree on stopping (NaN loss, Ctrl-C) every this many steps
+CHECK_EVERY = 20  # the loss is checked for NaN (and, under torchrun, ranks agree on stopping) this often
 
 
 @dataclass
@@ -88,8 +89,13 @@ class EvalData:
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{cfg.model}-{cfg.dataset}"
+    """runs/<time>-<model>-<dataset>, with a suffix when two runs start in the same second."""
+    base = Path("runs") / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.dataset}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 def run(cfg: RunConfig) -> RunOutcome:
@@ -102,6 +108,9 @@ def run(cfg: RunConfig) -> RunOutcome:
 
 def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> RunOutcome:
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial heads, identical shuffles
+    run_dir = cfg.run_dir or default_run_dir(cfg)
+    if ctx.is_main:
+        check_run_dir_free(run_dir)  # before minutes of loading, not after
 
     # ---- data and model
     data = load_data(cfg, default_image_size(cfg.model))
@@ -120,6 +129,7 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         data.val = ImageTensors(data.val.images.to(device), data.val.labels.to(device))
     val = EvalData(data.val, pipeline, cfg.batch_size, ctx, cfg.workers, device)
     probe = (pipeline.eval_batch(data.probe.images), data.probe.labels.to(device))
+    check_forward(model, probe[0][:2])  # the model runs on these inputs: checked before anything is printed
 
     train_model = model
     if ctx.enabled:
@@ -143,27 +153,26 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
 
-    # ---- the recorder (epoch 0: the pretrained model, before any step)
-    run_dir = cfg.run_dir or default_run_dir(cfg)
-    progress = Progress(cfg.epochs, len(train), enabled=ctx.is_main and not cfg.quiet)
-    progress.message(f"{cfg.model} ({bundle.weights}) on {data.name}: {len(data.train)} train / {len(data.val)} val "
-                     f"images at {data.image_size} px, {cfg.strategy}, device {device}"
-                     f"{' ×' + str(ctx.world_size) if ctx.enabled else ''}{', ' + str(amp_dtype).split('.')[-1] if use_amp else ''}")
-    progress.message("epoch 0: measuring the pretrained model")
-    rec = Recorder(
-        model, probe=probe, val_data=val, run_dir=run_dir, class_names=data.classes, options=cfg.record,
-        new_params=bundle.new_params, head=bundle.head, name=cfg.resolved_name(), config=cfg.model_dump(mode="json"),
-        dataset=DatasetInfo(name=data.name, classes=data.classes, train_size=len(data.train), val_size=len(data.val),
-                            image_size=data.image_size, source=data.source),
-        model_name=cfg.model, weights=bundle.weights, strategy=cfg.strategy, planned_epochs=cfg.epochs,
-        autocast=autocast, writer=ctx.is_main,
-        env=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size))
-    if rec.last is not None and rec.last.val is not None:
-        progress.message(f"epoch 0: val loss {rec.last.val.loss:.4f} acc {rec.last.val.accuracy:.1%}")
+    # ---- the recorder (epoch 0: the pretrained model, before any step) and the loop
+    status, detail, bad_input = "completed", "", None
+    with Progress(cfg.epochs, len(train), enabled=ctx.is_main and not cfg.quiet) as progress, StopRequest() as stop:
+        progress.message(f"{cfg.model} ({bundle.weights}) on {data.name}: {len(data.train)} train / {len(data.val)} "
+                         f"val images at {data.image_size} px, {cfg.strategy}, device {device}"
+                         f"{' ×' + str(ctx.world_size) if ctx.enabled else ''}"
+                         f"{', ' + str(amp_dtype).split('.')[-1] if use_amp else ''}")
+        progress.message("epoch 0: measuring the pretrained model")
+        rec = Recorder(
+            model, probe=probe, val_data=val, run_dir=run_dir, class_names=data.classes, options=cfg.record,
+            new_params=bundle.new_params, head=bundle.head, name=cfg.resolved_name(),
+            config=cfg.model_dump(mode="json"),
+            dataset=DatasetInfo(name=data.name, classes=data.classes, train_size=len(data.train),
+                                val_size=len(data.val), image_size=data.image_size, source=data.source),
+            model_name=cfg.model, weights=bundle.weights, strategy=cfg.strategy, planned_epochs=cfg.epochs,
+            autocast=autocast, writer=ctx.is_main,
+            env=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size))
+        if rec.last is not None and rec.last.val is not None:
+            progress.message(f"epoch 0: val loss {rec.last.val.loss:.4f} acc {rec.last.val.accuracy:.1%}")
 
-    # ---- the loop
-    status, detail = "completed", ""
-    with StopRequest() as stop:
         try:
             for epoch in range(1, cfg.epochs + 1):
                 set_train_mode(model, frozen)
@@ -176,25 +185,26 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)  # the recorder sees the true gradients
+                    skipped = _skipped_step(scaler, optimizer)  # fp16 overflow: GradScaler skips the step
                     scaler.step(optimizer)
                     scaler.update()
-                    rec.step(loss, logits, y, lr=schedule.get_last_lr()[0])
+                    rec.step(loss, logits, y, lr=schedule.get_last_lr()[0], skipped=skipped)
                     schedule.step()
 
-                    check = step % CHECK_EVERY == 0 if ctx.enabled else progress.due()
                     value = None
-                    if check:  # a host sync: only a few times a second
+                    if step % CHECK_EVERY == 0 or (not ctx.enabled and progress.due()):  # a host sync: rarely
                         value = loss.item()
-                        if distributed.broadcast_flag(not math.isfinite(value), device):
+                        diverged, stopping = distributed.any_flags(device, not math.isfinite(value), bool(stop.requested))
+                        if diverged:
                             raise _Diverged(f"training loss became {value} at epoch {epoch}, step {step}")
-                        if distributed.broadcast_flag(bool(stop.requested), device):
+                        if stopping:
                             raise KeyboardInterrupt
                     progress.update(step, step * cfg.batch_size, value)
-                snap = rec.epoch_end(lr=schedule.get_last_lr()[0])
+                snap = rec.epoch_end()
                 progress.end_epoch(_epoch_line(epoch, cfg.epochs, snap))
                 if snap.train_loss is not None and not math.isfinite(snap.train_loss):
                     raise _Diverged(f"training loss became {snap.train_loss} in epoch {epoch}")
-                if distributed.broadcast_flag(bool(stop.requested), device):
+                if distributed.any_flags(device, bool(stop.requested))[0]:
                     raise KeyboardInterrupt
         except KeyboardInterrupt:
             by = "the user (Ctrl-C)" if stop.requested in (None, "SIGINT") else stop.requested
@@ -202,26 +212,55 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         except _Diverged as e:
             status, detail = "diverged", str(e)
             if rec.epoch < epoch:  # keep the diverging epoch's evidence (NaN weights, gradients)
-                rec.epoch_end(lr=schedule.get_last_lr()[0])
+                rec.epoch_end()
+        except UserError as e:  # bad input met mid-run (an unreadable image): keep what was done, exit 2
+            status, detail, bad_input = "failed", one_line(e), e
         except Exception as e:  # noqa: BLE001 - any failure: keep the finished epochs, render, say what broke
             if os.environ.get("SFTREPORT_DEBUG"):
                 traceback.print_exc()
-            first = (str(e).strip().splitlines() or [""])[0][:300]
+            first = one_line(e)
             if ctx.enabled and "closed by peer" in first:  # gloo's word for "another rank died"
                 first = "another process of the job failed (its own message says why)"
             status, detail = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {first}"
-        finally:
-            progress.close()
 
+    reports = _finish(rec, ctx, cfg, run_dir, status, detail)
+    if bad_input is not None:
+        raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")
+    return RunOutcome(status, Path(run_dir), reports, detail)
+
+
+def _skipped_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """A device-side flag: did the fp16 GradScaler find inf/NaN gradients (so the step is skipped)? None
+    without a scaler. GradScaler has no public accessor for it; older or newer versions fall back to None."""
+    if not scaler.is_enabled():
+        return None
+    try:
+        found = scaler._found_inf_per_device(optimizer)
+    except (AttributeError, KeyError, RuntimeError):
+        return None
+    return torch.stack([f.reshape(()) for f in found.values()]).sum() > 0 if found else None
+
+
+def _finish(rec: Recorder, ctx, cfg: RunConfig, run_dir: Path, status: str, detail: str) -> list[Path]:
+    """Final status into run.json and the reports (rank 0). A report that fails to render leaves the run
+    directory complete: say so, and how to render it again."""
+    if not ctx.is_main:
+        return []
     outs = cfg.out or [Path(run_dir) / "report.html"]
     started = time.perf_counter()
-    reports = rec.finish(status, detail, out=outs) if ctx.is_main else []
-    if ctx.is_main and not cfg.quiet:
+    try:
+        reports = rec.finish(status, detail, out=outs)
+    except Exception as e:  # noqa: BLE001 - the run is safe on disk whatever the renderer did
+        if os.environ.get("SFTREPORT_DEBUG"):
+            traceback.print_exc()
+        raise UserError(f"the run finished ({status}) but its report could not be rendered: {one_line(e)}; "
+                        f"the run directory {run_dir} is complete: `sftreport render {run_dir} --out FILE`") from None
+    if not cfg.quiet:
         for r in reports:
             print(f"report: {r}", flush=True)
         print(f"run directory: {run_dir}  (status {status}; reports rendered in {time.perf_counter() - started:.1f} s)",
               flush=True)
-    return RunOutcome(status, Path(run_dir), reports, detail)
+    return reports
 
 
 def _epoch_line(epoch: int, epochs: int, snap) -> str:

@@ -61,7 +61,7 @@ def test_overfitting_onset(tmp_path):
 
 def test_no_overfitting_when_validation_keeps_falling(plain, tmp_path):
     assert F.overfitting_rule(plain) == []
-    # validation loss rises only at the very end but training loss also stops falling: not flagged
+    # one epoch of training cannot show an onset
     assert F.overfitting_rule(frames(tmp_path, epochs=1)) == []
 
 
