@@ -289,3 +289,24 @@ def test_evaluation_confusion_matrix_and_per_class_accuracy():
     assert ev.per_class_accuracy == [1.0, 1.0, 0.5]
     ref = torch.nn.functional.cross_entropy(logits, targets).item()
     assert ev.loss == pytest.approx(ref, rel=1e-6)
+
+
+def test_a_step_skipped_by_the_fp16_grad_scaler_is_not_a_non_finite_gradient():
+    from sftreport.train.runner import _skipped_step
+
+    lin = nn.Linear(2, 1)
+    opt = torch.optim.SGD(lin.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    probe = GradientProbe(lin, every=1)
+    for overflow in (True, False):
+        opt.zero_grad()
+        x = torch.tensor([[1e38, 1.0]]) if overflow else torch.tensor([[1.0, 1.0]])
+        scaler.scale(lin(x).sum()).backward()
+        scaler.unscale_(opt)
+        skipped = _skipped_step(scaler, opt)
+        assert skipped is not None and bool(skipped) is overflow
+        scaler.step(opt)
+        scaler.update()
+        probe.maybe_sample(valid=~skipped)
+    stats = probe.collect()
+    assert all(s.samples == 1 and s.nonfinite == 0 for s in stats)  # only the real step counts
