@@ -70,6 +70,11 @@ class Histogram(_Model):
     below: int = 0
     above: int = 0
 
+    @classmethod
+    def from_counts(cls, lo: float, hi: float, counts: list[int]) -> Histogram:
+        """From bins+2 counts laid out [below, bin 1 .. bin n, above]."""
+        return cls(lo=lo, hi=hi, counts=counts[1:-1], below=counts[0], above=counts[-1])
+
     @property
     def edges(self) -> list[float]:
         n = len(self.counts)
@@ -245,8 +250,19 @@ class Timing(_Model):
     samples_per_s: float | None = None
 
 
-class EpochSnapshot(_Model):
+class _Versioned(_Model):
+    """A file-level record: refuses a schema version newer than this sftreport understands."""
+
     schema_version: int = SCHEMA_VERSION
+
+    @model_validator(mode="after")
+    def _version(self):
+        if self.schema_version > SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version} is newer than this sftreport ({SCHEMA_VERSION})")
+        return self
+
+
+class EpochSnapshot(_Versioned):
     epoch: int = Field(ge=0, description="0 is the pretrained model before the first step")
     step: int = Field(ge=0, description="optimizer steps so far")
     train_loss: float | None = None
@@ -261,12 +277,6 @@ class EpochSnapshot(_Model):
     cka: list[CKA] = []
     images: Images | None = None
     timing: Timing = Timing()
-
-    @model_validator(mode="after")
-    def _version(self) -> EpochSnapshot:
-        if self.schema_version > SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version} is newer than this sftreport ({SCHEMA_VERSION})")
-        return self
 
 
 # --------------------------------------------------------------------------- the run
@@ -304,8 +314,7 @@ class Environment(_Model):
 RunStatus = Literal["running", "completed", "interrupted", "diverged", "failed"]
 
 
-class RunInfo(_Model):
-    schema_version: int = SCHEMA_VERSION
+class RunInfo(_Versioned):
     name: str
     status: RunStatus = "running"
     status_detail: str = ""
@@ -321,12 +330,6 @@ class RunInfo(_Model):
     architecture: Architecture | None = None
     probe: ProbeInfo | None = None
     planned_epochs: int | None = None
-
-    @model_validator(mode="after")
-    def _version(self) -> RunInfo:
-        if self.schema_version > SCHEMA_VERSION:
-            raise ValueError(f"schema_version {self.schema_version} is newer than this sftreport ({SCHEMA_VERSION})")
-        return self
 
 
 def json_schema() -> dict:

@@ -216,7 +216,7 @@ class ActivationProbe:
             out.append(ActivationStat(
                 module=labels[(n, k)], type=a.type, shape=a.shape, stats=st, channels=ch,
                 dead_channels=ch - int(alive), nonnegative=st.min >= 0,
-                hist=Histogram(lo=lo, hi=hi, counts=h[1:-1], below=h[0], above=h[-1])))
+                hist=Histogram.from_counts(lo, hi, h)))
         reps = {labels[k]: torch.cat(a.reps) for k, a in zip(keys, accs) if a.reps}
         maps = {labels[k]: torch.cat(a.samples) for k, a in zip(keys, accs) if a.samples}
         return out, reps, maps

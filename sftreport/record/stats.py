@@ -77,7 +77,7 @@ class BinSpec:
         return cls(lo, hi, bins)
 
     def histograms(self, counts: list[list[int]]) -> list[Histogram]:
-        return [Histogram(lo=lo, hi=hi, counts=c[1:-1], below=c[0], above=c[-1])
+        return [Histogram.from_counts(lo, hi, c)
                 for lo, hi, c in zip(self.lo, self.hi, counts)]
 
 

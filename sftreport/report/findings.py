@@ -5,7 +5,6 @@ thresholds named as constants here, so the report can say exactly what triggered
 """
 from __future__ import annotations
 
-import math
 from statistics import median
 
 from sftreport.report import fmt
@@ -66,9 +65,9 @@ def status_rule(f: RunFrames) -> list[Finding]:
 
 def nonfinite_loss_rule(f: RunFrames) -> list[Finding]:
     bad = [e.epoch for e in f.trained
-           if (e.train_loss is not None and not _finite(e.train_loss)) or (e.val is not None and not _finite(e.val.loss))]
+           if (e.train_loss is not None and not fmt.finite(e.train_loss)) or (e.val is not None and not fmt.finite(e.val.loss))]
     steps = f.steps
-    bad_steps = steps[~steps["loss"].apply(_finite)] if not steps.empty else steps
+    bad_steps = steps[~steps["loss"].apply(fmt.finite)] if not steps.empty else steps
     if not bad and bad_steps.empty:
         return []
     first = min(bad + [int(x) for x in bad_steps["epoch"]])
@@ -77,10 +76,6 @@ def nonfinite_loss_rule(f: RunFrames) -> list[Finding]:
                     f"Non-finite loss values from epoch {first} on{where}; {len(bad)} epoch(s) have a non-finite "
                     "training or validation loss. Lower the learning rate, or check the data and the loss.",
                     "training")]
-
-
-def _finite(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def accuracy_rule(f: RunFrames) -> list[Finding]:
@@ -112,7 +107,7 @@ def accuracy_rule(f: RunFrames) -> list[Finding]:
 def val_loss_rule(f: RunFrames) -> list[Finding]:
     """Validation loss ended well above the pretrained model's (with its new head): fine-tuning made the
     model's confidence worse, whatever happened to accuracy."""
-    evals = [(e.epoch, e.val.loss) for e in f.epochs if e.val is not None and _finite(e.val.loss)]
+    evals = [(e.epoch, e.val.loss) for e in f.epochs if e.val is not None and fmt.finite(e.val.loss)]
     if len(evals) < 2 or evals[0][0] != 0:
         return []
     (_, first), (last_epoch, last) = evals[0], evals[-1]
@@ -130,7 +125,7 @@ def val_loss_rule(f: RunFrames) -> list[Finding]:
 
 def overfitting_rule(f: RunFrames) -> list[Finding]:
     t = f.epoch_table
-    t = t[(t["epoch"] > 0) & t["val_loss"].apply(_finite) & t["train_loss"].apply(_finite)]
+    t = t[(t["epoch"] > 0) & t["val_loss"].apply(fmt.finite) & t["train_loss"].apply(fmt.finite)]
     if len(t) < 2:
         return []
     i_min = t["val_loss"].idxmin()
@@ -170,8 +165,8 @@ def moved_layers_rule(f: RunFrames) -> list[Finding]:
     if got is None:
         return []
     epoch, w = got
-    pre = w[w["trainable"] & ~w["new"] & w["rel_change"].apply(_finite)]
-    new = w[w["new"] & w["rel_change"].apply(_finite)]
+    pre = w[w["trainable"] & ~w["new"] & w["rel_change"].apply(fmt.finite)]
+    new = w[w["new"] & w["rel_change"].apply(fmt.finite)]
     frozen = w[w["frozen"]]
     head_txt = ""
     if not new.empty:
@@ -228,7 +223,7 @@ def gradients_rule(f: RunFrames) -> list[Finding]:
             "Lower the learning rate, use gradient clipping, or check for bad inputs or fp16 overflow.",
             "parameters"))
     tot = f.grad_total
-    tot = tot[tot["norm"].apply(_finite) & (tot["norm"] > 0)]
+    tot = tot[tot["norm"].apply(fmt.finite) & (tot["norm"] > 0)]
     for i in range(1, len(tot)):
         now = tot.iloc[i]
         prev = tot.iloc[:i]
@@ -243,7 +238,7 @@ def gradients_rule(f: RunFrames) -> list[Finding]:
             break
     last = int(g["epoch"].max())
     gl = g[g["epoch"] == last]
-    vanished = gl[gl["norm"].apply(_finite) & (gl["norm"] < VANISHED)]
+    vanished = gl[gl["norm"].apply(fmt.finite) & (gl["norm"] < VANISHED)]
     if not vanished.empty:
         names = list(vanished.sort_values("order")["layer"])
         out.append(Finding(
@@ -257,13 +252,13 @@ def update_ratio_rule(f: RunFrames) -> list[Finding]:
     w = f.layer_weights
     if w.empty:
         return []
-    w = w[w["update_ratio"].apply(_finite) & (w["update_ratio"] > 0) & w["trainable"]]
+    w = w[w["update_ratio"].apply(fmt.finite) & (w["update_ratio"] > 0) & w["trainable"]]
     if w.empty:
         return []
     # judge the epoch whose learning rate was highest (a decaying schedule shrinks every ratio towards its end)
     lrs = f.epoch_table.set_index("epoch")["lr"]
     epochs = sorted(set(int(e) for e in w["epoch"]))
-    rated = [(lrs.get(e), e) for e in epochs if _finite(lrs.get(e))]
+    rated = [(lrs.get(e), e) for e in epochs if fmt.finite(lrs.get(e))]
     epoch = max(rated)[1] if rated else epochs[-1]
     lr_txt = f" (learning rate {fmt.num(lrs.get(epoch))}, the highest of the run)" if rated and len(epochs) > 1 else ""
     w = w[w["epoch"] == epoch]
@@ -313,7 +308,7 @@ def dead_units_rule(f: RunFrames) -> list[Finding]:
     a1 = a[(a["epoch"] == last) & a["nonnegative"]].set_index("layer")
     grown = []
     for layer, r in a1.iterrows():
-        if layer not in a0.index or not _finite(r["dead_fraction"]):
+        if layer not in a0.index or not fmt.finite(r["dead_fraction"]):
             continue
         before = a0.loc[layer]
         growth = r["dead_fraction"] - before["dead_fraction"]
@@ -339,7 +334,7 @@ def representation_rule(f: RunFrames) -> list[Finding]:
     last = int(c["epoch"].max())
     if last == 0:
         return []
-    cl = c[(c["epoch"] == last) & c["cka"].apply(_finite)]
+    cl = c[(c["epoch"] == last) & c["cka"].apply(fmt.finite)]
     if cl.empty:
         return []
     low = cl.loc[cl["cka"].idxmin()]

@@ -114,3 +114,8 @@ def sci(v, digits: int = 2) -> str:
 
 FILTERS = {"num": num, "pct": pct, "change": change, "points": points, "integer": integer, "count": count, "duration": duration,
            "shape": shape, "sci": sci}
+
+
+def finite(v) -> bool:
+    """A real number that is not NaN or infinite (None and strings are not)."""
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)

@@ -37,21 +37,6 @@ def _ratio(num: float, den: float) -> float:
     return math.sqrt(num / den)
 
 
-def layer_kind(type_name: str, shape: list[int] | None = None) -> str:
-    t = type_name.lower()
-    if "norm" in t:
-        return "normalisation"
-    if "conv" in t:
-        return "convolution"
-    if "linear" in t:
-        return "linear"
-    if "embed" in t:
-        return "embedding"
-    if shape is not None:
-        return "matrix" if len(shape) >= 2 else "vector"
-    return "other"
-
-
 def unique_names(names: list[str]) -> list[str]:
     """Class names as chart categories: repeated names get ' (2)', ' (3)', ... so no class merges with another."""
     out, seen = [], set()
@@ -204,11 +189,10 @@ class RunFrames:
                 rows.append({
                     "layer": module or "(model)", "module": module, "epoch": e.epoch,
                     "order": self._order(module, seen[module]), "type": mtype,
-                    "kind": layer_kind(mtype, [2, 2] if a["matrix"] else [1]),
                     "params": a["params"], "trainable": a["trainable"] > 0, "frozen": a["trainable"] == 0,
                     "new": a["new"] > 0, "rel_change": sig(_ratio(a["diff"], a["ref"])),
                     "update_ratio": sig(ratio), "matrix": a["matrix"], "finite": a["finite"]})
-        df = pd.DataFrame(rows, columns=["layer", "module", "epoch", "order", "type", "kind", "params", "trainable",
+        df = pd.DataFrame(rows, columns=["layer", "module", "epoch", "order", "type", "params", "trainable",
                                          "frozen", "new", "rel_change", "update_ratio", "matrix", "finite"])
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
 

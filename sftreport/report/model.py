@@ -36,7 +36,6 @@ class ChartBlock:
     title: str
     caption: str  # how to read it, one or two sentences
     spec: dict
-    static: Literal["auto", "svg", "png"] = "auto"  # how the PDF draws it (vega.to_static)
     wide: bool = True
     kind: Literal["chart"] = "chart"
 

@@ -6,7 +6,6 @@ says so in one line (`Note`) instead of drawing an empty chart.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -61,10 +60,6 @@ def build_report(run: Run, medium: Medium, frames: RunFrames | None = None,
                   schema_version=SCHEMA_VERSION, sftreport_version=sftreport.__version__)
 
 
-def _finite(v) -> bool:
-    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
-
-
 class _Builder:
     def __init__(self, run: Run, frames: RunFrames, medium: Medium,
                  on_chart: Callable[[ChartBlock], None] | None = None):
@@ -73,7 +68,7 @@ class _Builder:
         self.size = SIZES[medium]
         self.html = medium == "html"
 
-    def chart(self, id: str, title: str, caption: str, chart, marks: int = 0) -> ChartBlock:
+    def chart(self, id: str, title: str, caption: str, chart) -> ChartBlock:
         block = ChartBlock(id=id, title=title, caption=caption, spec=chart_spec(chart))
         if self.on_chart is not None:
             self.on_chart(block)
@@ -161,13 +156,12 @@ class _Builder:
             "confusion", "Confusion matrix, before and after",
             "Rows are the true class, columns the predicted class; colour is the share of the row"
             + (", numbers are image counts" if n <= (12 if self.html else 6) else "") + ". A strong diagonal is good.",
-            charts.confusion_pair(pairs, f.classes, s.panel, max_text=12 if self.html else 6),
-            marks=n * n * len(pairs)))
+            charts.confusion_pair(pairs, f.classes, s.panel, max_text=12 if self.html else 6)))
         pc = f.per_class()
         sec.blocks.append(self.chart(
             "per-class", "Per-class accuracy, before vs after",
             "Validation accuracy of each class for the pretrained model (grey) and after fine-tuning (blue).",
-            charts.per_class_accuracy(pc, f.classes, s.full - 120), marks=len(pc)))
+            charts.per_class_accuracy(pc, f.classes, s.full - 120)))
         sec.blocks.append(self.epoch_table())
         return sec
 
@@ -421,7 +415,7 @@ class _Builder:
                 "act-stats", "Activation statistics per layer and epoch",
                 "Mean, standard deviation, share of exactly-zero outputs, and share of dead channels (zero for every "
                 "probe image and position) of each probed layer's output on the fixed probe batch.",
-                charts.activation_heatmaps(a, layers, s.panel), marks=len(a) * 4))
+                charts.activation_heatmaps(a, layers, s.panel)))
             epochs = sorted(a["epoch"].unique().tolist())
             pick = _spread(layers, MAX_ACT_HIST if self.html else 3)
             pick = list(dict.fromkeys(pick))
@@ -504,8 +498,7 @@ class _Builder:
                     "projection", "Feature projection (PCA) at chosen epochs",
                     cap + ("" if shared else " Each epoch has its own axis ranges here: the features' scale changed "
                                              "too much between epochs for one set of axes."),
-                    charts.projection_multiples(proj, f.classes, pick, s.panel, "PCA", shared_axes=shared),
-                    marks=int((proj["epoch"].isin(pick)).sum())))
+                    charts.projection_multiples(proj, f.classes, pick, s.panel, "PCA", shared_axes=shared)))
             tsne = f.projection("tsne")
             if not tsne.empty:
                 t_epochs = sorted(tsne["epoch"].unique().tolist())
@@ -514,8 +507,7 @@ class _Builder:
                     "tsne", "Feature projection (t-SNE), first and last epoch",
                     "t-SNE of the same features; each epoch has its own axes (t-SNE distances are not comparable "
                     "across epochs), so read it for clusters, not positions.",
-                    charts.projection_multiples(tsne, f.classes, pick, s.panel, "t-SNE", shared_axes=False),
-                    marks=int((tsne["epoch"].isin(pick)).sum())))
+                    charts.projection_multiples(tsne, f.classes, pick, s.panel, "t-SNE", shared_axes=False)))
         c = f.cka
         c = c[c["epoch"] > 0] if not c.empty else c
         if c.empty:
@@ -528,8 +520,7 @@ class _Builder:
                 "model: 1 is unchanged, lower values mean fine-tuning changed what the layer represents.",
                 charts.heatmap(c, "cka", layers, width=s.heat, legend_title="linear CKA to pretrained",
                                scale=alt_scale_linear(c["cka"], "viridis", hi=1.0), legend_format=".2f",
-                               tooltip_format=".3f"),
-                marks=len(c)))
+                               tooltip_format=".3f")))
         sep = f.separability
         if not sep.empty and sep["epoch"].nunique() > 1:
             sec.blocks.append(self.chart(
@@ -604,7 +595,7 @@ def _tip(field: str, title: str | None = None, format: str | None = None):
 def alt_scale_log(values: pd.Series, scheme: str):
     import altair as alt
 
-    v = values[values.apply(_finite) & (values > 0)]
+    v = values[values.apply(fmt.finite) & (values > 0)]
     if v.empty:
         return alt.Scale(type="log", scheme=scheme)
     lo, hi = float(v.min()), float(v.max())
@@ -616,7 +607,7 @@ def alt_scale_log(values: pd.Series, scheme: str):
 def alt_scale_linear(values: pd.Series, scheme: str, hi: float | None = None):
     import altair as alt
 
-    v = values[values.apply(_finite)]
+    v = values[values.apply(fmt.finite)]
     lo = float(v.min()) if not v.empty else 0.0
     top = hi if hi is not None else (float(v.max()) if not v.empty else 1.0)
     if top <= lo:
