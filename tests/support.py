@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-
 
 
 def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -21,14 +21,45 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: i
 QUICK = ["--epochs", "1", "--max-steps-per-epoch", "2", "--probe-size", "16", "--batch-size", "8", "--quiet"]
 
 
+class Py2Pickler(pickle._Pickler):
+    """Pickles the way Python 2's cPickle wrote CIFAR-10's own files: protocol 2, every string a byte string
+    (BINSTRING opcodes), numpy arrays reconstructed through `numpy.core.multiarray`. Loaded with
+    encoding="bytes" the keys are bytes; with encoding="latin1" (torchvision) they are str."""
+
+    dispatch = pickle._Pickler.dispatch.copy()
+
+    def save_py2_string(self, obj) -> None:
+        raw = obj.encode("latin1") if isinstance(obj, str) else obj
+        n = len(raw)
+        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + raw)
+        self.memoize(obj)
+
+    def save_py2_global(self, obj, name=None) -> None:
+        module = {"numpy._core.multiarray": "numpy.core.multiarray"}.get(obj.__module__, obj.__module__)
+        self.write(pickle.GLOBAL + f"{module}\n{name or obj.__qualname__}\n".encode())
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_string
+    dispatch[str] = save_py2_string
+    dispatch[type] = save_py2_global
+
+
+def py2_pickle(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        Py2Pickler(f, protocol=2).dump(obj)
+
+
+CIFAR10_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+
+
 def make_cifar10(root: Path, per_batch: int = 20, test: int = 20, seed: int = 0) -> Path:
-    """A tiny CIFAR-10 in the standard python layout: ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}."""
+    """A tiny CIFAR-10 in the standard python layout (ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,
+    batches.meta}), pickled the way the real files are (Python 2, protocol 2)."""
     rng = np.random.default_rng(seed)
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True)
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    with open(base / "batches.meta", "wb") as f:
-        pickle.dump({b"label_names": names, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, f)
+    py2_pickle({b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": per_batch, b"num_vis": 3072},
+               base / "batches.meta")
 
     def batch(n: int, label: bytes) -> dict:
         labels = [i % 10 for i in range(n)]
@@ -39,10 +70,8 @@ def make_cifar10(root: Path, per_batch: int = 20, test: int = 20, seed: int = 0)
         return {b"batch_label": label, b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n}
 
     for i in range(1, 6):
-        with open(base / f"data_batch_{i}", "wb") as f:
-            pickle.dump(batch(per_batch, f"training batch {i} of 5".encode()), f)
-    with open(base / "test_batch", "wb") as f:
-        pickle.dump(batch(test, b"testing batch 1 of 1"), f)
+        py2_pickle(batch(per_batch, f"training batch {i} of 5".encode()), base / f"data_batch_{i}")
+    py2_pickle(batch(test, b"testing batch 1 of 1"), base / "test_batch")
     return root
 
 

@@ -31,6 +31,41 @@ def test_cifar10_is_read_from_the_standard_layout(cifar_root: Path):
     assert torch.equal(train.images[0].reshape(-1), torch.as_tensor(raw[b"data"][0]))
 
 
+def test_cifar10_test_files_are_in_the_official_format_and_python3_copies_read_the_same(cifar_root: Path, tmp_path: Path):
+    """torchvision's own reader (encoding="latin1", str keys, MD5 check aside) reads the test files, so they are
+    Python 2 pickles like the official ones; a copy re-pickled under Python 3 (str keys) reads the same."""
+    from torchvision.datasets import CIFAR10
+
+    class Unchecked(CIFAR10):
+        def _check_integrity(self) -> bool:
+            return True
+
+        def _load_meta(self) -> None:  # the same reading, without the official MD5 check
+            import torchvision.datasets.cifar as cifar
+
+            real, cifar.check_integrity = cifar.check_integrity, lambda *a, **k: True
+            try:
+                super()._load_meta()
+            finally:
+                cifar.check_integrity = real
+
+    theirs = Unchecked(str(cifar_root), train=True, download=False)
+    train, _, classes = load_cifar10(cifar_root, download=False)
+    assert theirs.classes == classes
+    assert torch.equal(torch.as_tensor(theirs.data).permute(0, 3, 1, 2), train.images)
+    assert theirs.targets == train.labels.tolist()
+
+    copy = tmp_path / "py3" / "cifar-10-batches-py"
+    copy.mkdir(parents=True)
+    for f in (cifar_root / "cifar-10-batches-py").iterdir():
+        obj = pickle.load(open(f, "rb"), encoding="latin1")  # str keys, as a Python 3 user would re-save them
+        assert all(isinstance(k, str) for k in obj)
+        with open(copy / f.name, "wb") as out:
+            pickle.dump(obj, out)
+    train3, _, classes3 = load_cifar10(copy.parent, download=False)
+    assert classes3 == classes and torch.equal(train3.images, train.images)
+
+
 def test_cifar10_missing_or_broken_files_are_one_line_errors(tmp_path: Path, cifar_root: Path):
     with pytest.raises(UserError, match="not found"):
         load_cifar10(tmp_path, download=False)

@@ -149,7 +149,9 @@ def load_cifar10(root: Path, download: bool) -> tuple[ImageTensors, ImageTensors
     def read(name: str) -> dict:
         try:
             with open(base / name, "rb") as f:
-                return pickle.load(f, encoding="bytes")
+                obj = pickle.load(f, encoding="bytes")
+            # the official files are Python 2 pickles (byte-string keys); a copy re-pickled under Python 3 has str keys
+            return {k.encode() if isinstance(k, str) else k: v for k, v in obj.items()}
         except FileNotFoundError:
             raise UserError(f"CIFAR-10 is incomplete: {base / name} is missing") from None
         except Exception as e:  # noqa: BLE001 - a truncated or foreign file

@@ -118,6 +118,8 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
     check_modules(bundle.model, cfg.record.activations or [])  # before anything is printed or written
     use_amp = cfg.amp and device.type == "cuda"
+    if device.type == "cuda":  # fixed input sizes: let cuDNN pick the fastest kernels once per shape
+        torch.backends.cudnn.benchmark = True
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     model = bundle.model.to(device)
     if use_amp:
