@@ -1,20 +1,36 @@
 """The snapshot schema: the only contract between the recorder (torch) and the renderer (no torch).
 
 Plain pydantic models of plain numbers and short lists; no tensors, no import of the rest of
-sftreport. Every statistic is stored in a form that merges exactly across shards or batches
-(counts, sums, sums of squares, min, max, fixed-bin histogram counts); the familiar numbers
-(mean, std, norm, ratios) are derived properties, not stored twice.
+sftreport. Every statistic is stored in a form that merges exactly across shards or batches: counts,
+means with centred sums of squares (merged with Chan's formula, `TensorStats.merge`), min, max and
+fixed-bin histogram counts; the familiar numbers (std, norm, ratios) are derived properties.
 
-Bump SCHEMA_VERSION when a stored field changes meaning or disappears.
+Bump SCHEMA_VERSION when a stored field changes meaning or disappears, and keep reading the older
+versions (see `TensorStats._from_v1`).
+
+Version history:
+  1  TensorStats stored `sum` and `sum_sq` (variance lost when |mean| >> std).
+  2  TensorStats stores `mean` and `m2`, the centred sum of squares; histograms hold bin-exact counts.
 """
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+
+def _not_negative(v: float) -> float:
+    # NaN stays allowed: a diverged run's statistics are NaN, and that is evidence, not bad data
+    if v < 0:
+        raise ValueError("must not be negative")
+    return v
+
+
+NonNegative = Annotated[float, AfterValidator(_not_negative)]  # >= 0 or NaN
+Count = Annotated[int, Field(ge=0)]
 
 
 class _Model(BaseModel):
@@ -28,47 +44,92 @@ class _Model(BaseModel):
 
 
 class TensorStats(_Model):
-    """Mergeable moments of a tensor (or of many calls of one module)."""
+    """Mergeable moments of a tensor (or of many calls of one module): count, mean and the centred sum of
+    squares M2 = Σ(x − mean)², which keeps the variance exact when |mean| is far larger than the spread
+    (a LayerNorm weight of mean 1 and std 1e-6); `merge` combines two with Chan's formula."""
 
-    count: int = Field(ge=0)
-    sum: float
-    sum_sq: float  # NaN when the tensor holds NaN (a diverged run), so no lower bound
+    count: Count
+    mean: float
+    m2: NonNegative = Field(description="centred sum of squares Σ(x − mean)²")
     min: float
     max: float
-    zeros: int = Field(ge=0, description="elements exactly equal to 0")
+    zeros: Count = Field(description="elements exactly equal to 0")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_v1(cls, data: Any) -> Any:
+        """Schema version 1 stored `sum` and `sum_sq`: read them as the same moments (with v1's precision)."""
+        if isinstance(data, dict) and "sum" in data and "mean" not in data:
+            data = dict(data)
+            n, total, sq = data.get("count") or 0, data.pop("sum"), data.pop("sum_sq", math.nan)
+            if isinstance(n, (int, float)) and isinstance(total, (int, float)) and isinstance(sq, (int, float)):
+                mean = total / n if n else math.nan
+                data["mean"] = mean
+                data["m2"] = max(sq - total * mean, 0.0) if n and math.isfinite(sq - total * mean) else sq
+            else:
+                data["mean"], data["m2"] = total, sq  # let field validation name the bad type
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TensorStats:
+        if self.zeros > self.count:
+            raise ValueError(f"zeros ({self.zeros}) exceed count ({self.count})")
+        if self.min > self.max:  # NaN compares false: a diverged tensor passes
+            raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        return self
 
     @property
-    def mean(self) -> float:
-        return self.sum / self.count if self.count else math.nan
+    def var(self) -> float:
+        return self.m2 / self.count if self.count else math.nan
 
     @property
     def std(self) -> float:
-        if not self.count:
-            return math.nan
-        var = self.sum_sq / self.count - self.mean**2
-        return math.sqrt(max(var, 0.0))
+        return math.sqrt(self.var) if self.count else math.nan
 
     @property
-    def norm(self) -> float:
-        return math.sqrt(self.sum_sq)
+    def sum_sq(self) -> float:
+        """Σx² = M2 + n·mean² (no cancellation: both terms are non-negative)."""
+        return self.m2 + self.count * self.mean * self.mean
 
     @property
     def zero_fraction(self) -> float:
         return self.zeros / self.count if self.count else math.nan
 
+    def merge(self, other: TensorStats) -> TensorStats:
+        """The moments of both together, exactly (Chan, Golub and LeVeque's pairwise update)."""
+        if not other.count:
+            return self
+        if not self.count:
+            return other
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        return TensorStats(count=n, mean=self.mean + delta * other.count / n,
+                           m2=self.m2 + other.m2 + delta * delta * self.count * other.count / n,
+                           min=min(self.min, other.min), max=max(self.max, other.max), zeros=self.zeros + other.zeros)
+
 
 class Histogram(_Model):
-    """Fixed uniform bins on [lo, hi], chosen once (from the pretrained model) so epochs compare.
+    """Fixed uniform bins on [lo, hi), chosen once (from the pretrained model) so epochs compare.
 
-    Values outside the range are counted in `below` / `above`, so
-    sum(counts) + below + above equals the number of values.
+    Bin k holds the values x with edges[k] <= x < edges[k + 1]; values below lo are counted in
+    `below`, values at or above hi in `above`, so sum(counts) + below + above is the number of
+    values (NaN counts nowhere). The recorder picks lo, hi and the bin width so that every edge is
+    exactly representable and the counts are exact, also for values exactly on an edge.
     """
 
     lo: float
     hi: float
-    counts: list[int]
-    below: int = 0
-    above: int = 0
+    counts: list[Count]
+    below: Count = 0
+    above: Count = 0
+
+    @model_validator(mode="after")
+    def _range(self) -> Histogram:
+        if not self.counts:
+            raise ValueError("a histogram needs at least one bin")
+        if not (math.isfinite(self.lo) and math.isfinite(self.hi) and self.lo < self.hi):
+            raise ValueError(f"histogram range [{self.lo}, {self.hi}) is empty or not finite")
+        return self
 
     @classmethod
     def from_counts(cls, lo: float, hi: float, counts: list[int]) -> Histogram:
@@ -79,11 +140,15 @@ class Histogram(_Model):
     def edges(self) -> list[float]:
         n = len(self.counts)
         step = (self.hi - self.lo) / n
-        return [self.lo + i * step for i in range(n + 1)]
+        return [self.lo + i * step for i in range(n)] + [self.hi]
 
     @property
     def total(self) -> int:
         return sum(self.counts) + self.below + self.above
+
+    @property
+    def outside(self) -> int:
+        return self.below + self.above
 
 
 # --------------------------------------------------------------------------- architecture
@@ -103,18 +168,18 @@ class ModuleInfo(_Model):
 class BlockSummary(_Model):
     name: str = Field(description="top-level child of the model")
     type: str
-    params: int
-    trainable: int
-    new: int
+    params: Count
+    trainable: Count
+    new: Count
 
 
 class Architecture(_Model):
     model_type: str
     modules: list[ModuleInfo]
     blocks: list[BlockSummary]
-    total_params: int
-    trainable_params: int
-    new_params: int
+    total_params: Count
+    trainable_params: Count
+    new_params: Count
     input_shape: list[int]
 
     @model_validator(mode="after")
@@ -138,10 +203,18 @@ class WeightStat(_Model):
     new: bool = Field(description="not loaded from pretrained weights (compared with its initialisation)")
     stats: TensorStats
     hist: Histogram
-    diff_sq: float = Field(description="sum of (W_t - W_0)^2")
-    ref_sq: float = Field(description="sum of W_0^2")
-    update_sq: float | None = Field(None, description="sum of (one optimizer step's update)^2")
-    before_update_sq: float | None = Field(None, description="sum of W^2 before that step")
+    diff_sq: NonNegative = Field(description="sum of (W_t - W_0)^2")
+    ref_sq: NonNegative = Field(description="sum of W_0^2")
+    update_sq: NonNegative | None = Field(None, description="sum of (one optimizer step's update)^2")
+    before_update_sq: NonNegative | None = Field(None, description="sum of W^2 before that step")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> WeightStat:
+        if self.stats.count != math.prod(self.shape):
+            raise ValueError(f"{self.name}: stats count {self.stats.count} is not the size of shape {self.shape}")
+        if self.hist.total > self.stats.count:
+            raise ValueError(f"{self.name}: the histogram counts more values than the tensor has")
+        return self
 
     @property
     def rel_change(self) -> float:
@@ -160,10 +233,16 @@ class WeightStat(_Model):
 class GradStat(_Model):
     name: str
     module: str
-    samples: int = Field(ge=0, description="steps whose gradient was sampled")
-    norm_sum: float = Field(description="sum over sampled steps of the finite gradient norms")
-    norm_max: float
-    nonfinite: int = Field(ge=0, description="sampled steps whose gradient held a NaN or an infinity")
+    samples: Count = Field(description="steps whose gradient was sampled")
+    norm_sum: NonNegative = Field(description="sum over sampled steps of the finite gradient norms")
+    norm_max: NonNegative
+    nonfinite: Count = Field(description="sampled steps whose gradient held a NaN or an infinity")
+
+    @model_validator(mode="after")
+    def _steps(self) -> GradStat:
+        if self.nonfinite > self.samples:
+            raise ValueError(f"{self.name}: more non-finite steps ({self.nonfinite}) than sampled steps ({self.samples})")
+        return self
 
     @property
     def mean_norm(self) -> float:
@@ -176,14 +255,34 @@ class ActivationStat(_Model):
     type: str
     shape: list[int] = Field(description="output shape of one probe sample")
     stats: TensorStats
-    channels: int = Field(ge=0)
-    dead_channels: int = Field(ge=0, description="channels that are 0 for every probe sample and position")
+    channels: Count
+    dead_channels: Count = Field(description="channels that are 0 for every probe sample and position")
     nonnegative: bool = Field(description="output is >= 0 everywhere (ReLU-like), so zeros mean inactive units")
     hist: Histogram
+
+    @model_validator(mode="after")
+    def _counts(self) -> ActivationStat:
+        if self.dead_channels > self.channels:
+            raise ValueError(f"{self.module}: more dead channels ({self.dead_channels}) than channels ({self.channels})")
+        if self.hist.total > self.stats.count:
+            raise ValueError(f"{self.module}: the histogram counts more values than the outputs have")
+        return self
 
     @property
     def dead_fraction(self) -> float:
         return self.dead_channels / self.channels if self.channels else math.nan
+
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+def _fraction_or_nan(v: float) -> float:
+    if not (v != v or -1e-6 <= v <= 1 + 1e-6):  # NaN allowed (undefined), else within [0, 1] up to rounding
+        raise ValueError("must be between 0 and 1")
+    return v
+
+
+FractionOrNaN = Annotated[float, AfterValidator(_fraction_or_nan)]
 
 
 class Projection(_Model):
@@ -191,26 +290,32 @@ class Projection(_Model):
     x: list[float]
     y: list[float]
 
+    @model_validator(mode="after")
+    def _pairs(self) -> Projection:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"projection has {len(self.x)} x but {len(self.y)} y coordinates")
+        return self
+
 
 class Features(_Model):
     module: str = Field(description="the module whose input is the penultimate representation")
-    dim: int
+    dim: Count
     projections: list[Projection]
-    knn_accuracy: float = Field(description="leave-one-out k-NN accuracy on the probe set (NaN with under 2 samples)")
-    knn_k: int
-    probe_accuracy: float = Field(description="accuracy of the model's predictions on the probe set")
+    knn_accuracy: FractionOrNaN = Field(description="leave-one-out k-NN accuracy on the probe set (NaN with under 2 samples)")
+    knn_k: Count
+    probe_accuracy: FractionOrNaN = Field(description="accuracy of the model's predictions on the probe set")
 
 
 class CKA(_Model):
     module: str
-    value: float = Field(description="linear CKA between the representation now and in the pretrained model")
+    value: FractionOrNaN = Field(description="linear CKA between the representation now and in the pretrained model")
 
 
 class FeatureMapImage(_Model):
     module: str
-    sample: int = Field(description="index into the probe set")
+    sample: Count = Field(description="index into the probe set")
     path: str
-    channels: int = Field(description="channels shown")
+    channels: Count = Field(description="channels shown")
 
 
 class Images(_Model):
@@ -221,25 +326,36 @@ class Images(_Model):
 
 class Evaluation(_Model):
     loss: float
-    accuracy: float = Field(ge=0, le=1)
-    count: int = Field(ge=0)
-    confusion: list[list[int]] = Field(description="rows: true class, columns: predicted class")
-    per_class_accuracy: list[float | None]
+    accuracy: Fraction
+    count: Count
+    confusion: list[list[Count]] = Field(description="rows: true class, columns: predicted class")
+    per_class_accuracy: list[Fraction | None]
 
     @model_validator(mode="after")
-    def _confusion_is_square(self) -> Evaluation:
+    def _consistent(self) -> Evaluation:
+        """Every derived number must follow from the confusion matrix: an evaluation that contradicts
+        itself is refused rather than drawn."""
         n = len(self.confusion)
         if any(len(r) != n for r in self.confusion):
             raise ValueError("confusion matrix is not square")
         if sum(map(sum, self.confusion)) != self.count:
             raise ValueError("confusion matrix does not sum to the sample count")
+        if len(self.per_class_accuracy) != n:
+            raise ValueError(f"{len(self.per_class_accuracy)} per-class accuracies for {n} classes")
+        correct = sum(self.confusion[i][i] for i in range(n))
+        if self.count and abs(self.accuracy - correct / self.count) > 1e-9:
+            raise ValueError(f"accuracy {self.accuracy} is not the confusion matrix's {correct}/{self.count}")
+        for i, (row, acc) in enumerate(zip(self.confusion, self.per_class_accuracy)):
+            total = sum(row)
+            if (acc is None) != (total == 0) or (acc is not None and abs(acc - row[i] / total) > 1e-9):
+                raise ValueError(f"per-class accuracy of class {i} does not follow from the confusion matrix")
         return self
 
 
 class StepPoint(_Model):
     step: int = Field(ge=0, description="global optimizer step (1-based, at the end of the span)")
     loss: float
-    lr: float | None = None
+    lr: NonNegative | None = None
     steps: int = Field(1, ge=1, description="optimizer steps averaged into this point")
 
 
@@ -247,7 +363,8 @@ class Timing(_Model):
     train_s: float = Field(0.0, ge=0)
     eval_s: float = Field(0.0, ge=0)
     record_s: float = Field(0.0, ge=0, description="time spent in the probes")
-    samples_per_s: float | None = None
+    probes: dict[str, NonNegative] = Field(default_factory=dict, description="seconds per probe within record_s")
+    samples_per_s: NonNegative | None = None
 
 
 class _Versioned(_Model):
@@ -266,8 +383,8 @@ class EpochSnapshot(_Versioned):
     epoch: int = Field(ge=0, description="0 is the pretrained model before the first step")
     step: int = Field(ge=0, description="optimizer steps so far")
     train_loss: float | None = None
-    train_accuracy: float | None = Field(None, ge=0, le=1)
-    lr: float | None = None
+    train_accuracy: Fraction | None = None
+    lr: NonNegative | None = None
     val: Evaluation | None = None
     steps: list[StepPoint] = []
     weights: list[WeightStat] = []
@@ -285,16 +402,22 @@ class EpochSnapshot(_Versioned):
 class DatasetInfo(_Model):
     name: str
     classes: list[str]
-    train_size: int
-    val_size: int
-    image_size: int
-    channels: int = 3
+    train_size: Count
+    val_size: Count
+    image_size: Count
+    channels: Count = 3
     source: str = Field("", description="where the data came from, in words")
 
 
 class ProbeInfo(_Model):
-    labels: list[int] = Field(description="class index of every probe sample, in probe order")
-    size: int
+    labels: list[Count] = Field(description="class index of every probe sample, in probe order")
+    size: Count
+
+    @model_validator(mode="after")
+    def _size(self) -> ProbeInfo:
+        if self.size != len(self.labels):
+            raise ValueError(f"probe size {self.size} but {len(self.labels)} labels")
+        return self
 
 
 class Environment(_Model):
@@ -320,7 +443,7 @@ class RunInfo(_Versioned):
     status_detail: str = ""
     started_at: str
     finished_at: str | None = None
-    duration_s: float | None = None
+    duration_s: NonNegative | None = None
     config: dict = Field(default_factory=dict, description="the run's configuration as given")
     model: str
     weights: str
@@ -329,7 +452,13 @@ class RunInfo(_Versioned):
     environment: Environment
     architecture: Architecture | None = None
     probe: ProbeInfo | None = None
-    planned_epochs: int | None = None
+    planned_epochs: Count | None = None
+
+    @model_validator(mode="after")
+    def _probe_labels(self) -> RunInfo:
+        if self.probe is not None and any(c >= len(self.dataset.classes) for c in self.probe.labels):
+            raise ValueError(f"probe labels name classes beyond the dataset's {len(self.dataset.classes)}")
+        return self
 
 
 def json_schema() -> dict:

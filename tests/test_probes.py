@@ -12,47 +12,13 @@ from sftreport.record.architecture import describe
 from sftreport.record.evaluation import evaluate
 from sftreport.record.features import PCA2, centered_gram, knn_accuracy, linear_cka
 from sftreport.record.gradients import GradientProbe
-from sftreport.record.stats import BinSpec, FlatBuffer, count_bins, histogram_counts, moments
+from sftreport.record.stats import FlatBuffer, count_bins
 from sftreport.record.weights import WeightProbe
 
 
 def _tiny_cnn() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
-
-
-# ----------------------------------------------------------------------------- batched statistics
-
-
-def test_moments_and_histograms_match_per_tensor_reference():
-    torch.manual_seed(1)
-    tensors = [torch.randn(50), torch.zeros(7), torch.tensor([0.0, 1.0, -2.0, 0.0]), torch.rand(3, 11) * 5]
-    flat = FlatBuffer([t.numel() for t in tensors], torch.device("cpu")).load(tensors)
-    rows = moments(flat).tolist()
-    for t, (count, s, sq, lo, hi, zeros) in zip(tensors, rows):
-        assert count == t.numel()
-        assert s == pytest.approx(t.sum().item(), abs=1e-4)
-        assert sq == pytest.approx((t.double() ** 2).sum().item(), rel=1e-5)
-        assert (lo, hi) == (t.min().item(), t.max().item())
-        assert zeros == (t == 0).sum().item()
-    spec = BinSpec.around([r[3] for r in rows], [r[4] for r in rows], bins=8)
-    scratch = FlatBuffer(flat.numels, torch.device("cpu"))
-    hists = spec.histograms(histogram_counts(flat, scratch, spec).tolist())
-    again = spec.histograms(histogram_counts(flat, scratch, spec, [r[3] for r in rows], [r[4] for r in rows]).tolist())
-    assert again == hists  # the shortcut taken when min/max are known gives the same counts
-    for t, h in zip(tensors, hists):
-        assert h.total == t.numel()  # counts (with below/above) sum to numel
-        ref = torch.histc(t.float(), bins=8, min=h.lo, max=h.hi)
-        assert h.counts == [int(v) for v in ref.tolist()]
-
-
-def test_histogram_counts_values_outside_the_fixed_range_and_skips_nan():
-    spec = BinSpec(lo=[0.0], hi=[1.0], bins=4)
-    t = torch.tensor([-5.0, 0.0, 0.3, 0.99, 1.0, 7.0, float("inf"), float("-inf"), float("nan")])
-    flat = FlatBuffer([t.numel()], torch.device("cpu")).load([t])
-    h = spec.histograms(histogram_counts(flat, FlatBuffer([t.numel()], torch.device("cpu")), spec).tolist())[0]
-    assert (h.below, h.counts, h.above) == (2, [1, 1, 0, 1], 3)
-    assert h.total == t.numel() - 1  # the NaN is in no bin
 
 
 # ----------------------------------------------------------------------------- weights

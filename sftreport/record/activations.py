@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftreport.errors import UserError
-from sftreport.record.stats import BinSpec, count_bins, merge, stats_from_rows
+from sftreport.record.stats import BinGrid, BinSpec, bin_positions, count_bins, merge, stats_from_rows, tensor_moments
 from sftreport.schema import ActivationStat, Histogram
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -113,7 +113,7 @@ class ActivationProbe:
     def __init__(self, modules: list[str], bins: int, image_modules: list[str], image_samples: int):
         self.modules = modules
         self.bins = bins
-        self.spec: dict[str, tuple[float, float]] = {}  # key -> histogram range, fixed on the first pass
+        self.grids: dict[str, BinGrid] = {}  # key -> histogram bins, fixed on the first pass
         self.image_modules = set(image_modules)
         self.image_samples = image_samples
         self._acc: dict[tuple[str, int], _CallAcc] = {}
@@ -155,25 +155,17 @@ class ActivationProbe:
         if acc is None:
             acc = self._acc[(name, k)] = _CallAcc(type(module).__name__, list(out.shape[1:]))
         x = out if out.dtype == torch.float32 else out.float()  # any memory layout: no flattening copy
-        n = x.numel()
-        # float32 reductions (cascade-summed by torch), each promoted to float64 on its own so that the
-        # counts stay exact; no full-size temporaries but the histogram's positions
-        lo, hi = torch.aminmax(x)
-        row = torch.stack([x.new_full((), float(n), dtype=torch.float64), x.sum().double(),
-                           torch.linalg.vector_norm(x).double() ** 2, lo.double(), hi.double(),
-                           (n - torch.count_nonzero(x)).double()])
-        acc.moments = merge(acc.moments, row)
+        # one full-size temporary, reused: the centred copy for the moments, then the histogram's bin positions
+        scratch = torch.empty_like(x)
+        acc.moments = merge(acc.moments, tensor_moments(x, scratch))
         cd = channel_dim(x)
         other = tuple(d for d in range(x.dim()) if d != cd)
         alive = (x.amax(dim=other) > 0) | (x.amin(dim=other) < 0)  # any non-zero value in the channel
         acc.alive = alive if acc.alive is None else acc.alive | alive
         key = f"{name}#{k}"
-        if want_hist and key in self.spec:
-            lo_edge, hi_edge = self.spec[key]
-            scale = self.bins / (hi_edge - lo_edge)
-            # bin = 1 + (x - lo) * scale in one fused pass; 0 and bins + 1 collect what falls outside,
-            # NaN goes to a spare bin that is dropped
-            pos = torch.add(x.new_full((), 1.0 - lo_edge * scale), x, alpha=scale)
+        if want_hist and key in self.grids:
+            # 1 + bin, exactly; 0 and bins + 1 collect what falls outside, NaN goes to a spare bin that is dropped
+            pos = bin_positions(x, scratch, self.grids[key])
             pos.clamp_(0, self.bins + 1).nan_to_num_(nan=self.bins + 2)
             h = count_bins(pos.to(torch.int32), self.bins + 3)[: self.bins + 2]
             acc.hist = h if acc.hist is None else acc.hist + h
@@ -187,7 +179,7 @@ class ActivationProbe:
         keys = list(self._acc)
         mom = torch.stack([self._acc[k].moments for k in keys]).tolist()
         spec = BinSpec.around([r[3] for r in mom], [r[4] for r in mom], self.bins)
-        self.spec = {f"{n}#{k}": (lo, hi) for (n, k), lo, hi in zip(keys, spec.lo, spec.hi)}
+        self.grids = {f"{n}#{k}": grid for (n, k), grid in zip(keys, spec.grids)}
 
     def labels(self) -> dict[tuple[str, int], str]:
         """`module` for a module called once, `module#1`, `module#2`, ... for one called several times."""
@@ -212,7 +204,9 @@ class ActivationProbe:
         stats = stats_from_rows(mom_rows)
         out = []
         for (n, k), a, st, alive, ch, h in zip(keys, accs, stats, alive_rows, chans, hist_rows):
-            lo, hi = self.spec.get(f"{n}#{k}", (st.min, st.max if st.max > st.min else st.min + 1))
+            # a call first seen after the bins were fixed has no histogram: its counts are all zero
+            grid = self.grids.get(f"{n}#{k}") or BinSpec.around([st.min], [st.max], self.bins).grids[0]
+            lo, hi = grid.lo, grid.hi
             out.append(ActivationStat(
                 module=labels[(n, k)], type=a.type, shape=a.shape, stats=st, channels=ch,
                 dead_channels=ch - int(alive), nonnegative=st.min >= 0,

@@ -203,10 +203,9 @@ class Recorder:
         if self.val_data is not None:
             snap.val = evaluate(self.model, self.val_data, self.num_classes, self.device, self.loss_fn, self.autocast)
         t1 = time.perf_counter()
-        if self.is_writer and self.options.enabled:
-            self._probes(snap, first)
+        probes = self._probes(snap, first) if self.is_writer and self.options.enabled else {}
         t2 = time.perf_counter()
-        snap.timing = Timing(train_s=0.0 if first else train_s, eval_s=t1 - t0, record_s=t2 - t1,
+        snap.timing = Timing(train_s=0.0 if first else train_s, eval_s=t1 - t0, record_s=t2 - t1, probes=probes,
                              samples_per_s=None if first or train_s <= 0 else self._global_count / train_s)
         if self.writer:
             self.writer.append_epoch(snap)
@@ -247,22 +246,39 @@ class Recorder:
         return points
 
     @torch.no_grad()
-    def _probes(self, snap: EpochSnapshot, first: bool) -> None:
+    def _probes(self, snap: EpochSnapshot, first: bool) -> dict[str, float]:
+        """Run every probe into `snap`; returns the seconds each took (each part ends with its one transfer
+        to the host, so the times hold on CUDA too)."""
         was_training = self.model.training
         self.model.eval()
+        seconds: dict[str, float] = {}
+        clock = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            seconds[name] = now - clock
+            clock = now
+
         try:
             snap.weights = self.weights.measure()
+            lap("weights")
             snap.gradients = self.grads.collect()
+            lap("gradients")
             if first:  # histogram ranges come from the pretrained model's activations
                 self._probe_pass(want_hist=False, want_reps=False)
                 self.activations.fix_bins()
             feats, logits = self._probe_pass(want_hist=True, want_reps=True)
             snap.activations, reps, maps = self.activations.collect()
+            lap("activations")
             snap.features, snap.cka = self.features.measure(feats, logits, reps)
+            lap("features")
             if self._want_images(snap.epoch):
                 snap.images = self._images(maps, snap.epoch)
+                lap("images")
         finally:
             self.model.train(was_training)
+        return seconds
 
     def _probe_pass(self, want_hist: bool, want_reps: bool) -> tuple[torch.Tensor, torch.Tensor]:
         feats: list[torch.Tensor] = []

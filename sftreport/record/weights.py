@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sftreport.record.stats import BinSpec, FlatBuffer, histogram_counts, moments, stats_from_rows
+from sftreport.record.stats import BinSpec, FlatBuffer, histogram_counts, moments, stats_from_rows, sum_of_squares_
 from sftreport.schema import WeightStat
 
 
@@ -38,23 +38,23 @@ class WeightProbe:
             return
         self._awaiting_update = False
         with torch.no_grad():
-            # scratch = W_after - W_before, computed without allocating
+            # scratch = W_after - W_before, computed without allocating; ‖W_before‖² came with the epoch end's moments
             self.scratch.load(self.params)
             self.scratch.buf.sub_(self.now.buf)
-            update_sq = torch.stack(torch._foreach_norm(self.scratch.views)).double() ** 2
-            before_sq = torch.stack(torch._foreach_norm(self.now.views)).double() ** 2
-            self._update = torch.stack([update_sq, before_sq], dim=1)
+            self._update = torch.stack([sum_of_squares_(self.scratch), self._before_sq], dim=1)
 
     @torch.no_grad()
     def measure(self) -> list[WeightStat]:
         now, scratch = self.now.load(self.params), self.scratch
-        mom = moments(now)
-        torch.sub(now.buf, self.ref.buf, out=scratch.buf)
-        diff_sq = torch.stack(torch._foreach_norm(scratch.views)).double() ** 2
         if self.spec is None:  # fixed once, from the reference weights: bins and ‖W₀‖²
-            ref_mom = moments(self.ref).tolist()
-            self.spec = BinSpec.around([r[3] for r in ref_mom], [r[4] for r in ref_mom], self.bins)
-            self._ref_sq = torch.tensor([r[2] for r in ref_mom], dtype=torch.float64, device=mom.device)
+            ranges = torch.stack([torch.stack(torch.aminmax(v)) for v in self.ref.views]).tolist()
+            self.spec = BinSpec.around([lo for lo, _ in ranges], [hi for _, hi in ranges], self.bins)
+            torch._foreach_copy_(scratch.views, self.ref.views)
+            self._ref_sq = sum_of_squares_(scratch)
+        mom = moments(now, scratch)
+        self._before_sq = mom[:, 2] + mom[:, 0] * mom[:, 1] ** 2  # Σ W², for the next epoch's first update
+        torch.sub(now.buf, self.ref.buf, out=scratch.buf)  # exact where it matters: W_t close to W_0
+        diff_sq = sum_of_squares_(scratch)
         update = self._update
         # the floats in one host transfer; their min/max tell the histogram which tensors need clamping
         table = torch.cat([mom, diff_sq[:, None], self._ref_sq[:, None]] + ([update] if update is not None else []), dim=1)

@@ -178,7 +178,7 @@ class RunFrames:
                 a["trainable"] += n if w.trainable else 0
                 a["new"] += n if w.new else 0
                 a["matrix"] = a["matrix"] or len(w.shape) >= 2
-                a["finite"] = a["finite"] and math.isfinite(w.stats.sum_sq)
+                a["finite"] = a["finite"] and math.isfinite(w.stats.m2)
                 if w.update_sq is not None and w.before_update_sq is not None:
                     a["upd"] += w.update_sq
                     a["before"] += w.before_update_sq

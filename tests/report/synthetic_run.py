@@ -148,13 +148,13 @@ def relu_hist(rng, lo, hi, scale, count, zero_frac, bins=BINS) -> Histogram:
         h[i] += c
     h[int(np.clip(np.searchsorted(edges, 0.0) - 1, 0, bins - 1))] += zeros
     h[-1] += max(0, (count - zeros) - int(h.sum() - zeros))
+    h[int(np.argmax(h))] -= max(0, int(h.sum()) - count)  # rounding: never more values than the outputs have
     total = int(h.sum())
     return Histogram(lo=lo, hi=hi, counts=[int(c) for c in h], below=0, above=max(0, count - total))
 
 
 def stats(count, mean, std, lo, hi, zeros=0) -> TensorStats:
-    return TensorStats(count=count, sum=mean * count, sum_sq=count * (std * std + mean * mean), min=lo, max=hi,
-                       zeros=zeros)
+    return TensorStats(count=count, mean=mean, m2=count * std * std, min=lo, max=hi, zeros=zeros)
 
 
 def evaluation(rng, acc, loss, classes, per_class_n) -> Evaluation:
@@ -359,7 +359,7 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
         nan = math.nan
         for w in weights:
             if w.trainable:
-                w.stats.sum = w.stats.sum_sq = w.stats.min = w.stats.max = nan
+                w.stats.mean = w.stats.m2 = w.stats.min = w.stats.max = nan
                 w.diff_sq = nan
                 if w.update_sq is not None:
                     w.update_sq = w.before_update_sq = nan
@@ -405,7 +405,7 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
                                                   zero_frac)))
     if diverged:
         for a in acts:
-            a.stats.sum = a.stats.sum_sq = a.stats.min = a.stats.max = math.nan
+            a.stats.mean = a.stats.m2 = a.stats.min = a.stats.max = math.nan
     snap.activations = acts
     spread = 0.6 + 2.5 * (1 - math.exp(-e / 1.5))
     xy = centers[labels] * spread + noise * 0.7

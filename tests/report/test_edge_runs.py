@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from report_support import HOSTILE, render_all, spec_blob
 from synthetic_run import build_run
 
@@ -110,3 +111,21 @@ def test_render_never_imports_torch(main_run, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
     assert (tmp_path / "r.html").exists()
+
+
+# --------------------------------------------------------------------------- older run directories
+
+
+def test_a_schema_v1_run_directory_still_renders(tmp_path: Path):
+    """tests/data/run_v1 was recorded by the first version (TensorStats as sum and sum_sq)."""
+    from sftreport.store import read_run
+
+    v1 = ROOT / "tests" / "data" / "run_v1"
+    run = read_run(v1)
+    assert run.info.schema_version == 1 and all(e.schema_version == 1 for e in run.epochs)
+    raw = json.loads((v1 / "epochs.jsonl").read_text().splitlines()[0])["weights"][0]["stats"]
+    w = run.epochs[0].weights[0].stats
+    assert w.mean == raw["sum"] / raw["count"]
+    assert w.sum_sq == pytest.approx(raw["sum_sq"], rel=1e-9)
+    out = render_all(v1, tmp_path, formats=("html", "md"))
+    assert "digits\\_resnet on digits" in out["md_text"] and out["html"].stat().st_size > 100_000
