@@ -2,8 +2,9 @@
 and the number of sampled steps whose gradient was not finite.
 
 No hook is installed: the recorder calls `maybe_sample()` after the optimizer step (the gradients are
-still there until the next zero_grad); it samples every k-th step and the first step of every epoch. The accumulators stay on the device; the host sees
-them once per epoch.
+still there until the next zero_grad); it samples every k-th step and the first step of every epoch. A
+sample costs two kernels (the norms, stacked); the norms stay on the device and are reduced in batches of
+`FOLD` samples and at the epoch end, when the host sees them once.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from torch import nn
 
 from sftreport.record.stats import FlatBuffer, sum_of_squares_
 from sftreport.schema import GradStat
+
+FOLD = 64  # samples kept as rows before they are folded into the epoch's sums (bounded memory)
 
 
 class GradientProbe:
@@ -26,6 +29,8 @@ class GradientProbe:
 
     def _reset(self) -> None:
         self._sampled = False  # whether this epoch has had a sample yet
+        self._rows: list[torch.Tensor] = []  # (T,) norms of each sample not yet folded
+        self._valid: list[torch.Tensor | None] = []  # per sample: false for a step the optimizer skipped
         self._acc: torch.Tensor | None = None  # (T, 4): norm sum, norm max, non-finite count, samples
 
     def maybe_sample(self, valid: torch.Tensor | None = None) -> None:
@@ -35,22 +40,14 @@ class GradientProbe:
         self._steps_seen += 1
         if (self._steps_seen - 1) % self.every and self._sampled:
             return
-        present = [p.grad is not None for p in self.params]
-        if not any(present):
+        if not any(p.grad is not None for p in self.params):
             return
         with torch.no_grad():
-            norms = self._norms()
-            finite = torch.isfinite(norms)
-            clean = torch.where(finite, norms, torch.zeros_like(norms))
-            weight = torch.ones_like(norms) if valid is None else valid.to(norms.device).float().expand_as(norms)
-            row = torch.stack([clean * weight, clean * weight, (~finite).float() * weight, weight], dim=1)
-            if self._acc is None:
-                self._acc = row
-            else:
-                self._acc[:, 0] += row[:, 0]
-                torch.maximum(self._acc[:, 1], row[:, 1], out=self._acc[:, 1])
-                self._acc[:, 2:] += row[:, 2:]
+            self._rows.append(self._norms())
+        self._valid.append(valid)
         self._sampled = True
+        if len(self._rows) >= FOLD:
+            self._fold()
 
     def _norms(self) -> torch.Tensor:
         """(T,) float32 gradient norms (0 for a parameter without a gradient). CUDA's `_foreach_norm` sums
@@ -63,8 +60,27 @@ class GradientProbe:
             self._flat = FlatBuffer([p.numel() for p in self.params], self.params[0].device)
         return sum_of_squares_(self._flat.load(grads)).sqrt().float()
 
+    @torch.no_grad()
+    def _fold(self) -> None:
+        """Reduce the pending samples into the (T, 4) accumulator: a few kernels for up to FOLD samples."""
+        if not self._rows:
+            return
+        norms = torch.stack(self._rows)  # (S, T)
+        weight = torch.stack([torch.ones((), device=norms.device) if v is None else v.to(norms.device).float()
+                              for v in self._valid])[:, None].expand_as(norms)  # 1: counts, 0: a skipped step
+        finite = torch.isfinite(norms)
+        clean = torch.where(finite, norms, torch.zeros_like(norms)) * weight
+        part = torch.stack([clean.sum(0), clean.amax(0), ((~finite).float() * weight).sum(0), weight.sum(0)], dim=1)
+        if self._acc is None:
+            self._acc = part
+        else:
+            self._acc = torch.stack([self._acc[:, 0] + part[:, 0], torch.maximum(self._acc[:, 1], part[:, 1]),
+                                     self._acc[:, 2] + part[:, 2], self._acc[:, 3] + part[:, 3]], dim=1)
+        self._rows, self._valid = [], []
+
     def collect(self) -> list[GradStat]:
         """The epoch's statistics (one host transfer); starts a new epoch."""
+        self._fold()
         if self._acc is None:
             self._reset()
             return []

@@ -30,7 +30,8 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB" if rgb.ndim == 3 else "L").save(buf, format="PNG", optimize=True)
+    # no optimize=True: 15x slower for files 1.5 % smaller (measured)
+    Image.fromarray(rgb, mode="RGB" if rgb.ndim == 3 else "L").save(buf, format="PNG")
     return buf.getvalue()
 
 

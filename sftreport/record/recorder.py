@@ -164,11 +164,10 @@ class Recorder:
         `skipped`: a boolean tensor, true when the optimizer skipped this step (fp16 GradScaler overflow):
         its gradients are then not counted as a training problem."""
         self.global_step += 1
-        loss = loss.detach().float()
         n = len(targets) if targets is not None else 1
-        self._step_losses.append(loss)
+        self._step_losses.append(loss.detach())  # summed at the epoch end: no work per step beyond this
+        self._step_sizes.append(n)
         self._step_lrs.append(lr)
-        self._loss_sum += loss.double() * n
         self._count += n
         if logits is not None and targets is not None:
             self._correct += (logits.detach().argmax(dim=1) == targets).sum()
@@ -180,8 +179,8 @@ class Recorder:
 
     def _reset_epoch(self) -> None:
         self._step_losses: list[torch.Tensor] = []
+        self._step_sizes: list[int] = []
         self._step_lrs: list[float | None] = []
-        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self._count = 0
         self._with_acc = False
@@ -216,10 +215,12 @@ class Recorder:
 
     def _train_metrics(self, snap: EpochSnapshot, lr: float | None) -> None:
         steps = len(self._step_losses)
-        losses = torch.stack(self._step_losses).double() if steps else torch.zeros(0, dtype=torch.float64, device=self.device)
+        losses = (torch.stack([x.reshape(()) for x in self._step_losses]).double() if steps
+                  else torch.zeros(0, dtype=torch.float64, device=self.device))
+        sizes = torch.tensor(self._step_sizes, dtype=torch.float64).to(losses.device)
         world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
         # one reduction: [loss sum, correct, count, per-step losses...]; per-step losses average over ranks
-        packed = torch.cat([self._loss_sum.reshape(1), self._correct.double().reshape(1),
+        packed = torch.cat([(losses * sizes).sum().reshape(1), self._correct.double().reshape(1),
                             torch.tensor([float(self._count)], dtype=torch.float64, device=self.device), losses])
         packed = all_reduce_sum(packed).tolist()
         loss_sum, correct, count = packed[0], packed[1], packed[2]
