@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -12,7 +13,7 @@ from sftreport.record.architecture import describe
 from sftreport.record.evaluation import evaluate
 from sftreport.record.features import PCA2, centered_gram, knn_accuracy, linear_cka
 from sftreport.record.gradients import GradientProbe
-from sftreport.record.stats import FlatBuffer, count_bins
+from sftreport.record.stats import FlatBuffer, count_bins, count_positions
 from sftreport.record.weights import WeightProbe
 
 
@@ -161,6 +162,16 @@ def test_count_bins_is_the_same_with_index_add_as_with_bincount():
     idx = torch.randint(0, 40, (10_000,), dtype=torch.int32)
     assert torch.equal(count_bins(idx, 41, index_add=True), count_bins(idx, 41, index_add=False))
     assert count_bins(idx, 41).sum() == idx.numel()
+
+
+def test_counting_positions_by_histc_in_chunks_equals_bincount_and_skips_nan():
+    """The CUDA route (histc over chunks, no host sync), taken here on the CPU, against a plain count."""
+    x = torch.randint(0, 34, (4, 7, 5, 3)).float().contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, 0] = float("nan")
+    expected = np.bincount(x.numpy().ravel()[~np.isnan(x.numpy().ravel())].astype(int), minlength=34)
+    for histc, chunk in ((True, 100), (True, 1 << 24), (False, 1)):
+        got = count_positions(x.clone(memory_format=torch.channels_last), 34, histc=histc, chunk=chunk)
+        assert got.tolist() == expected.tolist()
 
 
 def test_channels_last_weights_are_read_in_logical_order():

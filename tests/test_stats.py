@@ -145,7 +145,14 @@ def test_bin_grids_cover_their_range_tightly_with_float32_edges():
             assert width <= max((b - a) / (bins - 1) * 9 / 8 * (1 + 1e-12), floor), (a, b, g)
 
 
-def test_values_on_every_edge_and_one_step_either_side_land_like_numpy_over_2000_tensors():
+@pytest.fixture(params=[False, True], ids=["bincount", "histc (the CUDA route)"])
+def counting(request, monkeypatch):
+    import sftreport.record.stats as stats
+
+    monkeypatch.setattr(stats, "USE_HISTC", request.param)
+
+
+def test_values_on_every_edge_and_one_step_either_side_land_like_numpy_over_2000_tensors(counting):
     torch.manual_seed(0)
     bins = 32
     tensors, grids = [], []
@@ -165,7 +172,7 @@ def test_values_on_every_edge_and_one_step_either_side_land_like_numpy_over_2000
         assert c == _numpy_counts(t.double().numpy(), g.lo, g.hi, bins)
 
 
-def test_histogram_counts_outside_values_infinities_and_skips_nan():
+def test_histogram_counts_outside_values_infinities_and_skips_nan(counting):
     grid = BinGrid(exp=-5, cells=8, start=0, bins=4)  # [0, 1) in bins of 0.25
     assert (grid.lo, grid.hi) == (0.0, 1.0)
     t = torch.tensor([-5.0, 0.0, 0.25, 0.3, 0.99, 1.0, 7.0, float("inf"), float("-inf"), float("nan"), -1e-30])

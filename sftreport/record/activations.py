@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftreport.errors import UserError
-from sftreport.record.stats import BinGrid, BinSpec, bin_positions, count_bins, merge, stats_from_rows, tensor_moments
+from sftreport.record.stats import BinGrid, BinSpec, bin_positions, count_positions, merge, stats_from_rows, tensor_moments
 from sftreport.schema import ActivationStat, Histogram
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -164,10 +164,8 @@ class ActivationProbe:
         acc.alive = alive if acc.alive is None else acc.alive | alive
         key = f"{name}#{k}"
         if want_hist and key in self.grids:
-            # 1 + bin, exactly; 0 and bins + 1 collect what falls outside, NaN goes to a spare bin that is dropped
-            pos = bin_positions(x, scratch, self.grids[key])
-            pos.clamp_(0, self.bins + 1).nan_to_num_(nan=self.bins + 2)
-            h = count_bins(pos.to(torch.int32), self.bins + 3)[: self.bins + 2]
+            # 1 + bin, exactly; 0 and bins + 1 collect what falls outside, NaN counts nowhere
+            h = count_positions(bin_positions(x, scratch, self.grids[key]).clamp_(0, self.bins + 1), self.bins + 2)
             acc.hist = h if acc.hist is None else acc.hist + h
         if want_reps:
             acc.reps.append(pooled(x))

@@ -141,7 +141,7 @@ def plain_loop(root: Path, weights: Path, model_name: str, size: int, batch: int
     elapsed = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {"images_per_s": done * batch / elapsed, "steps": done, "batch": batch, "seconds": elapsed,
-            "peak_gpu_bytes": peak, "final_loss": float(loss)}
+            "peak_gpu_bytes": peak, "final_loss": loss.item()}
 
 
 # --------------------------------------------------------------------------- sftreport
