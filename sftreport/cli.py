@@ -1,22 +1,22 @@
 """The command line: `sftreport run | render | schema | pretrain` (also `python -m sftreport`).
 
 Bad input (a flag, a config value, a dataset, a weights file, a run directory) ends with one line on
-stderr and exit code 2, never a traceback. `render` and `schema` never import torch.
+stderr and exit code 2, never a traceback; a disk that refuses a write, with one line and exit code 1
+(errors.ExitCode lists them all). `render` and `schema` never import torch.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from sftreport import __version__
-from sftreport.errors import UserError, one_line
+from sftreport.errors import ExitCode, StorageError, UserError, one_line
 from sftreport.store import check_output_path
-
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("render", help="render reports from a run directory (no torch needed)")
     d.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    d.add_argument("--out", type=Path, action="append", required=True, metavar="FILE", help="report file; repeatable")
+    d.add_argument("--out", type=Path, action="append", metavar="FILE",
+                   help="report file (.html, .pdf, .md); repeatable (default: RUN_DIR/report.html)")
 
     sub.add_parser("schema", help="print the JSON Schema of a run directory's files")
 
@@ -111,28 +112,35 @@ def cmd_run(ns: argparse.Namespace) -> int:
         check_output_path(out)
     from sftreport.train.runner import run  # torch is imported only now, after the config is valid
 
-    outcome = run(cfg)
-    if outcome.status != "completed":
-        hint = " (SFTREPORT_DEBUG=1 shows the traceback)" if outcome.status == "failed" else ""
-        print(f"{_prefix()}: run {outcome.status}: {outcome.detail}{hint}", file=sys.stderr)
+    with kept_warnings() as kept:
+        outcome = run(cfg)
+    _save_warnings(outcome.run_dir, kept)
+    if outcome.status != "completed" or outcome.problems:
+        hint = " (SFTREPORT_DEBUG=1 shows the traceback)" if outcome.unexpected else ""
+        said = [f"run {outcome.status}" + (f": {outcome.detail}" if outcome.detail else "")] + outcome.problems
+        print(f"{_prefix()}: {'; '.join(said)}{hint}", file=sys.stderr)
     return outcome.exit_code
 
 
 def cmd_render(ns: argparse.Namespace) -> int:
-    from sftreport.report.render import render_run
+    from sftreport.report.render import check_outputs, render_run
+    from sftreport.store import read_run
 
-    for out in ns.out:
-        check_output_path(out)
-    for path in render_run(ns.run_dir, ns.out):
+    outs = ns.out or [ns.run_dir / "report.html"]
+    check_outputs(outs)
+    run = read_run(ns.run_dir)
+    if run.dropped:
+        print(f"{_prefix()}: warning: {run.dropped}", file=sys.stderr)
+    for path in render_run(ns.run_dir, outs, run=run):
         print(f"report: {path}")
-    return 0
+    return ExitCode.COMPLETED
 
 
 def cmd_schema(ns: argparse.Namespace) -> int:
     from sftreport.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
-    return 0
+    return ExitCode.COMPLETED
 
 
 def cmd_pretrain(ns: argparse.Namespace) -> int:
@@ -141,7 +149,38 @@ def cmd_pretrain(ns: argparse.Namespace) -> int:
     out = ns.out or PACKAGE_WEIGHTS
     check_output_path(out)
     pretrain_digits(out, epochs=ns.epochs, seed=ns.seed)
-    return 0
+    return ExitCode.COMPLETED
+
+
+@contextlib.contextmanager
+def kept_warnings():
+    """Python warnings (torch's, pydantic's, ...) are kept off the terminal, which shows sftreport's own lines
+    only; the caller decides where the kept lines go (`run` writes them to RUN_DIR/warnings.log).
+    SFTREPORT_DEBUG=1 shows them as usual."""
+    kept: list[str] = []
+    if os.environ.get("SFTREPORT_DEBUG"):
+        yield kept
+        return
+    shown = warnings.showwarning
+
+    def keep(message, category, filename, lineno, file=None, line=None):
+        kept.append(warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+
+    warnings.showwarning = keep
+    try:
+        yield kept
+    finally:
+        warnings.showwarning = shown
+
+
+def _save_warnings(run_dir: Path | None, kept: list[str]) -> None:
+    if not kept or run_dir is None or not Path(run_dir).is_dir():
+        return
+    try:
+        with open(Path(run_dir) / "warnings.log", "a", encoding="utf-8") as f:
+            f.write("\n".join(kept) + "\n")
+    except OSError:
+        pass  # a log of third-party warnings is not worth failing a finished run over
 
 
 def _prefix() -> str:
@@ -152,13 +191,17 @@ def _prefix() -> str:
 def main(argv: list[str] | None = None) -> int:
     prefix = _prefix()
     try:
-        ns = build_parser().parse_args(argv)
-        return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](ns)
+        with kept_warnings():  # warnings of a run that fails before its directory exists go nowhere
+            ns = build_parser().parse_args(argv)
+            return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](ns)
     except UserError as e:
         print(f"{prefix}: error: {one_line(e, limit=2000)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
+    except StorageError as e:
+        print(f"{prefix}: error: {one_line(e, limit=2000)}", file=sys.stderr)
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         print(f"{prefix}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
-        return 1
+        return ExitCode.FAILED

@@ -1,4 +1,18 @@
-"""Errors that the CLI turns into one line on stderr and exit code 2 (bad input, never a traceback)."""
+"""The errors the command line turns into one line on stderr (never a traceback), and its exit codes."""
+from __future__ import annotations
+
+import errno
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What `sftreport` returns; the README's "Exit codes" table lists the same."""
+
+    COMPLETED = 0
+    FAILED = 1  # anything that is not the user's input: a full disk, a bug, a failed rank
+    BAD_INPUT = 2  # a flag, a config value, a dataset, a weights file, a run directory
+    DIVERGED = 3  # the training loss became NaN or infinite
+    INTERRUPTED = 130  # Ctrl-C or SIGTERM
 
 
 class UserError(Exception):
@@ -7,6 +21,15 @@ class UserError(Exception):
 
 class RunDirError(UserError):
     """A run directory that cannot be read or validated (names the file and line)."""
+
+
+class StorageError(Exception):
+    """The disk refused a write (full, over a quota or a file-size limit, failing): not the user's input,
+    so exit code 1. The message says what was kept."""
+
+
+# errno values that mean "the storage cannot take this" rather than "this path is wrong"
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:

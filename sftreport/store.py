@@ -2,7 +2,10 @@
 
 A run killed at any moment leaves every finished epoch readable: each snapshot is one complete line,
 written and flushed before the next epoch starts; run.json is replaced atomically, never half-written.
-Reading validates every line and names the file and line number of the first bad one.
+An append the disk refuses (full, over quota) is undone: the file is cut back to its last complete line.
+Reading validates every line and names the file and line number of the first bad one; a last line
+without its newline is a write that never finished (a crash mid-append), which is left out and reported
+in `Run.dropped` rather than making every finished epoch unreadable.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from sftreport.errors import RunDirError, UserError
+from sftreport.errors import STORAGE_ERRNOS, RunDirError, StorageError, UserError
 from sftreport.schema import EpochSnapshot, RunInfo
 
 RUN_FILE = "run.json"
@@ -50,7 +53,7 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -61,10 +64,18 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+        raise write_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_error(path: Path, e: OSError) -> Exception:
+    """A refused write as the error it is: the disk's (StorageError, exit 1) or the path's (UserError, exit 2)."""
+    reason = e.strerror or str(e)
+    if e.errno in STORAGE_ERRNOS:
+        return StorageError(f"cannot write {path}: {reason}")
+    return UserError(f"cannot write {path}: {reason}")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -96,15 +107,27 @@ class RunWriter:
         atomic_write_text(self.root / RUN_FILE, info.model_dump_json(indent=1) + "\n")
 
     def append_epoch(self, snap: EpochSnapshot) -> None:
-        # One write() of the whole line on an O_APPEND descriptor: a reader never sees half a line
-        # of a finished epoch, and a crash cannot interleave two.
+        """One line per epoch on an O_APPEND descriptor, fsync'ed. If the disk refuses part of it, the file is
+        cut back to where it was, so every epoch already written stays readable, and StorageError says so."""
         line = (snap.model_dump_json() + "\n").encode("utf-8")
-        fd = os.open(self.root / EPOCHS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        path = self.root / EPOCHS_FILE
         try:
-            written = os.write(fd, line)
-            while written < len(line):
-                written += os.write(fd, line[written:])
-            os.fsync(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise write_error(path, e) from None
+        try:
+            before = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+                while written < len(line):
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except OSError as e:
+                os.ftruncate(fd, before)  # frees what the half line took: a full disk can always shrink a file
+                os.fsync(fd)
+                kept = f"epochs 0–{snap.epoch - 1} are kept" if snap.epoch > 1 else (
+                    "epoch 0 is kept" if snap.epoch == 1 else "nothing was recorded")
+                raise StorageError(f"cannot record epoch {snap.epoch} in {path}: {e.strerror or e}; {kept}") from None
         finally:
             os.close(fd)
 
@@ -123,6 +146,7 @@ class Run:
     root: Path
     info: RunInfo
     epochs: list[EpochSnapshot]
+    dropped: str | None = None  # what was left out of an unfinished last write, in words
 
     def asset(self, rel: str) -> Path:
         path = (self.root / rel).resolve()
@@ -148,20 +172,28 @@ def read_run(root: Path) -> Run:
         raise RunDirError(f"{run_file}: {_first_error(e)}") from None
 
     epochs: list[EpochSnapshot] = []
+    dropped = None
     epochs_file = root / EPOCHS_FILE
     if epochs_file.exists():
-        with open(epochs_file, encoding="utf-8", errors="replace") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    epochs.append(EpochSnapshot.model_validate_json(line))
-                except ValidationError as e:
-                    raise RunDirError(f"{epochs_file}:{lineno}: {_first_error(e)}") from None
+        try:
+            data = epochs_file.read_bytes()
+        except OSError as e:
+            raise RunDirError(f"{epochs_file}: cannot read: {e.strerror or e}") from None
+        lines = data.split(b"\n")
+        if lines[-1].strip():  # no newline after the last line: an append that never finished
+            dropped = (f"{epochs_file.name} ends in an unfinished line of {len(lines[-1]):,} bytes after "
+                       f"{len(lines) - 1} complete ones (a write cut short, e.g. by a full disk); it was left out")
+        for lineno, line in enumerate(lines[:-1], 1):
+            if not line.strip():
+                continue
+            try:
+                epochs.append(EpochSnapshot.model_validate_json(line))
+            except ValidationError as e:
+                raise RunDirError(f"{epochs_file}:{lineno}: {_first_error(e)}") from None
     seen = [e.epoch for e in epochs]
     if seen != sorted(set(seen)):
         raise RunDirError(f"{epochs_file}: epochs out of order or repeated: {seen}")
-    return Run(root=root, info=info, epochs=epochs)
+    return Run(root=root, info=info, epochs=epochs, dropped=dropped)
 
 
 def _first_error(e: ValidationError) -> str:

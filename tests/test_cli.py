@@ -76,6 +76,30 @@ def test_bad_input_in_a_real_process_has_no_traceback(bad_files: Path, tmp_path:
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr and r.stderr.startswith("sftreport: error:")
 
 
+def test_a_plain_pickle_as_weights_is_one_line_without_torch_s_warning(tmp_path: Path):
+    """torch.load warns about the pickle protocol before it fails: that warning is not the user's line."""
+    import pickle
+
+    with open(tmp_path / "plain.pt", "wb") as f:
+        pickle.dump({"layer.weight": [1.0, 2.0]}, f, protocol=4)
+    r = cli("run", "--weights", str(tmp_path / "plain.pt"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [r.stderr.strip()] and "cannot read weights file" in r.stderr, r.stderr
+    assert "Warning" not in r.stderr
+
+
+def test_render_without_out_writes_into_the_run_directory(tmp_path: Path):
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).parent / "report"))
+    from synthetic_run import build_run
+
+    run = build_run(tmp_path / "run", epochs=2)
+    r = cli("render", str(run))
+    assert r.returncode == 0, r.stderr
+    assert (run / "report.html").stat().st_size > 100_000 and f"report: {run / 'report.html'}" in r.stdout
+
+
 def test_python_dash_m_and_the_console_script_are_the_same_command():
     script = shutil.which("sftreport", path=str(Path(sys.executable).parent))
     assert script, "the sftreport console script is installed next to this Python"

@@ -73,13 +73,77 @@ def test_a_broken_line_is_reported_with_file_and_line_number(tmp_path: Path):
     assert f"{EPOCHS_FILE}:2:" in str(e.value) and "step" in str(e.value)
 
 
-def test_a_truncated_last_line_is_reported(tmp_path: Path):
+def test_an_unfinished_last_line_is_left_out_and_said_not_fatal(tmp_path: Path):
+    """A crash mid-append leaves a last line without its newline: the finished epochs stay readable."""
     w = RunWriter(tmp_path / "run")
     w.write_run(_info())
     w.append_epoch(EpochSnapshot(epoch=0, step=0))
+    w.append_epoch(EpochSnapshot(epoch=1, step=3))
     with open(tmp_path / "run" / EPOCHS_FILE, "a") as f:
-        f.write('{"epoch": 1, "st')
-    with pytest.raises(RunDirError, match=f"{EPOCHS_FILE}:2:"):
+        f.write('{"epoch": 2, "st')
+    run = read_run(tmp_path / "run")
+    assert [e.epoch for e in run.epochs] == [0, 1]
+    assert run.dropped and "16 bytes" in run.dropped and "2 complete" in run.dropped
+    # a complete but broken line is still an error: that is damage, not an unfinished write
+    with open(tmp_path / "run" / EPOCHS_FILE, "a") as f:
+        f.write('oops\n')
+    with pytest.raises(RunDirError, match=f"{EPOCHS_FILE}:3:"):
+        read_run(tmp_path / "run")
+
+
+def test_an_append_the_disk_refuses_half_way_is_undone(tmp_path: Path, monkeypatch):
+    """The disk takes part of the line, then fails: the file goes back to its last complete line."""
+    import errno
+    import os
+
+    from sftreport.errors import StorageError
+
+    w = RunWriter(tmp_path / "run")
+    w.write_run(_info())
+    w.append_epoch(EpochSnapshot(epoch=0, step=0))
+    w.append_epoch(EpochSnapshot(epoch=1, step=3))
+    path = tmp_path / "run" / EPOCHS_FILE
+    before = path.read_bytes()
+    real_write = os.write
+    calls = []
+
+    def full_disk(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, data[: len(data) // 2])  # a short write ...
+        raise OSError(errno.ENOSPC, "No space left on device")  # ... then the disk is full
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with pytest.raises(StorageError) as e:
+        w.append_epoch(EpochSnapshot(epoch=2, step=6))
+    monkeypatch.setattr(os, "write", real_write)
+    assert len(calls) == 2
+    assert path.read_bytes() == before
+    assert "No space left on device" in str(e.value) and "epochs 0–1 are kept" in str(e.value)
+    run = read_run(tmp_path / "run")
+    assert [x.epoch for x in run.epochs] == [0, 1] and run.dropped is None
+    w.append_epoch(EpochSnapshot(epoch=2, step=6))  # space again: the run can go on
+    assert [x.epoch for x in read_run(tmp_path / "run").epochs] == [0, 1, 2]
+
+
+def test_appends_are_fsynced(tmp_path: Path, monkeypatch):
+    import os
+
+    w = RunWriter(tmp_path / "run")
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd)))
+    w.append_epoch(EpochSnapshot(epoch=0, step=0))
+    assert synced, "an epoch's line must reach the disk before the next epoch starts"
+
+
+def test_duplicate_epochs_are_refused(tmp_path: Path):
+    w = RunWriter(tmp_path / "run")
+    w.write_run(_info())
+    w.append_epoch(EpochSnapshot(epoch=0, step=0))
+    w.append_epoch(EpochSnapshot(epoch=1, step=3))
+    w.append_epoch(EpochSnapshot(epoch=1, step=3))
+    with pytest.raises(RunDirError, match="repeated"):
         read_run(tmp_path / "run")
 
 

@@ -176,3 +176,39 @@ def test_run_dir_default_and_refusal_to_overwrite(tmp_path: Path):
     again = cli("run", *QUICK, "--run-dir", str(made), cwd=tmp_path)
     assert again.returncode == 2 and "already holds a run" in again.stderr
     assert json.loads((made / "run.json").read_text())["status"] == "completed"  # untouched
+
+
+def test_a_disk_that_fills_mid_run_keeps_every_finished_epoch_and_says_what_is_true(tmp_path: Path):
+    """The run directory on a "disk" that refuses to grow a file past a limit (RLIMIT_FSIZE: a write past it
+    is cut short, then fails with EFBIG, as a full disk fails with ENOSPC): the epoch that does not fit is
+    undone, the finished ones stay readable, the message says what happened, exit code 1 (not bad input)."""
+    import os
+    import resource
+
+    args = ["--max-steps-per-epoch", "2", "--probe-size", "16", "--batch-size", "8", "--quiet"]
+    ref = cli("run", "--epochs", "1", "--run-dir", str(tmp_path / "ref"), "--out", str(tmp_path / "ref.md"), *args)
+    assert ref.returncode == 0, ref.stderr
+    line = max(len(x) for x in (tmp_path / "ref" / "epochs.jsonl").read_bytes().splitlines())
+    limit = int(2.5 * line)  # epochs 0 and 1 fit, epoch 2 is cut off half way
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed, as with ENOSPC
+
+    run_dir = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "sftreport", "run", "--epochs", "4", "--run-dir", str(run_dir),
+                        "--out", str(tmp_path / "r.md"), "--out", str(tmp_path / "r.html"), *args],
+                       capture_output=True, text=True, preexec_fn=small_disk, env={**os.environ, "CI": "true"},
+                       timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot record epoch 2" in r.stderr and "epochs 0–1 are kept" in r.stderr
+    assert "report could not be written" in r.stderr and "r.html" in r.stderr
+    assert "run directory is complete" not in r.stderr
+    run = read_run(run_dir)
+    assert [e.epoch for e in run.epochs] == [0, 1] and run.dropped is None
+    assert run.info.status == "failed" and "cannot record epoch 2" in run.info.status_detail
+    md = (tmp_path / "r.md").read_text()  # the small report fitted, and says what happened
+    assert "FAILED" in md and "cannot record epoch 2" in md
+    again = cli("render", str(run_dir), "--out", str(tmp_path / "again.html"))
+    assert again.returncode == 0, again.stderr

@@ -36,7 +36,7 @@ from torch import nn
 
 from sftreport import __version__
 from sftreport.config import RecordOptions
-from sftreport.errors import UserError, one_line
+from sftreport.errors import StorageError, UserError, one_line
 from sftreport.record.activations import ActivationProbe, check_modules, default_modules
 from sftreport.record.architecture import describe
 from sftreport.record.evaluation import all_reduce_sum, evaluate
@@ -329,17 +329,31 @@ class Recorder:
     # ------------------------------------------------------------------ the end
 
     def finish(self, status: RunStatus = "completed", detail: str = "", out: str | Path | Iterable[str | Path] = ()) -> list[Path]:
-        """Write the final status into run.json and render the report files named in `out`."""
+        """Write the final status into run.json and render the report files named in `out` (see `render`).
+        If the disk refuses run.json, the reports are still rendered (they hold the status) before the
+        StorageError is raised."""
         if not self.writer:
             return []
         self.info.status = status
         self.info.status_detail = detail
         self.info.finished_at = _now()
         self.info.duration_s = time.perf_counter() - self._started
-        self.writer.write_run(self.info)
+        try:
+            self.writer.write_run(self.info)
+        except StorageError:
+            self.render(out)
+            raise
+        return self.render(out)
+
+    def render(self, out: str | Path | Iterable[str | Path]) -> list[Path]:
+        """Render report files (the format follows each extension) from the epochs on disk and the run's
+        status as held here, so they tell the truth even when the disk refused the final run.json."""
         outs = [out] if isinstance(out, (str, Path)) else list(out)
-        if not outs:
+        if not self.writer or not outs:
             return []
         from sftreport.report.render import render_run
+        from sftreport.store import read_run
 
-        return render_run(self.writer.root, [Path(o) for o in outs])
+        run = read_run(self.writer.root)
+        run.info = self.info
+        return render_run(self.writer.root, [Path(o) for o in outs], run=run)

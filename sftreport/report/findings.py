@@ -63,6 +63,14 @@ def status_rule(f: RunFrames) -> list[Finding]:
                     f"This report shows the {_n(done, 'epoch')} {planned}recorded so far.", "training")]
 
 
+def dropped_write_rule(f: RunFrames) -> list[Finding]:
+    """The run directory ended in a write that never finished (a full disk, a crash mid-append)."""
+    if not f.run.dropped:
+        return []
+    return [Finding("dropped_write", "warning", "The last epoch's record was incomplete and is left out",
+                    f"{f.run.dropped}. Every complete epoch is shown.", "training")]
+
+
 def nonfinite_loss_rule(f: RunFrames) -> list[Finding]:
     bad = [e.epoch for e in f.trained
            if (e.train_loss is not None and not fmt.finite(e.train_loss)) or (e.val is not None and not fmt.finite(e.val.loss))]
@@ -352,7 +360,7 @@ def representation_rule(f: RunFrames) -> list[Finding]:
         "features")]
 
 
-RULES = [status_rule, nonfinite_loss_rule, accuracy_rule, val_loss_rule, overfitting_rule, gradients_rule, update_ratio_rule,
+RULES = [status_rule, dropped_write_rule, nonfinite_loss_rule, accuracy_rule, val_loss_rule, overfitting_rule, gradients_rule, update_ratio_rule,
          dead_units_rule, moved_layers_rule, representation_rule]
 
 

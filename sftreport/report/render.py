@@ -22,14 +22,20 @@ def _format(out: Path) -> str:
     return fmt
 
 
-def render_run(run_dir: Path, outs: list[Path]) -> list[Path]:
-    """Render the run at `run_dir` into each of `outs`; returns the paths written."""
-    outs = [Path(o) for o in outs]
-    kinds = [_format(o) for o in outs]  # check every extension and destination before doing any work
+def check_outputs(outs: list[Path]) -> list[str]:
+    """The format of each output, after checking every extension and destination (before any work)."""
+    kinds = [_format(Path(o)) for o in outs]
     for o in outs:
-        check_output_path(o)
-    run = read_run(Path(run_dir))
-    return render(run, list(zip(outs, kinds)))
+        check_output_path(Path(o))
+    return kinds
+
+
+def render_run(run_dir: Path, outs: list[Path], run: Run | None = None) -> list[Path]:
+    """Render the run at `run_dir` (or `run`, already read from it) into each of `outs`; returns the paths
+    written."""
+    outs = [Path(o) for o in outs]
+    kinds = check_outputs(outs)
+    return render(run or read_run(Path(run_dir)), list(zip(outs, kinds)))
 
 
 def render(run: Run, jobs: list[tuple[Path, str]]) -> list[Path]:

@@ -10,7 +10,7 @@ import os
 import signal
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from sftreport.config import RunConfig
-from sftreport.errors import UserError, one_line
+from sftreport.errors import ExitCode, StorageError, UserError, one_line
 from sftreport.record.activations import check_modules
 from sftreport.record.recorder import Recorder, check_forward, environment
 from sftreport.schema import DatasetInfo
@@ -34,15 +34,18 @@ CHECK_EVERY = 20  # the loss is checked for NaN (and, under torchrun, ranks agre
 
 @dataclass
 class RunOutcome:
-    status: str  # completed | interrupted | diverged
+    status: str  # completed | interrupted | diverged | failed
     run_dir: Path
     reports: list[Path]
     detail: str = ""
+    problems: list[str] = field(default_factory=list)  # what went wrong after training: run.json, the reports
+    unexpected: bool = False  # failed by an exception nobody anticipated: SFTREPORT_DEBUG=1 shows its traceback
 
     @property
     def exit_code(self) -> int:
-        """0 completed, 130 interrupted, 3 diverged, 1 failed."""
-        return {"completed": 0, "interrupted": 130, "diverged": 3}.get(self.status, 1)
+        codes = {"completed": ExitCode.COMPLETED, "interrupted": ExitCode.INTERRUPTED, "diverged": ExitCode.DIVERGED}
+        code = codes.get(self.status, ExitCode.FAILED)
+        return ExitCode.FAILED if code == ExitCode.COMPLETED and self.problems else code
 
 
 class StopRequest:
@@ -156,7 +159,7 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
 
     # ---- the recorder (epoch 0: the pretrained model, before any step) and the loop
-    status, detail, bad_input = "completed", "", None
+    status, detail, bad_input, unexpected = "completed", "", None, False
     with Progress(cfg.epochs, len(train), enabled=ctx.is_main and not cfg.quiet) as progress, StopRequest() as stop:
         progress.message(f"{cfg.model} ({bundle.weights}) on {data.name}: {len(data.train)} train / {len(data.val)} "
                          f"val images at {data.image_size} px, {cfg.strategy}, device {device}"
@@ -217,18 +220,20 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                 rec.epoch_end()
         except UserError as e:  # bad input met mid-run (an unreadable image): keep what was done, exit 2
             status, detail, bad_input = "failed", one_line(e), e
+        except StorageError as e:  # the disk refused an epoch: the epochs before it are intact
+            status, detail = "failed", str(e)
         except Exception as e:  # noqa: BLE001 - any failure: keep the finished epochs, render, say what broke
             if os.environ.get("SFTREPORT_DEBUG"):
                 traceback.print_exc()
             first = one_line(e)
             if ctx.enabled and "closed by peer" in first:  # gloo's word for "another rank died"
                 first = "another process of the job failed (its own message says why)"
-            status, detail = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {first}"
+            status, detail, unexpected = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {first}", True
 
-    reports = _finish(rec, ctx, cfg, run_dir, status, detail)
+    reports, problems = _finish(rec, ctx, cfg, run_dir, status, detail)
     if bad_input is not None:
         raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")
-    return RunOutcome(status, Path(run_dir), reports, detail)
+    return RunOutcome(status, Path(run_dir), reports, detail, problems, unexpected)
 
 
 def _skipped_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
@@ -243,26 +248,32 @@ def _skipped_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer
     return torch.stack([f.reshape(()) for f in found.values()]).sum() > 0 if found else None
 
 
-def _finish(rec: Recorder, ctx, cfg: RunConfig, run_dir: Path, status: str, detail: str) -> list[Path]:
-    """Final status into run.json and the reports (rank 0). A report that fails to render leaves the run
-    directory complete: say so, and how to render it again."""
+def _finish(rec: Recorder, ctx, cfg: RunConfig, run_dir: Path, status: str, detail: str) -> tuple[list[Path], list[str]]:
+    """Final status into run.json and the reports (rank 0). Returns the reports written and, in words, what
+    could not be done; the finished epochs are on disk whatever happens here."""
     if not ctx.is_main:
-        return []
+        return [], []
     outs = cfg.out or [Path(run_dir) / "report.html"]
     started = time.perf_counter()
+    problems: list[str] = []
+    reports: list[Path] = []
     try:
-        reports = rec.finish(status, detail, out=outs)
+        rec.finish(status, detail)
+    except StorageError as e:  # the reports below still hold the status
+        problems.append(f"the final status could not be saved in run.json ({one_line(e)})")
+    try:
+        reports = rec.render(outs)
     except Exception as e:  # noqa: BLE001 - the run is safe on disk whatever the renderer did
         if os.environ.get("SFTREPORT_DEBUG"):
             traceback.print_exc()
-        raise UserError(f"the run finished ({status}) but its report could not be rendered: {one_line(e)}; "
-                        f"the run directory {run_dir} is complete: `sftreport render {run_dir} --out FILE`") from None
+        problems.append(f"the report could not be written ({one_line(e)}); the recorded epochs are in {run_dir}: "
+                        f"`sftreport render {run_dir} --out FILE` renders them elsewhere")
     if not cfg.quiet:
         for r in reports:
             print(f"report: {r}", flush=True)
         print(f"run directory: {run_dir}  (status {status}; reports rendered in {time.perf_counter() - started:.1f} s)",
               flush=True)
-    return reports
+    return reports, problems
 
 
 def _epoch_line(epoch: int, epochs: int, snap) -> str:
