@@ -6,14 +6,14 @@ into HTML, PDF or Markdown reports. Both are imported lazily so that rendering n
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Recorder", "render", "__version__"]
+__all__ = ["Recorder", "RunDescription", "render", "__version__"]
 
 
 def __getattr__(name: str):
-    if name == "Recorder":
-        from sftreport.record.recorder import Recorder
+    if name in ("Recorder", "RunDescription"):
+        from sftreport.record import recorder
 
-        return Recorder
+        return getattr(recorder, name)
     if name == "render":
         from sftreport.report.render import render_run
 

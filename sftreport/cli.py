@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image-every", type=int, metavar="N", help="save filter/feature-map images every N epochs")
     g.add_argument("--activations", type=_csv, metavar="M1,M2", help="modules to probe (default: stem, blocks, head)")
     g.add_argument("--tsne", action="store_const", const=True, help="also project features with t-SNE")
+    g.add_argument("--save-weights", metavar="WHICH",
+                   help="weights kept in RUN_DIR/weights/: none | last (default; with epoch 0) | best | every")
 
     d = sub.add_parser("render", help="render reports from a run directory (no torch needed)")
     d.add_argument("run_dir", type=Path, metavar="RUN_DIR")
@@ -92,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _RECORD_FLAGS = {"record_enabled": "enabled", "probe_size": "probe_size", "hist_bins": "hist_bins",
-                 "grad_every": "grad_every", "image_every": "image_every", "activations": "activations", "tsne": "tsne"}
+                 "grad_every": "grad_every", "image_every": "image_every", "activations": "activations", "tsne": "tsne",
+                 "save_weights": "save_weights"}
 
 
 def _overrides(ns: argparse.Namespace) -> dict:

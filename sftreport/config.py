@@ -33,6 +33,8 @@ class RecordOptions(BaseModel):
     knn_k: int = Field(5, ge=1, le=50)
     tsne: bool = Field(False, description="also project features with t-SNE (slower)")
     max_steps_points: int = Field(200, ge=10, description="per-step loss points kept per epoch (averaged in buckets)")
+    save_weights: Literal["none", "last", "best", "every"] = Field(
+        "last", description="model weights kept in RUN_DIR/weights/: none, last (and epoch 0), best (and epoch 0), every epoch")
 
 
 class RunConfig(BaseModel):

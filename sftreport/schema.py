@@ -393,6 +393,8 @@ class EpochSnapshot(_Versioned):
     features: Features | None = None
     cka: list[CKA] = []
     images: Images | None = None
+    weights_file: str | None = Field(None, description="this epoch's saved weights, relative to the run directory "
+                                                       "(a later epoch's may have replaced them: see --save-weights)")
     timing: Timing = Timing()
 
 

@@ -13,6 +13,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from pydantic import ValidationError
 
@@ -48,6 +49,11 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write to a temporary file in the same folder, then rename over the target: readers see the old
     file or the new one, never half of one. `durable`: fsync before the rename, so that a crash of the
     machine cannot leave an empty file under the name."""
+    atomic_write_with(path, lambda f: f.write(data), durable)
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], durable: bool = True) -> None:
+    """`atomic_write_bytes` for a writer function given the open file (torch.save streams into it)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +62,7 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
         raise write_error(path, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
@@ -130,6 +136,12 @@ class RunWriter:
                 raise StorageError(f"cannot record epoch {snap.epoch} in {path}: {e.strerror or e}; {kept}") from None
         finally:
             os.close(fd)
+
+    def write_file(self, rel: str, write: Callable[[BinaryIO], object]) -> Path:
+        """A durable file inside the run directory (saved weights), written atomically."""
+        path = self.root / rel
+        atomic_write_with(path, write)
+        return path
 
     def write_asset(self, name: str, data: bytes) -> str:
         """Store an image under assets/ and return its path relative to the run directory. No fsync per

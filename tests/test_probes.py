@@ -287,3 +287,48 @@ def test_a_step_skipped_by_the_fp16_grad_scaler_is_not_a_non_finite_gradient():
         probe.maybe_sample(valid=~skipped)
     stats = probe.collect()
     assert all(s.samples == 1 and s.nonfinite == 0 for s in stats)  # only the real step counts
+
+
+# ----------------------------------------------------------------------------- saved weights
+
+
+def test_weight_saver_keeps_what_each_mode_promises(tmp_path):
+    from sftreport.record.saved_weights import WeightSaver
+    from sftreport.store import RunWriter
+
+    def run(mode: str, accuracies: list[float | None]) -> list[str]:
+        writer = RunWriter(tmp_path / mode / str(len(list(tmp_path.glob(f"{mode}/*")))))
+        saver = WeightSaver(writer, mode)
+        model = nn.Linear(2, 1)
+        for epoch, acc in enumerate(accuracies):
+            with torch.no_grad():
+                model.weight.fill_(epoch)
+            saver.save(model, epoch, acc)
+            saver.prune()
+        files = sorted(p.name for p in (writer.root / "weights").glob("*.pt")) if (writer.root / "weights").exists() else []
+        for f in files:  # each file holds its own epoch's weights
+            assert torch.load(writer.root / "weights" / f, weights_only=True)["weight"][0, 0] == int(f[6:9])
+        return files
+
+    assert run("none", [0.1, 0.5, 0.4]) == []
+    assert run("last", [0.1, 0.5, 0.4]) == ["epoch_000.pt", "epoch_002.pt"]
+    assert run("best", [0.1, 0.5, 0.4, 0.5]) == ["epoch_000.pt", "epoch_001.pt"]  # a tie keeps the earlier
+    assert run("best", [0.1, 0.2, 0.6]) == ["epoch_000.pt", "epoch_002.pt"]
+    assert run("best", [None, None, None]) == ["epoch_000.pt", "epoch_002.pt"]  # no validation: the latest
+    assert run("every", [0.1, 0.5, 0.4]) == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt"]
+
+
+def test_a_superseded_weights_file_stays_until_the_new_epoch_is_recorded(tmp_path):
+    from sftreport.record.saved_weights import WeightSaver
+    from sftreport.store import RunWriter
+
+    saver = WeightSaver(RunWriter(tmp_path / "r"), "last")
+    model = nn.Linear(2, 1)
+    for epoch in (0, 1, 2):
+        saver.save(model, epoch, None)
+        if epoch < 2:
+            saver.prune()
+    names = sorted(p.name for p in (tmp_path / "r" / "weights").glob("*.pt"))
+    assert names == ["epoch_000.pt", "epoch_001.pt", "epoch_002.pt"]  # epoch 2 not yet recorded: 1 stays
+    saver.prune()
+    assert sorted(p.name for p in (tmp_path / "r" / "weights").glob("*.pt")) == ["epoch_000.pt", "epoch_002.pt"]

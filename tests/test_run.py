@@ -185,7 +185,7 @@ def test_a_disk_that_fills_mid_run_keeps_every_finished_epoch_and_says_what_is_t
     import os
     import resource
 
-    args = ["--max-steps-per-epoch", "2", "--probe-size", "16", "--batch-size", "8", "--quiet"]
+    args = ["--max-steps-per-epoch", "2", "--probe-size", "16", "--batch-size", "8", "--quiet", "--save-weights", "none"]
     ref = cli("run", "--epochs", "1", "--run-dir", str(tmp_path / "ref"), "--out", str(tmp_path / "ref.md"), *args)
     assert ref.returncode == 0, ref.stderr
     line = max(len(x) for x in (tmp_path / "ref" / "epochs.jsonl").read_bytes().splitlines())
@@ -212,3 +212,45 @@ def test_a_disk_that_fills_mid_run_keeps_every_finished_epoch_and_says_what_is_t
     assert "FAILED" in md and "cannot record epoch 2" in md
     again = cli("render", str(run_dir), "--out", str(tmp_path / "again.html"))
     assert again.returncode == 0, again.stderr
+    # the same disk cannot take the model's weights (1.3 MB): one line, exit 1, from epoch 0 on
+    args[-1] = "last"
+    r = subprocess.run([sys.executable, "-m", "sftreport", "run", "--epochs", "2", "--run-dir", str(tmp_path / "w"),
+                        "--out", str(tmp_path / "w.md"), *args], capture_output=True, text=True,
+                       preexec_fn=small_disk, env={**os.environ, "CI": "true"}, timeout=300)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "cannot save the weights of epoch 0" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_saved_weights_recompute_the_last_epoch_s_change_and_accuracy(default_run):
+    """--save-weights last (the default) keeps epoch 0 and the last epoch: from those files alone, by hand,
+    the last epoch's relative change per tensor and its validation accuracy come out as recorded."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from sftreport.train.data import DIGITS_TARGET_CLASSES, load_digits_split
+    from sftreport.train.models import DigitsResNet
+
+    _, d = default_run
+    run = read_run(d / "run")
+    assert sorted(p.name for p in (d / "run" / "weights").iterdir()) == ["epoch_000.pt", "epoch_003.pt"]
+    assert run.epochs[-1].weights_file == "weights/epoch_003.pt" and run.epochs[0].weights_file == "weights/epoch_000.pt"
+    w0 = torch.load(d / "run" / "weights" / "epoch_000.pt", weights_only=True)
+    w3 = torch.load(d / "run" / "weights" / "epoch_003.pt", weights_only=True)
+    for stat in run.epochs[-1].weights:
+        a0, a3 = w0[stat.name].double().numpy(), w3[stat.name].double().numpy()
+        expected = np.linalg.norm(a3 - a0) / np.linalg.norm(a0)
+        assert stat.rel_change == pytest.approx(expected, rel=1e-6, abs=1e-12), stat.name
+
+    model = DigitsResNet(num_classes=5)
+    model.load_state_dict(w3)
+    model.eval()
+    _, val = load_digits_split(DIGITS_TARGET_CLASSES)
+    x = val.images.float().div(255).expand(-1, 3, -1, -1)  # the embedded default's preprocessing, by hand
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        pred = model((x - mean) / std).argmax(dim=1)
+    correct = int((pred == val.labels).sum())
+    assert correct == round(run.epochs[-1].val.accuracy * run.epochs[-1].val.count)
+    assert len(val.labels) == run.epochs[-1].val.count

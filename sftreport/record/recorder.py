@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable
 from contextlib import nullcontext
 from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -43,6 +44,7 @@ from sftreport.record.evaluation import all_reduce_sum, evaluate
 from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
 from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
+from sftreport.record.saved_weights import WeightSaver
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import (DatasetInfo, Environment, EpochSnapshot, FeatureMapImage, Images, ProbeInfo, RunInfo,
                               RunStatus, StepPoint, Timing)
@@ -96,17 +98,34 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> int:
     return out.shape[1]
 
 
+@dataclass
+class RunDescription:
+    """What a run is, for run.json and the report's header and appendix. sftreport's runner fills every
+    field; in a user's own loop all are optional."""
+
+    name: str = "fine-tuning run"
+    model: str | None = None  # the model's name; default: its class name
+    weights: str = "as given"  # the pretrained weights, in words
+    strategy: str = "as given"
+    planned_epochs: int | None = None
+    config: dict = field(default_factory=dict)  # the configuration as given, shown in the appendix
+    dataset: DatasetInfo | None = None
+    environment: Environment | None = None
+
+
 class Recorder:
     def __init__(self, model: nn.Module, *, probe: tuple[torch.Tensor, torch.Tensor],
                  val_data: Iterable | None = None, run_dir: str | Path | None = None,
-                 class_names: list[str] | None = None, options: RecordOptions | None = None,
-                 new_params: Iterable[str] = (), head: str | None = None, name: str = "fine-tuning run",
-                 config: dict | None = None, dataset: DatasetInfo | None = None, model_name: str | None = None,
-                 weights: str = "as given", strategy: str = "as given", planned_epochs: int | None = None,
-                 loss_fn: Callable = F.cross_entropy, autocast: Callable = nullcontext,
-                 env: Environment | None = None, writer: bool = True):
+                 class_names: list[str] | None = None, new_params: Iterable[str] = (), head: str | None = None,
+                 options: RecordOptions | None = None, run: RunDescription | None = None,
+                 loss_fn: Callable = F.cross_entropy, autocast: Callable = nullcontext, writer: bool = True):
+        """`probe`: a fixed batch of inputs and labels; `val_data`: (inputs, targets) batches to evaluate on at
+        every epoch end; `new_params`: names of the parameters your new head added; `head`: the classifier
+        module (default: the last Linear or Conv2d); `run`: what to call the run and how it was set up;
+        `writer`: False on every process but one under torchrun (that one runs the probes and writes)."""
         self.model = model
         self.options = options or RecordOptions()
+        self.run = run or RunDescription()
         self.device = next(model.parameters()).device
         self.probe_x, self.probe_y = probe[0].to(self.device), probe[1].to(self.device).long()
         if len(self.probe_y) < 2:
@@ -116,9 +135,12 @@ class Recorder:
         logits_width = check_forward(model, self.probe_x[:2])
         self.num_classes = len(class_names) if class_names else logits_width
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
+        if int(self.probe_y.min()) < 0 or int(self.probe_y.max()) >= self.num_classes:
+            raise UserError(f"probe labels must be class indices 0..{self.num_classes - 1}, "
+                            f"found {int(self.probe_y.min())}..{int(self.probe_y.max())}")
         self.new_params = set(new_params)
         self.loss_fn, self.autocast = loss_fn, autocast
-        self.planned_epochs = planned_epochs
+        self.planned_epochs = self.run.planned_epochs
         self.is_writer = writer
         self.epoch = 0
         self.global_step = 0
@@ -137,6 +159,7 @@ class Recorder:
         self.activations = ActivationProbe(act_modules, self.options.hist_bins, image_modules, IMAGE_SAMPLES) if record else None
         self.features = FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k,
                                      self.options.tsne) if record else None
+        self.saver = WeightSaver(self.writer, self.options.save_weights) if record else None
         self._map_channels: dict[str, list[int]] = {}
         self._filters_module = first_conv(model)
 
@@ -144,15 +167,16 @@ class Recorder:
         self.info: RunInfo | None = None
         if writer:
             sample = self.probe_x[:2]
+            d = self.run
             self.info = RunInfo(
-                name=name, started_at=_now(), config=config or {}, model=model_name or type(model).__name__,
-                weights=weights, strategy=strategy,
-                dataset=dataset or DatasetInfo(name="custom", classes=self.class_names, train_size=0,
-                                               val_size=0, image_size=int(sample.shape[-1])),
-                environment=env or environment(self.device),
+                name=d.name, started_at=_now(), config=d.config, model=d.model or type(model).__name__,
+                weights=d.weights, strategy=d.strategy,
+                dataset=d.dataset or DatasetInfo(name="custom", classes=self.class_names, train_size=0,
+                                                 val_size=0, image_size=int(sample.shape[-1])),
+                environment=d.environment or environment(self.device),
                 architecture=describe(model, sample, self.new_params),
                 probe=ProbeInfo(labels=self.probe_y.tolist(), size=len(self.probe_y)),
-                planned_epochs=planned_epochs)
+                planned_epochs=d.planned_epochs)
             self.writer.write_run(self.info)
         self._record_epoch(first=True)
 
@@ -203,11 +227,17 @@ class Recorder:
             snap.val = evaluate(self.model, self.val_data, self.num_classes, self.device, self.loss_fn, self.autocast)
         t1 = time.perf_counter()
         probes = self._probes(snap, first) if self.is_writer and self.options.enabled else {}
+        if self.saver is not None:
+            saved = time.perf_counter()
+            snap.weights_file = self.saver.save(self.model, epoch, snap.val.accuracy if snap.val else None)
+            probes["save_weights"] = time.perf_counter() - saved
         t2 = time.perf_counter()
         snap.timing = Timing(train_s=0.0 if first else train_s, eval_s=t1 - t0, record_s=t2 - t1, probes=probes,
                              samples_per_s=None if first or train_s <= 0 else self._global_count / train_s)
         if self.writer:
             self.writer.append_epoch(snap)
+            if self.saver is not None:
+                self.saver.prune()
         self.epoch = epoch  # only once the epoch is recorded
         self._reset_epoch()
         self.last = snap

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sftreport.config import RunConfig
 from sftreport.errors import ExitCode, StorageError, UserError, one_line
 from sftreport.record.activations import check_modules
-from sftreport.record.recorder import Recorder, check_forward, environment
+from sftreport.record.recorder import Recorder, RunDescription, check_forward, environment
 from sftreport.schema import DatasetInfo
 from sftreport.store import check_run_dir_free
 from sftreport.train import distributed
@@ -167,14 +167,14 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                          f"{', ' + str(amp_dtype).split('.')[-1] if use_amp else ''}")
         progress.message("epoch 0: measuring the pretrained model")
         rec = Recorder(
-            model, probe=probe, val_data=val, run_dir=run_dir, class_names=data.classes, options=cfg.record,
-            new_params=bundle.new_params, head=bundle.head, name=cfg.resolved_name(),
-            config=cfg.model_dump(mode="json"),
-            dataset=DatasetInfo(name=data.name, classes=data.classes, train_size=len(data.train),
-                                val_size=len(data.val), image_size=data.image_size, source=data.source),
-            model_name=cfg.model, weights=bundle.weights, strategy=cfg.strategy, planned_epochs=cfg.epochs,
-            autocast=autocast, writer=ctx.is_main,
-            env=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size))
+            model, probe=probe, val_data=val, run_dir=run_dir, class_names=data.classes, new_params=bundle.new_params,
+            head=bundle.head, options=cfg.record, autocast=autocast, writer=ctx.is_main,
+            run=RunDescription(
+                name=cfg.resolved_name(), model=cfg.model, weights=bundle.weights, strategy=cfg.strategy,
+                planned_epochs=cfg.epochs, config=cfg.model_dump(mode="json"),
+                dataset=DatasetInfo(name=data.name, classes=data.classes, train_size=len(data.train),
+                                    val_size=len(data.val), image_size=data.image_size, source=data.source),
+                environment=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size)))
         if rec.last is not None and rec.last.val is not None:
             progress.message(f"epoch 0: val loss {rec.last.val.loss:.4f} acc {rec.last.val.accuracy:.1%}")
 

@@ -105,7 +105,7 @@ def resnet50_rows(probe_size: int, batch: int, steps: int) -> list[tuple[str, st
     with tempfile.TemporaryDirectory() as tmp:
         probe = (torch.randn(probe_size, 3, 224, 224), torch.arange(probe_size) % 10)
         rec = Recorder(model, probe=probe, run_dir=Path(tmp) / "r", new_params=new, head="fc",
-                       options=RecordOptions(grad_every=5, image_every=0))
+                       options=RecordOptions(grad_every=5, image_every=0, save_weights="none"))
         train_step()
         logits = model(x[:2]).detach()
         loss = F.cross_entropy(logits, y[:2])
