@@ -40,14 +40,77 @@ def json_safe(obj):
 
 
 def chart_spec(chart) -> dict:
-    """The Vega-Lite dict of an Altair chart with data inlined, the shared config, and no NaN."""
+    """The Vega-Lite dict of an Altair chart with data inlined as CSV, the shared config, and no NaN."""
     import altair as alt
 
     with alt.data_transformers.enable("default", max_rows=None):
         spec = chart.to_dict(validate=False)
-    spec = json_safe(spec)
+    spec = compact_datasets(json_safe(spec))
     spec["config"] = {**CONFIG, **spec.get("config", {})}
     return spec
+
+
+def compact_datasets(spec: dict) -> dict:
+    """Every inline dataset of rows (`datasets` at the top level, as Altair writes them) as CSV text, with
+    each column's type given to the parser: the rows' keys are not repeated, so a chart's data is two to
+    three times smaller, for the browser and vl-convert alike. Strings are never parsed as numbers (a class
+    named "5" stays "5"); a missing or null value is an empty cell, which parses as null."""
+    datasets = spec.get("datasets")
+    if not isinstance(datasets, dict):
+        return spec
+    formats: dict[str, dict] = {}
+    for name, rows in list(datasets.items()):
+        if not rows or not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            continue
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        parse: dict[str, str | None] = {}
+        for c in columns:
+            values = [r[c] for r in rows if r.get(c) is not None]
+            if values and all(isinstance(v, bool) for v in values):
+                parse[c] = "boolean"
+            elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                parse[c] = "number"
+            elif all(isinstance(v, str) for v in values):
+                parse[c] = None  # text stays text
+            else:
+                break  # lists or objects in a column: leave this dataset as JSON rows
+        else:
+            datasets[name] = _csv(columns, rows)
+            formats[name] = {"type": "csv", "parse": parse}
+    _point_at_csv(spec, formats)
+    return spec
+
+
+def _csv(columns: list[str], rows: list[dict]) -> str:
+    import csv
+    import io
+
+    def cell(v):
+        if v is None:
+            return ""
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return v
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    w.writerows([cell(r.get(c)) for c in columns] for r in rows)
+    return buf.getvalue()
+
+
+def _point_at_csv(node, formats: dict[str, dict]) -> None:
+    """Give every reference to a CSV dataset its format (references sit in `data` anywhere in the spec)."""
+    if isinstance(node, dict):
+        data = node.get("data")
+        if isinstance(data, dict) and data.get("name") in formats and "format" not in data:
+            node["data"] = {**data, "format": formats[data["name"]]}
+        for key, value in node.items():
+            if key != "datasets":
+                _point_at_csv(value, formats)
+    elif isinstance(node, list):
+        for value in node:
+            _point_at_csv(value, formats)
 
 
 def script_json(obj) -> str:

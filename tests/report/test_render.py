@@ -257,3 +257,33 @@ def test_a_chart_that_cannot_be_drawn_becomes_a_note():
 
     ((data, mime),) = convert_all([{"mark": "nonsense-mark", "data": {"values": []}}], "auto", None)
     assert mime == "image/svg+xml" and b"could not be drawn" in data
+
+
+def test_chart_data_travels_as_csv_and_draws_the_same():
+    """Inline rows become CSV with each column's type: numbers parse as numbers, text stays text (a class
+    named "5" is not the number 5), quotes and commas survive, null is an empty cell; vl-convert draws the
+    compacted spec exactly as the original (apart from its internal gradient ids)."""
+    import re
+
+    import altair as alt
+    import pandas as pd
+    import vl_convert as vlc
+
+    from sftreport.report.vega import chart_spec, compact_datasets
+
+    df = pd.DataFrame({"cls": ["5", "6", 'a "b", c', "7"], "v": [0.5, None, 2.25, 1e-7], "n": [1, 2, 3, 4],
+                       "ok": [True, False, True, True]})
+    chart = alt.Chart(df).mark_bar().encode(x=alt.X("cls:N", sort=["5", "6", 'a "b", c', "7"]), y="v:Q",
+                                            color="ok:N", tooltip=["n:Q"])
+    spec = chart_spec(chart)
+    (name, text), = spec["datasets"].items()
+    assert isinstance(text, str) and text.splitlines()[0] == "cls,v,n,ok"
+    assert spec["data"] == {"name": name, "format": {"type": "csv", "parse": {"cls": None, "v": "number", "n": "number",
+                                                                              "ok": "boolean"}}}
+    assert '"a ""b"", c",2.25,3,true' in text and "6,,2,false" in text
+    with alt.data_transformers.enable("default", max_rows=None):
+        plain = {**chart.to_dict(validate=False), "config": spec["config"]}
+    norm = lambda svg: re.sub(r"gradient_\d+", "gradient", svg)  # noqa: E731
+    assert norm(vlc.vegalite_to_svg(spec)) == norm(vlc.vegalite_to_svg(plain))
+    # rows holding lists stay JSON rows
+    assert compact_datasets({"datasets": {"d": [{"a": [1, 2]}]}, "data": {"name": "d"}})["data"] == {"name": "d"}

@@ -1,0 +1,33 @@
+"""Every threshold the report judges by, in one place: the findings apply them, the charts draw them and
+the templates read them, so a rule, its picture and its wording can never disagree.
+
+Each is documented where it is used: findings.py names the rule, and the report states the threshold in
+the finding's evidence.
+"""
+from __future__ import annotations
+
+# accuracy
+ACC_CHANGE = 0.005  # accuracy changes smaller than half a point count as unchanged
+PEAK_DROP = 0.05  # the last epoch 5 points below the best: the run lost what it had gained
+
+# losses
+OVERFIT_RISE = 0.05  # validation loss at the end at least 5% above its minimum ...
+OVERFIT_TRAIN_FALL = 0.01  # ... while training loss fell at least 1% more after that minimum
+VAL_LOSS_RISE = 0.5  # validation loss at the end 50% above the pretrained model's
+
+# weights and gradients
+UPDATE_RATIO_BAND = (1e-4, 1e-2)  # healthy ‖update‖/‖W‖ of one optimizer step ...
+UPDATE_RATIO_TARGET = 1e-3  # ... around the usual target
+FAR_FACTOR = 10.0  # an update-to-weight ratio 10× outside the band is "far" from it
+OVERWRITTEN = 1.0  # a pretrained layer that moved more than its own norm has lost its pretrained weights
+EXPLODE_FACTOR = 10.0  # model gradient norm ≥ 10× its smallest earlier value
+VANISHED = 1e-12  # a trainable layer whose gradient norm stays below this got no gradient
+
+# activations
+DEAD_GROWTH = 0.05  # dead-channel fraction up by at least 5 points between first and last epoch
+
+
+def band_text() -> str:
+    """The update-ratio band as the report writes it, e.g. '1e-04 … 1e-02'."""
+    lo, hi = UPDATE_RATIO_BAND
+    return f"{lo:g} … {hi:g}"
