@@ -18,6 +18,36 @@
     tooltip: { theme: "light" },
     downloadFileName: "sftreport-chart"
   };
+  /* Accessibility (axe-core): the chart's container has no role of its own, because it holds the actions
+     menu (a <details>, interactive) next to the drawing. The drawing is Vega's own ARIA tree (role
+     graphics-document, a label per axis, legend and mark); `patch` names it after the chart instead of
+     "Vega visualization" and gives every mark container a name, which an empty one (an epoch with nothing
+     to draw) otherwise lacks. The icon that opens the actions menu gets a name once drawn. */
+  var nameMarks = function (marks) {
+    (marks || []).forEach(function (m) {
+      if (m.type === "group") {
+        nameMarks(m.marks);
+      } else if (m.description == null && m.aria !== false) {
+        m.description = m.type + " marks";
+      }
+    });
+  };
+  var chartOptions = function (title) {
+    var o = {};
+    Object.keys(options).forEach(function (k) { o[k] = options[k]; });
+    o.patch = function (vg) {
+      if (vg.description == null) { vg.description = title; }
+      nameMarks(vg.marks);
+      return vg;
+    };
+    return o;
+  };
+  var nameActions = function (el, title) {
+    var summary = el.querySelector("details > summary");
+    if (summary && !summary.hasAttribute("aria-label")) {
+      summary.setAttribute("aria-label", "Save the chart \u201c" + title + "\u201d as SVG or PNG");
+    }
+  };
   var jobs = [];
   var nodes = document.querySelectorAll("[data-chart]");
   Array.prototype.forEach.call(nodes, function (el) {
@@ -30,8 +60,10 @@
       console.error("sftreport chart failed: " + msg);
     };
     if (!Object.prototype.hasOwnProperty.call(specs, id)) { fail("no chart data"); return; }
+    var title = el.getAttribute("data-title") || id;
     try {
-      jobs.push(vegaEmbed(el, specs[id], options).then(function () {
+      jobs.push(vegaEmbed(el, specs[id], chartOptions(title)).then(function () {
+        nameActions(el, title);
         el.setAttribute("data-drawn", "true");
       }, fail));
     } catch (e) {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from report_support import CHROMIUM, CHROMIUM_ARGS, HOSTILE, pdf_pages, pdf_text, render_all
+from report_support import CHROMIUM, CHROMIUM_ARGS, HOSTILE, pdf_pages, pdf_text, render_all, require
 from synthetic_run import build_run
 
 @pytest.fixture(scope="session")
@@ -83,8 +83,7 @@ class PageVisit:
 
 @pytest.fixture(scope="session")
 def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is not installed")
+    require(Path(CHROMIUM).exists(), CHROMIUM)
     from playwright.sync_api import sync_playwright  # a test dependency: missing is a failure, not a skip
 
     with sync_playwright() as p:

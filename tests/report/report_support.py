@@ -3,14 +3,33 @@ when several conftest.py files exist)."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
+
+import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 HOSTILE = "</script><img src=x onerror=alert(1)>"
+# vnu.jar and axe-core: npm packages that .ci/run installs into .tools/ (another node_modules folder: set
+# SFTREPORT_NODE_MODULES)
+NODE_MODULES = Path(os.environ.get("SFTREPORT_NODE_MODULES")
+                    or Path(__file__).resolve().parents[2] / ".tools" / "node_modules")
+VNU_JAR = NODE_MODULES / "vnu-jar" / "build" / "dist" / "vnu.jar"
+AXE_JS = NODE_MODULES / "axe-core" / "axe.min.js"
+
+
+def require(present: bool, what: str) -> None:
+    """A tool a test needs outside Python (chromium, java, an npm package): missing is a failure under
+    CI=true, where .ci/run installs it, and a skip elsewhere."""
+    if present:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{what} is missing; under CI=true the test must run (.ci/run installs it)", pytrace=False)
+    pytest.skip(f"{what} is missing")
 
 
 def pdf_text(path: Path) -> str:
