@@ -145,3 +145,20 @@ def test_device_pipeline_normalises_resizes_and_augments_deterministically():
     assert tr.shape == ev.shape and not torch.allclose(tr, ev)
     identity = torch.tensor([[1.0, 0.0, 0.0]]).expand(4, 3)
     assert torch.allclose(p.train_batch(x, identity), ev, atol=1e-5)  # no shift, no flip = plain resize
+
+
+def test_digits_read_without_importing_sklearn_are_sklearn_s_digits():
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from sftreport.train.data import read_digits
+
+    pixels, labels = read_digits()
+    d = load_digits()
+    assert np.array_equal(pixels, d.images) and np.array_equal(labels, d.target)
+    code = ("import sys; from sftreport.train.data import load_digits_split, DIGITS_TARGET_CLASSES; "
+            "load_digits_split(DIGITS_TARGET_CLASSES); assert 'sklearn' not in sys.modules")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

@@ -109,3 +109,35 @@ def test_unknown_model_and_weights_names():
 def test_head_replacement_leaves_a_plain_module(tmp_path: Path):
     b = build_model("mobilenet_v3_small", "none", num_classes=2)
     assert isinstance(b.model.get_submodule(b.head), nn.Linear)
+
+
+def test_the_embedded_model_is_torchvision_s_resnet_with_basic_blocks():
+    """digits_resnet is written with plain torch.nn (importing torchvision costs a second); its shipped
+    weights load into torchvision's own ResNet and BasicBlock, built at widths 16-128, with the same keys,
+    and both give the same outputs."""
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class TorchvisionDigits(ResNet):
+        def __init__(self, num_classes: int = 5, widths=(16, 32, 64, 128)):
+            nn.Module.__init__(self)
+            self._norm_layer = nn.BatchNorm2d
+            self.inplanes, self.dilation, self.groups, self.base_width = widths[0], 1, 1, 64
+            self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(widths[0])
+            self.relu = nn.ReLU(inplace=True)
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+            self.layer1 = self._make_layer(BasicBlock, widths[0], 1)
+            self.layer2 = self._make_layer(BasicBlock, widths[1], 1, stride=2)
+            self.layer3 = self._make_layer(BasicBlock, widths[2], 1, stride=2)
+            self.layer4 = self._make_layer(BasicBlock, widths[3], 1, stride=2)
+            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+            self.fc = nn.Linear(widths[3], num_classes)
+
+    ours = build_model(DIGITS_MODEL, "DEFAULT", 5).model.eval()
+    theirs = TorchvisionDigits().eval()
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
+    assert [type(m).__name__ for _, m in ours.named_modules()][1:] == [type(m).__name__ for _, m in theirs.named_modules()][1:]
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours(x), theirs(x), atol=1e-6)

@@ -9,7 +9,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sftreport.errors import UserError
 from sftreport.schema import Architecture, BlockSummary, ModuleInfo
+
+
+def classifier_head(model: nn.Module) -> str:
+    """The name of the module that produces the logits: the last Linear, or the last 1×1-style Conv2d
+    (SqueezeNet's classifier), in definition order."""
+    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    if not names:
+        raise UserError(f"{type(model).__name__}: no classifier head (Linear or Conv2d) found: pass head='module name'")
+    return names[-1]
 
 
 def _shape(out) -> list[int] | None:

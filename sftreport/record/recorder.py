@@ -39,7 +39,7 @@ from sftreport import __version__
 from sftreport.config import RecordOptions
 from sftreport.errors import StorageError, UserError, one_line
 from sftreport.record.activations import ActivationProbe, check_modules, default_modules
-from sftreport.record.architecture import describe
+from sftreport.record.architecture import classifier_head, describe
 from sftreport.record.evaluation import all_reduce_sum, evaluate
 from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
@@ -58,16 +58,13 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def last_linear(model: nn.Module) -> str:
-    names = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if not names:
-        raise UserError("cannot find the classifier head: pass head='module name'")
-    return names[-1]
-
-
 def environment(device: torch.device, precision: str = "fp32", world_size: int = 1) -> Environment:
-    import torchvision
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        torchvision_version = version("torchvision")  # without importing it (a second)
+    except PackageNotFoundError:
+        torchvision_version = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or None
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -75,7 +72,7 @@ def environment(device: torch.device, precision: str = "fp32", world_size: int =
     except (OSError, subprocess.SubprocessError):
         commit = None
     return Environment(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
-                       torchvision=torchvision.__version__, sftreport=__version__, device=str(device),
+                       torchvision=torchvision_version, sftreport=__version__, device=str(device),
                        device_name=name, precision=precision, world_size=world_size, git_commit=commit,
                        hostname=socket.gethostname())
 
@@ -131,7 +128,7 @@ class Recorder:
         if len(self.probe_y) < 2:
             raise UserError(f"the probe set needs at least 2 samples, got {len(self.probe_y)}")
         self.val_data = val_data
-        self.head = head or last_linear(model)
+        self.head = head or classifier_head(model)
         logits_width = check_forward(model, self.probe_x[:2])
         self.num_classes = len(class_names) if class_names else logits_width
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]

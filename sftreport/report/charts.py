@@ -15,14 +15,58 @@ import math
 import altair as alt
 import pandas as pd
 
+from sftreport.report import fmt, thresholds
+
 # one colour per meaning, the same in every chart
 TRAIN, TRAIN_STEP, VAL = "#1f77b4", "#aec7e8", "#ff7f0e"
 PRETRAINED, FINETUNED = "#9e9e9e", "#1f77b4"
+OUTSIDE = "#d62728"  # histogram mass below or above the fixed range
 GREY_CELL = "#e8e8e8"
-HEALTHY_BAND = (1e-4, 1e-2)  # update-to-weight ratio band marked on the chart; 1e-3 is the usual target
-HEALTHY_TARGET = 1e-3
 
 LEGEND_BOTTOM = dict(orient="bottom", direction="horizontal")
+EXPLICIT_TICKS = 12  # epoch axes and legends spanning at most this many epochs list every epoch
+
+
+def epoch_values(epochs) -> dict:
+    """Axis or legend keywords that label whole epochs only: Vega's own ticks on a short epoch range fall on
+    halves, which the "d" format prints as "0 1 1 2 2"."""
+    values = sorted({int(e) for e in epochs})
+    if values and values[-1] - values[0] <= EXPLICIT_TICKS:
+        return {"values": list(range(values[0], values[-1] + 1)), "format": "d"}
+    return {"tickMinStep": 1, "format": "d"}
+
+
+def epoch_axis(epochs) -> alt.Axis:
+    return alt.Axis(**epoch_values(epochs))
+
+
+def tip(field: str, title: str | None = None, format: str | None = None) -> alt.Tooltip:
+    kw = {}
+    if title:
+        kw["title"] = title
+    if format:
+        kw["format"] = format
+    return alt.Tooltip(field, **kw)
+
+
+def log_scale(values: pd.Series, scheme: str) -> alt.Scale:
+    """A log colour scale over the positive finite values (a decade's room when they are all one value)."""
+    v = values[values.apply(fmt.finite) & (values > 0)]
+    if v.empty:
+        return alt.Scale(type="log", scheme=scheme)
+    lo, hi = float(v.min()), float(v.max())
+    if hi <= lo:
+        lo, hi = lo / 2, hi * 2
+    return alt.Scale(type="log", scheme=scheme, domain=[lo, hi])
+
+
+def linear_scale(values: pd.Series, scheme: str, hi: float | None = None) -> alt.Scale:
+    v = values[values.apply(fmt.finite)]
+    lo = float(v.min()) if not v.empty else 0.0
+    top = hi if hi is not None else (float(v.max()) if not v.empty else 1.0)
+    if top <= lo:
+        lo = top - 0.1
+    return alt.Scale(scheme=scheme, domain=[lo, top])
 
 
 def decades(lo: float, hi: float) -> list[float]:
@@ -89,7 +133,7 @@ def loss_curves(epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: i
               scale=alt.Scale(type="log") if log else alt.Scale(zero=False))
     color = alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=colors),
                       legend=alt.Legend(**LEGEND_BOTTOM))
-    x = alt.X("x:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d"))
+    x = alt.X("x:Q", title="epoch", axis=epoch_axis(df["epoch"]))
     tips = [alt.Tooltip("series:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("step:Q", title="optimizer step"),
             alt.Tooltip("loss:Q", format=".4g")]
     base = alt.Chart().encode(x=x, y=y, color=color, tooltip=tips)
@@ -108,7 +152,7 @@ def accuracy_curves(epochs: pd.DataFrame, width: int, height: int = 240) -> alt.
             rows.append({"series": series[1], "epoch": r.epoch, "accuracy": r.val_accuracy})
     df = pd.DataFrame(rows, columns=["series", "epoch", "accuracy"])
     return alt.Chart(df).mark_line(point=True, strokeWidth=2.2).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        x=alt.X("epoch:Q", title="epoch", axis=epoch_axis(epochs["epoch"])),
         y=alt.Y("accuracy:Q", title="accuracy (%)", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
         color=alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=[TRAIN, VAL]),
                         legend=alt.Legend(**LEGEND_BOTTOM)),
@@ -122,7 +166,7 @@ def learning_rate(steps: pd.DataFrame, epochs: pd.DataFrame, width: int, height:
     if df.empty:
         df = epochs[["epoch", "lr", "step"]].dropna(subset=["lr"]).assign(x=lambda d: d["epoch"])
     return alt.Chart(df).mark_line(color="#4c78a8", strokeWidth=2, interpolate="step-after").encode(
-        x=alt.X("x:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        x=alt.X("x:Q", title="epoch", axis=epoch_axis(epochs["epoch"])),
         y=alt.Y("lr:Q", title="learning rate", axis=alt.Axis(format="~g")),
         tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("step:Q", title="optimizer step"),
                  alt.Tooltip("lr:Q", title="learning rate", format=".3e")],
@@ -246,7 +290,7 @@ def update_ratio(df: pd.DataFrame, layers: list[str], width: int, y_labels: bool
                  title: str | None = None) -> alt.Chart:
     """Update-to-weight ratio of one optimizer step per epoch, per layer, on a log axis, with the healthy band."""
     n = len(layers)
-    lo, hi = HEALTHY_BAND
+    lo, hi = thresholds.UPDATE_RATIO_BAND
     vals = df["update_ratio"].dropna()
     vals = vals[vals > 0]
     dmin = min(lo / 10, float(vals.min()) / 2) if len(vals) else lo / 10
@@ -257,16 +301,16 @@ def update_ratio(df: pd.DataFrame, layers: list[str], width: int, y_labels: bool
               axis=alt.Axis(labelFontSize=label_font(n), grid=False, labels=y_labels, ticks=y_labels))
     band = alt.Chart(pd.DataFrame([{"lo": lo, "hi": hi}])).mark_rect(
         color="#2ca02c", opacity=0.12).encode(x=alt.X("lo:Q", scale=xscale), x2=alt.X2("hi"))
-    target = alt.Chart(pd.DataFrame([{"target": HEALTHY_TARGET}])).mark_rule(
+    target = alt.Chart(pd.DataFrame([{"target": thresholds.UPDATE_RATIO_TARGET}])).mark_rule(
         color="#2ca02c", strokeDash=[4, 3]).encode(x=alt.X("target:Q", scale=xscale))
     df = df[["layer", "epoch", "type", "update_ratio"]]
     pts = alt.Chart().mark_circle(size=36, opacity=0.85).encode(
         y=y,
         x=alt.X("update_ratio:Q", title="‖update‖ / ‖W‖ of one step (log scale)" if not y_labels else
-                "‖update‖ / ‖W‖ of one step (log scale; green band 1e-4 … 1e-2)",
+                f"‖update‖ / ‖W‖ of one step (log scale; green band {thresholds.band_text()})",
                 scale=xscale, axis=alt.Axis(format=".0e", values=decades(dmin, dmax))),
         color=alt.Color("epoch:Q", title="epoch", scale=alt.Scale(scheme="viridis"),
-                        legend=alt.Legend(format="d", tickMinStep=1, **LEGEND_BOTTOM)),
+                        legend=alt.Legend(**epoch_values(df["epoch"]), **LEGEND_BOTTOM)),
         tooltip=[alt.Tooltip("layer:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("type:N"),
                  alt.Tooltip("update_ratio:Q", title="update / weight", format=".3e")])
     return alt.layer(band, target, pts, data=df, title=title, width=width, height=alt.Step(row_step(n)))
@@ -292,7 +336,7 @@ def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
     if ticks is not None and len(ticks) <= 2:  # less than a decade: a few plain ticks read better
         ticks = None
     line = alt.Chart().mark_line(point=True, strokeWidth=2).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        x=alt.X("epoch:Q", title="epoch", axis=epoch_axis(df["epoch"])),
         y=alt.Y("norm:Q", title="gradient L2 norm (log scale)", scale=alt.Scale(type="log"),
                 axis=alt.Axis(format="~g", **({"values": ticks} if ticks else {}))),
         color=alt.Color("series:N", title=None, scale=alt.Scale(domain=series, range=["#4c78a8", "#9ecae9"]),
@@ -339,9 +383,11 @@ def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.
 
 
 def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, columns: int,
-               first_epoch: int, color_epochs: bool, x_title: str, sqrt_y: bool = False) -> alt.FacetChart:
-    """Small multiples of histograms: the pretrained one as a grey area, later epochs as lines
-    (a sequential colour per epoch, or one colour when only the last epoch is shown)."""
+               first_epoch: int, color_epochs: bool, x_title: str, sqrt_y: bool = False,
+               start_label: str = "pretrained") -> alt.FacetChart:
+    """Small multiples of histograms: epoch 0 as a grey area, later epochs as lines (a sequential colour
+    per epoch, or one colour when only the last epoch is shown), and red bars a bin wide just outside the
+    fixed range for the share of values that fell below or above it (`part` in frames.weight_hist)."""
     # each panel also carries its y axis (labels and title, ~75 px) and the facet spacing outside its width
     panel_w = max(140, (width - 105 * columns) // columns)
     y = alt.Y("share:Q", title="share of values" + (" (square-root scale)" if sqrt_y else ""),
@@ -349,19 +395,31 @@ def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, c
     x = alt.X("x:Q", title=x_title, axis=alt.Axis(format=".3~r", tickCount=5, labelOverlap=True))
     tips = [alt.Tooltip(f"{facet}:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("x0:Q", title="from", format=".3g"),
             alt.Tooltip("x1:Q", title="to", format=".3g"), alt.Tooltip("share:Q", format=".2%")]
-    area = alt.Chart().transform_filter(alt.datum.epoch == first_epoch).mark_area(
+    inside = alt.Chart().transform_filter(alt.datum.part == "inside")
+    area = inside.transform_filter(alt.datum.epoch == first_epoch).mark_area(
         interpolate="step", color=PRETRAINED, opacity=0.45).encode(x=x, y=y, tooltip=tips)
-    later = alt.Chart().transform_filter(alt.datum.epoch != first_epoch)
+    later = inside.transform_filter(alt.datum.epoch != first_epoch)
     if color_epochs:
-        color = alt.Color("epoch:Q", title="epoch (grey area: pretrained)", scale=alt.Scale(scheme="viridis"),
-                          legend=alt.Legend(format="d", tickMinStep=1, **LEGEND_BOTTOM))
+        color = alt.Color("epoch:Q", title=f"epoch (grey area: {start_label})", scale=alt.Scale(scheme="viridis"),
+                          legend=alt.Legend(**epoch_values(df["epoch"]), **LEGEND_BOTTOM))
     else:
         color = alt.Color("label:N", title=None, scale=alt.Scale(range=[FINETUNED]),
                           legend=alt.Legend(**LEGEND_BOTTOM))
-        later = later.transform_calculate(label="'fine-tuned (grey area: pretrained)'")
+        trained = "trained" if start_label == "initial" else "fine-tuned"
+        later = later.transform_calculate(label=f"'{trained} (grey area: {start_label})'")
     lines = later.mark_line(interpolate="step", strokeWidth=1.4).encode(x=x, y=y, color=color,
                                                                         detail=alt.Detail("epoch:Q"), tooltip=tips)
-    layers = [area, lines] if (df["epoch"] != first_epoch).any() else [area]  # only the pretrained model yet
+    outside = alt.Chart().transform_filter(alt.datum.part != "inside").transform_calculate(
+        where="datum.part == 'below' ? 'below the fixed range' : 'above the fixed range'").mark_bar(
+        color=OUTSIDE, opacity=0.45).encode(
+        x=alt.X("x0:Q"), x2=alt.X2("x1"), y=y,
+        tooltip=[alt.Tooltip(f"{facet}:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("where:N", title="values"),
+                 alt.Tooltip("share:Q", format=".2%")])
+    layers = [area]
+    if (df["epoch"] != first_epoch).any():  # else only epoch 0 is recorded yet
+        layers.append(lines)
+    if (df["part"] != "inside").any():
+        layers.append(outside)
     return alt.layer(*layers, data=df, width=panel_w, height=130).facet(
         facet=alt.Facet(f"{facet}:N", title=None, sort=facets, header=alt.Header(labelFontSize=11, labelLimit=300)),
         columns=columns, spacing={"row": 16, "column": 28}, resolve=_independent_xy())
@@ -401,9 +459,14 @@ def projection_slider(df: pd.DataFrame, classes: list[str], epochs: list[int], w
     """The 2-D feature projection of the probe set at one epoch, chosen with a slider. The axes are the same
     for every epoch unless "fit axes" is ticked (ticked from the start when a few epochs would squash the
     others into a corner)."""
+    df = df[["epoch", "sample", "x", "y", "class"]]
     xd, yd = _xy_domains(df)
     first, last = epochs[0], epochs[-1]
-    epoch = alt.param(name="epoch", value=last, bind=alt.binding_range(min=first, max=last, step=1, name="epoch "))
+    if epochs == list(range(first, last + 1)):
+        choose = alt.binding_range(min=first, max=last, step=1, name="epoch ")
+    else:  # a long run keeps some of its epochs: a list of those, not a slider over gaps
+        choose = alt.binding_select(options=epochs, name="epoch ")
+    epoch = alt.param(name="epoch", value=last, bind=choose)
     fit = alt.param(name="fit_axes", value=not axes_comparable(df, epochs),
                     bind=alt.binding_checkbox(name="fit the axes to this epoch "))
     # per-epoch extents as literal number arrays inside the expressions (numbers only, made here)
@@ -449,7 +512,7 @@ def projection_multiples(df: pd.DataFrame, classes: list[str], epochs: list[int]
 def separability(df: pd.DataFrame, width: int, height: int = 220) -> alt.Chart:
     measures = list(dict.fromkeys(df["measure"]))
     return alt.Chart(df).mark_line(point=True, strokeWidth=2).encode(
-        x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+        x=alt.X("epoch:Q", title="epoch", axis=epoch_axis(df["epoch"])),
         y=alt.Y("accuracy:Q", title="accuracy on the probe set (%)", axis=alt.Axis(format="%"),
                 scale=alt.Scale(zero=False)),
         color=alt.Color("measure:N", title=None, scale=alt.Scale(domain=measures, range=["#54a24b", "#4c78a8"]),

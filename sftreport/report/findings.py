@@ -1,28 +1,20 @@
 """Findings: explicit rules over the run's frames, each stating its evidence.
 
-Each rule is a function `rule(frames) -> list[Finding]` (empty when it does not apply) with its
-thresholds named as constants here, so the report can say exactly what triggered it.
+Each rule is a function `rule(frames) -> list[Finding]` (empty when it does not apply). Its thresholds
+live in thresholds.py, shared with the charts that draw them, and the evidence states the threshold.
 """
 from __future__ import annotations
 
 from statistics import median
 
 from sftreport.report import fmt
-from sftreport.report.charts import HEALTHY_BAND
 from sftreport.report.frames import RunFrames
 from sftreport.report.model import SEVERITY_ORDER, Finding
+from sftreport.report.thresholds import (ACC_CHANGE, DEAD_GROWTH, EXPLODE_FACTOR, FAR_FACTOR, OVERFIT_RISE,
+                                         OVERFIT_TRAIN_FALL, OVERWRITTEN, PEAK_DROP, UPDATE_RATIO_BAND, VAL_LOSS_RISE,
+                                         VANISHED)
 
-ACC_CHANGE = 0.005  # accuracy changes smaller than half a point count as unchanged
-PEAK_DROP = 0.05  # the last epoch 5 points below the best: the run lost what it had gained
-OVERFIT_RISE = 0.05  # validation loss at the end at least 5% above its minimum ...
-OVERFIT_TRAIN_FALL = 0.01  # ... while training loss fell at least 1% more after that minimum
-DEAD_GROWTH = 0.05  # dead-channel fraction up by at least 5 points between first and last epoch
-EXPLODE_FACTOR = 10.0  # model gradient norm ≥ 10× its smallest earlier value
-VANISHED = 1e-12  # a trainable layer whose gradient norm stays below this got no gradient
-MOVED_SHOWN = 3
-FAR_FACTOR = 10.0  # an update-to-weight ratio 10× outside the band is "far" from it
-OVERWRITTEN = 1.0  # a pretrained layer that moved more than its own norm has lost its pretrained weights
-VAL_LOSS_RISE = 0.5  # validation loss at the end 50% above the pretrained model's
+MOVED_SHOWN = 3  # layers named among the most and the least moved
 
 
 def _n(count: int, noun: str) -> str:
@@ -38,9 +30,9 @@ def _join(items: list[str], limit: int = 4) -> str:
 # --------------------------------------------------------------------------- status and accuracy
 
 
-def status_rule(f: RunFrames) -> list[Finding]:
-    info = f.info
-    done = f.last.epoch if f.last else 0
+def status_rule(frames: RunFrames) -> list[Finding]:
+    info = frames.info
+    done = frames.last.epoch if frames.last else 0
     planned = f"of {info.planned_epochs} planned " if info.planned_epochs else ""
     detail = f" ({info.status_detail})" if info.status_detail else ""
     if info.status == "completed":
@@ -63,18 +55,18 @@ def status_rule(f: RunFrames) -> list[Finding]:
                     f"This report shows the {_n(done, 'epoch')} {planned}recorded so far.", "training")]
 
 
-def dropped_write_rule(f: RunFrames) -> list[Finding]:
+def dropped_write_rule(frames: RunFrames) -> list[Finding]:
     """The run directory ended in a write that never finished (a full disk, a crash mid-append)."""
-    if not f.run.dropped:
+    if not frames.run.dropped:
         return []
     return [Finding("dropped_write", "warning", "The last epoch's record was incomplete and is left out",
-                    f"{f.run.dropped}. Every complete epoch is shown.", "training")]
+                    f"{frames.run.dropped}. Every complete epoch is shown.", "training")]
 
 
-def nonfinite_loss_rule(f: RunFrames) -> list[Finding]:
-    bad = [e.epoch for e in f.trained
+def nonfinite_loss_rule(frames: RunFrames) -> list[Finding]:
+    bad = [e.epoch for e in frames.trained
            if (e.train_loss is not None and not fmt.finite(e.train_loss)) or (e.val is not None and not fmt.finite(e.val.loss))]
-    steps = f.steps
+    steps = frames.steps
     bad_steps = steps[~steps["loss"].apply(fmt.finite)] if not steps.empty else steps
     if not bad and bad_steps.empty:
         return []
@@ -86,24 +78,25 @@ def nonfinite_loss_rule(f: RunFrames) -> list[Finding]:
                     "training")]
 
 
-def accuracy_rule(f: RunFrames) -> list[Finding]:
-    first, last = f.val_at("first"), f.val_at("last")
-    if first is None or last is None or last[0].epoch == first[0].epoch:
+def accuracy_rule(frames: RunFrames) -> list[Finding]:
+    first, last = frames.first_eval, frames.last_eval
+    if first is None or last is None or last.epoch == first.epoch:
         return []
-    (e0, v0), (e1, v1) = first, last
+    v0, v1 = first.eval, last.eval
     gain = v1.accuracy - v0.accuracy
-    best = f.best_epoch()
+    best = frames.best_epoch()
     best_txt = ""
-    if best and best[0] != e1.epoch and best[1] > v1.accuracy:  # a tie with the last epoch is no news
+    if best and best[0] != last.epoch and best[1] > v1.accuracy:  # a tie with the last epoch is no news
         best_txt = f" The best epoch was {best[0]} ({fmt.pct(best[1])}), {fmt.points(best[1] - v1.accuracy)} above the last."
-    who = "pretrained model" if e0.epoch == 0 else f"first recorded epoch ({e0.epoch})"
-    evidence = (f"Validation accuracy of the {who}: {fmt.pct(v0.accuracy)}; after epoch {e1.epoch}: "
+    who = frames.start_name if first.epoch == 0 else f"first recorded epoch ({first.epoch})"
+    evidence = (f"Validation accuracy of the {who}: {fmt.pct(v0.accuracy)}; after epoch {last.epoch}: "
                 f"{fmt.pct(v1.accuracy)} on {fmt.integer(v1.count)} images.{best_txt}")
-    if best and e0.epoch < best[0] < e1.epoch and best[1] - v1.accuracy > PEAK_DROP:
+    if best and first.epoch < best[0] < last.epoch and best[1] - v1.accuracy > PEAK_DROP:
         return [Finding("accuracy", "warning", f"Validation accuracy peaked at {fmt.pct(best[1])} (epoch {best[0]}) and "
                         f"ended at {fmt.pct(v1.accuracy)}", evidence + " Keep the best epoch's checkpoint.", "training")]
     if gain > ACC_CHANGE:
-        return [Finding("accuracy", "good", f"Fine-tuning gained {fmt.points(gain)} of validation accuracy "
+        doing = "Training" if frames.from_scratch else "Fine-tuning"
+        return [Finding("accuracy", "good", f"{doing} gained {fmt.points(gain)} of validation accuracy "
                         f"({fmt.pct(v0.accuracy)} → {fmt.pct(v1.accuracy)})", evidence, "training")]
     if gain < -ACC_CHANGE:
         return [Finding("accuracy", "warning", f"Validation accuracy fell by {fmt.points(-gain)[1:]} "
@@ -112,10 +105,10 @@ def accuracy_rule(f: RunFrames) -> list[Finding]:
                     evidence, "training")]
 
 
-def val_loss_rule(f: RunFrames) -> list[Finding]:
+def val_loss_rule(frames: RunFrames) -> list[Finding]:
     """Validation loss ended well above the pretrained model's (with its new head): fine-tuning made the
     model's confidence worse, whatever happened to accuracy."""
-    evals = [(e.epoch, e.val.loss) for e in f.epochs if e.val is not None and fmt.finite(e.val.loss)]
+    evals = [(e.epoch, e.val.loss) for e in frames.epochs if e.val is not None and fmt.finite(e.val.loss)]
     if len(evals) < 2 or evals[0][0] != 0:
         return []
     (_, first), (last_epoch, last) = evals[0], evals[-1]
@@ -124,15 +117,15 @@ def val_loss_rule(f: RunFrames) -> list[Finding]:
     peak_epoch, peak = max(evals, key=lambda x: x[1])
     peak_txt = f", peaking at {fmt.num(peak)} in epoch {peak_epoch}" if peak_epoch != last_epoch else ""
     return [Finding(
-        "val_loss_rise", "warning", f"Validation loss ended ×{last / first:.1f} above the pretrained model's "
+        "val_loss_rise", "warning", f"Validation loss ended ×{last / first:.1f} above the {frames.start_name}'s "
         f"({fmt.num(first)} → {fmt.num(last)})",
         f"Validation loss {fmt.num(first)} at epoch 0 and {fmt.num(last)} at epoch {last_epoch}{peak_txt} (threshold "
         f"+{VAL_LOSS_RISE:.0%}). The model became confidently wrong on validation images: the learning rate may be "
         "too high, or training is unstable.", "training")]
 
 
-def overfitting_rule(f: RunFrames) -> list[Finding]:
-    t = f.epoch_table
+def overfitting_rule(frames: RunFrames) -> list[Finding]:
+    t = frames.epoch_table
     t = t[(t["epoch"] > 0) & t["val_loss"].apply(fmt.finite) & t["train_loss"].apply(fmt.finite)]
     if len(t) < 2:
         return []
@@ -158,8 +151,8 @@ def overfitting_rule(f: RunFrames) -> list[Finding]:
 # --------------------------------------------------------------------------- parameters
 
 
-def _last_weights(f: RunFrames):
-    w = f.layer_weights
+def _last_weights(frames: RunFrames):
+    w = frames.layer_weights
     if w.empty:
         return None
     last = int(w["epoch"].max())
@@ -168,8 +161,8 @@ def _last_weights(f: RunFrames):
     return last, w[w["epoch"] == last]
 
 
-def moved_layers_rule(f: RunFrames) -> list[Finding]:
-    got = _last_weights(f)
+def moved_layers_rule(frames: RunFrames) -> list[Finding]:
+    got = _last_weights(frames)
     if got is None:
         return []
     epoch, w = got
@@ -184,7 +177,7 @@ def moved_layers_rule(f: RunFrames) -> list[Finding]:
     if pre.empty:
         if new.empty:
             return []
-        if frozen.empty:  # nothing pretrained at all (weights none): every layer is new
+        if frames.from_scratch:  # nothing pretrained at all (weights none): every layer is new
             return [Finding("moved", "info", "Every layer was trained from its initialisation (no pretrained weights)",
                             f"At epoch {epoch}:{head_txt}", "parameters")]
         return [Finding("moved", "info", "Only the new layers changed; the pretrained layers were frozen",
@@ -212,14 +205,14 @@ def moved_layers_rule(f: RunFrames) -> list[Finding]:
                     evidence, "parameters")]
 
 
-def gradients_rule(f: RunFrames) -> list[Finding]:
+def gradients_rule(frames: RunFrames) -> list[Finding]:
     out: list[Finding] = []
-    g = f.layer_grads
+    g = frames.layer_grads
     if g.empty:
         return out
     bad = g[g["nonfinite"] > 0]
     if not bad.empty:
-        tot = f.grad_total
+        tot = frames.grad_total
         epochs = sorted(set(int(e) for e in bad["epoch"]))
         steps = int(tot[tot["epoch"].isin(epochs)]["nonfinite"].sum())
         first_epoch = epochs[0]
@@ -230,7 +223,7 @@ def gradients_rule(f: RunFrames) -> list[Finding]:
             f"Epochs {', '.join(map(str, epochs))}; in epoch {first_epoch} in {len(layers)} layer(s): {_join(layers)}. "
             "Lower the learning rate, use gradient clipping, or check for bad inputs or fp16 overflow.",
             "parameters"))
-    tot = f.grad_total
+    tot = frames.grad_total
     tot = tot[tot["norm"].apply(fmt.finite) & (tot["norm"] > 0)]
     for i in range(1, len(tot)):
         now = tot.iloc[i]
@@ -256,21 +249,21 @@ def gradients_rule(f: RunFrames) -> list[Finding]:
     return out
 
 
-def update_ratio_rule(f: RunFrames) -> list[Finding]:
-    w = f.layer_weights
+def update_ratio_rule(frames: RunFrames) -> list[Finding]:
+    w = frames.layer_weights
     if w.empty:
         return []
     w = w[w["update_ratio"].apply(fmt.finite) & (w["update_ratio"] > 0) & w["trainable"]]
     if w.empty:
         return []
     # judge the epoch whose learning rate was highest (a decaying schedule shrinks every ratio towards its end)
-    lrs = f.epoch_table.set_index("epoch")["lr"]
+    lrs = frames.epoch_table.set_index("epoch")["lr"]
     epochs = sorted(set(int(e) for e in w["epoch"]))
     rated = [(lrs.get(e), e) for e in epochs if fmt.finite(lrs.get(e))]
     epoch = max(rated)[1] if rated else epochs[-1]
     lr_txt = f" (learning rate {fmt.num(lrs.get(epoch))}, the highest of the run)" if rated and len(epochs) > 1 else ""
     w = w[w["epoch"] == epoch]
-    lo, hi = HEALTHY_BAND
+    lo, hi = UPDATE_RATIO_BAND
     below = w[w["update_ratio"] < lo].sort_values("update_ratio")
     above = w[w["update_ratio"] > hi].sort_values("update_ratio", ascending=False)
     if below.empty and above.empty:
@@ -305,8 +298,8 @@ def update_ratio_rule(f: RunFrames) -> list[Finding]:
 # --------------------------------------------------------------------------- activations and features
 
 
-def dead_units_rule(f: RunFrames) -> list[Finding]:
-    a = f.activations
+def dead_units_rule(frames: RunFrames) -> list[Finding]:
+    a = frames.activations
     if a.empty:
         return []
     first, last = int(a["epoch"].min()), int(a["epoch"].max())
@@ -335,8 +328,10 @@ def dead_units_rule(f: RunFrames) -> list[Finding]:
         "activations")]
 
 
-def representation_rule(f: RunFrames) -> list[Finding]:
-    c = f.cka
+def representation_rule(frames: RunFrames) -> list[Finding]:
+    """Which probed layer's representation changed most from epoch 0 (lowest linear CKA). New layers (the
+    replaced head) had no pretrained representation to keep: they are named apart, never as "changed most"."""
+    c = frames.cka
     if c.empty:
         return []
     last = int(c["epoch"].max())
@@ -345,30 +340,44 @@ def representation_rule(f: RunFrames) -> list[Finding]:
     cl = c[(c["epoch"] == last) & c["cka"].apply(fmt.finite)]
     if cl.empty:
         return []
-    low = cl.loc[cl["cka"].idxmin()]
-    high = cl.loc[cl["cka"].idxmax()]
-    sep = f.separability
+    w = frames.layer_weights
+    new_mods = set(w[w["new"]]["module"]) if not w.empty and not frames.from_scratch else set()
+    is_new = cl["layer"].map(lambda layer: layer.split("#")[0] in new_mods)
+    kept, new = cl[~is_new], cl[is_new]
+    sep = frames.separability
     sep_txt = ""
     knn = sep[sep["measure"].str.startswith("k-NN")] if not sep.empty else sep
     if len(knn) >= 2:
         sep_txt = (f" Class separability of the penultimate features (k-NN accuracy on the probe set): "
                    f"{fmt.pct(knn['accuracy'].iloc[0])} → {fmt.pct(knn['accuracy'].iloc[-1])}.")
+    new_txt = ""
+    if not new.empty:
+        new_txt = (" New layers, compared with their initialisation: "
+                   + _join([f"{r.layer} ({r.cka:.3f})" for r in new.itertuples()]) + ".")
+    if kept.empty:
+        return [Finding("representation", "info", "Only new layers were probed for representation change",
+                        f"Linear CKA to epoch 0 at epoch {last}.{new_txt}{sep_txt}", "features")]
+    low = kept.loc[kept["cka"].idxmin()]
+    high = kept.loc[kept["cka"].idxmax()]
+    which = "layer" if frames.from_scratch else "pretrained layer"
     return [Finding(
-        "representation", "info", f"Representations changed most in {low['layer']} (CKA {low['cka']:.2f} to pretrained)",
-        f"Linear CKA between each probed layer's features now (epoch {last}) and in the pretrained model: lowest "
-        f"{low['layer']} ({low['cka']:.3f}), highest {high['layer']} ({high['cka']:.3f}); 1 means unchanged.{sep_txt}",
+        "representation", "info",
+        f"Representations changed most in {low['layer']} (CKA {low['cka']:.2f} to the {frames.start_name})",
+        f"Linear CKA between each probed {which}'s representation now (epoch {last}) and in the {frames.start_name}: "
+        f"lowest {low['layer']} ({low['cka']:.3f}), highest {high['layer']} ({high['cka']:.3f}); 1 means unchanged."
+        f"{new_txt}{sep_txt}",
         "features")]
 
 
-RULES = [status_rule, dropped_write_rule, nonfinite_loss_rule, accuracy_rule, val_loss_rule, overfitting_rule, gradients_rule, update_ratio_rule,
-         dead_units_rule, moved_layers_rule, representation_rule]
+RULES = [status_rule, dropped_write_rule, nonfinite_loss_rule, accuracy_rule, val_loss_rule, overfitting_rule,
+         gradients_rule, update_ratio_rule, dead_units_rule, moved_layers_rule, representation_rule]
 
 
-def derive_findings(f: RunFrames) -> list[Finding]:
+def derive_findings(frames: RunFrames) -> list[Finding]:
     out: list[Finding] = []
     for rule in RULES:
-        out += rule(f)
-    if not f.trained and not any(x.rule == "status" for x in out):
-        out.append(Finding("only_pretrained", "info", "Only the pretrained model (epoch 0) was recorded",
+        out += rule(frames)
+    if not frames.trained and not any(x.rule == "status" for x in out):
+        out.append(Finding("only_pretrained", "info", f"Only the {frames.start_name} (epoch 0) was recorded",
                            "No training epoch has finished yet; the report shows the starting point.", "training"))
     return sorted(out, key=lambda x: SEVERITY_ORDER[x.severity])

@@ -1,8 +1,9 @@
 """A run as tidy pandas frames: the aggregation step between the stored snapshots and the charts.
 
 Everything the report draws or reasons about is computed here once, already aggregated to what a chart
-needs (per layer and epoch, never per sample beyond the probe set), with floats rounded to 4 significant
-digits so the embedded data stays small. Charts (charts.py) and rules (findings.py) only read these frames.
+needs (per layer and epoch, never per sample beyond the probe set), at full precision: the rules read
+exact numbers, and the charts' data is rounded to the digits a chart can show when it is written
+(vega.py). Charts (charts.py) and rules (findings.py) only read these frames.
 
 A "layer" is a module that owns parameters (for weights and gradients) or a probed module call (for
 activations), in network order. Per-layer numbers merge the layer's parameter tensors exactly from the
@@ -11,6 +12,8 @@ stored sums: ‖Wₜ−W₀‖/‖W₀‖ = sqrt(Σ diff² / Σ ref²), update r
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import cached_property
 
 import pandas as pd
@@ -21,14 +24,28 @@ from sftreport.store import Run
 NAN = math.nan
 
 
-def sig(v: float | None, digits: int = 4) -> float:
-    """Round to `digits` significant digits (NaN for None); keeps NaN and infinities."""
-    if v is None:
-        return NAN
-    v = float(v)
-    if v == 0 or not math.isfinite(v):
-        return v
-    return float(f"{v:.{digits}g}")
+@dataclass(frozen=True)
+class EvalPoint:
+    """The validation measures of one epoch."""
+
+    epoch: int
+    eval: Evaluation
+
+
+def choose_epochs(epochs: list[int], limit: int, keep: Iterable[int] = ()) -> list[int]:
+    """At most about `limit` of `epochs` (sorted), evenly spread, always with the first and the last and the
+    epochs in `keep` (the best one, say): what a chart can show without growing with the run's length."""
+    epochs = sorted(epochs)
+    if len(epochs) <= limit:
+        return epochs
+    n = len(epochs)
+    picked = {epochs[round(i * (n - 1) / (limit - 1))] for i in range(limit)}
+    return sorted(picked | {e for e in keep if e in set(epochs)})
+
+
+def num(v: float | None) -> float:
+    """A stored number as a float for a frame (NaN for None: not measured)."""
+    return NAN if v is None else float(v)
 
 
 def _ratio(num: float, den: float) -> float:
@@ -65,10 +82,6 @@ class RunFrames:
     # ------------------------------------------------------------------ epochs
 
     @property
-    def first(self) -> EpochSnapshot | None:
-        return self.epochs[0] if self.epochs else None
-
-    @property
     def last(self) -> EpochSnapshot | None:
         return self.epochs[-1] if self.epochs else None
 
@@ -86,13 +99,13 @@ class RunFrames:
         for e in self.epochs:
             rows.append({
                 "epoch": e.epoch, "step": e.step,
-                "train_loss": sig(e.train_loss), "train_accuracy": sig(e.train_accuracy),
-                "val_loss": sig(e.val.loss) if e.val else NAN, "val_accuracy": sig(e.val.accuracy) if e.val else NAN,
-                "lr": sig(e.lr),
-                "knn_accuracy": sig(e.features.knn_accuracy) if e.features else NAN,
-                "probe_accuracy": sig(e.features.probe_accuracy) if e.features else NAN,
+                "train_loss": num(e.train_loss), "train_accuracy": num(e.train_accuracy),
+                "val_loss": num(e.val.loss) if e.val else NAN, "val_accuracy": num(e.val.accuracy) if e.val else NAN,
+                "lr": num(e.lr),
+                "knn_accuracy": num(e.features.knn_accuracy) if e.features else NAN,
+                "probe_accuracy": num(e.features.probe_accuracy) if e.features else NAN,
                 "train_s": e.timing.train_s, "eval_s": e.timing.eval_s, "record_s": e.timing.record_s,
-                "samples_per_s": sig(e.timing.samples_per_s),
+                "samples_per_s": num(e.timing.samples_per_s),
             })
         cols = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "knn_accuracy",
                 "probe_accuracy", "train_s", "eval_s", "record_s", "samples_per_s"]
@@ -108,20 +121,51 @@ class RunFrames:
                 start = prev_step if prev_step is not None else e.steps[0].step - e.steps[0].steps
                 span = max(1, e.step - start)
                 for p in e.steps:
-                    rows.append({"epoch": e.epoch, "x": sig((e.epoch - 1) + (p.step - start) / span, 5),
-                                 "step": p.step, "loss": sig(p.loss), "lr": sig(p.lr)})
+                    rows.append({"epoch": e.epoch, "x": (e.epoch - 1) + (p.step - start) / span,
+                                 "step": p.step, "loss": p.loss, "lr": NAN if p.lr is None else p.lr})
             prev_step = e.step
         return pd.DataFrame(rows, columns=["epoch", "x", "step", "loss", "lr"])
+
+    def steps_at_most(self, limit: int) -> pd.DataFrame:
+        """`steps` with neighbouring points of an epoch averaged so that at most about `limit` remain (a
+        chart cannot show more, and the report must not grow with the run); each merged point sits where
+        its last step ends."""
+        df = self.steps
+        if len(df) <= limit:
+            return df
+        width = math.ceil(len(df) / limit)
+        bucket = df["epoch"].astype(str) + "/" + (df.groupby("epoch").cumcount() // width).astype(str)
+        merged = df.groupby(bucket, sort=False).agg(epoch=("epoch", "first"), x=("x", "last"), step=("step", "last"),
+                                                     loss=("loss", "mean"), lr=("lr", "last"))
+        return merged.reset_index(drop=True)[["epoch", "x", "step", "loss", "lr"]]
 
     @cached_property
     def has_val(self) -> bool:
         return any(e.val is not None for e in self.epochs)
 
-    def val_at(self, which: str) -> tuple[EpochSnapshot, Evaluation] | None:
-        evals = [(e, e.val) for e in self.epochs if e.val is not None]
-        if not evals:
-            return None
-        return evals[0] if which == "first" else evals[-1]
+    @cached_property
+    def first_eval(self) -> EvalPoint | None:
+        """The first evaluated epoch (epoch 0, the pretrained model, in a run recorded from its start)."""
+        return next((EvalPoint(e.epoch, e.val) for e in self.epochs if e.val is not None), None)
+
+    @cached_property
+    def last_eval(self) -> EvalPoint | None:
+        return next((EvalPoint(e.epoch, e.val) for e in reversed(self.epochs) if e.val is not None), None)
+
+    @cached_property
+    def from_scratch(self) -> bool:
+        """No parameter was loaded from pretrained weights (`--weights none`): epoch 0 is an initialisation,
+        not a pretrained model."""
+        arch = self.info.architecture
+        if arch is not None and arch.total_params:
+            return arch.new_params == arch.total_params
+        first = next((e.weights for e in self.epochs if e.weights), [])
+        return bool(first) and all(w.new for w in first)
+
+    @property
+    def start_name(self) -> str:
+        """What epoch 0 is, in words: "pretrained model" or "initial model" (trained from scratch)."""
+        return "initial model" if self.from_scratch else "pretrained model"
 
     def best_epoch(self) -> tuple[int, float] | None:
         """(epoch, validation accuracy) of the best epoch (highest accuracy, earliest on ties)."""
@@ -132,26 +176,30 @@ class RunFrames:
                     best = (e.epoch, e.val.accuracy)
         return best
 
-    def confusion(self, snap: EpochSnapshot) -> pd.DataFrame:
+    def confusion(self, epoch: int) -> pd.DataFrame:
+        """The confusion matrix of an evaluated epoch, one row per cell, with each cell's share of its row."""
+        snap = next(e for e in self.epochs if e.epoch == epoch and e.val is not None)
         rows = []
         for t, row in enumerate(snap.val.confusion):
             total = sum(row)
             for p, n in enumerate(row):
                 rows.append({"true": self.class_name(t), "pred": self.class_name(p), "ti": t, "pi": p, "count": n,
-                             "share": sig(n / total) if total else NAN})
+                             "share": num(n / total) if total else NAN})
         return pd.DataFrame(rows, columns=["true", "pred", "ti", "pi", "count", "share"])
 
     def per_class(self) -> pd.DataFrame:
         """Per-class validation accuracy at the first and the last evaluated epoch."""
-        first, last = self.val_at("first"), self.val_at("last")
-        if first is None:
+        first, last = self.first_eval, self.last_eval
+        if first is None or last is None:
             return pd.DataFrame(columns=["class", "ci", "epoch", "which", "accuracy"])
         rows = []
-        pairs = [(first, "pretrained")] + ([(last, "fine-tuned")] if last[0].epoch != first[0].epoch else [])
-        for (snap, ev), which in pairs:
-            for i, a in enumerate(ev.per_class_accuracy):
-                rows.append({"class": self.class_name(i), "ci": i, "epoch": snap.epoch,
-                             "which": f"{which} (epoch {snap.epoch})", "accuracy": sig(a)})
+        start = "initial" if self.from_scratch else "pretrained"
+        pairs = [(first, start)] + ([(last, "fine-tuned" if not self.from_scratch else "trained")]
+                                    if last.epoch != first.epoch else [])
+        for point, which in pairs:
+            for i, a in enumerate(point.eval.per_class_accuracy):
+                rows.append({"class": self.class_name(i), "ci": i, "epoch": point.epoch,
+                             "which": f"{which} (epoch {point.epoch})", "accuracy": num(a)})
         return pd.DataFrame(rows, columns=["class", "ci", "epoch", "which", "accuracy"])
 
     # ------------------------------------------------------------------ weights and gradients
@@ -190,8 +238,8 @@ class RunFrames:
                     "layer": module or "(model)", "module": module, "epoch": e.epoch,
                     "order": self._order(module, seen[module]), "type": mtype,
                     "params": a["params"], "trainable": a["trainable"] > 0, "frozen": a["trainable"] == 0,
-                    "new": a["new"] > 0, "rel_change": sig(_ratio(a["diff"], a["ref"])),
-                    "update_ratio": sig(ratio), "matrix": a["matrix"], "finite": a["finite"]})
+                    "new": a["new"] > 0, "rel_change": _ratio(a["diff"], a["ref"]),
+                    "update_ratio": ratio, "matrix": a["matrix"], "finite": a["finite"]})
         df = pd.DataFrame(rows, columns=["layer", "module", "epoch", "order", "type", "params", "trainable",
                                          "frozen", "new", "rel_change", "update_ratio", "matrix", "finite"])
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
@@ -218,8 +266,8 @@ class RunFrames:
             for module, a in agg.items():
                 rows.append({"layer": module or "(model)", "module": module, "epoch": e.epoch,
                              "order": self._order(module, seen[module]),
-                             "norm": NAN if a["nan"] and a["sq"] == 0 else sig(math.sqrt(a["sq"])),
-                             "max_norm": sig(a["max"]), "nonfinite": a["nonfinite"], "samples": a["samples"]})
+                             "norm": NAN if a["nan"] and a["sq"] == 0 else math.sqrt(a["sq"]),
+                             "max_norm": a["max"], "nonfinite": a["nonfinite"], "samples": a["samples"]})
         df = pd.DataFrame(rows, columns=["layer", "module", "epoch", "order", "norm", "max_norm", "nonfinite",
                                          "samples"])
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
@@ -233,8 +281,8 @@ class RunFrames:
             if not e.gradients:
                 continue
             sq = sum(g.mean_norm ** 2 for g in e.gradients if math.isfinite(g.mean_norm))
-            rows.append({"epoch": e.epoch, "norm": sig(math.sqrt(sq)),
-                         "max_norm": sig(max(g.norm_max for g in e.gradients)),
+            rows.append({"epoch": e.epoch, "norm": num(math.sqrt(sq)),
+                         "max_norm": num(max(g.norm_max for g in e.gradients)),
                          "nonfinite": max(g.nonfinite for g in e.gradients),
                          "samples": max(g.samples for g in e.gradients)})
         return pd.DataFrame(rows, columns=["epoch", "norm", "max_norm", "nonfinite", "samples"])
@@ -246,15 +294,42 @@ class RunFrames:
                 return [w.name for w in e.weights]
         return []
 
-    def weight_hist(self, names: list[str]) -> pd.DataFrame:
-        """Histogram bins of chosen parameter tensors at every epoch, as fractions of the tensor's values."""
+    def histogram_tensors(self, count: int) -> list[str]:
+        """Weight matrices worth a histogram, in network order: with room for six, the first, middle and
+        last pretrained layer, the pretrained layer that moved most and the new head's (two); with room for
+        three, the first pretrained layer, the one that moved most (else the last) and the head."""
+        names = self.weight_tensors()
+        if not names:
+            return []
+        shapes = next({w.name: (w.module, len(w.shape)) for w in e.weights} for e in self.epochs if e.weights)
+        mats = [n for n in names if shapes[n][1] >= 2] or names
+        w = self.layer_weights
+        new_mods = set(w[w["new"]]["module"])
+        pretrained = [n for n in mats if shapes[n][0] not in new_mods] or mats
+        head = [n for n in mats if shapes[n][0] in new_mods]
+        last = w[w["epoch"] == w["epoch"].max()]
+        movers = last[last["trainable"] & ~last["new"] & last["matrix"] & last["rel_change"].apply(_finite)]
+        top = movers.loc[movers["rel_change"].idxmax(), "module"] if not movers.empty else None
+        most = [n for n in pretrained if shapes[n][0] == top][:1]
+        if count >= 6:
+            chosen = [pretrained[0], pretrained[len(pretrained) // 2], pretrained[-1]] + most + head[:2]
+        else:
+            chosen = [pretrained[0]] + (most or [pretrained[-1]]) + head[:1]
+        order = {n: i for i, n in enumerate(names)}
+        return sorted(dict.fromkeys(chosen), key=order.__getitem__)[:count]
+
+    def weight_hist(self, names: list[str], epochs: list[int] | None = None) -> pd.DataFrame:
+        """Histogram bins of chosen parameter tensors at the given epochs (default: all), as fractions of
+        the tensor's values; `part` says whether a row is a bin or the share below or above the fixed range."""
         rows = []
-        wanted = set(names)
+        wanted, at = set(names), set(epochs) if epochs is not None else None
         for e in self.epochs:
+            if at is not None and e.epoch not in at:
+                continue
             for w in e.weights:
                 if w.name in wanted:
                     rows += _hist_rows(w.hist, {"tensor": w.name, "epoch": e.epoch})
-        return pd.DataFrame(rows, columns=["tensor", "epoch", "x0", "x1", "x", "share"])
+        return pd.DataFrame(rows, columns=_hist_columns("tensor"))
 
     # ------------------------------------------------------------------ activations and features
 
@@ -268,10 +343,10 @@ class RunFrames:
                 base = a.module.split("#")[0]
                 rows.append({"layer": a.module, "epoch": e.epoch,
                              "order": self._order(base, seen[a.module]) + seen[a.module] * 1e-4,
-                             "type": a.type, "mean": sig(a.stats.mean), "std": sig(a.stats.std),
-                             "zero_fraction": sig(a.stats.zero_fraction), "dead_fraction": sig(a.dead_fraction),
+                             "type": a.type, "mean": a.stats.mean, "std": a.stats.std,
+                             "zero_fraction": a.stats.zero_fraction, "dead_fraction": a.dead_fraction,
                              "dead": a.dead_channels, "channels": a.channels, "nonnegative": a.nonnegative,
-                             "min": sig(a.stats.min), "max": sig(a.stats.max)})
+                             "min": a.stats.min, "max": a.stats.max})
         df = pd.DataFrame(rows, columns=["layer", "epoch", "order", "type", "mean", "std", "zero_fraction",
                                          "dead_fraction", "dead", "channels", "nonnegative", "min", "max"])
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
@@ -285,7 +360,7 @@ class RunFrames:
             for a in e.activations:
                 if a.module in wl:
                     rows += _hist_rows(a.hist, {"layer": a.module, "epoch": e.epoch})
-        return pd.DataFrame(rows, columns=["layer", "epoch", "x0", "x1", "x", "share"])
+        return pd.DataFrame(rows, columns=_hist_columns("layer"))
 
     def projection(self, method: str = "pca") -> pd.DataFrame:
         labels = self.info.probe.labels if self.info.probe else []
@@ -298,7 +373,7 @@ class RunFrames:
                     continue
                 for i, (x, y) in enumerate(zip(p.x, p.y)):
                     ci = labels[i] if i < len(labels) else -1
-                    rows.append({"epoch": e.epoch, "sample": i, "x": sig(x), "y": sig(y), "ci": ci,
+                    rows.append({"epoch": e.epoch, "sample": i, "x": x, "y": y, "ci": ci,
                                  "class": self.class_name(ci) if ci >= 0 else "?"})
         return pd.DataFrame(rows, columns=["epoch", "sample", "x", "y", "ci", "class"])
 
@@ -314,7 +389,7 @@ class RunFrames:
                 seen.setdefault(c.module, len(seen))
                 rows.append({"layer": c.module, "epoch": e.epoch,
                              "order": act_order.get(c.module, self._order(c.module.split("#")[0], seen[c.module])),
-                             "cka": sig(c.value)})
+                             "cka": c.value})
         df = pd.DataFrame(rows, columns=["layer", "epoch", "order", "cka"])
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
 
@@ -325,9 +400,9 @@ class RunFrames:
             if e.features is None:
                 continue
             rows.append({"epoch": e.epoch, "measure": f"k-NN accuracy (k={e.features.knn_k})",
-                         "accuracy": sig(e.features.knn_accuracy)})
+                         "accuracy": num(e.features.knn_accuracy)})
             rows.append({"epoch": e.epoch, "measure": "classifier accuracy on the probe set",
-                         "accuracy": sig(e.features.probe_accuracy)})
+                         "accuracy": num(e.features.probe_accuracy)})
         return pd.DataFrame(rows, columns=["epoch", "measure", "accuracy"])
 
     def image_epochs(self) -> list[EpochSnapshot]:
@@ -340,10 +415,25 @@ class RunFrames:
         return list(dict.fromkeys(df.sort_values("order", kind="stable")["layer"]))
 
 
+def _hist_columns(key: str) -> list[str]:
+    return [key, "epoch", "part", "x0", "x1", "x", "share"]
+
+
 def _hist_rows(h: Histogram, extra: dict) -> list[dict]:
+    """One row per bin, plus one for the values below and one for those above the fixed range, each drawn
+    as a bin's width outside it: values that moved out of the range are shown, never silently cut off."""
     total = h.total
     if not total or not h.counts:
         return []
     edges = h.edges
-    return [{**extra, "x0": sig(edges[i]), "x1": sig(edges[i + 1]), "x": sig((edges[i] + edges[i + 1]) / 2),
-             "share": sig(c / total)} for i, c in enumerate(h.counts)]
+    step = (h.hi - h.lo) / len(h.counts)
+    rows = [{**extra, "part": "inside", "x0": edges[i], "x1": edges[i + 1], "x": (edges[i] + edges[i + 1]) / 2,
+             "share": c / total} for i, c in enumerate(h.counts)]
+    for part, count, x0 in (("below", h.below, h.lo - step), ("above", h.above, h.hi)):
+        if count:
+            rows.append({**extra, "part": part, "x0": x0, "x1": x0 + step, "x": x0 + step / 2, "share": count / total})
+    return rows
+
+
+def _finite(v) -> bool:
+    return v is not None and isinstance(v, (int, float)) and math.isfinite(v)

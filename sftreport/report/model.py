@@ -152,6 +152,8 @@ class Headline:
     precision: str
     started_at: str
     finished_at: str | None
+    acc_change: float  # accuracy changes smaller than this count as unchanged (thresholds.ACC_CHANGE)
+    from_scratch: bool = False  # nothing was pretrained: epoch 0 is an initialisation
 
 
 @dataclass

@@ -1,72 +1,59 @@
-"""Builds the `Report` (what the report says) from a run: sections, blocks, findings, headline numbers.
+"""Decides what each section of a report contains, for one medium: the headline, the summary and one
+method per section, each a list of blocks (model.py). A section whose data is absent says so in one line
+(`Note`) instead of drawing an empty chart.
 
-One function per section. A section whose data is absent (probes off, only epoch 0, no validation set)
-says so in one line (`Note`) instead of drawing an empty chart.
+What is drawn and how lives elsewhere: the numbers in frames.py, the charts in charts.py, the per-medium
+sizes and limits in profile.py, the thresholds in thresholds.py.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Callable
 
 import pandas as pd
 
 import sftreport
 from sftreport.errors import UserError
-from sftreport.report import charts, fmt
+from sftreport.report import charts, fmt, thresholds
 from sftreport.report.findings import derive_findings
-from sftreport.report.frames import RunFrames
-from sftreport.report.model import (Cell, ChartBlock, Headline, Image, ImageGrid, KeyValues, Medium, Note,
+from sftreport.report.frames import RunFrames, choose_epochs
+from sftreport.report.model import (Block, Cell, ChartBlock, Headline, Image, ImageGrid, KeyValues, Medium, Note,
                                     Report, Section, TableBlock)
+from sftreport.report.profile import PROFILES, Profile
 from sftreport.report.vega import chart_spec
 from sftreport.schema import SCHEMA_VERSION, Architecture
 from sftreport.store import Run
-
-MAX_HEATMAP_ROWS = 70  # above this, layer heatmaps keep only convolution/linear layers
-MAX_HIST_TENSORS = 6
-MAX_ACT_HIST = 6
-MAX_PDF_PROJECTIONS = 3
-PDF_TABLE_DEPTH = 2
 
 STRATEGIES = {
     "full": "full fine-tuning: every layer trained",
     "linear-probe": "linear probe: only the new head trained, the pretrained layers frozen",
 }
 
-
-@dataclass(frozen=True)
-class Sizes:
-    full: int  # plot width of a chart that spans the page (axis labels come on top)
-    heat: int  # plot width of layer × epoch heatmaps (long layer names take the rest)
-    panel: int  # width available to a row of small panels
-    line_h: int  # height of a line chart
-    small_h: int  # height of a small line chart (learning rate, gradient norm)
-
-
-SIZES = {"html": Sizes(full=780, heat=560, panel=900, line_h=260, small_h=170),
-         "pdf": Sizes(full=560, heat=400, panel=640, line_h=190, small_h=130)}
+# what the recorder measures, said once for every caption that shows it
+CKA_POOLING = ("each layer's output on the probe images, image maps average-pooled to at most 4×4 positions per "
+               "channel and token sequences to 16 groups, then compared by linear CKA")
+UPDATE_RATIO_DEF = "‖update‖ / ‖W‖ of each epoch's first optimizer step, per layer"
 
 
 def build_report(run: Run, medium: Medium, frames: RunFrames | None = None,
                  on_chart: Callable[[ChartBlock], None] | None = None) -> Report:
     """The report of `run` for `medium`; `on_chart` is called with each chart as soon as it is built."""
     f = frames or RunFrames(run)
-    b = _Builder(run, f, medium, on_chart)
-    findings = derive_findings(f)
+    b = _Builder(run, f, PROFILES[medium], on_chart)
     headline = b.headline()
     sections = [b.training(), b.architecture(), b.parameters(), b.activations(), b.features(), b.appendix()]
     return Report(medium=medium, title=f"Fine-tuning report: {run.info.name}", headline=headline,
-                  summary=b.summary(headline), findings=findings, sections=sections,
+                  summary=b.summary(headline), findings=derive_findings(f), sections=sections,
                   schema_version=SCHEMA_VERSION, sftreport_version=sftreport.__version__)
 
 
 class _Builder:
-    def __init__(self, run: Run, frames: RunFrames, medium: Medium,
+    def __init__(self, run: Run, frames: RunFrames, profile: Profile,
                  on_chart: Callable[[ChartBlock], None] | None = None):
-        self.run, self.f, self.medium, self.on_chart = run, frames, medium, on_chart
+        self.run, self.f, self.p, self.on_chart = run, frames, profile, on_chart
         self.info = run.info
-        self.size = SIZES[medium]
-        self.html = medium == "html"
+        self.start = frames.start_name  # "pretrained model", or "initial model" for a run from scratch
+        self.trained = "trained" if frames.from_scratch else "fine-tuned"
 
     def chart(self, id: str, title: str, caption: str, chart) -> ChartBlock:
         block = ChartBlock(id=id, title=title, caption=caption, spec=chart_spec(chart))
@@ -74,25 +61,37 @@ class _Builder:
             self.on_chart(block)
         return block
 
+    def epoch_label(self, epoch: int) -> str:
+        start = "initial" if self.f.from_scratch else "pretrained"
+        return f"{start} (epoch 0)" if epoch == 0 else f"{self.trained} (epoch {epoch})"
+
+    def columns(self, df: pd.DataFrame) -> tuple[list[int], str]:
+        """The epochs a layer × epoch heatmap shows (the best one kept), and a caption note when thinned."""
+        epochs = sorted(df["epoch"].unique().tolist())
+        best = self.f.best_epoch()
+        shown = choose_epochs(epochs, self.p.epoch_columns, keep=[best[0]] if best else [])
+        if len(shown) == len(epochs):
+            return epochs, ""
+        return shown, f" {len(shown)} of the {len(epochs)} epochs are shown, evenly spread, with the best."
+
     # ------------------------------------------------------------------ summary
 
     def headline(self) -> Headline:
         f, info = self.f, self.info
-        first, last = f.val_at("first"), f.val_at("last")
+        first, last = f.first_eval, f.last_eval
+        changed = first is not None and last is not None and last.epoch != first.epoch
         best = f.best_epoch()
-        env = info.environment
-        ds = info.dataset
+        env, ds = info.environment, info.dataset
         return Headline(
             run_name=info.name, status=info.status, status_detail=info.status_detail, model=info.model,
             weights=info.weights, strategy=info.strategy, dataset=ds.name, classes=len(ds.classes),
             epochs_done=f.last.epoch if f.last else 0, epochs_planned=info.planned_epochs,
-            acc_before=first[1].accuracy if first else None,
-            acc_after=last[1].accuracy if last and first and last[0].epoch != first[0].epoch else None,
+            acc_before=first.eval.accuracy if first else None, acc_after=last.eval.accuracy if changed else None,
             best_epoch=best[0] if best else None, best_acc=best[1] if best else None,
-            loss_before=first[1].loss if first else None,
-            loss_after=last[1].loss if last and first and last[0].epoch != first[0].epoch else None,
+            loss_before=first.eval.loss if first else None, loss_after=last.eval.loss if changed else None,
             duration_s=info.duration_s, device=env.device + (f" ({env.device_name})" if env.device_name else ""),
-            precision=env.precision, started_at=info.started_at, finished_at=info.finished_at)
+            precision=env.precision, started_at=info.started_at, finished_at=info.finished_at,
+            acc_change=thresholds.ACC_CHANGE, from_scratch=f.from_scratch)
 
     def summary(self, h: Headline) -> KeyValues:
         info, ds = self.info, self.info.dataset
@@ -104,14 +103,16 @@ class _Builder:
                        f"({fmt.points(h.acc_after - h.acc_before)})")
         planned = f" of {h.epochs_planned} planned" if h.epochs_planned else ""
         sizes = f"{fmt.integer(ds.train_size)} training / {fmt.integer(ds.val_size)} validation images"
+        weights = info.weights + (" — trained from scratch, nothing pretrained" if self.f.from_scratch else "")
         items = [
             ("Run", info.name),
             ("Status", info.status + (f": {info.status_detail}" if info.status_detail else "")),
             ("Dataset", f"{ds.name}: {len(ds.classes)} classes, {sizes}, {ds.image_size}×{ds.image_size} px"
                         + (f" ({ds.source})" if ds.source else "")),
             ("Model", info.model),
-            ("Pretrained weights", info.weights),
+            ("Pretrained weights", weights),
             ("Strategy", STRATEGIES.get(info.strategy, info.strategy)),
+            ("Training", _hyperparameters(info.config) or "–"),
             ("Validation accuracy", acc),
             ("Best epoch", f"{h.best_epoch} ({fmt.pct(h.best_acc)})" if h.best_epoch is not None else "–"),
             ("Epochs", f"{h.epochs_done}{planned}"),
@@ -124,44 +125,49 @@ class _Builder:
     # ------------------------------------------------------------------ training
 
     def training(self) -> Section:
-        f, s = self.f, self.size
+        f, p = self.f, self.p
         sec = Section("training", "Training",
                       "Look for validation loss that stops falling while training loss keeps falling (overfitting), "
                       "and for the classes that fine-tuning helped least.")
         t = f.epoch_table
         if not f.trained:
-            sec.blocks.append(Note("Only the pretrained model (epoch 0) was recorded: no training curves yet."))
+            sec.blocks.append(Note(f"Only the {self.start} (epoch 0) was recorded: no training curves yet."))
         else:
+            steps = f.steps_at_most(p.step_points)
+            thinned = (f" Per-step points are averaged in groups of neighbouring steps ({len(steps):,} of "
+                       f"{len(f.steps):,} points).") if len(steps) < len(f.steps) else ""
             sec.blocks.append(self.chart(
                 "loss", "Loss", "Training loss per optimizer step (light) and per epoch, and validation loss per "
-                "epoch, on one epoch axis. Gaps are NaN or infinite values.",
-                charts.loss_curves(t, f.steps, s.full, s.line_h)))
+                "epoch, on one epoch axis. Gaps are NaN or infinite values." + thinned,
+                charts.loss_curves(t, steps, p.full, p.line_h)))
             if t["train_accuracy"].notna().any() or t["val_accuracy"].notna().any():
                 sec.blocks.append(self.chart(
                     "accuracy", "Accuracy", "Training accuracy (on the batches as trained) and validation accuracy "
-                    "per epoch; epoch 0 is the pretrained model with its new head.", charts.accuracy_curves(t, s.full, s.line_h)))
-            if f.steps["lr"].notna().any() or t["lr"].notna().any():
+                    f"per epoch; epoch 0 is the {self.start} with its new head.",
+                    charts.accuracy_curves(t, p.full, p.line_h)))
+            if steps["lr"].notna().any() or t["lr"].notna().any():
                 sec.blocks.append(self.chart("lr", "Learning rate", "The learning rate the optimizer used at each step.",
-                                             charts.learning_rate(f.steps, t, s.full, s.small_h)))
+                                             charts.learning_rate(steps, t, p.full, p.small_h)))
         if not f.has_val:
             sec.blocks.append(Note("No validation set was evaluated: no confusion matrix or per-class accuracy."))
             return sec
-        first, last = f.val_at("first"), f.val_at("last")
-        pairs = [(f"epoch {first[0].epoch} (pretrained)" if first[0].epoch == 0 else f"epoch {first[0].epoch}",
-                  f.confusion(first[0]))]
-        if last[0].epoch != first[0].epoch:
-            pairs.append((f"epoch {last[0].epoch} (fine-tuned)", f.confusion(last[0])))
-        n = len(f.classes)
+        first, last = f.first_eval, f.last_eval
+        pairs = [(f"epoch {first.epoch} ({'initial' if f.from_scratch else 'pretrained'})" if first.epoch == 0
+                  else f"epoch {first.epoch}", f.confusion(first.epoch))]
+        if last.epoch != first.epoch:
+            pairs.append((f"epoch {last.epoch} ({self.trained})", f.confusion(last.epoch)))
+        numbers = len(f.classes) <= p.confusion_numbers
         sec.blocks.append(self.chart(
             "confusion", "Confusion matrix, before and after",
             "Rows are the true class, columns the predicted class; colour is the share of the row"
-            + (", numbers are image counts" if n <= (12 if self.html else 6) else "") + ". A strong diagonal is good.",
-            charts.confusion_pair(pairs, f.classes, s.panel, max_text=12 if self.html else 6)))
-        pc = f.per_class()
+            + (", numbers are image counts" if numbers else "") + ". A strong diagonal is good.",
+            charts.confusion_pair(pairs, f.classes, p.panel, max_text=p.confusion_numbers)))
         sec.blocks.append(self.chart(
             "per-class", "Per-class accuracy, before vs after",
+            f"Validation accuracy of each class for the {self.start} (grey) and after {self.trained.replace('-', ' ')} "
+            "training (blue)." if f.from_scratch else
             "Validation accuracy of each class for the pretrained model (grey) and after fine-tuning (blue).",
-            charts.per_class_accuracy(pc, f.classes, s.full - 120)))
+            charts.per_class_accuracy(f.per_class(), f.classes, p.full - 120)))
         sec.blocks.append(self.epoch_table())
         return sec
 
@@ -175,7 +181,7 @@ class _Builder:
                          Cell(fmt.duration(e.timing.train_s) if e.timing.train_s else "–")])
         return TableBlock("epochs", "Per epoch", "The numbers behind the curves (NaN: not a number).",
                           ["epoch", "steps", "train loss", "train acc.", "val. loss", "val. acc.", "learning rate",
-                           "train time"], rows, numeric=[True] * 8)
+                           "train time"], rows, numeric=[True] * 8, scroll=self.p.interactive and len(rows) > 30)
 
     # ------------------------------------------------------------------ architecture
 
@@ -191,14 +197,15 @@ class _Builder:
         sec.blocks.append(KeyValues("arch-totals", "Parameters", [
             ("Model", f"{arch.model_type} ({self.info.model}), input {fmt.shape(arch.input_shape)}"),
             ("Parameters", f"{fmt.integer(arch.total_params)} ({fmt.count(arch.total_params)})"),
-            ("Trainable", f"{fmt.integer(arch.trainable_params)} ({fmt.pct(arch.trainable_params / arch.total_params if arch.total_params else None)})"),
+            ("Trainable", f"{fmt.integer(arch.trainable_params)} "
+                          f"({fmt.pct(arch.trainable_params / arch.total_params if arch.total_params else None)})"),
             ("Frozen", fmt.integer(frozen)),
             ("New (not pretrained)", f"{fmt.integer(arch.new_params)}"),
             ("Strategy", STRATEGIES.get(self.info.strategy, self.info.strategy)),
         ]))
         sec.blocks.append(self.replaced(arch))
         rows = []
-        for i, blk in enumerate(arch.blocks):
+        for blk in arch.blocks:
             parts = {
                 "pretrained, frozen": blk.params - blk.new - max(0, blk.trainable - blk.new),
                 "pretrained, fine-tuned": max(0, blk.trainable - blk.new),
@@ -213,14 +220,17 @@ class _Builder:
                 "params-by-block", "Parameters by block",
                 "Parameters of each top-level block: grey is pretrained and frozen, blue pretrained and fine-tuned, "
                 "orange new (the replaced head).",
-                charts.params_by_block(pd.DataFrame(rows), self.size.full - 100)))
+                charts.params_by_block(pd.DataFrame(rows), self.p.full - 100)))
         sec.blocks.append(self.layer_table(arch))
         return sec
 
-    def replaced(self, arch: Architecture) -> TableBlock | Note:
+    def replaced(self, arch: Architecture) -> Block:
         new = [m for m in arch.modules if m.new > 0]
         if not new:
             return Note("No new layers: every parameter was loaded from the pretrained weights.")
+        if self.f.from_scratch:
+            return Note(f"Trained from scratch: no pretrained weights were loaded, so all {fmt.integer(arch.total_params)} "
+                        "parameters started from their initialisation, and epoch 0 is the untrained model.")
         rows = [[Cell(m.name or "(model)", cls="mono"), Cell(m.type), Cell(fmt.shape(m.output_shape)),
                  Cell(fmt.integer(m.new)), Cell("trainable" if m.trainable else "frozen")] for m in new]
         classes = len(self.info.dataset.classes)
@@ -243,202 +253,185 @@ class _Builder:
                     t[0] += m.params
                     t[1] += m.trainable
                     t[2] += m.new
-        keep = mods
-        if not self.html:
-            keep = [m for m in mods if m.depth <= PDF_TABLE_DEPTH or m.new > 0]
+        depth = self.p.layer_table_depth
+        keep = mods if depth is None else [m for m in mods if m.depth <= depth or m.new > 0]
         rows = []
         for m in keep:
-            p, tr, nw = totals[m.name]
+            params, trainable, new = totals[m.name]
             rows.append([
                 Cell(m.name or "(model)", cls=f"mono d{min(m.depth, 6)}"),
-                Cell(m.type), Cell(fmt.shape(m.output_shape)), Cell(fmt.integer(p) if p else "–"),
-                _share_cell(tr, p, "trainable", "frozen"), _share_cell(nw, p, "new", "pretrained", invert=True)])
-        hidden = len(mods) - len(keep)
+                Cell(m.type), Cell(fmt.shape(m.output_shape)), Cell(fmt.integer(params) if params else "–"),
+                _share_cell(trainable, params, "trainable", "frozen"),
+                _share_cell(new, params, "new", "pretrained", invert=True)])
         caption = ("Every module in network order, indented by depth; parameters include the module's children."
-                   if self.html else
-                   f"Modules down to depth {PDF_TABLE_DEPTH} in network order ({hidden} deeper modules are in the "
-                   "HTML report); parameters include the module's children.")
+                   if depth is None else
+                   f"Modules down to depth {depth} in network order ({len(mods) - len(keep)} deeper modules are in "
+                   "the HTML report); parameters include the module's children.")
         return TableBlock("layers", f"Layers ({len(mods)} modules)", caption,
                           ["layer", "type", "output shape", "parameters", "trained", "origin"], rows,
-                          numeric=[False, False, False, True, False, False], scroll=self.html and len(rows) > 30)
+                          numeric=[False, False, False, True, False, False],
+                          scroll=self.p.interactive and len(rows) > self.p.scroll_rows)
 
     # ------------------------------------------------------------------ parameters
 
     def heat_layers(self, df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+        """Rows for a layer heatmap: every layer, or only convolution and linear layers when there are too
+        many to read; a caption note says which."""
         layers = self.f.layers_in_order(df)
-        if len(layers) <= MAX_HEATMAP_ROWS or "matrix" not in df:
+        if len(layers) <= self.p.heatmap_rows or "matrix" not in df:
             return df, ""
         kept = df[df["matrix"]]
         dropped = len(layers) - len(self.f.layers_in_order(kept))
         return kept, f" Only convolution and linear layers are shown ({dropped} normalisation and other small layers left out)."
 
     def parameters(self) -> Section:
-        f, s = self.f, self.size
+        f, p = self.f, self.p
         sec = Section("parameters", "Parameters",
-                      "Look for which layers moved away from their pretrained weights (deeper layers usually move "
-                      "more), for gradient spikes or NaNs, and for update-to-weight ratios far outside the green band.")
+                      f"Look for which layers moved away from their {'initial' if f.from_scratch else 'pretrained'} "
+                      "weights (deeper layers usually move more), for gradient spikes or NaNs, and for update-to-weight "
+                      "ratios far outside the green band.")
         w = f.layer_weights
         if w.empty:
             sec.blocks.append(Note("No weight statistics were recorded (probes were off)."))
             return sec
         trained = w[w["epoch"] > 0]
         g = f.layer_grads
-        u = w[w["update_ratio"].notna() & (w["update_ratio"] > 0)]
-        rel_cap = ("‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale; new layers are "
-                   "compared with their initialisation. Grey cells did not change (frozen).")
-        grad_cap = ("Root of the summed squared mean gradient norms of each layer's tensors, per epoch (log colour "
-                    "scale). Frozen layers have no gradient; grey: none sampled in that epoch.")
-        upd_cap = ("‖update‖ / ‖W‖ of one optimizer step per layer and epoch (log scale). The green band is "
-                   f"{charts.HEALTHY_BAND[0]:g} … {charts.HEALTHY_BAND[1]:g} around the usual target of "
-                   f"{charts.HEALTHY_TARGET:g} (dashed): far below, a layer barely learns; far above, training is "
-                   "unstable. Frozen layers are not shown.")
-        rel_args = dict(legend_title="‖Wₜ−W₀‖ / ‖W₀‖ (log scale)", scale=alt_scale_log(trained["rel_change"], "viridis"),
-                        legend_format=".0e", tooltip_format=".3~%",
-                        extra_tooltips=[_tip("type:N"), _tip("params:Q", "parameters", ",")])
-        grad_args = dict(legend_title="gradient norm (log scale)", legend_format=".0e", tooltip_format=".3e",
-                         scale=alt_scale_log(g["norm"], "plasma") if not g.empty else None,
-                         extra_tooltips=[_tip("max_norm:Q", "largest sampled tensor norm", ".3e"),
-                                         _tip("nonfinite:Q", "steps with NaN/inf gradients")])
         if not g.empty:
             g = g.merge(w[["layer", "epoch", "matrix", "type"]], on=["layer", "epoch"], how="left")
             g["matrix"] = g["matrix"].fillna(True).astype(bool)
+        u = w[w["update_ratio"].notna() & (w["update_ratio"] > 0)]
+        epochs, thinned = self.columns(trained) if not trained.empty else ([], "")
+        trained, g, u = (df[df["epoch"].isin(epochs)] if not df.empty else df for df in (trained, g, u))
+        ref = "their initialisation" if f.from_scratch else "the pretrained weights; new layers are compared with their initialisation"
+        rel_cap = (f"‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale: how far each "
+                   f"layer's weights are from {ref}. Grey cells did not change (frozen).")
+        grad_cap = ("Gradient L2 norm per layer and epoch: the root of the summed squares of the mean norms of the "
+                    "layer's tensors over the epoch's sampled steps (every --grad-every steps and each epoch's first; "
+                    "log colour scale). Frozen layers have no gradient; grey: none sampled in that epoch.")
+        upd_cap = (f"{UPDATE_RATIO_DEF}, log scale. The green band is {thresholds.band_text()} around the usual "
+                   f"target of {thresholds.UPDATE_RATIO_TARGET:g} (dashed): far below, a layer barely learns; far "
+                   "above, training is unstable. Frozen layers are not shown.")
+        rel_args = dict(legend_title="‖Wₜ−W₀‖ / ‖W₀‖ (log scale)", scale=charts.log_scale(trained["rel_change"], "viridis"),
+                        legend_format=".0e", tooltip_format=".3~%",
+                        extra_tooltips=[charts.tip("type:N"), charts.tip("params:Q", "parameters", ",")])
+        grad_args = dict(legend_title="gradient norm (log scale)", legend_format=".0e", tooltip_format=".3e",
+                         scale=charts.log_scale(g["norm"], "plasma") if not g.empty else None,
+                         extra_tooltips=[charts.tip("max_norm:Q", "largest sampled tensor norm", ".3e"),
+                                         charts.tip("nonfinite:Q", "steps with NaN/inf gradients")])
+        start = "initial" if f.from_scratch else "pretrained"
+        # the PDF shows the three per-layer views side by side when it has all three: one row per layer
+        combined = not p.interactive and not trained.empty and not g.empty and not u.empty
+        blocks: list[Block] = []
         if trained.empty:
-            sec.blocks.append(Note("Only the pretrained weights (epoch 0) were recorded: nothing has changed yet."))
-        elif not self.html and not g.empty and not u.empty:
-            # the PDF shows the three per-layer views side by side: one row per layer, labels drawn once
+            blocks.append(Note(f"Only the {self.start}'s weights (epoch 0) were recorded: nothing has changed yet."))
+        elif combined:
             hw, note = self.heat_layers(trained)
             layers = f.layers_in_order(hw)
-            hg, hu = g[g["layer"].isin(layers)], u[u["layer"].isin(layers)]
-            third = (s.panel - 200) // 3
-            sec.blocks.append(self.chart(
-                "per-layer", "Relative change from the pretrained weights, gradient norm and update ratio per layer",
-                f"Left: {rel_cap} Middle: {grad_cap} Right: {upd_cap}{note}",
+            third = (p.panel - 200) // 3
+            blocks.append(self.chart(
+                "per-layer", f"Relative change from the {start} weights, gradient norm and update ratio per layer",
+                f"Left: {rel_cap} Middle: {grad_cap} Right: {upd_cap}{note}{thinned}",
                 charts.side_by_side([
-                    charts.heatmap(hw, "rel_change", layers, width=third, title="change from pretrained", **rel_args),
-                    charts.heatmap(hg, "norm", layers, width=third, title="gradient norm", y_labels=False,
-                                   epochs=sorted(hw["epoch"].unique().tolist()), **grad_args),
-                    charts.update_ratio(hu, layers, third, y_labels=False, title="update / weight (green: 1e-4…1e-2)"),
+                    charts.heatmap(hw, "rel_change", layers, width=third, title="change from epoch 0",
+                                   epochs=epochs, **rel_args),
+                    charts.heatmap(g[g["layer"].isin(layers)], "norm", layers, width=third, title="gradient norm",
+                                   y_labels=False, epochs=epochs, **grad_args),
+                    charts.update_ratio(u[u["layer"].isin(layers)], layers, third, y_labels=False,
+                                        title=f"update / weight (green: {thresholds.band_text()})"),
                 ])))
-            sec.blocks.append(self.weight_histograms())
-            sec.blocks.append(self.grad_total())
-            return sec
         else:
             hw, note = self.heat_layers(trained)
-            sec.blocks.append(self.chart(
-                "rel-change", "Relative change from the pretrained weights", rel_cap + note,
-                charts.heatmap(hw, "rel_change", f.layers_in_order(hw), width=s.heat, **rel_args)))
-        sec.blocks.append(self.weight_histograms())
+            blocks.append(self.chart(
+                "rel-change", f"Relative change from the {start} weights", rel_cap + note + thinned,
+                charts.heatmap(hw, "rel_change", f.layers_in_order(hw), width=p.heat, epochs=epochs, **rel_args)))
+        blocks.append(self.weight_histograms())
         if g.empty:
-            sec.blocks.append(Note("No gradients were sampled (no training step recorded, or probes were off)."))
+            blocks.append(Note("No gradients were sampled (no training step recorded, or probes were off)."))
         else:
-            sec.blocks.append(self.grad_total())
+            blocks.append(self.grad_total())
+        if not combined and not g.empty:
             hg, note = self.heat_layers(g)
-            sec.blocks.append(self.chart(
-                "grad-layers", "Gradient norm per layer",
-                grad_cap + note,
-                charts.heatmap(hg, "norm", f.layers_in_order(hg), width=s.heat,
-                               epochs=sorted(trained["epoch"].unique().tolist()), **grad_args)))
+            blocks.append(self.chart("grad-layers", "Gradient norm per layer", grad_cap + note + thinned,
+                                     charts.heatmap(hg, "norm", f.layers_in_order(hg), width=p.heat, epochs=epochs,
+                                                    **grad_args)))
         if u.empty:
-            sec.blocks.append(Note("No update-to-weight ratios were recorded (no optimizer step measured)."))
-        else:
+            blocks.append(Note("No update-to-weight ratios were recorded (no optimizer step measured)."))
+        elif not combined:
             hu, note = self.heat_layers(u)
-            sec.blocks.append(self.chart("update-ratio", "Update-to-weight ratio", upd_cap + note,
-                                         charts.update_ratio(hu, f.layers_in_order(hu), s.heat)))
+            blocks.append(self.chart("update-ratio", "Update-to-weight ratio", upd_cap + note + thinned,
+                                     charts.update_ratio(hu, f.layers_in_order(hu), p.heat)))
+        sec.blocks += blocks
         return sec
 
     def grad_total(self) -> ChartBlock:
         return self.chart(
             "grad-total", "Gradient norm of the whole model",
-            "Mean over the epoch's sampled steps, and the largest single-tensor norm seen (log scale). "
-            "A red line marks an epoch with NaN or infinite gradients.",
-            charts.grad_total(self.f.grad_total, self.size.full, self.size.small_h + 20))
+            "The model's gradient L2 norm, averaged over the epoch's sampled steps, and the largest single-tensor "
+            "norm seen (log scale). A red line marks an epoch with NaN or infinite gradients.",
+            charts.grad_total(self.f.grad_total, self.p.full, self.p.small_h + 20))
 
-    def weight_histograms(self):
-        f = self.f
-        w = f.layer_weights
-        names = f.weight_tensors()
-        if not names:
+    def weight_histograms(self) -> Block:
+        f, p = self.f, self.p
+        chosen = f.histogram_tensors(p.weight_hists)
+        if not chosen:
             return Note("No weight histograms were recorded.")
-        last = int(w["epoch"].max())
-        moved = w[(w["epoch"] == last)]
-        mod_rank = {}
-        if not moved.empty:
-            pre = moved[moved["trainable"] & ~moved["new"] & moved["matrix"]]
-            if not pre.empty:
-                mod_rank["most"] = pre.loc[pre["rel_change"].fillna(-1).idxmax(), "module"]
-        # candidate tensors: the weight matrices of layers, in network order
-        mats = [n for n, (m, nd) in self._tensor_info().items() if nd >= 2] or names
-        mod_of = {n: m for n, (m, _) in self._tensor_info().items()}
-        new_mods = set(w[w["new"]]["module"])
-        pre_mats = [n for n in mats if mod_of.get(n) not in new_mods] or mats
-        most = [n for n in pre_mats if mod_of.get(n) == mod_rank.get("most")][:1]
-        head = [n for n in mats if mod_of.get(n) in new_mods][:2]
-        if self.html:  # first, middle, last pretrained layer, the one that moved most, the new head
-            chosen = [pre_mats[0], pre_mats[len(pre_mats) // 2], pre_mats[-1]] + most + head
-        else:  # the PDF keeps one row of three: first pretrained layer, the one that moved most, the head
-            chosen = [pre_mats[0]] + (most or [pre_mats[-1]]) + head[:1]
-        order = {n: i for i, n in enumerate(names)}
-        chosen = sorted(dict.fromkeys(chosen), key=order.__getitem__)[:MAX_HIST_TENSORS]
-        df = f.weight_hist(chosen)
-        epochs = sorted(df["epoch"].unique().tolist())
-        first = epochs[0]
-        cols = 3
+        all_epochs = sorted({e.epoch for e in f.epochs if e.weights})
+        best = f.best_epoch()
+        epochs = choose_epochs(all_epochs, p.hist_epochs + 1, keep=[best[0]] if best else [])
+        df = f.weight_hist(chosen, epochs)
+        which = ("first, middle and last pretrained layer, the one that moved most, and the new head"
+                 if p.weight_hists >= 6 else "first pretrained layer, the one that moved most, and the new head")
+        if f.from_scratch:
+            which = "first, middle and last layer" if p.weight_hists >= 6 else "first and last layer"
+        thinned = (f" {len(epochs) - 1} of the {len(all_epochs) - 1} later epochs are drawn."
+                   if len(epochs) < len(all_epochs) else "")
         return self.chart(
-            "weight-hist", "Weight histograms, pretrained vs now",
-            "Distribution of the values of chosen weight tensors ("
-            + ("first, middle, last pretrained layer, the one that moved most, and the new head" if self.html else
-               "first pretrained layer, the one that moved most, and the new head")
-            + "); grey area: pretrained, lines: each later epoch. Fixed bins per tensor, chosen on the pretrained "
-            "weights.",
-            charts.histograms(df, "tensor", chosen, width=self.size.panel, columns=cols, first_epoch=first,
+            "weight-hist", f"Weight histograms, {self.start.split()[0]} vs now",
+            f"Distribution of the values of chosen weight tensors ({which}); grey area: epoch 0, lines: later "
+            "epochs. Bins are fixed per tensor from its epoch-0 range widened by 10 %; red bars at the edges hold "
+            f"the values that moved outside it (their share is in the tooltip).{thinned}",
+            charts.histograms(df, "tensor", chosen, width=p.panel, columns=3, first_epoch=epochs[0],
                               color_epochs=len(epochs) > 2, x_title="weight value"))
-
-    def _tensor_info(self) -> dict[str, tuple[str, int]]:
-        for e in self.f.epochs:
-            if e.weights:
-                return {w.name: (w.module, len(w.shape)) for w in e.weights}
-        return {}
 
     # ------------------------------------------------------------------ activations
 
     def activations(self) -> Section:
-        f, s = self.f, self.size
+        f, p = self.f, self.p
         sec = Section("activations", "Activations",
-                      "Look for layers whose outputs drift far from the pretrained model's on the same probe images, "
+                      f"Look for layers whose outputs drift far from the {self.start}'s on the same probe images, "
                       "and for growing fractions of dead (always zero) channels.")
         a = f.activations
         if a.empty:
             sec.blocks.append(Note("No activation statistics were recorded (probes were off)."))
         else:
             layers = f.layers_in_order(a)
+            epochs, thinned = self.columns(a)
             sec.blocks.append(self.chart(
                 "act-stats", "Activation statistics per layer and epoch",
                 "Mean, standard deviation, share of exactly-zero outputs, and share of dead channels (zero for every "
-                "probe image and position) of each probed layer's output on the fixed probe batch.",
-                charts.activation_heatmaps(a, layers, s.panel)))
-            epochs = sorted(a["epoch"].unique().tolist())
-            pick = _spread(layers, MAX_ACT_HIST if self.html else 3)
-            pick = list(dict.fromkeys(pick))
-            hist_epochs = [epochs[0], epochs[-1]] if len(epochs) > 1 else epochs
+                "probe image and position) of each probed layer's output on the fixed probe images." + thinned,
+                charts.activation_heatmaps(a[a["epoch"].isin(epochs)], layers, p.panel)))
+            all_epochs = sorted(a["epoch"].unique().tolist())
+            pick = _spread(layers, p.activation_hists)
+            hist_epochs = [all_epochs[0], all_epochs[-1]] if len(all_epochs) > 1 else all_epochs
             df = f.activation_hist(pick, hist_epochs)
             if not df.empty:
                 sec.blocks.append(self.chart(
-                    "act-hist", "Activation histograms, pretrained vs last epoch",
+                    "act-hist", f"Activation histograms, {self.start.split()[0]} vs last epoch",
                     f"Distribution of output values of chosen layers on the probe images: grey area epoch "
-                    f"{hist_epochs[0]}, blue line epoch {hist_epochs[-1]} (square-root scale, so the tails show).",
-                    charts.histograms(df, "layer", pick, width=s.panel, columns=3,
-                                      first_epoch=hist_epochs[0], color_epochs=False,
-                                      x_title="activation value", sqrt_y=True)))
+                    f"{hist_epochs[0]}, blue line epoch {hist_epochs[-1]} (square-root scale, so the tails show). "
+                    "Bins are fixed per layer from its epoch-0 range widened by 10 %; red bars at the edges hold the "
+                    "values that moved outside it.",
+                    charts.histograms(df, "layer", pick, width=p.panel, columns=3, first_epoch=hist_epochs[0],
+                                      color_epochs=False, x_title="activation value", sqrt_y=True)))
         sec.blocks.append(self.feature_maps())
         return sec
 
-    def feature_maps(self):
-        eps = [e for e in self.f.image_epochs() if e.images.feature_maps]
+    def feature_maps(self) -> Block:
+        eps = [e for e in self.f.image_epochs() if e.images and e.images.feature_maps]
         if not eps:
             return Note("No feature-map images were recorded.")
-        first, last = eps[0], eps[-1]
-        cols = [first] if first is last else [first, last]
-        heads = [self._epoch_label(e.epoch) for e in cols]
+        cols = [eps[0]] if eps[0] is eps[-1] else [eps[0], eps[-1]]
         keys = list(dict.fromkeys((m.module, m.sample) for e in cols for m in e.images.feature_maps))
         rows = []
         for module, sample in keys:
@@ -451,14 +444,11 @@ class _Builder:
             rows.append((f"{module} · probe image {sample + 1} · {channels} channels", imgs))
         return ImageGrid("feature-maps", "Feature maps of probe images",
                          "Each strip: the probe image, then the most active channels of the layer's output (each "
-                         "channel scaled on its own: patterns, not magnitudes).", heads, rows)
-
-    def _epoch_label(self, epoch: int) -> str:
-        if epoch == 0:
-            return "pretrained (epoch 0)"
-        return f"fine-tuned (epoch {epoch})"
+                         "channel scaled on its own: patterns, not magnitudes).",
+                         [self.epoch_label(e.epoch) for e in cols], rows)
 
     def image(self, rel: str, alt: str) -> Image | None:
+        """A recorded PNG, or None when it is missing or not a PNG (a crash can lose an image)."""
         try:
             data = self.run.asset(rel).read_bytes()
         except (OSError, UserError):
@@ -470,7 +460,7 @@ class _Builder:
     # ------------------------------------------------------------------ features
 
     def features(self) -> Section:
-        f, s = self.f, self.size
+        f, p = self.f, self.p
         sec = Section("features", "Features",
                       "Look for classes separating in the penultimate features, for the layers whose representation "
                       "changed most (low CKA), and for whether class separability improved.")
@@ -478,27 +468,7 @@ class _Builder:
         if proj.empty:
             sec.blocks.append(Note("No feature projections were recorded (probes were off)."))
         else:
-            epochs = sorted(proj["epoch"].unique().tolist())
-            dim = next((e.features.dim for e in f.epochs if e.features), None)
-            module = next((e.features.module for e in f.epochs if e.features), "the head")
-            cap = (f"Penultimate features (the {dim}-dimensional input of {module}) of the {proj['sample'].nunique()} "
-                   "probe images, projected on the two principal axes of the pretrained model's features (same axes "
-                   "at every epoch), coloured by true class.")
-            if self.html and len(epochs) > 1:
-                sec.blocks.append(self.chart(
-                    "projection", "Feature projection (PCA) by epoch",
-                    cap + " Move the slider to change the epoch; hover a point for its class. \"Fit the axes\" zooms "
-                    "to one epoch's points (ticked from the start when some epochs' features are far larger than "
-                    "others').",
-                    charts.projection_slider(proj, f.classes, epochs, s.full, "PCA")))
-            else:
-                pick = _spread(epochs, MAX_PDF_PROJECTIONS)
-                shared = charts.axes_comparable(proj, pick)
-                sec.blocks.append(self.chart(
-                    "projection", "Feature projection (PCA) at chosen epochs",
-                    cap + ("" if shared else " Each epoch has its own axis ranges here: the features' scale changed "
-                                             "too much between epochs for one set of axes."),
-                    charts.projection_multiples(proj, f.classes, pick, s.panel, "PCA", shared_axes=shared)))
+            sec.blocks.append(self.projection(proj))
             tsne = f.projection("tsne")
             if not tsne.empty:
                 t_epochs = sorted(tsne["epoch"].unique().tolist())
@@ -507,41 +477,71 @@ class _Builder:
                     "tsne", "Feature projection (t-SNE), first and last epoch",
                     "t-SNE of the same features; each epoch has its own axes (t-SNE distances are not comparable "
                     "across epochs), so read it for clusters, not positions.",
-                    charts.projection_multiples(tsne, f.classes, pick, s.panel, "t-SNE", shared_axes=False)))
+                    charts.projection_multiples(tsne, f.classes, pick, p.panel, "t-SNE", shared_axes=False)))
         c = f.cka
         c = c[c["epoch"] > 0] if not c.empty else c
         if c.empty:
             sec.blocks.append(Note("No CKA similarities were recorded after epoch 0."))
         else:
-            layers = f.layers_in_order(c)
+            epochs, thinned = self.columns(c)
+            c = c[c["epoch"].isin(epochs)]
             sec.blocks.append(self.chart(
-                "cka", "Similarity to the pretrained representation (linear CKA)",
-                "Linear CKA between each probed layer's features on the probe images now and in the pretrained "
-                "model: 1 is unchanged, lower values mean fine-tuning changed what the layer represents.",
-                charts.heatmap(c, "cka", layers, width=s.heat, legend_title="linear CKA to pretrained",
-                               scale=alt_scale_linear(c["cka"], "viridis", hi=1.0), legend_format=".2f",
-                               tooltip_format=".3f")))
+                "cka", f"Similarity to the {self.start}'s representation (linear CKA)",
+                f"Linear CKA between each probed layer's representation now and in the {self.start} ({CKA_POOLING}): "
+                "1 is unchanged, lower values mean training changed what the layer represents. A new head has no "
+                "pretrained representation to keep: its row shows how far it moved from its initialisation."
+                + thinned,
+                charts.heatmap(c, "cka", f.layers_in_order(c), width=p.heat, legend_title="linear CKA to epoch 0",
+                               scale=charts.linear_scale(c["cka"], "viridis", hi=1.0), legend_format=".2f",
+                               tooltip_format=".3f", epochs=epochs)))
         sep = f.separability
         if not sep.empty and sep["epoch"].nunique() > 1:
             sec.blocks.append(self.chart(
                 "separability", "Class separability of the features",
-                "Leave-one-out k-NN accuracy on the probe set's penultimate features (do the classes form clusters?), "
-                "and the model's own accuracy on the same images.", charts.separability(sep, s.full, s.line_h - 20)))
+                "Leave-one-out k-NN accuracy (cosine similarity) on the probe set's penultimate features (do the "
+                "classes form clusters?), and the model's own accuracy on the same images.",
+                charts.separability(sep, p.full, p.line_h - 20)))
         sec.blocks.append(self.filters())
         return sec
 
-    def filters(self):
-        eps = [e for e in self.f.image_epochs() if e.images.filters]
+    def projection(self, proj: pd.DataFrame) -> ChartBlock:
+        f, p = self.f, self.p
+        epochs = sorted(proj["epoch"].unique().tolist())
+        dim = next((e.features.dim for e in f.epochs if e.features), None)
+        module = next((e.features.module for e in f.epochs if e.features), "the head")
+        cap = (f"Penultimate features (the {dim}-dimensional input of {module}) of the {proj['sample'].nunique()} "
+               f"probe images, projected on the two principal axes of the {self.start}'s features (same axes at "
+               "every epoch), coloured by true class.")
+        if p.interactive and len(epochs) > 1:
+            best = f.best_epoch()
+            shown = choose_epochs(epochs, p.slider_epochs, keep=[best[0]] if best else [])
+            pick = ("Move the slider to change the epoch" if len(shown) == len(epochs) else
+                    f"Pick one of {len(shown)} of the {len(epochs)} epochs (evenly spread, with the best)")
+            return self.chart(
+                "projection", "Feature projection (PCA) by epoch",
+                cap + f" {pick}; hover a point for its class. \"Fit the axes\" zooms to one epoch's points (ticked "
+                "from the start when some epochs' features are far larger than others').",
+                charts.projection_slider(proj[proj["epoch"].isin(shown)], f.classes, shown, p.full, "PCA"))
+        pick = _spread(epochs, p.projections)
+        shared = charts.axes_comparable(proj, pick)
+        return self.chart(
+            "projection", "Feature projection (PCA) at chosen epochs",
+            cap + ("" if shared else " Each epoch has its own axis ranges here: the features' scale changed too much "
+                                     "between epochs for one set of axes."),
+            charts.projection_multiples(proj, f.classes, pick, p.panel, "PCA", shared_axes=shared))
+
+    def filters(self) -> Block:
+        eps = [e for e in self.f.image_epochs() if e.images and e.images.filters]
         if not eps:
             return Note("No first-layer filter images were recorded.")
         cols = [eps[0]] if len(eps) == 1 else [eps[0], eps[-1]]
         module = eps[0].images.filters_module or "first layer"
         # one row per epoch (a filter grid is a wide strip: stacked, each gets the full width)
-        rows = [(self._epoch_label(e.epoch), [self.image(e.images.filters, f"filters of {module} at epoch {e.epoch}")])
+        rows = [(self.epoch_label(e.epoch), [self.image(e.images.filters, f"filters of {module} at epoch {e.epoch}")])
                 for e in cols]
         return ImageGrid("filters", "First-layer filters, before and after",
-                         f"The filters of {module} as images (up to 64; one colour scale per grid, grey is 0). "
-                         "Pretrained filters usually change little.", [module], rows)
+                         f"The filters of {module} as images (up to 64; one colour scale per grid, grey is 0)."
+                         + ("" if self.f.from_scratch else " Pretrained filters usually change little."), [module], rows)
 
     # ------------------------------------------------------------------ appendix
 
@@ -564,6 +564,9 @@ class _Builder:
                  ("Started", info.started_at), ("Finished", info.finished_at or "–"),
                  ("Schema version", f"run {info.schema_version}, this renderer {SCHEMA_VERSION}"),
                  ("Run directory", self.run.root.name)]
+        saved = sorted(p.name for p in (self.run.root / "weights").glob("*.pt")) if (self.run.root / "weights").is_dir() else []
+        if saved:
+            items.append(("Saved weights", ", ".join(f"weights/{n}" for n in saved)))
         sec.blocks.append(KeyValues("environment", "Environment", items))
         rows = []
         for e in self.f.epochs:
@@ -574,45 +577,30 @@ class _Builder:
         sec.blocks.append(TableBlock("timing", "Time per epoch",
                                      "Training, evaluation, and the recorder's probes (its overhead).",
                                      ["epoch", "training", "evaluation", "probes", "samples/s"], rows,
-                                     numeric=[True] * 5))
+                                     numeric=[True] * 5, scroll=self.p.interactive and len(rows) > 30))
         return sec
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _tip(field: str, title: str | None = None, format: str | None = None):
-    import altair as alt
-
-    kw = {}
-    if title:
-        kw["title"] = title
-    if format:
-        kw["format"] = format
-    return alt.Tooltip(field, **kw)
-
-
-def alt_scale_log(values: pd.Series, scheme: str):
-    import altair as alt
-
-    v = values[values.apply(fmt.finite) & (values > 0)]
-    if v.empty:
-        return alt.Scale(type="log", scheme=scheme)
-    lo, hi = float(v.min()), float(v.max())
-    if hi <= lo:
-        lo, hi = lo / 2, hi * 2
-    return alt.Scale(type="log", scheme=scheme, domain=[lo, hi])
-
-
-def alt_scale_linear(values: pd.Series, scheme: str, hi: float | None = None):
-    import altair as alt
-
-    v = values[values.apply(fmt.finite)]
-    lo = float(v.min()) if not v.empty else 0.0
-    top = hi if hi is not None else (float(v.max()) if not v.empty else 1.0)
-    if top <= lo:
-        lo = top - 0.1
-    return alt.Scale(scheme=scheme, domain=[lo, top])
+def _hyperparameters(config: dict) -> str:
+    """The training hyperparameters of sftreport's own runner, in one line ('' for a run that has none)."""
+    if not all(k in config for k in ("optimizer", "lr")):
+        return ""
+    parts = [f"{config['optimizer']}", f"lr {config['lr']:g}"]
+    if config["optimizer"] == "sgd" and config.get("momentum") is not None:
+        parts.append(f"momentum {config['momentum']:g}")
+    if config.get("weight_decay"):
+        parts.append(f"weight decay {config['weight_decay']:g}")
+    if config.get("scheduler"):
+        parts.append(f"{config['scheduler']} learning rate" if config["scheduler"] == "constant"
+                     else f"{config['scheduler']} schedule")
+    if config.get("batch_size"):
+        parts.append(f"batch {config['batch_size']}")
+    if config.get("epochs"):
+        parts.append(f"{config['epochs']} epochs")
+    return ", ".join(parts)
 
 
 def _share_cell(part: int, total: int, yes: str, no: str, invert: bool = False) -> Cell:
@@ -641,4 +629,3 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, str]]:
             text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
             out.append((key, text if len(text) <= 300 else text[:297] + "…"))
     return out
-

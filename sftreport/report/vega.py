@@ -40,77 +40,65 @@ def json_safe(obj):
 
 
 def chart_spec(chart) -> dict:
-    """The Vega-Lite dict of an Altair chart with data inlined as CSV, the shared config, and no NaN."""
+    """The Vega-Lite dict of an Altair chart with its data inlined as CSV, the shared config, and no NaN."""
     import altair as alt
 
+    _frames_as_csv(chart)
     with alt.data_transformers.enable("default", max_rows=None):
         spec = chart.to_dict(validate=False)
-    spec = compact_datasets(json_safe(spec))
+    spec = json_safe(spec)
     spec["config"] = {**CONFIG, **spec.get("config", {})}
     return spec
 
 
-def compact_datasets(spec: dict) -> dict:
-    """Every inline dataset of rows (`datasets` at the top level, as Altair writes them) as CSV text, with
-    each column's type given to the parser: the rows' keys are not repeated, so a chart's data is two to
-    three times smaller, for the browser and vl-convert alike. Strings are never parsed as numbers (a class
-    named "5" stays "5"); a missing or null value is an empty cell, which parses as null."""
-    datasets = spec.get("datasets")
-    if not isinstance(datasets, dict):
-        return spec
-    formats: dict[str, dict] = {}
-    for name, rows in list(datasets.items()):
-        if not rows or not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            continue
-        columns = list(dict.fromkeys(k for r in rows for k in r))
-        parse: dict[str, str | None] = {}
-        for c in columns:
-            values = [r[c] for r in rows if r.get(c) is not None]
-            if values and all(isinstance(v, bool) for v in values):
-                parse[c] = "boolean"
-            elif values and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                parse[c] = "number"
-            elif all(isinstance(v, str) for v in values):
-                parse[c] = None  # text stays text
-            else:
-                break  # lists or objects in a column: leave this dataset as JSON rows
+CSV_DIGITS = 5  # significant digits of a drawn number: far finer than a chart's pixels or a tooltip's format
+
+
+def csv_data(df):
+    """A DataFrame as Vega-Lite inline CSV with each column's type given to the parser, or None when a
+    column holds something CSV cannot (lists). The rows' keys are not repeated and numbers keep CSV_DIGITS
+    significant digits, so a chart's data is several times smaller than JSON rows, for the browser and
+    vl-convert alike, and pandas writes it in C. Text is never parsed as numbers (a class named "5" stays
+    "5"); a missing, NaN or infinite value is an empty cell, which parses as null (a gap). The exact numbers
+    stay in the run directory."""
+    import altair as alt
+    import numpy as np
+    import pandas as pd
+
+    out, parse = {}, {}
+    for c in df.columns:
+        col = df[c]
+        if pd.api.types.is_bool_dtype(col):
+            out[c], parse[c] = col.map({True: "true", False: "false"}), "boolean"  # Vega reads only lowercase
+        elif pd.api.types.is_numeric_dtype(col):
+            out[c], parse[c] = col.replace([np.inf, -np.inf], np.nan), "number"
+        elif col.map(lambda v: v is None or isinstance(v, str) or (isinstance(v, float) and v != v)).all():
+            out[c], parse[c] = col, None  # text stays text
         else:
-            datasets[name] = _csv(columns, rows)
-            formats[name] = {"type": "csv", "parse": parse}
-    _point_at_csv(spec, formats)
-    return spec
+            return None
+    text = pd.DataFrame(out, index=df.index).to_csv(index=False, float_format=f"%.{CSV_DIGITS}g", na_rep="",
+                                                    lineterminator="\n")
+    return alt.InlineData(values=text, format=alt.CsvDataFormat(type="csv", parse=parse))
 
 
-def _csv(columns: list[str], rows: list[dict]) -> str:
-    import csv
-    import io
+def _frames_as_csv(chart) -> None:
+    """Replace every DataFrame given to the chart or its parts (layers, concatenations, facets) by CSV."""
+    import altair as alt
+    import pandas as pd
 
-    def cell(v):
-        if v is None:
-            return ""
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return v
-
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    w.writerows([cell(r.get(c)) for c in columns] for r in rows)
-    return buf.getvalue()
-
-
-def _point_at_csv(node, formats: dict[str, dict]) -> None:
-    """Give every reference to a CSV dataset its format (references sit in `data` anywhere in the spec)."""
-    if isinstance(node, dict):
-        data = node.get("data")
-        if isinstance(data, dict) and data.get("name") in formats and "format" not in data:
-            node["data"] = {**data, "format": formats[data["name"]]}
-        for key, value in node.items():
-            if key != "datasets":
-                _point_at_csv(value, formats)
-    elif isinstance(node, list):
-        for value in node:
-            _point_at_csv(value, formats)
+    data = getattr(chart, "data", alt.Undefined)
+    if isinstance(data, pd.DataFrame):
+        csv = csv_data(data)
+        if csv is not None:
+            chart.data = csv
+    for attr in ("layer", "hconcat", "vconcat", "concat"):
+        parts = getattr(chart, attr, alt.Undefined)
+        if isinstance(parts, list):
+            for part in parts:
+                _frames_as_csv(part)
+    inner = getattr(chart, "spec", alt.Undefined)
+    if inner is not alt.Undefined and not isinstance(inner, dict):
+        _frames_as_csv(inner)
 
 
 def script_json(obj) -> str:

@@ -110,15 +110,32 @@ class DataBundle:
         return len(self.classes)
 
 
-def load_digits_split(classes: tuple[int, ...], val_fraction: float = 0.25) -> tuple[ImageTensors, ImageTensors]:
-    """scikit-learn's bundled 8×8 handwritten digits (no download), restricted to `classes`,
-    relabelled 0..k-1, split per class into train and validation with a fixed seed."""
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled handwritten digits: (1797, 8, 8) values 0..16 and their labels.
+
+    Read straight from the file scikit-learn ships (datasets/data/digits.csv.gz, the same numbers that
+    `sklearn.datasets.load_digits` returns) without importing scikit-learn, which costs about a second of
+    the default run; `load_digits` itself if the file is not where it has been since 2011."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is not None and path.is_file():
+        table = np.loadtxt(path, delimiter=",")
+        return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    images = torch.from_numpy(d.images).float()  # values 0..16
+    return d.images, d.target
+
+
+def load_digits_split(classes: tuple[int, ...], val_fraction: float = 0.25) -> tuple[ImageTensors, ImageTensors]:
+    """scikit-learn's bundled 8×8 handwritten digits (no download), restricted to `classes`,
+    relabelled 0..k-1, split per class into train and validation with a fixed seed."""
+    pixels, labels = read_digits()
+    images = torch.from_numpy(pixels).float()  # values 0..16
     images = (images * (255.0 / 16.0)).round().to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
-    target = torch.from_numpy(d.target).long()
+    target = torch.from_numpy(labels).long()
     g = torch.Generator().manual_seed(SPLIT_SEED)
     train_idx, val_idx = [], []
     for new_label, c in enumerate(classes):

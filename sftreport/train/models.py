@@ -15,39 +15,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-import torchvision
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from sftreport.errors import UserError, one_line
+from sftreport.record.architecture import classifier_head
+from sftreport.train.digits_resnet import DigitsResNet
 
 DIGITS_MODEL = "digits_resnet"
 DIGITS_WEIGHTS_FILE = "digits_resnet_0to4.pt"  # shipped inside the package, made by `sftreport pretrain`
-
-
-class DigitsResNet(ResNet):
-    """A narrow ResNet (torchvision's own ResNet and BasicBlock, widths 16-128, one block per stage,
-    3×3 stem) sized for 32×32 inputs: the embedded default's model, small enough to ship pretrained."""
-
-    def __init__(self, num_classes: int = 5, widths: tuple[int, ...] = (16, 32, 64, 128)):
-        nn.Module.__init__(self)
-        self._norm_layer = nn.BatchNorm2d
-        self.inplanes, self.dilation, self.groups, self.base_width = widths[0], 1, 1, 64
-        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        self.layer1 = self._make_layer(BasicBlock, widths[0], 1)
-        self.layer2 = self._make_layer(BasicBlock, widths[1], 1, stride=2)
-        self.layer3 = self._make_layer(BasicBlock, widths[2], 1, stride=2)
-        self.layer4 = self._make_layer(BasicBlock, widths[3], 1, stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
 
 
 @dataclass
@@ -67,8 +41,10 @@ def default_image_size(name: str) -> int | None:
 
 def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
     if name == DIGITS_MODEL:
-        model = DigitsResNet()
+        model: nn.Module = DigitsResNet()
     else:
+        import torchvision  # a second to import: only for the models that need it
+
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise UserError(f"unknown model {name!r}: use a torchvision classification model "
                             f"(e.g. resnet50, vit_b_16) or {DIGITS_MODEL}")
@@ -86,10 +62,8 @@ def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
 def replace_head(model: nn.Module, num_classes: int) -> str:
     """Swap the final classifier (the last Linear, or 1×1 Conv for SqueezeNet, producing the logits) for
     a fresh one with `num_classes` outputs; return its module name."""
-    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    if not candidates:
-        raise UserError(f"{type(model).__name__}: no classifier head (Linear or Conv2d) found")
-    name, old = candidates[-1]
+    name = classifier_head(model)
+    old = model.get_submodule(name)
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
@@ -114,6 +88,8 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
             if not p.exists():
                 raise UserError(f"the embedded weights {p} are missing: rebuild them with `sftreport pretrain`")
             return _load_file(p), "sftreport's digits_resnet, pretrained on digits 0–4"
+    import torchvision
+
     try:
         enum = torchvision.models.get_model_weights(name)
         w = enum[weights] if weights != "DEFAULT" else enum.DEFAULT

@@ -26,7 +26,7 @@ def rules(found, rule):
 def test_accuracy_gain_fires_with_numbers(plain):
     (f,) = F.accuracy_rule(plain)
     assert f.severity == "good"
-    first, last = plain.val_at("first")[1].accuracy, plain.val_at("last")[1].accuracy
+    first, last = plain.first_eval.eval.accuracy, plain.last_eval.eval.accuracy
     assert f"{first * 100:.1f}%" in f.title and f"{last * 100:.1f}%" in f.title
     assert "points" in f.title
 

@@ -93,8 +93,11 @@ def test_html_findings(rendered):
 
 
 def test_full_layer_table_in_html_summary_in_pdf(rendered):
-    from sftreport.report.sections import PDF_TABLE_DEPTH, build_report
+    from sftreport.report.profile import PROFILES
+    from sftreport.report.sections import build_report
     from sftreport.store import read_run
+
+    PDF_TABLE_DEPTH = PROFILES["pdf"].layer_table_depth
 
     run = read_run(rendered.run)
     modules = run.info.architecture.modules
@@ -260,30 +263,40 @@ def test_a_chart_that_cannot_be_drawn_becomes_a_note():
 
 
 def test_chart_data_travels_as_csv_and_draws_the_same():
-    """Inline rows become CSV with each column's type: numbers parse as numbers, text stays text (a class
-    named "5" is not the number 5), quotes and commas survive, null is an empty cell; vl-convert draws the
-    compacted spec exactly as the original (apart from its internal gradient ids)."""
+    """A chart's DataFrame becomes inline CSV with each column's type: numbers parse as numbers, text stays
+    text (a class named "5" is not the number 5), quotes and commas survive, null, NaN and infinity are an
+    empty cell, booleans are lowercase; vl-convert draws the CSV spec exactly as the JSON-rows one (apart
+    from its internal gradient ids), also when the data sits in a layer of a facet."""
     import re
 
     import altair as alt
+    import numpy as np
     import pandas as pd
     import vl_convert as vlc
 
-    from sftreport.report.vega import chart_spec, compact_datasets
+    from sftreport.report.vega import chart_spec, csv_data
 
-    df = pd.DataFrame({"cls": ["5", "6", 'a "b", c', "7"], "v": [0.5, None, 2.25, 1e-7], "n": [1, 2, 3, 4],
-                       "ok": [True, False, True, True]})
-    chart = alt.Chart(df).mark_bar().encode(x=alt.X("cls:N", sort=["5", "6", 'a "b", c', "7"]), y="v:Q",
-                                            color="ok:N", tooltip=["n:Q"])
-    spec = chart_spec(chart)
-    (name, text), = spec["datasets"].items()
-    assert isinstance(text, str) and text.splitlines()[0] == "cls,v,n,ok"
-    assert spec["data"] == {"name": name, "format": {"type": "csv", "parse": {"cls": None, "v": "number", "n": "number",
-                                                                              "ok": "boolean"}}}
-    assert '"a ""b"", c",2.25,3,true' in text and "6,,2,false" in text
+    df = pd.DataFrame({"cls": ["5", "6", 'a "b", c', "7"], "v": [0.5, np.nan, 2.25, 1.2346e-7],
+                       "n": [1, 2, 3, 2359296], "ok": [True, False, True, True], "w": [1.0, np.inf, 2.0, 3.0]})
+    sort = ["5", "6", 'a "b", c', "7"]
+
+    def make():
+        bars = alt.Chart().mark_bar().encode(x=alt.X("cls:N", sort=sort), y=alt.Y("v:Q"), color=alt.Color("ok:N"),
+                                             tooltip=[alt.Tooltip("n:Q")])
+        return alt.layer(bars, data=df).facet(facet=alt.Facet("ok:N"), columns=2)
+
+    spec = chart_spec(make())
+    data = spec["data"]  # Altair keeps the text in the top-level datasets, named
+    assert data["format"] == {"type": "csv", "parse": {"cls": None, "v": "number", "n": "number", "ok": "boolean",
+                                                       "w": "number"}}
+    text = spec["datasets"][data["name"]]
+    assert text.splitlines()[0] == "cls,v,n,ok,w"
+    assert '"a ""b"", c",2.25,3,true,2' in text and "6,,2,false,\n" in text
+    assert "1.2346e-07" in text and "2359296" in text  # whole numbers stay whole
+    rounded = csv_data(pd.DataFrame({"x": [1.23456789e-7, 123456.789]})).values
+    assert rounded == "x\n1.2346e-07\n1.2346e+05\n"  # 5 significant digits: finer than any chart draws
     with alt.data_transformers.enable("default", max_rows=None):
-        plain = {**chart.to_dict(validate=False), "config": spec["config"]}
+        plain = {**make().to_dict(validate=False), "config": spec["config"]}
+    plain = json.loads(json.dumps(plain).replace("Infinity", "null").replace("NaN", "null"))
     norm = lambda svg: re.sub(r"gradient_\d+", "gradient", svg)  # noqa: E731
     assert norm(vlc.vegalite_to_svg(spec)) == norm(vlc.vegalite_to_svg(plain))
-    # rows holding lists stay JSON rows
-    assert compact_datasets({"datasets": {"d": [{"a": [1, 2]}]}, "data": {"name": "d"}})["data"] == {"name": "d"}
