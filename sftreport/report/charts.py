@@ -410,9 +410,9 @@ def histograms(df: pd.DataFrame, facet: str, facets: list[str], *, width: int, c
     lines = later.mark_line(interpolate="step", strokeWidth=1.4).encode(x=x, y=y, color=color,
                                                                         detail=alt.Detail("epoch:Q"), tooltip=tips)
     outside = alt.Chart().transform_filter(alt.datum.part != "inside").transform_calculate(
-        where="datum.part == 'below' ? 'below the fixed range' : 'above the fixed range'").mark_bar(
+        where="datum.part == 'below' ? 'below the fixed range' : 'above the fixed range'", zero="0").mark_rect(
         color=OUTSIDE, opacity=0.45).encode(
-        x=alt.X("x0:Q"), x2=alt.X2("x1"), y=y,
+        x=alt.X("x0:Q"), x2=alt.X2("x1"), y=y, y2=alt.Y2("zero:Q"),
         tooltip=[alt.Tooltip(f"{facet}:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("where:N", title="values"),
                  alt.Tooltip("share:Q", format=".2%")])
     layers = [area]

@@ -25,7 +25,7 @@ from sftreport.schema import SCHEMA_VERSION, Architecture
 from sftreport.store import Run
 
 STRATEGIES = {
-    "full": "full fine-tuning: every layer trained",
+    "full": "full: every layer trained",
     "linear-probe": "linear probe: only the new head trained, the pretrained layers frozen",
 }
 
@@ -164,8 +164,7 @@ class _Builder:
             charts.confusion_pair(pairs, f.classes, p.panel, max_text=p.confusion_numbers)))
         sec.blocks.append(self.chart(
             "per-class", "Per-class accuracy, before vs after",
-            f"Validation accuracy of each class for the {self.start} (grey) and after {self.trained.replace('-', ' ')} "
-            "training (blue)." if f.from_scratch else
+            "Validation accuracy of each class for the initial model (grey) and after training (blue)." if f.from_scratch else
             "Validation accuracy of each class for the pretrained model (grey) and after fine-tuning (blue).",
             charts.per_class_accuracy(f.per_class(), f.classes, p.full - 120)))
         sec.blocks.append(self.epoch_table())
@@ -187,6 +186,7 @@ class _Builder:
 
     def architecture(self) -> Section:
         sec = Section("architecture", "Architecture",
+                      "Look at which parts of the model were trained and which were frozen." if self.f.from_scratch else
                       "Look at which parts of the model are pretrained and frozen, which were trained, and what "
                       "fine-tuning added (the new head).")
         arch = self.info.architecture
@@ -218,6 +218,8 @@ class _Builder:
         if rows:
             sec.blocks.append(self.chart(
                 "params-by-block", "Parameters by block",
+                "Parameters of each top-level block: orange trained from their initialisation, light orange new "
+                "and frozen." if self.f.from_scratch else
                 "Parameters of each top-level block: grey is pretrained and frozen, blue pretrained and fine-tuned, "
                 "orange new (the replaced head).",
                 charts.params_by_block(pd.DataFrame(rows), self.p.full - 100)))
@@ -391,7 +393,7 @@ class _Builder:
             "epochs. Bins are fixed per tensor from its epoch-0 range widened by 10 %; red bars at the edges hold "
             f"the values that moved outside it (their share is in the tooltip).{thinned}",
             charts.histograms(df, "tensor", chosen, width=p.panel, columns=3, first_epoch=epochs[0],
-                              color_epochs=len(epochs) > 2, x_title="weight value"))
+                              color_epochs=len(epochs) > 2, x_title="weight value", start_label=self.start.split()[0]))
 
     # ------------------------------------------------------------------ activations
 
@@ -423,7 +425,8 @@ class _Builder:
                     "Bins are fixed per layer from its epoch-0 range widened by 10 %; red bars at the edges hold the "
                     "values that moved outside it.",
                     charts.histograms(df, "layer", pick, width=p.panel, columns=3, first_epoch=hist_epochs[0],
-                                      color_epochs=False, x_title="activation value", sqrt_y=True)))
+                                      color_epochs=False, x_title="activation value", sqrt_y=True,
+                                      start_label=self.start.split()[0])))
         sec.blocks.append(self.feature_maps())
         return sec
 
@@ -488,8 +491,9 @@ class _Builder:
             sec.blocks.append(self.chart(
                 "cka", f"Similarity to the {self.start}'s representation (linear CKA)",
                 f"Linear CKA between each probed layer's representation now and in the {self.start} ({CKA_POOLING}): "
-                "1 is unchanged, lower values mean training changed what the layer represents. A new head has no "
-                "pretrained representation to keep: its row shows how far it moved from its initialisation."
+                "1 is unchanged, lower values mean training changed what the layer represents."
+                + ("" if f.from_scratch else " A new head has no pretrained representation to keep: its row shows how "
+                                             "far it moved from its initialisation.")
                 + thinned,
                 charts.heatmap(c, "cka", f.layers_in_order(c), width=p.heat, legend_title="linear CKA to epoch 0",
                                scale=charts.linear_scale(c["cka"], "viridis", hi=1.0), legend_format=".2f",
