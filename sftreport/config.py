@@ -11,10 +11,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from sftreport.errors import UserError
+from sftreport.errors import UserError, validation_message
 
 DEFAULT_MODEL = "digits_resnet"
-DATASETS = ("digits", "cifar10", "imagefolder")
 REPORT_FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md"}  # extension -> format
 _STRATEGY = re.compile(r"^(full|linear-probe|freeze-until:[A-Za-z0-9_.]+)$")
 
@@ -91,16 +90,6 @@ class RunConfig(BaseModel):
         return self.name or f"{self.model} on {self.dataset}"
 
 
-def format_validation_error(err: ValidationError, where: str = "config") -> str:
-    """One line naming every bad field, e.g. `config: epochs: Input should be greater than or equal to 1`."""
-    parts = []
-    for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "value"
-        msg = e["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}")
-    return f"{where}: " + "; ".join(parts)
-
-
 def load_toml(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as f:
@@ -124,4 +113,4 @@ def build_config(file: Path | None, overrides: dict[str, Any]) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise UserError(format_validation_error(e, f"config{f' ({file})' if file else ''}")) from None
+        raise UserError(f"config{f' ({file})' if file else ''}: {validation_message(e)}") from None

@@ -32,6 +32,18 @@ class StorageError(Exception):
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
 
 
+def validation_message(err, first_only: bool = False) -> str:
+    """A pydantic ValidationError in one line naming the bad fields, e.g. `epochs: Input should be greater
+    than or equal to 1`; `first_only`: the first error and how many more (for a long stored record)."""
+    errors = err.errors()
+    parts = []
+    for e in errors[:1] if first_only else errors:
+        loc = ".".join(str(x) for x in e["loc"]) or "value"
+        parts.append(f"{loc}: {e['msg'].removeprefix('Value error, ')}")
+    more = f" (and {len(errors) - 1} more)" if first_only and len(errors) > 1 else ""
+    return "; ".join(parts) + more
+
+
 def one_line(e: BaseException, limit: int = 300) -> str:
     """The gist of an exception in one line. A UserError re-raised by a DataLoader worker carries the
     worker's traceback first and the message last, so for those the last line is the one that matters."""

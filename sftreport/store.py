@@ -17,7 +17,7 @@ from typing import BinaryIO, Callable
 
 from pydantic import ValidationError
 
-from sftreport.errors import STORAGE_ERRNOS, RunDirError, StorageError, UserError
+from sftreport.errors import STORAGE_ERRNOS, RunDirError, StorageError, UserError, validation_message
 from sftreport.schema import EpochSnapshot, RunInfo
 
 RUN_FILE = "run.json"
@@ -181,7 +181,7 @@ def read_run(root: Path) -> Run:
     try:
         info = RunInfo.model_validate_json(text)
     except ValidationError as e:
-        raise RunDirError(f"{run_file}: {_first_error(e)}") from None
+        raise RunDirError(f"{run_file}: {validation_message(e, first_only=True)}") from None
 
     epochs: list[EpochSnapshot] = []
     dropped = None
@@ -201,15 +201,8 @@ def read_run(root: Path) -> Run:
             try:
                 epochs.append(EpochSnapshot.model_validate_json(line))
             except ValidationError as e:
-                raise RunDirError(f"{epochs_file}:{lineno}: {_first_error(e)}") from None
+                raise RunDirError(f"{epochs_file}:{lineno}: {validation_message(e, first_only=True)}") from None
     seen = [e.epoch for e in epochs]
     if seen != sorted(set(seen)):
         raise RunDirError(f"{epochs_file}: epochs out of order or repeated: {seen}")
     return Run(root=root, info=info, epochs=epochs, dropped=dropped)
-
-
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"])
-    more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-    return f"{loc + ': ' if loc else ''}{err['msg']}{more}"

@@ -2,8 +2,8 @@
 
 vl-convert holds the GIL and runs one chart at a time, so a helper process (`python -m
 sftreport.report.convert`, started early so its start-up overlaps the report's construction) takes charts
-from the front of the list, biggest first, while this process takes them from the back; whoever is free
-takes the next one. A subprocess rather than multiprocessing: spawning would re-run the caller's
+from the front of the list (in the order the report builds them) while this process takes them from the
+back; whoever is free takes the next one. A subprocess rather than multiprocessing: spawning would re-run the caller's
 `__main__` (a training script that renders at its end). Anything wrong with the helper (no second core,
 not POSIX, it died, it is slow to answer) and this process simply draws the rest itself.
 
@@ -168,27 +168,12 @@ class Drawer:
         self.sent.clear()
 
 
-def convert_all(specs: list[dict], fmt: str = "auto", helper: Helper | None = None) -> list[tuple[bytes, str]]:
-    """Every spec drawn (to_static), in order; `helper` (closed at the end) takes part of them."""
-    drawer = Drawer(helper, fmt)
-    for i in sorted(range(len(specs)), key=lambda i: -_cost(specs[i])):  # biggest first for the helper
-        drawer.add(str(i), specs[i])
-    results = drawer.finish()
-    return [results[str(i)] for i in range(len(specs))]
-
-
 def _draw(spec: dict, fmt: str) -> tuple[bytes, str]:
     """One chart; a chart that cannot be drawn becomes a one-line note in its place, not a failed report."""
     try:
         return vega.to_static(spec, fmt)
     except Exception as e:  # vl-convert raises plain RuntimeError/ValueError with a Rust backtrace
         return vega.placeholder_svg(f"This chart could not be drawn: {str(e).splitlines()[0][:160]}")
-
-
-def _cost(spec: dict) -> int:
-    """A rough cost of drawing a chart: text labels dominate (vl-convert measures text slowly)."""
-    text = json.dumps(spec.get("datasets", {}))
-    return len(text) // 50 + 400 * json.dumps(spec).count('"layer"')
 
 
 def warm_up() -> None:

@@ -36,7 +36,6 @@ class ChartBlock:
     title: str
     caption: str  # how to read it, one or two sentences
     spec: dict
-    wide: bool = True
     kind: Literal["chart"] = "chart"
 
 
@@ -56,7 +55,6 @@ class TableBlock:
     rows: list[list[Cell]]
     numeric: list[bool] = field(default_factory=list)  # right-aligned columns
     scroll: bool = False  # long: show in a scrolling box (HTML)
-    collapsed: bool = False  # inside a <details> (HTML)
     kind: Literal["table"] = "table"
 
 

@@ -38,19 +38,19 @@ UPDATE_RATIO_DEF = "‖update‖ / ‖W‖ of each epoch's first optimizer step,
 def build_report(run: Run, medium: Medium, frames: RunFrames | None = None,
                  on_chart: Callable[[ChartBlock], None] | None = None) -> Report:
     """The report of `run` for `medium`; `on_chart` is called with each chart as soon as it is built."""
-    f = frames or RunFrames(run)
-    b = _Builder(run, f, PROFILES[medium], on_chart)
+    frames = frames or RunFrames(run)
+    b = _Builder(run, frames, PROFILES[medium], on_chart)
     headline = b.headline()
     sections = [b.training(), b.architecture(), b.parameters(), b.activations(), b.features(), b.appendix()]
     return Report(medium=medium, title=f"Fine-tuning report: {run.info.name}", headline=headline,
-                  summary=b.summary(headline), findings=derive_findings(f), sections=sections,
+                  summary=b.summary(headline), findings=derive_findings(frames), sections=sections,
                   schema_version=SCHEMA_VERSION, sftreport_version=sftreport.__version__)
 
 
 class _Builder:
     def __init__(self, run: Run, frames: RunFrames, profile: Profile,
                  on_chart: Callable[[ChartBlock], None] | None = None):
-        self.run, self.f, self.p, self.on_chart = run, frames, profile, on_chart
+        self.run, self.frames, self.profile, self.on_chart = run, frames, profile, on_chart
         self.info = run.info
         self.start = frames.start_name  # "pretrained model", or "initial model" for a run from scratch
         self.trained = "trained" if frames.from_scratch else "fine-tuned"
@@ -62,14 +62,14 @@ class _Builder:
         return block
 
     def epoch_label(self, epoch: int) -> str:
-        start = "initial" if self.f.from_scratch else "pretrained"
+        start = "initial" if self.frames.from_scratch else "pretrained"
         return f"{start} (epoch 0)" if epoch == 0 else f"{self.trained} (epoch {epoch})"
 
     def columns(self, df: pd.DataFrame) -> tuple[list[int], str]:
         """The epochs a layer × epoch heatmap shows (the best one kept), and a caption note when thinned."""
         epochs = sorted(df["epoch"].unique().tolist())
-        best = self.f.best_epoch()
-        shown = choose_epochs(epochs, self.p.epoch_columns, keep=[best[0]] if best else [])
+        best = self.frames.best_epoch()
+        shown = choose_epochs(epochs, self.profile.epoch_columns, keep=[best[0]] if best else [])
         if len(shown) == len(epochs):
             return epochs, ""
         return shown, f" {len(shown)} of the {len(epochs)} epochs are shown, evenly spread, with the best."
@@ -77,21 +77,21 @@ class _Builder:
     # ------------------------------------------------------------------ summary
 
     def headline(self) -> Headline:
-        f, info = self.f, self.info
-        first, last = f.first_eval, f.last_eval
+        frames, info = self.frames, self.info
+        first, last = frames.first_eval, frames.last_eval
         changed = first is not None and last is not None and last.epoch != first.epoch
-        best = f.best_epoch()
+        best = frames.best_epoch()
         env, ds = info.environment, info.dataset
         return Headline(
             run_name=info.name, status=info.status, status_detail=info.status_detail, model=info.model,
             weights=info.weights, strategy=info.strategy, dataset=ds.name, classes=len(ds.classes),
-            epochs_done=f.last.epoch if f.last else 0, epochs_planned=info.planned_epochs,
+            epochs_done=frames.last.epoch if frames.last else 0, epochs_planned=info.planned_epochs,
             acc_before=first.eval.accuracy if first else None, acc_after=last.eval.accuracy if changed else None,
             best_epoch=best[0] if best else None, best_acc=best[1] if best else None,
             loss_before=first.eval.loss if first else None, loss_after=last.eval.loss if changed else None,
             duration_s=info.duration_s, device=env.device + (f" ({env.device_name})" if env.device_name else ""),
             precision=env.precision, started_at=info.started_at, finished_at=info.finished_at,
-            acc_change=thresholds.ACC_CHANGE, from_scratch=f.from_scratch)
+            acc_change=thresholds.ACC_CHANGE, from_scratch=frames.from_scratch)
 
     def summary(self, h: Headline) -> KeyValues:
         info, ds = self.info, self.info.dataset
@@ -103,7 +103,7 @@ class _Builder:
                        f"({fmt.points(h.acc_after - h.acc_before)})")
         planned = f" of {h.epochs_planned} planned" if h.epochs_planned else ""
         sizes = f"{fmt.integer(ds.train_size)} training / {fmt.integer(ds.val_size)} validation images"
-        weights = info.weights + (" — trained from scratch, nothing pretrained" if self.f.from_scratch else "")
+        weights = info.weights + (" — trained from scratch, nothing pretrained" if self.frames.from_scratch else "")
         items = [
             ("Run", info.name),
             ("Status", info.status + (f": {info.status_detail}" if info.status_detail else "")),
@@ -125,54 +125,54 @@ class _Builder:
     # ------------------------------------------------------------------ training
 
     def training(self) -> Section:
-        f, p = self.f, self.p
+        frames, profile = self.frames, self.profile
         sec = Section("training", "Training",
                       "Look for validation loss that stops falling while training loss keeps falling (overfitting), "
                       "and for the classes that fine-tuning helped least.")
-        t = f.epoch_table
-        if not f.trained:
+        t = frames.epoch_table
+        if not frames.trained:
             sec.blocks.append(Note(f"Only the {self.start} (epoch 0) was recorded: no training curves yet."))
         else:
-            steps = f.steps_at_most(p.step_points)
+            steps = frames.steps_at_most(profile.step_points)
             thinned = (f" Per-step points are averaged in groups of neighbouring steps ({len(steps):,} of "
-                       f"{len(f.steps):,} points).") if len(steps) < len(f.steps) else ""
+                       f"{len(frames.steps):,} points).") if len(steps) < len(frames.steps) else ""
             sec.blocks.append(self.chart(
                 "loss", "Loss", "Training loss per optimizer step (light) and per epoch, and validation loss per "
                 "epoch, on one epoch axis. Gaps are NaN or infinite values." + thinned,
-                charts.loss_curves(t, steps, p.full, p.line_h)))
+                charts.loss_curves(t, steps, profile.full, profile.line_h)))
             if t["train_accuracy"].notna().any() or t["val_accuracy"].notna().any():
                 sec.blocks.append(self.chart(
                     "accuracy", "Accuracy", "Training accuracy (on the batches as trained) and validation accuracy "
                     f"per epoch; epoch 0 is the {self.start} with its new head.",
-                    charts.accuracy_curves(t, p.full, p.line_h)))
+                    charts.accuracy_curves(t, profile.full, profile.line_h)))
             if steps["lr"].notna().any() or t["lr"].notna().any():
                 sec.blocks.append(self.chart("lr", "Learning rate", "The learning rate the optimizer used at each step.",
-                                             charts.learning_rate(steps, t, p.full, p.small_h)))
-        if not f.has_val:
+                                             charts.learning_rate(steps, t, profile.full, profile.small_h)))
+        if not frames.has_val:
             sec.blocks.append(Note("No validation set was evaluated: no confusion matrix or per-class accuracy."))
             return sec
-        first, last = f.first_eval, f.last_eval
-        pairs = [(f"epoch {first.epoch} ({'initial' if f.from_scratch else 'pretrained'})" if first.epoch == 0
-                  else f"epoch {first.epoch}", f.confusion(first.epoch))]
+        first, last = frames.first_eval, frames.last_eval
+        pairs = [(f"epoch {first.epoch} ({'initial' if frames.from_scratch else 'pretrained'})" if first.epoch == 0
+                  else f"epoch {first.epoch}", frames.confusion(first.epoch))]
         if last.epoch != first.epoch:
-            pairs.append((f"epoch {last.epoch} ({self.trained})", f.confusion(last.epoch)))
-        numbers = len(f.classes) <= p.confusion_numbers
+            pairs.append((f"epoch {last.epoch} ({self.trained})", frames.confusion(last.epoch)))
+        numbers = len(frames.classes) <= profile.confusion_numbers
         sec.blocks.append(self.chart(
             "confusion", "Confusion matrix, before and after",
             "Rows are the true class, columns the predicted class; colour is the share of the row"
             + (", numbers are image counts" if numbers else "") + ". A strong diagonal is good.",
-            charts.confusion_pair(pairs, f.classes, p.panel, max_text=p.confusion_numbers)))
+            charts.confusion_pair(pairs, frames.classes, profile.panel, max_text=profile.confusion_numbers)))
         sec.blocks.append(self.chart(
             "per-class", "Per-class accuracy, before vs after",
-            "Validation accuracy of each class for the initial model (grey) and after training (blue)." if f.from_scratch else
+            "Validation accuracy of each class for the initial model (grey) and after training (blue)." if frames.from_scratch else
             "Validation accuracy of each class for the pretrained model (grey) and after fine-tuning (blue).",
-            charts.per_class_accuracy(f.per_class(), f.classes, p.full - 120)))
+            charts.per_class_accuracy(frames.per_class(), frames.classes, profile.full - 120)))
         sec.blocks.append(self.epoch_table())
         return sec
 
     def epoch_table(self) -> TableBlock:
         rows = []
-        for e in self.f.epochs:  # the snapshots themselves: None (not measured) shows as –, NaN as NaN
+        for e in self.frames.epochs:  # the snapshots themselves: None (not measured) shows as –, NaN as NaN
             v = e.val
             rows.append([Cell(str(e.epoch)), Cell(fmt.integer(e.step)), Cell(fmt.num(e.train_loss, 4)),
                          Cell(fmt.pct(e.train_accuracy)), Cell(fmt.num(v.loss, 4) if v else "–"),
@@ -180,13 +180,13 @@ class _Builder:
                          Cell(fmt.duration(e.timing.train_s) if e.timing.train_s else "–")])
         return TableBlock("epochs", "Per epoch", "The numbers behind the curves (NaN: not a number).",
                           ["epoch", "steps", "train loss", "train acc.", "val. loss", "val. acc.", "learning rate",
-                           "train time"], rows, numeric=[True] * 8, scroll=self.p.interactive and len(rows) > 30)
+                           "train time"], rows, numeric=[True] * 8, scroll=self.profile.interactive and len(rows) > 30)
 
     # ------------------------------------------------------------------ architecture
 
     def architecture(self) -> Section:
         sec = Section("architecture", "Architecture",
-                      "Look at which parts of the model were trained and which were frozen." if self.f.from_scratch else
+                      "Look at which parts of the model were trained and which were frozen." if self.frames.from_scratch else
                       "Look at which parts of the model are pretrained and frozen, which were trained, and what "
                       "fine-tuning added (the new head).")
         arch = self.info.architecture
@@ -219,10 +219,10 @@ class _Builder:
             sec.blocks.append(self.chart(
                 "params-by-block", "Parameters by block",
                 "Parameters of each top-level block: orange trained from their initialisation, light orange new "
-                "and frozen." if self.f.from_scratch else
+                "and frozen." if self.frames.from_scratch else
                 "Parameters of each top-level block: grey is pretrained and frozen, blue pretrained and fine-tuned, "
                 "orange new (the replaced head).",
-                charts.params_by_block(pd.DataFrame(rows), self.p.full - 100)))
+                charts.params_by_block(pd.DataFrame(rows), self.profile.full - 100)))
         sec.blocks.append(self.layer_table(arch))
         return sec
 
@@ -230,7 +230,7 @@ class _Builder:
         new = [m for m in arch.modules if m.new > 0]
         if not new:
             return Note("No new layers: every parameter was loaded from the pretrained weights.")
-        if self.f.from_scratch:
+        if self.frames.from_scratch:
             return Note(f"Trained from scratch: no pretrained weights were loaded, so all {fmt.integer(arch.total_params)} "
                         "parameters started from their initialisation, and epoch 0 is the untrained model.")
         rows = [[Cell(m.name or "(model)", cls="mono"), Cell(m.type), Cell(fmt.shape(m.output_shape)),
@@ -255,7 +255,7 @@ class _Builder:
                     t[0] += m.params
                     t[1] += m.trainable
                     t[2] += m.new
-        depth = self.p.layer_table_depth
+        depth = self.profile.layer_table_depth
         keep = mods if depth is None else [m for m in mods if m.depth <= depth or m.new > 0]
         rows = []
         for m in keep:
@@ -272,39 +272,39 @@ class _Builder:
         return TableBlock("layers", f"Layers ({len(mods)} modules)", caption,
                           ["layer", "type", "output shape", "parameters", "trained", "origin"], rows,
                           numeric=[False, False, False, True, False, False],
-                          scroll=self.p.interactive and len(rows) > self.p.scroll_rows)
+                          scroll=self.profile.interactive and len(rows) > self.profile.scroll_rows)
 
     # ------------------------------------------------------------------ parameters
 
     def heat_layers(self, df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         """Rows for a layer heatmap: every layer, or only convolution and linear layers when there are too
         many to read; a caption note says which."""
-        layers = self.f.layers_in_order(df)
-        if len(layers) <= self.p.heatmap_rows or "matrix" not in df:
+        layers = self.frames.layers_in_order(df)
+        if len(layers) <= self.profile.heatmap_rows or "matrix" not in df:
             return df, ""
         kept = df[df["matrix"]]
-        dropped = len(layers) - len(self.f.layers_in_order(kept))
+        dropped = len(layers) - len(self.frames.layers_in_order(kept))
         return kept, f" Only convolution and linear layers are shown ({dropped} normalisation and other small layers left out)."
 
     def parameters(self) -> Section:
-        f, p = self.f, self.p
+        frames, profile = self.frames, self.profile
         sec = Section("parameters", "Parameters",
-                      f"Look for which layers moved away from their {'initial' if f.from_scratch else 'pretrained'} "
+                      f"Look for which layers moved away from their {'initial' if frames.from_scratch else 'pretrained'} "
                       "weights (deeper layers usually move more), for gradient spikes or NaNs, and for update-to-weight "
                       "ratios far outside the green band.")
-        w = f.layer_weights
+        w = frames.layer_weights
         if w.empty:
             sec.blocks.append(Note("No weight statistics were recorded (probes were off)."))
             return sec
         trained = w[w["epoch"] > 0]
-        g = f.layer_grads
+        g = frames.layer_grads
         if not g.empty:
             g = g.merge(w[["layer", "epoch", "matrix", "type"]], on=["layer", "epoch"], how="left")
             g["matrix"] = g["matrix"].fillna(True).astype(bool)
         u = w[w["update_ratio"].notna() & (w["update_ratio"] > 0)]
         epochs, thinned = self.columns(trained) if not trained.empty else ([], "")
         trained, g, u = (df[df["epoch"].isin(epochs)] if not df.empty else df for df in (trained, g, u))
-        ref = "their initialisation" if f.from_scratch else "the pretrained weights; new layers are compared with their initialisation"
+        ref = "their initialisation" if frames.from_scratch else "the pretrained weights; new layers are compared with their initialisation"
         rel_cap = (f"‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale: how far each "
                    f"layer's weights are from {ref}. Grey cells did not change (frozen).")
         grad_cap = ("Gradient L2 norm per layer and epoch: the root of the summed squares of the mean norms of the "
@@ -320,16 +320,16 @@ class _Builder:
                          scale=charts.log_scale(g["norm"], "plasma") if not g.empty else None,
                          extra_tooltips=[charts.tip("max_norm:Q", "largest sampled tensor norm", ".3e"),
                                          charts.tip("nonfinite:Q", "steps with NaN/inf gradients")])
-        start = "initial" if f.from_scratch else "pretrained"
+        start = "initial" if frames.from_scratch else "pretrained"
         # the PDF shows the three per-layer views side by side when it has all three: one row per layer
-        combined = not p.interactive and not trained.empty and not g.empty and not u.empty
+        combined = not profile.interactive and not trained.empty and not g.empty and not u.empty
         blocks: list[Block] = []
         if trained.empty:
             blocks.append(Note(f"Only the {self.start}'s weights (epoch 0) were recorded: nothing has changed yet."))
         elif combined:
             hw, note = self.heat_layers(trained)
-            layers = f.layers_in_order(hw)
-            third = (p.panel - 200) // 3
+            layers = frames.layers_in_order(hw)
+            third = (profile.panel - 200) // 3
             blocks.append(self.chart(
                 "per-layer", f"Relative change from the {start} weights, gradient norm and update ratio per layer",
                 f"Left: {rel_cap} Middle: {grad_cap} Right: {upd_cap}{note}{thinned}",
@@ -345,7 +345,7 @@ class _Builder:
             hw, note = self.heat_layers(trained)
             blocks.append(self.chart(
                 "rel-change", f"Relative change from the {start} weights", rel_cap + note + thinned,
-                charts.heatmap(hw, "rel_change", f.layers_in_order(hw), width=p.heat, epochs=epochs, **rel_args)))
+                charts.heatmap(hw, "rel_change", frames.layers_in_order(hw), width=profile.heat, epochs=epochs, **rel_args)))
         blocks.append(self.weight_histograms())
         if g.empty:
             blocks.append(Note("No gradients were sampled (no training step recorded, or probes were off)."))
@@ -354,14 +354,14 @@ class _Builder:
         if not combined and not g.empty:
             hg, note = self.heat_layers(g)
             blocks.append(self.chart("grad-layers", "Gradient norm per layer", grad_cap + note + thinned,
-                                     charts.heatmap(hg, "norm", f.layers_in_order(hg), width=p.heat, epochs=epochs,
+                                     charts.heatmap(hg, "norm", frames.layers_in_order(hg), width=profile.heat, epochs=epochs,
                                                     **grad_args)))
         if u.empty:
             blocks.append(Note("No update-to-weight ratios were recorded (no optimizer step measured)."))
         elif not combined:
             hu, note = self.heat_layers(u)
             blocks.append(self.chart("update-ratio", "Update-to-weight ratio", upd_cap + note + thinned,
-                                     charts.update_ratio(hu, f.layers_in_order(hu), p.heat)))
+                                     charts.update_ratio(hu, frames.layers_in_order(hu), profile.heat)))
         sec.blocks += blocks
         return sec
 
@@ -370,21 +370,21 @@ class _Builder:
             "grad-total", "Gradient norm of the whole model",
             "The model's gradient L2 norm, averaged over the epoch's sampled steps, and the largest single-tensor "
             "norm seen (log scale). A red line marks an epoch with NaN or infinite gradients.",
-            charts.grad_total(self.f.grad_total, self.p.full, self.p.small_h + 20))
+            charts.grad_total(self.frames.grad_total, self.profile.full, self.profile.small_h + 20))
 
     def weight_histograms(self) -> Block:
-        f, p = self.f, self.p
-        chosen = f.histogram_tensors(p.weight_hists)
+        frames, profile = self.frames, self.profile
+        chosen = frames.histogram_tensors(profile.weight_hists)
         if not chosen:
             return Note("No weight histograms were recorded.")
-        all_epochs = sorted({e.epoch for e in f.epochs if e.weights})
-        best = f.best_epoch()
-        epochs = choose_epochs(all_epochs, p.hist_epochs + 1, keep=[best[0]] if best else [])
-        df = f.weight_hist(chosen, epochs)
+        all_epochs = sorted({e.epoch for e in frames.epochs if e.weights})
+        best = frames.best_epoch()
+        epochs = choose_epochs(all_epochs, profile.hist_epochs + 1, keep=[best[0]] if best else [])
+        df = frames.weight_hist(chosen, epochs)
         which = ("first, middle and last pretrained layer, the one that moved most, and the new head"
-                 if p.weight_hists >= 6 else "first pretrained layer, the one that moved most, and the new head")
-        if f.from_scratch:
-            which = "first, middle and last layer" if p.weight_hists >= 6 else "first and last layer"
+                 if profile.weight_hists >= 6 else "first pretrained layer, the one that moved most, and the new head")
+        if frames.from_scratch:
+            which = "first, middle and last layer" if profile.weight_hists >= 6 else "first and last layer"
         thinned = (f" {len(epochs) - 1} of the {len(all_epochs) - 1} later epochs are drawn."
                    if len(epochs) < len(all_epochs) else "")
         return self.chart(
@@ -392,31 +392,31 @@ class _Builder:
             f"Distribution of the values of chosen weight tensors ({which}); grey area: epoch 0, lines: later "
             "epochs. Bins are fixed per tensor from its epoch-0 range widened by 10 %; red bars at the edges hold "
             f"the values that moved outside it (their share is in the tooltip).{thinned}",
-            charts.histograms(df, "tensor", chosen, width=p.panel, columns=3, first_epoch=epochs[0],
+            charts.histograms(df, "tensor", chosen, width=profile.panel, columns=3, first_epoch=epochs[0],
                               color_epochs=len(epochs) > 2, x_title="weight value", start_label=self.start.split()[0]))
 
     # ------------------------------------------------------------------ activations
 
     def activations(self) -> Section:
-        f, p = self.f, self.p
+        frames, profile = self.frames, self.profile
         sec = Section("activations", "Activations",
                       f"Look for layers whose outputs drift far from the {self.start}'s on the same probe images, "
                       "and for growing fractions of dead (always zero) channels.")
-        a = f.activations
+        a = frames.activations
         if a.empty:
             sec.blocks.append(Note("No activation statistics were recorded (probes were off)."))
         else:
-            layers = f.layers_in_order(a)
+            layers = frames.layers_in_order(a)
             epochs, thinned = self.columns(a)
             sec.blocks.append(self.chart(
                 "act-stats", "Activation statistics per layer and epoch",
                 "Mean, standard deviation, share of exactly-zero outputs, and share of dead channels (zero for every "
                 "probe image and position) of each probed layer's output on the fixed probe images." + thinned,
-                charts.activation_heatmaps(a[a["epoch"].isin(epochs)], layers, p.panel)))
+                charts.activation_heatmaps(a[a["epoch"].isin(epochs)], layers, profile.panel)))
             all_epochs = sorted(a["epoch"].unique().tolist())
-            pick = _spread(layers, p.activation_hists)
+            pick = _spread(layers, profile.activation_hists)
             hist_epochs = [all_epochs[0], all_epochs[-1]] if len(all_epochs) > 1 else all_epochs
-            df = f.activation_hist(pick, hist_epochs)
+            df = frames.activation_hist(pick, hist_epochs)
             if not df.empty:
                 sec.blocks.append(self.chart(
                     "act-hist", f"Activation histograms, {self.start.split()[0]} vs last epoch",
@@ -424,14 +424,14 @@ class _Builder:
                     f"{hist_epochs[0]}, blue line epoch {hist_epochs[-1]} (square-root scale, so the tails show). "
                     "Bins are fixed per layer from its epoch-0 range widened by 10 %; red bars at the edges hold the "
                     "values that moved outside it.",
-                    charts.histograms(df, "layer", pick, width=p.panel, columns=3, first_epoch=hist_epochs[0],
+                    charts.histograms(df, "layer", pick, width=profile.panel, columns=3, first_epoch=hist_epochs[0],
                                       color_epochs=False, x_title="activation value", sqrt_y=True,
                                       start_label=self.start.split()[0])))
         sec.blocks.append(self.feature_maps())
         return sec
 
     def feature_maps(self) -> Block:
-        eps = [e for e in self.f.image_epochs() if e.images and e.images.feature_maps]
+        eps = [e for e in self.frames.image_epochs() if e.images and e.images.feature_maps]
         if not eps:
             return Note("No feature-map images were recorded.")
         cols = [eps[0]] if eps[0] is eps[-1] else [eps[0], eps[-1]]
@@ -463,16 +463,16 @@ class _Builder:
     # ------------------------------------------------------------------ features
 
     def features(self) -> Section:
-        f, p = self.f, self.p
+        frames, profile = self.frames, self.profile
         sec = Section("features", "Features",
                       "Look for classes separating in the penultimate features, for the layers whose representation "
                       "changed most (low CKA), and for whether class separability improved.")
-        proj = f.projection("pca")
+        proj = frames.projection("pca")
         if proj.empty:
             sec.blocks.append(Note("No feature projections were recorded (probes were off)."))
         else:
             sec.blocks.append(self.projection(proj))
-            tsne = f.projection("tsne")
+            tsne = frames.projection("tsne")
             if not tsne.empty:
                 t_epochs = sorted(tsne["epoch"].unique().tolist())
                 pick = [t_epochs[0], t_epochs[-1]] if len(t_epochs) > 1 else t_epochs
@@ -480,8 +480,8 @@ class _Builder:
                     "tsne", "Feature projection (t-SNE), first and last epoch",
                     "t-SNE of the same features; each epoch has its own axes (t-SNE distances are not comparable "
                     "across epochs), so read it for clusters, not positions.",
-                    charts.projection_multiples(tsne, f.classes, pick, p.panel, "t-SNE", shared_axes=False)))
-        c = f.cka
+                    charts.projection_multiples(tsne, frames.classes, pick, profile.panel, "t-SNE", shared_axes=False)))
+        c = frames.cka
         c = c[c["epoch"] > 0] if not c.empty else c
         if c.empty:
             sec.blocks.append(Note("No CKA similarities were recorded after epoch 0."))
@@ -492,50 +492,50 @@ class _Builder:
                 "cka", f"Similarity to the {self.start}'s representation (linear CKA)",
                 f"Linear CKA between each probed layer's representation now and in the {self.start} ({CKA_POOLING}): "
                 "1 is unchanged, lower values mean training changed what the layer represents."
-                + ("" if f.from_scratch else " A new head has no pretrained representation to keep: its row shows how "
+                + ("" if frames.from_scratch else " A new head has no pretrained representation to keep: its row shows how "
                                              "far it moved from its initialisation.")
                 + thinned,
-                charts.heatmap(c, "cka", f.layers_in_order(c), width=p.heat, legend_title="linear CKA to epoch 0",
+                charts.heatmap(c, "cka", frames.layers_in_order(c), width=profile.heat, legend_title="linear CKA to epoch 0",
                                scale=charts.linear_scale(c["cka"], "viridis", hi=1.0), legend_format=".2f",
                                tooltip_format=".3f", epochs=epochs)))
-        sep = f.separability
+        sep = frames.separability
         if not sep.empty and sep["epoch"].nunique() > 1:
             sec.blocks.append(self.chart(
                 "separability", "Class separability of the features",
                 "Leave-one-out k-NN accuracy (cosine similarity) on the probe set's penultimate features (do the "
                 "classes form clusters?), and the model's own accuracy on the same images.",
-                charts.separability(sep, p.full, p.line_h - 20)))
+                charts.separability(sep, profile.full, profile.line_h - 20)))
         sec.blocks.append(self.filters())
         return sec
 
     def projection(self, proj: pd.DataFrame) -> ChartBlock:
-        f, p = self.f, self.p
+        frames, profile = self.frames, self.profile
         epochs = sorted(proj["epoch"].unique().tolist())
-        dim = next((e.features.dim for e in f.epochs if e.features), None)
-        module = next((e.features.module for e in f.epochs if e.features), "the head")
+        dim = next((e.features.dim for e in frames.epochs if e.features), None)
+        module = next((e.features.module for e in frames.epochs if e.features), "the head")
         cap = (f"Penultimate features (the {dim}-dimensional input of {module}) of the {proj['sample'].nunique()} "
                f"probe images, projected on the two principal axes of the {self.start}'s features (same axes at "
                "every epoch), coloured by true class.")
-        if p.interactive and len(epochs) > 1:
-            best = f.best_epoch()
-            shown = choose_epochs(epochs, p.slider_epochs, keep=[best[0]] if best else [])
+        if profile.interactive and len(epochs) > 1:
+            best = frames.best_epoch()
+            shown = choose_epochs(epochs, profile.slider_epochs, keep=[best[0]] if best else [])
             pick = ("Move the slider to change the epoch" if len(shown) == len(epochs) else
                     f"Pick one of {len(shown)} of the {len(epochs)} epochs (evenly spread, with the best)")
             return self.chart(
                 "projection", "Feature projection (PCA) by epoch",
                 cap + f" {pick}; hover a point for its class. \"Fit the axes\" zooms to one epoch's points (ticked "
                 "from the start when some epochs' features are far larger than others').",
-                charts.projection_slider(proj[proj["epoch"].isin(shown)], f.classes, shown, p.full, "PCA"))
-        pick = _spread(epochs, p.projections)
+                charts.projection_slider(proj[proj["epoch"].isin(shown)], frames.classes, shown, profile.full, "PCA"))
+        pick = _spread(epochs, profile.projections)
         shared = charts.axes_comparable(proj, pick)
         return self.chart(
             "projection", "Feature projection (PCA) at chosen epochs",
             cap + ("" if shared else " Each epoch has its own axis ranges here: the features' scale changed too much "
                                      "between epochs for one set of axes."),
-            charts.projection_multiples(proj, f.classes, pick, p.panel, "PCA", shared_axes=shared))
+            charts.projection_multiples(proj, frames.classes, pick, profile.panel, "PCA", shared_axes=shared))
 
     def filters(self) -> Block:
-        eps = [e for e in self.f.image_epochs() if e.images and e.images.filters]
+        eps = [e for e in self.frames.image_epochs() if e.images and e.images.filters]
         if not eps:
             return Note("No first-layer filter images were recorded.")
         cols = [eps[0]] if len(eps) == 1 else [eps[0], eps[-1]]
@@ -545,7 +545,7 @@ class _Builder:
                 for e in cols]
         return ImageGrid("filters", "First-layer filters, before and after",
                          f"The filters of {module} as images (up to 64; one colour scale per grid, grey is 0)."
-                         + ("" if self.f.from_scratch else " Pretrained filters usually change little."), [module], rows)
+                         + ("" if self.frames.from_scratch else " Pretrained filters usually change little."), [module], rows)
 
     # ------------------------------------------------------------------ appendix
 
@@ -568,12 +568,13 @@ class _Builder:
                  ("Started", info.started_at), ("Finished", info.finished_at or "–"),
                  ("Schema version", f"run {info.schema_version}, this renderer {SCHEMA_VERSION}"),
                  ("Run directory", self.run.root.name)]
-        saved = sorted(p.name for p in (self.run.root / "weights").glob("*.pt")) if (self.run.root / "weights").is_dir() else []
+        weights_dir = self.run.root / "weights"
+        saved = sorted(path.name for path in weights_dir.glob("*.pt")) if weights_dir.is_dir() else []
         if saved:
             items.append(("Saved weights", ", ".join(f"weights/{n}" for n in saved)))
         sec.blocks.append(KeyValues("environment", "Environment", items))
         rows = []
-        for e in self.f.epochs:
+        for e in self.frames.epochs:
             t = e.timing
             rows.append([Cell(str(e.epoch)), Cell(fmt.duration(t.train_s) if t.train_s else "–"),
                          Cell(fmt.duration(t.eval_s)), Cell(fmt.duration(t.record_s)),
@@ -581,7 +582,7 @@ class _Builder:
         sec.blocks.append(TableBlock("timing", "Time per epoch",
                                      "Training, evaluation, and the recorder's probes (its overhead).",
                                      ["epoch", "training", "evaluation", "probes", "samples/s"], rows,
-                                     numeric=[True] * 5, scroll=self.p.interactive and len(rows) > 30))
+                                     numeric=[True] * 5, scroll=self.profile.interactive and len(rows) > 30))
         return sec
 
 

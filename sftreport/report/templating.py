@@ -49,13 +49,7 @@ def md_escape(value) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text)
 
 
-class MdSafe(str):
-    """Text already written as Markdown (not escaped again)."""
-
-
 def _md_finalize(value):
-    if isinstance(value, MdSafe):
-        return value
     if value is None:
         return ""
     return md_escape(value)

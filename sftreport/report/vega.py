@@ -128,7 +128,7 @@ def javascript_bundle() -> str:
     except OSError:
         pass
     text = vlc.javascript_bundle()
-    if "</script" in text.lower():  # cannot happen with today's bundle (FACTS.md); never inline one that does
+    if "</script" in text.lower():  # today's bundle has none (checked); never inline one that does
         text = text.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

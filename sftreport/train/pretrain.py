@@ -6,7 +6,6 @@ fine-tunes it on digits 5–9 with a new head: real transfer learning on data th
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -14,7 +13,9 @@ import torch.nn.functional as F
 
 from sftreport.record.evaluation import evaluate
 from sftreport.train.data import DIGITS_SOURCE_CLASSES, DevicePipeline, TrainBatches, load_digits_split
-from sftreport.train.models import DIGITS_WEIGHTS_FILE, DigitsResNet
+from sftreport.train.digits_resnet import DigitsResNet
+from sftreport.train.models import DIGITS_WEIGHTS_FILE
+from sftreport.train.optim import make_optimizer, make_schedule
 
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights" / DIGITS_WEIGHTS_FILE
 
@@ -28,9 +29,8 @@ def pretrain_digits(out: Path = PACKAGE_WEIGHTS, epochs: int = 30, seed: int = 0
     model = DigitsResNet(num_classes=len(DIGITS_SOURCE_CLASSES))
     pipeline = DevicePipeline(device, 32, hflip=False, channels_last=False)
     batches = TrainBatches(train_data, batch_size, seed, 0, 1, device, None, None)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-    total = epochs * len(batches)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    optimizer = make_optimizer(model.parameters(), "sgd", lr, momentum=0.9, weight_decay=5e-4)
+    schedule = make_schedule(optimizer, "cosine", epochs * len(batches))
     val = [(pipeline.eval_batch(val_data.images), val_data.labels)]
     for epoch in range(1, epochs + 1):
         model.train()

@@ -27,6 +27,7 @@ from sftreport.store import check_run_dir_free
 from sftreport.train import distributed
 from sftreport.train.data import DevicePipeline, ImageTensors, TrainBatches, eval_batches, load_data
 from sftreport.train.models import apply_strategy, build_model, default_image_size, set_train_mode
+from sftreport.train.optim import make_optimizer, make_schedule
 from sftreport.train.progress import Progress
 
 CHECK_EVERY = 20  # the loss is checked for NaN (and, under torchrun, ranks agree on stopping) this often
@@ -143,16 +144,9 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ---- optimizer and schedule (per step)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    total_steps = cfg.epochs * len(train)
-    if cfg.scheduler == "cosine":
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps)))
-    else:
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr,
+                               cfg.momentum, cfg.weight_decay)
+    schedule = make_schedule(optimizer, cfg.scheduler, cfg.epochs * len(train))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
 
     def autocast():

@@ -15,7 +15,7 @@ Both sides read one CIFAR-10-format dataset written here in the real on-disk lay
 
 Printed as a Markdown table and written to DIR/results.json; DIR/run.tar.gz holds the recorded run
 directory (render it anywhere: `sftreport render run --out report.pdf`).
-Targets (issue 9): sftreport at least 2x the plain loop's images/s; the probes at most 2 % of a
+Targets: sftreport at least 2x the plain loop's images/s; the probes at most 2 % of a
 50,000-image epoch.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
     python tests/benchmarks/bench_recording.py            # default run + resnet50 (a few minutes on 2 CPU cores)
     python tests/benchmarks/bench_recording.py --quick    # smaller resnet50 probe set
 
-Prints a Markdown table (the README holds the latest one). Targets (issue 3): all probes together at most
+Prints a Markdown table (the README holds the latest one). Targets: all probes together at most
 2 % of a CIFAR-10-size ResNet-50 epoch; the weight and gradient statistics alone at most 0.10 s per epoch end
 for resnet50 on the CPU. The TensorBoard route (add_histogram of every parameter and gradient) is timed for
 comparison (needs the `bench` extra: pip install '.[bench]').

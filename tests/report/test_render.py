@@ -231,34 +231,43 @@ def _big_spec(rows: int = 70) -> dict:
                          "color": {"field": "v", "type": "quantitative"}}}
 
 
+def _draw_all(specs: list[dict], helper) -> list[tuple[bytes, str]]:
+    """Every spec drawn by a Drawer sharing the work with `helper` (closed at the end), in order."""
+    from sftreport.report.convert import Drawer
+
+    drawer = Drawer(helper, "auto")
+    for i, spec in enumerate(specs):
+        drawer.add(str(i), spec)
+    results = drawer.finish()
+    return [results[str(i)] for i in range(len(specs))]
+
+
 def test_helper_draws_big_charts_without_deadlock():
-    from sftreport.report.convert import Helper, convert_all
+    from sftreport.report.convert import Helper
 
     helper = Helper.start()
     if helper is None:
         pytest.skip("no second core or not POSIX: no helper process")
     specs = [_big_spec() for _ in range(6)]
-    out = convert_all(specs, "auto", helper)
+    out = _draw_all(specs, helper)
     assert len(out) == 6 and all(mime == "image/jpeg" and len(data) > 65_536 for data, mime in out)
     assert helper.proc.poll() is not None  # closed
 
 
 def test_dead_helper_falls_back(monkeypatch):
-    from sftreport.report.convert import Helper, convert_all
+    from sftreport.report.convert import Helper
 
     helper = Helper.start()
     if helper is None:
         pytest.skip("no helper process here")
     helper.proc.kill()
     helper.proc.wait()
-    out = convert_all([_big_spec(9) for _ in range(4)], "auto", helper)
+    out = _draw_all([_big_spec(9) for _ in range(4)], helper)
     assert len(out) == 4 and all(data for data, _ in out)
 
 
 def test_a_chart_that_cannot_be_drawn_becomes_a_note():
-    from sftreport.report.convert import convert_all
-
-    ((data, mime),) = convert_all([{"mark": "nonsense-mark", "data": {"values": []}}], "auto", None)
+    ((data, mime),) = _draw_all([{"mark": "nonsense-mark", "data": {"values": []}}], None)
     assert mime == "image/svg+xml" and b"could not be drawn" in data
 
 
