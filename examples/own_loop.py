@@ -2,6 +2,7 @@
 
 Runs offline in well under a minute on a CPU: scikit-learn's digits, a torchvision ResNet-18.
 """
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -20,7 +21,7 @@ model = torchvision.models.resnet18(num_classes=10)  # your pretrained model, wi
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 rec = Recorder(model, probe=(x[1400:1528], y[1400:1528]), val_data=val, run_dir="runs/own-loop")  # sftreport
-for epoch in range(2):
+for _epoch in range(2):
     model.train()
     for xb, yb in train:
         logits = model(xb)

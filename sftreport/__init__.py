@@ -3,10 +3,11 @@
 `Recorder` (imports torch) instruments a training loop; `render` (no torch) turns a run directory
 into HTML, PDF or Markdown reports. Both are imported lazily so that rendering never loads torch.
 """
+
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Recorder", "RunDescription", "render", "__version__"]
+__all__ = ["Recorder", "RunDescription", "__version__", "render"]
 
 
 def __getattr__(name: str):

@@ -4,6 +4,7 @@ Bad input (a flag, a config value, a dataset, a weights file, a run directory) e
 stderr and exit code 2, never a traceback; a disk that refuses a write, with one line and exit code 1
 (errors.ExitCode lists them all). `render` and `schema` never import torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,9 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sftreport {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="fine-tune, record every epoch, render the report",
-                       description="Fine-tune and record. With no arguments: the embedded default "
-                                   "(digits_resnet pretrained on digits 0-4, fine-tuned on digits 5-9).")
+    r = sub.add_parser(
+        "run",
+        help="fine-tune, record every epoch, render the report",
+        description="Fine-tune and record. With no arguments: the embedded default "
+        "(digits_resnet pretrained on digits 0-4, fine-tuned on digits 5-9).",
+    )
     a = r.add_argument
     a("--config", type=Path, metavar="FILE.toml", help="TOML file with the same fields; flags override it")
     a("--name", help="run name shown in the report")
@@ -65,24 +69,42 @@ def build_parser() -> argparse.ArgumentParser:
     a("--workers", type=int, help="DataLoader workers for ImageFolder")
     a("--max-steps-per-epoch", type=int, metavar="N", help="cap optimizer steps per epoch (quick runs)")
     a("--out", type=Path, action="append", metavar="FILE", help="report file (.html, .pdf, .md); repeatable")
-    a("--run-dir", type=Path, metavar="DIR", help="where the run directory goes (default: runs/<time>-<model>-<dataset>)")
+    a(
+        "--run-dir",
+        type=Path,
+        metavar="DIR",
+        help="where the run directory goes (default: runs/<time>-<model>-<dataset>)",
+    )
     a("--quiet", action="store_const", const=True, help="no progress display")
     g = r.add_argument_group("recording")
-    g.add_argument("--no-record", dest="record_enabled", action="store_const", const=False,
-                   help="metrics only, no probes (for timing comparisons)")
+    g.add_argument(
+        "--no-record",
+        dest="record_enabled",
+        action="store_const",
+        const=False,
+        help="metrics only, no probes (for timing comparisons)",
+    )
     g.add_argument("--probe-size", type=int, help="validation images in the fixed probe set (default 256)")
     g.add_argument("--hist-bins", type=int)
     g.add_argument("--grad-every", type=int, metavar="K", help="sample gradient norms every K steps (default 5)")
     g.add_argument("--image-every", type=int, metavar="N", help="save filter/feature-map images every N epochs")
     g.add_argument("--activations", type=_csv, metavar="M1,M2", help="modules to probe (default: stem, blocks, head)")
     g.add_argument("--tsne", action="store_const", const=True, help="also project features with t-SNE")
-    g.add_argument("--save-weights", metavar="WHICH",
-                   help="weights kept in RUN_DIR/weights/: none | last (default; with epoch 0) | best | every")
+    g.add_argument(
+        "--save-weights",
+        metavar="WHICH",
+        help="weights kept in RUN_DIR/weights/: none | last (default; with epoch 0) | best | every",
+    )
 
     d = sub.add_parser("render", help="render reports from a run directory (no torch needed)")
     d.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    d.add_argument("--out", type=Path, action="append", metavar="FILE",
-                   help="report file (.html, .pdf, .md); repeatable (default: RUN_DIR/report.html)")
+    d.add_argument(
+        "--out",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="report file (.html, .pdf, .md); repeatable (default: RUN_DIR/report.html)",
+    )
 
     sub.add_parser("schema", help="print the JSON Schema of a run directory's files")
 
@@ -93,9 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_RECORD_FLAGS = {"record_enabled": "enabled", "probe_size": "probe_size", "hist_bins": "hist_bins",
-                 "grad_every": "grad_every", "image_every": "image_every", "activations": "activations", "tsne": "tsne",
-                 "save_weights": "save_weights"}
+_RECORD_FLAGS = {
+    "record_enabled": "enabled",
+    "probe_size": "probe_size",
+    "hist_bins": "hist_bins",
+    "grad_every": "grad_every",
+    "image_every": "image_every",
+    "activations": "activations",
+    "tsne": "tsne",
+    "save_weights": "save_weights",
+}
 
 
 def _overrides(ns: argparse.Namespace) -> dict:
@@ -196,7 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with kept_warnings():  # warnings of a run that fails before its directory exists go nowhere
             ns = build_parser().parse_args(argv)
-            return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](ns)
+            return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](
+                ns
+            )
     except UserError as e:
         print(f"{prefix}: error: {one_line(e, limit=2000)}", file=sys.stderr)
         return ExitCode.BAD_INPUT

@@ -2,6 +2,7 @@
 
 No torch here: the CLI validates a configuration (and fails with one clear line) before the slow imports.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,13 +28,17 @@ class RecordOptions(BaseModel):
     probe_size: int = Field(256, ge=8, le=4096, description="validation images in the fixed probe set")
     hist_bins: int = Field(32, ge=4, le=256)
     grad_every: int = Field(5, ge=1, description="sample gradient norms every k optimizer steps")
-    image_every: int = Field(5, ge=0, description="save filter and feature-map images every N epochs (0: first and last only)")
+    image_every: int = Field(
+        5, ge=0, description="save filter and feature-map images every N epochs (0: first and last only)"
+    )
     activations: list[str] | None = Field(None, description="module names to probe; default: stem, every block, head")
     knn_k: int = Field(5, ge=1, le=50)
     tsne: bool = Field(False, description="also project features with t-SNE (slower)")
     max_steps_points: int = Field(200, ge=10, description="per-step loss points kept per epoch (averaged in buckets)")
     save_weights: Literal["none", "last", "best", "every"] = Field(
-        "last", description="model weights kept in RUN_DIR/weights/: none, last (and epoch 0), best (and epoch 0), every epoch")
+        "last",
+        description="model weights kept in RUN_DIR/weights/: none, last (and epoch 0), best (and epoch 0), every epoch",
+    )
 
 
 class RunConfig(BaseModel):
@@ -41,11 +46,19 @@ class RunConfig(BaseModel):
 
     name: str | None = Field(None, description="run name shown in the report")
     model: str = Field(DEFAULT_MODEL, description="torchvision classification model name, or digits_resnet")
-    weights: str = Field("DEFAULT", description="none | a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | a path to a state_dict file")
+    weights: str = Field(
+        "DEFAULT",
+        description="none | a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | a path to a state_dict file",
+    )
     dataset: Literal["digits", "cifar10", "imagefolder"] = "digits"
     data_root: Path | None = None
     download: bool = Field(False, description="let torchvision download CIFAR-10 into data_root")
-    image_size: int | None = Field(None, ge=8, le=1024, description="input side in pixels; default: the dataset's own (224 for ImageFolder and ViT)")
+    image_size: int | None = Field(
+        None,
+        ge=8,
+        le=1024,
+        description="input side in pixels; default: the dataset's own (224 for ImageFolder and ViT)",
+    )
     strategy: str = Field("full", description="full | linear-probe | freeze-until:MODULE")
     epochs: int = Field(10, ge=1, le=10_000)
     batch_size: int = Field(64, ge=1, le=65_536)

@@ -1,4 +1,5 @@
 """The errors the command line turns into one line on stderr (never a traceback), and its exit codes."""
+
 from __future__ import annotations
 
 import errno

@@ -12,6 +12,7 @@ Version history:
   1  TensorStats stored `sum` and `sum_sq` (variance lost when |mean| >> std).
   2  TensorStats stores `mean` and `m2`, the centred sum of squares; histograms hold bin-exact counts.
 """
+
 from __future__ import annotations
 
 import math
@@ -103,9 +104,14 @@ class TensorStats(_Model):
             return other
         n = self.count + other.count
         delta = other.mean - self.mean
-        return TensorStats(count=n, mean=self.mean + delta * other.count / n,
-                           m2=self.m2 + other.m2 + delta * delta * self.count * other.count / n,
-                           min=min(self.min, other.min), max=max(self.max, other.max), zeros=self.zeros + other.zeros)
+        return TensorStats(
+            count=n,
+            mean=self.mean + delta * other.count / n,
+            m2=self.m2 + other.m2 + delta * delta * self.count * other.count / n,
+            min=min(self.min, other.min),
+            max=max(self.max, other.max),
+            zeros=self.zeros + other.zeros,
+        )
 
 
 class Histogram(_Model):
@@ -241,7 +247,9 @@ class GradStat(_Model):
     @model_validator(mode="after")
     def _steps(self) -> GradStat:
         if self.nonfinite > self.samples:
-            raise ValueError(f"{self.name}: more non-finite steps ({self.nonfinite}) than sampled steps ({self.samples})")
+            raise ValueError(
+                f"{self.name}: more non-finite steps ({self.nonfinite}) than sampled steps ({self.samples})"
+            )
         return self
 
     @property
@@ -263,7 +271,9 @@ class ActivationStat(_Model):
     @model_validator(mode="after")
     def _counts(self) -> ActivationStat:
         if self.dead_channels > self.channels:
-            raise ValueError(f"{self.module}: more dead channels ({self.dead_channels}) than channels ({self.channels})")
+            raise ValueError(
+                f"{self.module}: more dead channels ({self.dead_channels}) than channels ({self.channels})"
+            )
         if self.hist.total > self.stats.count:
             raise ValueError(f"{self.module}: the histogram counts more values than the outputs have")
         return self
@@ -301,7 +311,9 @@ class Features(_Model):
     module: str = Field(description="the module whose input is the penultimate representation")
     dim: Count
     projections: list[Projection]
-    knn_accuracy: FractionOrNaN = Field(description="leave-one-out k-NN accuracy on the probe set (NaN with under 2 samples)")
+    knn_accuracy: FractionOrNaN = Field(
+        description="leave-one-out k-NN accuracy on the probe set (NaN with under 2 samples)"
+    )
     knn_k: Count
     probe_accuracy: FractionOrNaN = Field(description="accuracy of the model's predictions on the probe set")
 
@@ -393,8 +405,11 @@ class EpochSnapshot(_Versioned):
     features: Features | None = None
     cka: list[CKA] = []
     images: Images | None = None
-    weights_file: str | None = Field(None, description="this epoch's saved weights, relative to the run directory "
-                                                       "(a later epoch's may have replaced them: see --save-weights)")
+    weights_file: str | None = Field(
+        None,
+        description="this epoch's saved weights, relative to the run directory "
+        "(a later epoch's may have replaced them: see --save-weights)",
+    )
     timing: Timing = Timing()
 
 

@@ -7,13 +7,15 @@ Reading validates every line and names the file and line number of the first bad
 without its newline is a write that never finished (a crash mid-append), which is left out and reported
 in `Run.dropped` rather than making every finished epoch unreadable.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 from pydantic import ValidationError
 
@@ -131,8 +133,11 @@ class RunWriter:
             except OSError as e:
                 os.ftruncate(fd, before)  # frees what the half line took: a full disk can always shrink a file
                 os.fsync(fd)
-                kept = f"epochs 0–{snap.epoch - 1} are kept" if snap.epoch > 1 else (
-                    "epoch 0 is kept" if snap.epoch == 1 else "nothing was recorded")
+                kept = (
+                    f"epochs 0–{snap.epoch - 1} are kept"
+                    if snap.epoch > 1
+                    else ("epoch 0 is kept" if snap.epoch == 1 else "nothing was recorded")
+                )
                 raise StorageError(f"cannot record epoch {snap.epoch} in {path}: {e.strerror or e}; {kept}") from None
         finally:
             os.close(fd)
@@ -193,8 +198,10 @@ def read_run(root: Path) -> Run:
             raise RunDirError(f"{epochs_file}: cannot read: {e.strerror or e}") from None
         lines = data.split(b"\n")
         if lines[-1].strip():  # no newline after the last line: an append that never finished
-            dropped = (f"{epochs_file.name} ends in an unfinished line of {len(lines[-1]):,} bytes after "
-                       f"{len(lines) - 1} complete ones (a write cut short, e.g. by a full disk); it was left out")
+            dropped = (
+                f"{epochs_file.name} ends in an unfinished line of {len(lines[-1]):,} bytes after "
+                f"{len(lines) - 1} complete ones (a write cut short, e.g. by a full disk); it was left out"
+            )
         for lineno, line in enumerate(lines[:-1], 1):
             if not line.strip():
                 continue

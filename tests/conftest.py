@@ -1,10 +1,10 @@
 """Shared fixtures: tiny datasets in their real on-disk formats (helpers in support.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from support import make_cifar10, make_imagefolder
 
 

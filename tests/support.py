@@ -1,4 +1,5 @@
 """Helpers shared by the tests: the command line in a subprocess, tiny datasets in their real on-disk formats."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,19 @@ from pathlib import Path
 import numpy as np
 
 
-def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """`python -m sftreport ARGS` in a fresh process, as a user would run it."""
     full_env = {**os.environ, "CI": "true", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sftreport", *args], capture_output=True, text=True,
-                          cwd=cwd, env=full_env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sftreport", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
 
 
 QUICK = ["--epochs", "1", "--max-steps-per-epoch", "2", "--probe-size", "16", "--batch-size", "8", "--quiet"]
@@ -58,15 +67,16 @@ def make_cifar10(root: Path, per_batch: int = 20, test: int = 20, seed: int = 0)
     rng = np.random.default_rng(seed)
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True)
-    py2_pickle({b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": per_batch, b"num_vis": 3072},
-               base / "batches.meta")
+    py2_pickle(
+        {b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": per_batch, b"num_vis": 3072}, base / "batches.meta"
+    )
 
     def batch(n: int, label: bytes) -> dict:
         labels = [i % 10 for i in range(n)]
         data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
         # make the classes learnable: class k brightens channel k % 3
         for i, y in enumerate(labels):
-            data[i, (y % 3) * 1024:(y % 3 + 1) * 1024] //= 4
+            data[i, (y % 3) * 1024 : (y % 3 + 1) * 1024] //= 4
         return {b"batch_label": label, b"labels": labels, b"data": data, b"filenames": [b"x.png"] * n}
 
     for i in range(1, 6):

@@ -1,5 +1,6 @@
 """The command-line contract: bad input is one line on stderr and exit code 2, never a traceback;
 `sftreport` and `python -m sftreport` are the same command; render and schema need no torch."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support import cli
+
 from sftreport.cli import main
 
 
@@ -34,36 +35,39 @@ def bad_files(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["run", "--bogus"], "unrecognized arguments: --bogus"),
-    (["run", "--epochs", "zero"], "invalid int value"),
-    (["run", "--epochs", "0"], "epochs"),
-    (["run", "--optimizer", "rmsprop"], "optimizer"),
-    (["run", "--device", "tpu"], "device"),
-    (["run", "--strategy", "half"], "strategy"),
-    (["run", "--out", "report.docx"], "extension"),
-    (["run", "--dataset", "cifar10"], "--data-root"),
-    (["run", "--dataset", "cifar10", "--data-root", "/nonexistent"], "CIFAR-10 not found"),
-    (["run", "--dataset", "imagefolder", "--data-root", "{bad}/empty"], "train"),
-    (["run", "--weights", "{bad}/missing.pt"], "not found"),
-    (["run", "--weights", "{bad}/garbage.pt"], "cannot read weights file"),
-    (["run", "--model", "resnet9000"], "unknown model"),
-    (["run", "--model", "resnet18", "--weights", "IMAGENET9K"], "unknown weights"),
-    (["run", "--config", "{bad}/nope.toml"], "config file not found"),
-    (["run", "--config", "{bad}/bad.toml"], "not valid TOML"),
-    (["run", "--config", "{bad}/typo.toml"], "epocs"),
-    (["run", "--strategy", "freeze-until:nosuch"], "no module 'nosuch'"),
-    (["run", "--batch-size", "4096"], "fewer than --batch-size"),
-    (["run", "--activations", "layer9"], "layer9"),
-    (["render", "{bad}/empty", "--out", "x.html"], "run.json"),
-    (["render", "{bad}", "--out", "x.docx"], "unknown report format"),
-    (["render", "{bad}/empty", "--out", "{bad}/garbage.pt/x.html"], "cannot write"),
-    (["run", "--out", "{bad}/garbage.pt/sub/report.md"], "cannot write"),
-    (["run", "--model", "alexnet", "--weights", "none"], "cannot run on inputs of shape [3, 32, 32]"),
-    (["run", "--model", "vit_b_16", "--weights", "none", "--image-size", "32"], "cannot run on inputs"),
-    (["pretrain", "--epochs", "0"], "at least 1"),
-    ([], "required"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["run", "--bogus"], "unrecognized arguments: --bogus"),
+        (["run", "--epochs", "zero"], "invalid int value"),
+        (["run", "--epochs", "0"], "epochs"),
+        (["run", "--optimizer", "rmsprop"], "optimizer"),
+        (["run", "--device", "tpu"], "device"),
+        (["run", "--strategy", "half"], "strategy"),
+        (["run", "--out", "report.docx"], "extension"),
+        (["run", "--dataset", "cifar10"], "--data-root"),
+        (["run", "--dataset", "cifar10", "--data-root", "/nonexistent"], "CIFAR-10 not found"),
+        (["run", "--dataset", "imagefolder", "--data-root", "{bad}/empty"], "train"),
+        (["run", "--weights", "{bad}/missing.pt"], "not found"),
+        (["run", "--weights", "{bad}/garbage.pt"], "cannot read weights file"),
+        (["run", "--model", "resnet9000"], "unknown model"),
+        (["run", "--model", "resnet18", "--weights", "IMAGENET9K"], "unknown weights"),
+        (["run", "--config", "{bad}/nope.toml"], "config file not found"),
+        (["run", "--config", "{bad}/bad.toml"], "not valid TOML"),
+        (["run", "--config", "{bad}/typo.toml"], "epocs"),
+        (["run", "--strategy", "freeze-until:nosuch"], "no module 'nosuch'"),
+        (["run", "--batch-size", "4096"], "fewer than --batch-size"),
+        (["run", "--activations", "layer9"], "layer9"),
+        (["render", "{bad}/empty", "--out", "x.html"], "run.json"),
+        (["render", "{bad}", "--out", "x.docx"], "unknown report format"),
+        (["render", "{bad}/empty", "--out", "{bad}/garbage.pt/x.html"], "cannot write"),
+        (["run", "--out", "{bad}/garbage.pt/sub/report.md"], "cannot write"),
+        (["run", "--model", "alexnet", "--weights", "none"], "cannot run on inputs of shape [3, 32, 32]"),
+        (["run", "--model", "vit_b_16", "--weights", "none", "--image-size", "32"], "cannot run on inputs"),
+        (["pretrain", "--epochs", "0"], "at least 1"),
+        ([], "required"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(capsys, bad_files: Path, tmp_path: Path, monkeypatch, argv, needle):
     monkeypatch.chdir(tmp_path)  # nothing a failed run writes lands in the repository
     line = _one_line_error(capsys, [a.replace("{bad}", str(bad_files)) for a in argv])
@@ -112,11 +116,13 @@ def test_python_dash_m_and_the_console_script_are_the_same_command():
 
 
 def test_schema_prints_json_schema_without_torch():
-    code = ("import sys, io, contextlib; from sftreport.cli import main\n"
-            "buf = io.StringIO()\n"
-            "with contextlib.redirect_stdout(buf): rc = main(['schema'])\n"
-            "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]\n"
-            "print(buf.getvalue())")
+    code = (
+        "import sys, io, contextlib; from sftreport.cli import main\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf): rc = main(['schema'])\n"
+        "assert rc == 0 and 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:3]\n"
+        "print(buf.getvalue())"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     schema = json.loads(r.stdout)

@@ -1,4 +1,5 @@
 """RunConfig (TOML + flags) and the run directory (atomic writes, validated reads)."""
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,16 @@ def test_flags_override_the_toml_file_and_record_tables_merge(tmp_path: Path):
     assert (cfg.record.probe_size, cfg.record.hist_bins) == (64, 8)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("epochs = -1\n", "epochs"),
-    ("optimiser = 'sgd'\n", "optimiser"),  # a typo is refused, not ignored
-    ("strategy = 'freeze'\n", "strategy"),
-    ("[record]\nprobe_size = 1\n", "record.probe_size"),
-    ("epochs = \n", "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("epochs = -1\n", "epochs"),
+        ("optimiser = 'sgd'\n", "optimiser"),  # a typo is refused, not ignored
+        ("strategy = 'freeze'\n", "strategy"),
+        ("[record]\nprobe_size = 1\n", "record.probe_size"),
+        ("epochs = \n", "not valid TOML"),
+    ],
+)
 def test_bad_config_files_give_one_line_naming_the_field(tmp_path: Path, text: str, needle: str):
     f = tmp_path / "bad.toml"
     f.write_text(text)
@@ -46,9 +50,15 @@ def test_missing_config_file(tmp_path: Path):
 
 
 def _info() -> RunInfo:
-    return RunInfo(name="t", started_at="2026-01-01T00:00:00+00:00", model="m", weights="w", strategy="full",
-                   dataset=DatasetInfo(name="d", classes=["a", "b"], train_size=1, val_size=1, image_size=8),
-                   environment=Environment(python="3", platform="p", sftreport="0", device="cpu"))
+    return RunInfo(
+        name="t",
+        started_at="2026-01-01T00:00:00+00:00",
+        model="m",
+        weights="w",
+        strategy="full",
+        dataset=DatasetInfo(name="d", classes=["a", "b"], train_size=1, val_size=1, image_size=8),
+        environment=Environment(python="3", platform="p", sftreport="0", device="cpu"),
+    )
 
 
 def test_run_directory_round_trip_and_nan_survives(tmp_path: Path):
@@ -86,7 +96,7 @@ def test_an_unfinished_last_line_is_left_out_and_said_not_fatal(tmp_path: Path):
     assert run.dropped and "16 bytes" in run.dropped and "2 complete" in run.dropped
     # a complete but broken line is still an error: that is damage, not an unfinished write
     with open(tmp_path / "run" / EPOCHS_FILE, "a") as f:
-        f.write('oops\n')
+        f.write("oops\n")
     with pytest.raises(RunDirError, match=f"{EPOCHS_FILE}:3:"):
         read_run(tmp_path / "run")
 

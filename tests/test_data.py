@@ -1,4 +1,5 @@
 """Datasets in their real formats, the device pipeline, sharding and the probe set."""
+
 from __future__ import annotations
 
 import pickle
@@ -9,8 +10,18 @@ import torch
 
 from sftreport.config import RunConfig
 from sftreport.errors import UserError
-from sftreport.train.data import (DIGITS_TARGET_CLASSES, DevicePipeline, FolderImages, TrainBatches, augment_params,
-                                  choose_probe, eval_batches, load_cifar10, load_data, load_digits_split)
+from sftreport.train.data import (
+    DIGITS_TARGET_CLASSES,
+    DevicePipeline,
+    FolderImages,
+    TrainBatches,
+    augment_params,
+    choose_probe,
+    eval_batches,
+    load_cifar10,
+    load_data,
+    load_digits_split,
+)
 
 
 def test_digits_target_task_is_classes_5_to_9_relabelled(tmp_path: Path):
@@ -27,11 +38,13 @@ def test_cifar10_is_read_from_the_standard_layout(cifar_root: Path):
     assert classes[0] == "airplane" and len(classes) == 10
     assert train.images.shape == (100, 3, 32, 32) and train.images.dtype == torch.uint8
     assert len(val) == 20
-    raw = pickle.load(open(cifar_root / "cifar-10-batches-py" / "data_batch_1", "rb"), encoding="bytes")
+    raw = pickle.loads((cifar_root / "cifar-10-batches-py" / "data_batch_1").read_bytes(), encoding="bytes")
     assert torch.equal(train.images[0].reshape(-1), torch.as_tensor(raw[b"data"][0]))
 
 
-def test_cifar10_test_files_are_in_the_official_format_and_python3_copies_read_the_same(cifar_root: Path, tmp_path: Path):
+def test_cifar10_test_files_are_in_the_official_format_and_python3_copies_read_the_same(
+    cifar_root: Path, tmp_path: Path
+):
     """torchvision's own reader (encoding="latin1", str keys, MD5 check aside) reads the test files, so they are
     Python 2 pickles like the official ones; a copy re-pickled under Python 3 (str keys) reads the same."""
     from torchvision.datasets import CIFAR10
@@ -58,7 +71,7 @@ def test_cifar10_test_files_are_in_the_official_format_and_python3_copies_read_t
     copy = tmp_path / "py3" / "cifar-10-batches-py"
     copy.mkdir(parents=True)
     for f in (cifar_root / "cifar-10-batches-py").iterdir():
-        obj = pickle.load(open(f, "rb"), encoding="latin1")  # str keys, as a Python 3 user would re-save them
+        obj = pickle.loads(f.read_bytes(), encoding="latin1")  # str keys, as a Python 3 user would re-save them
         assert all(isinstance(k, str) for k in obj)
         with open(copy / f.name, "wb") as out:
             pickle.dump(obj, out)
@@ -82,7 +95,7 @@ def test_imagefolder_train_and_val(folder_root: Path):
     cfg = RunConfig(dataset="imagefolder", data_root=folder_root, image_size=24, batch_size=4, record={"probe_size": 8})
     data = load_data(cfg, None)
     assert data.classes == ["cat", "dog", "fox"]
-    img, label, idx = data.train[0]
+    img, _label, _idx = data.train[0]
     assert img.shape == (3, 24, 24) and img.dtype == torch.uint8
     assert len(data.probe) == 8
 
@@ -109,12 +122,21 @@ def test_two_shards_together_make_the_one_process_batches():
     train, _ = load_digits_split(DIGITS_TARGET_CLASSES)
     cpu = torch.device("cpu")
     one = TrainBatches(train, 16, seed=3, rank=0, world=1, device=cpu, workers=None, max_steps=None)
-    shards = [TrainBatches(train, 16, seed=3, rank=r, world=2, device=cpu, workers=None, max_steps=None) for r in (0, 1)]
+    shards = [
+        TrainBatches(train, 16, seed=3, rank=r, world=2, device=cpu, workers=None, max_steps=None) for r in (0, 1)
+    ]
     assert len(one) == len(shards[0]) == len(shards[1])
-    for (x, y, aug), (x0, y0, a0), (x1, y1, a1) in zip(one.epoch(2, True), shards[0].epoch(2, True), shards[1].epoch(2, True)):
+    for (x, y, aug), (x0, y0, a0), (x1, y1, a1) in zip(
+        one.epoch(2, True), shards[0].epoch(2, True), shards[1].epoch(2, True)
+    ):
         whole = sorted(zip(y.tolist(), aug.tolist(), x.flatten(1).sum(1).tolist()))
-        parts = sorted(zip(y0.tolist() + y1.tolist(), a0.tolist() + a1.tolist(),
-                           x0.flatten(1).sum(1).tolist() + x1.flatten(1).sum(1).tolist()))
+        parts = sorted(
+            zip(
+                y0.tolist() + y1.tolist(),
+                a0.tolist() + a1.tolist(),
+                x0.flatten(1).sum(1).tolist() + x1.flatten(1).sum(1).tolist(),
+            )
+        )
         assert whole == parts
 
 
@@ -159,6 +181,8 @@ def test_digits_read_without_importing_sklearn_are_sklearn_s_digits():
     pixels, labels = read_digits()
     d = load_digits()
     assert np.array_equal(pixels, d.images) and np.array_equal(labels, d.target)
-    code = ("import sys; from sftreport.train.data import load_digits_split, DIGITS_TARGET_CLASSES; "
-            "load_digits_split(DIGITS_TARGET_CLASSES); assert 'sklearn' not in sys.modules")
+    code = (
+        "import sys; from sftreport.train.data import load_digits_split, DIGITS_TARGET_CLASSES; "
+        "load_digits_split(DIGITS_TARGET_CLASSES); assert 'sklearn' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

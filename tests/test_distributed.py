@@ -1,4 +1,5 @@
 """torchrun with 2 CPU processes (gloo): one run directory, one report, the same numbers as 1 process."""
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,19 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("ddp")
     out = {}
     for name, launcher in (("one", [sys.executable, "-m", "sftreport"]), ("two", [*TORCHRUN, "-m", "sftreport"])):
-        r = _run([*launcher, *ARGS, "--strategy", "linear-probe", "--run-dir", str(d / name), "--out",
-                  str(d / f"{name}.html")], cwd=d)
+        r = _run(
+            [
+                *launcher,
+                *ARGS,
+                "--strategy",
+                "linear-probe",
+                "--run-dir",
+                str(d / name),
+                "--out",
+                str(d / f"{name}.html"),
+            ],
+            cwd=d,
+        )
         assert r.returncode == 0, r.stderr[-3000:]
         out[name] = d
     return {"dir": d}
@@ -61,8 +73,9 @@ def test_two_processes_report_the_numbers_of_one(runs):
 def test_a_failure_on_one_rank_ends_the_job_with_a_message_not_a_hang(tmp_path: Path):
     script = Path(__file__).parent / "helpers" / "ddp_fault.py"
     started = time.time()
-    r = _run([*TORCHRUN, str(script), *ARGS, "--epochs", "50", "--run-dir", str(tmp_path / "run")], cwd=tmp_path,
-             timeout=240)
+    r = _run(
+        [*TORCHRUN, str(script), *ARGS, "--epochs", "50", "--run-dir", str(tmp_path / "run")], cwd=tmp_path, timeout=240
+    )
     assert r.returncode != 0
     assert "injected failure on rank 1" in r.stderr
     assert time.time() - started < 200

@@ -1,4 +1,5 @@
 """The model zoo: head replacement across torchvision families, weights files, freezing strategies."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -91,8 +92,10 @@ def test_strategies_freeze_what_they_say():
     assert all(p.requires_grad for p in b.model.parameters())
 
 
-@pytest.mark.parametrize("strategy, message", [("freeze-until:nope", "no module"), ("freeze-until:fc", "new head"),
-                                                ("freeze-until:relu", "no parameters")])
+@pytest.mark.parametrize(
+    "strategy, message",
+    [("freeze-until:nope", "no module"), ("freeze-until:fc", "new head"), ("freeze-until:relu", "no parameters")],
+)
 def test_bad_freeze_targets(strategy: str, message: str):
     b = build_model("resnet18", "none", num_classes=3)
     with pytest.raises(UserError, match=message):
@@ -136,7 +139,9 @@ def test_the_embedded_model_is_torchvision_s_resnet_with_basic_blocks():
     ours = build_model(DIGITS_MODEL, "DEFAULT", 5).model.eval()
     theirs = TorchvisionDigits().eval()
     assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
-    assert [type(m).__name__ for _, m in ours.named_modules()][1:] == [type(m).__name__ for _, m in theirs.named_modules()][1:]
+    assert [type(m).__name__ for _, m in ours.named_modules()][1:] == [
+        type(m).__name__ for _, m in theirs.named_modules()
+    ][1:]
     theirs.load_state_dict(ours.state_dict(), strict=True)
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():

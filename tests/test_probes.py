@@ -1,4 +1,5 @@
 """Known-answer tests of the probes: numbers we can work out by hand or by a slow, obvious route."""
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,9 @@ from sftreport.record.weights import WeightProbe
 
 def _tiny_cnn() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
 
 
 # ----------------------------------------------------------------------------- weights
@@ -66,8 +69,13 @@ def test_relative_change_and_update_ratio_known_answers():
 def test_gradient_norms_sampled_every_k_steps_and_non_finite_counted():
     lin = nn.Linear(2, 1, bias=False)
     probe = GradientProbe(lin, every=2)
-    grads = [torch.tensor([[3.0, 4.0]]), torch.tensor([[100.0, 0.0]]), torch.tensor([[0.0, 1.0]]),
-             torch.tensor([[1.0, 1.0]]), torch.tensor([[float("nan"), 0.0]])]
+    grads = [
+        torch.tensor([[3.0, 4.0]]),
+        torch.tensor([[100.0, 0.0]]),
+        torch.tensor([[0.0, 1.0]]),
+        torch.tensor([[1.0, 1.0]]),
+        torch.tensor([[float("nan"), 0.0]]),
+    ]
     for g in grads:
         lin.weight.grad = g
         probe.maybe_sample()  # samples steps 1, 3, 5
@@ -148,8 +156,18 @@ def test_default_modules_are_stem_blocks_and_head_in_network_order():
     import torchvision
 
     r18 = torchvision.models.resnet18()
-    assert default_modules(r18, "fc") == ["maxpool", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0",
-                                          "layer3.1", "layer4.0", "layer4.1", "fc"]
+    assert default_modules(r18, "fc") == [
+        "maxpool",
+        "layer1.0",
+        "layer1.1",
+        "layer2.0",
+        "layer2.1",
+        "layer3.0",
+        "layer3.1",
+        "layer4.0",
+        "layer4.1",
+        "fc",
+    ]
     mods = default_modules(torchvision.models.mobilenet_v2(), "classifier.1")
     assert mods[0] == "features.0" and mods[-1] == "classifier.1" and "features.17" in mods
     vit = default_modules(torchvision.models.vit_b_16(), "heads.head")  # blocks inside the Encoder module
@@ -305,7 +323,9 @@ def test_weight_saver_keeps_what_each_mode_promises(tmp_path):
                 model.weight.fill_(epoch)
             saver.save(model, epoch, acc)
             saver.prune()
-        files = sorted(p.name for p in (writer.root / "weights").glob("*.pt")) if (writer.root / "weights").exists() else []
+        files = (
+            sorted(p.name for p in (writer.root / "weights").glob("*.pt")) if (writer.root / "weights").exists() else []
+        )
         for f in files:  # each file holds its own epoch's weights
             assert torch.load(writer.root / "weights" / f, weights_only=True)["weight"][0, 0] == int(f[6:9])
         return files

@@ -1,4 +1,5 @@
 """The Recorder is public API: the README's own-loop example runs as shown and needs five added lines."""
+
 from __future__ import annotations
 
 import re

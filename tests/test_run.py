@@ -1,5 +1,6 @@
 """End to end, as a user runs it: the command line in a fresh process, the run directory it leaves,
 the reports it renders; Ctrl-C and divergence; the seed's CIFAR-10 case on a tiny CIFAR-10 on disk."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from support import QUICK, cli
+
 from sftreport.store import read_run
 
 pytestmark = pytest.mark.slow
@@ -21,8 +22,20 @@ pytestmark = pytest.mark.slow
 def default_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
     """The embedded default (shortened to 3 epochs), with all three report formats."""
     d = tmp_path_factory.mktemp("default")
-    r = cli("run", "--epochs", "3", "--run-dir", str(d / "run"), "--out", str(d / "report.html"),
-            "--out", str(d / "report.pdf"), "--out", str(d / "summary.md"), cwd=d)
+    r = cli(
+        "run",
+        "--epochs",
+        "3",
+        "--run-dir",
+        str(d / "run"),
+        "--out",
+        str(d / "report.html"),
+        "--out",
+        str(d / "report.pdf"),
+        "--out",
+        str(d / "summary.md"),
+        cwd=d,
+    )
     return r, d
 
 
@@ -78,11 +91,13 @@ def _numel(shape: list[int]) -> int:
 
 def test_render_rebuilds_reports_from_the_run_directory_without_torch(default_run, tmp_path: Path):
     _, d = default_run
-    code = ("import sys; from sftreport.cli import main\n"
-            f"rc = main(['render', {str(d / 'run')!r}, '--out', {str(tmp_path / 'again.html')!r}, "
-            f"'--out', {str(tmp_path / 'again.md')!r}])\n"
-            "assert rc == 0\n"
-            "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')], 'render imported torch'\n")
+    code = (
+        "import sys; from sftreport.cli import main\n"
+        f"rc = main(['render', {str(d / 'run')!r}, '--out', {str(tmp_path / 'again.html')!r}, "
+        f"'--out', {str(tmp_path / 'again.md')!r}])\n"
+        "assert rc == 0\n"
+        "assert not [m for m in sys.modules if m == 'torch' or m.startswith('torch.')], 'render imported torch'\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "again.html").stat().st_size > 1000
@@ -90,15 +105,32 @@ def test_render_rebuilds_reports_from_the_run_directory_without_torch(default_ru
 
 def test_ctrl_c_stops_after_a_clean_write_and_renders_an_interrupted_report(tmp_path: Path):
     run_dir, out = tmp_path / "run", tmp_path / "report.html"
-    proc = subprocess.Popen([sys.executable, "-m", "sftreport", "run", "--epochs", "500", "--run-dir", str(run_dir),
-                             "--out", str(out), "--probe-size", "32"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**__import__("os").environ, "CI": "true"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sftreport",
+            "run",
+            "--epochs",
+            "500",
+            "--run-dir",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--probe-size",
+            "32",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**__import__("os").environ, "CI": "true"},
+    )
     epochs = run_dir / "epochs.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and (not epochs.exists() or epochs.read_text().count("\n") < 3):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    _stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     run = read_run(run_dir)
     assert run.info.status == "interrupted"
@@ -108,8 +140,23 @@ def test_ctrl_c_stops_after_a_clean_write_and_renders_an_interrupted_report(tmp_
 
 
 def test_a_loss_diverging_mid_epoch_stops_within_a_few_steps_and_keeps_the_evidence(tmp_path: Path):
-    r = cli("run", "--epochs", "3", "--lr", "10000", "--batch-size", "4", "--run-dir", str(tmp_path / "run"),
-            "--out", str(tmp_path / "r.md"), "--probe-size", "32", "--quiet", cwd=tmp_path)
+    r = cli(
+        "run",
+        "--epochs",
+        "3",
+        "--lr",
+        "10000",
+        "--batch-size",
+        "4",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "r.md"),
+        "--probe-size",
+        "32",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert r.returncode == 3, r.stderr
     run = read_run(tmp_path / "run")
     assert run.info.status == "diverged" and "at epoch 1, step" in run.info.status_detail
@@ -118,8 +165,21 @@ def test_a_loss_diverging_mid_epoch_stops_within_a_few_steps_and_keeps_the_evide
 
 
 def test_a_diverging_loss_stops_the_run_and_the_report_says_so(tmp_path: Path):
-    r = cli("run", "--epochs", "5", "--lr", "10000", "--run-dir", str(tmp_path / "run"), "--out",
-            str(tmp_path / "report.html"), "--probe-size", "32", "--quiet", cwd=tmp_path)
+    r = cli(
+        "run",
+        "--epochs",
+        "5",
+        "--lr",
+        "10000",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "report.html"),
+        "--probe-size",
+        "32",
+        "--quiet",
+        cwd=tmp_path,
+    )
     assert r.returncode == 3, r.stderr
     assert "diverged" in r.stderr
     run = read_run(tmp_path / "run")
@@ -136,9 +196,25 @@ def test_seed_case_on_cifar10_files_with_a_local_weights_file(tmp_path: Path, ci
 
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
-    r = cli("run", "--model", "resnet18", "--weights", str(weights), "--dataset", "cifar10", "--data-root",
-            str(cifar_root), "--strategy", "linear-probe", "--run-dir", str(tmp_path / "run"),
-            "--out", str(tmp_path / "r.md"), *QUICK, cwd=tmp_path)
+    r = cli(
+        "run",
+        "--model",
+        "resnet18",
+        "--weights",
+        str(weights),
+        "--dataset",
+        "cifar10",
+        "--data-root",
+        str(cifar_root),
+        "--strategy",
+        "linear-probe",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "r.md"),
+        *QUICK,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     run = read_run(tmp_path / "run")
     assert run.info.dataset.classes[:2] == ["airplane", "automobile"] and run.info.dataset.train_size == 100
@@ -153,11 +229,28 @@ def test_seed_case_on_cifar10_files_with_a_local_weights_file(tmp_path: Path, ci
 
 def test_imagefolder_with_a_toml_config_and_flag_overrides(tmp_path: Path, folder_root: Path):
     cfg = tmp_path / "run.toml"
-    cfg.write_text(f'model = "mobilenet_v3_small"\nweights = "none"\ndataset = "imagefolder"\n'
-                   f'data_root = "{folder_root}"\nimage_size = 48\nepochs = 4\nstrategy = "freeze-until:features.3"\n'
-                   f'optimizer = "adamw"\nlr = 0.001\n[record]\nprobe_size = 9\ntsne = true\n')
-    r = cli("run", "--config", str(cfg), "--epochs", "1", "--batch-size", "6", "--workers", "0",
-            "--run-dir", str(tmp_path / "run"), "--quiet", "--out", str(tmp_path / "r.md"), cwd=tmp_path)
+    cfg.write_text(
+        f'model = "mobilenet_v3_small"\nweights = "none"\ndataset = "imagefolder"\n'
+        f'data_root = "{folder_root}"\nimage_size = 48\nepochs = 4\nstrategy = "freeze-until:features.3"\n'
+        f'optimizer = "adamw"\nlr = 0.001\n[record]\nprobe_size = 9\ntsne = true\n'
+    )
+    r = cli(
+        "run",
+        "--config",
+        str(cfg),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "6",
+        "--workers",
+        "0",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--quiet",
+        "--out",
+        str(tmp_path / "r.md"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     run = read_run(tmp_path / "run")
     assert run.info.config["epochs"] == 1 and run.info.config["optimizer"] == "adamw"  # flag over file
@@ -185,7 +278,17 @@ def test_a_disk_that_fills_mid_run_keeps_every_finished_epoch_and_says_what_is_t
     import os
     import resource
 
-    args = ["--max-steps-per-epoch", "2", "--probe-size", "16", "--batch-size", "8", "--quiet", "--save-weights", "none"]
+    args = [
+        "--max-steps-per-epoch",
+        "2",
+        "--probe-size",
+        "16",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--save-weights",
+        "none",
+    ]
     ref = cli("run", "--epochs", "1", "--run-dir", str(tmp_path / "ref"), "--out", str(tmp_path / "ref.md"), *args)
     assert ref.returncode == 0, ref.stderr
     line = max(len(x) for x in (tmp_path / "ref" / "epochs.jsonl").read_bytes().splitlines())
@@ -196,10 +299,28 @@ def test_a_disk_that_fills_mid_run_keeps_every_finished_epoch_and_says_what_is_t
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed, as with ENOSPC
 
     run_dir = tmp_path / "run"
-    r = subprocess.run([sys.executable, "-m", "sftreport", "run", "--epochs", "4", "--run-dir", str(run_dir),
-                        "--out", str(tmp_path / "r.md"), "--out", str(tmp_path / "r.html"), *args],
-                       capture_output=True, text=True, preexec_fn=small_disk, env={**os.environ, "CI": "true"},
-                       timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sftreport",
+            "run",
+            "--epochs",
+            "4",
+            "--run-dir",
+            str(run_dir),
+            "--out",
+            str(tmp_path / "r.md"),
+            "--out",
+            str(tmp_path / "r.html"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+        env={**os.environ, "CI": "true"},
+        timeout=300,
+    )
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot record epoch 2" in r.stderr and "epochs 0–1 are kept" in r.stderr
@@ -214,9 +335,26 @@ def test_a_disk_that_fills_mid_run_keeps_every_finished_epoch_and_says_what_is_t
     assert again.returncode == 0, again.stderr
     # the same disk cannot take the model's weights (1.3 MB): one line, exit 1, from epoch 0 on
     args[-1] = "last"
-    r = subprocess.run([sys.executable, "-m", "sftreport", "run", "--epochs", "2", "--run-dir", str(tmp_path / "w"),
-                        "--out", str(tmp_path / "w.md"), *args], capture_output=True, text=True,
-                       preexec_fn=small_disk, env={**os.environ, "CI": "true"}, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sftreport",
+            "run",
+            "--epochs",
+            "2",
+            "--run-dir",
+            str(tmp_path / "w"),
+            "--out",
+            str(tmp_path / "w.md"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_disk,
+        env={**os.environ, "CI": "true"},
+        timeout=300,
+    )
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot save the weights of epoch 0" in r.stderr and "Traceback" not in r.stderr
 
@@ -234,7 +372,9 @@ def test_saved_weights_recompute_the_last_epoch_s_change_and_accuracy(default_ru
     _, d = default_run
     run = read_run(d / "run")
     assert sorted(p.name for p in (d / "run" / "weights").iterdir()) == ["epoch_000.pt", "epoch_003.pt"]
-    assert run.epochs[-1].weights_file == "weights/epoch_003.pt" and run.epochs[0].weights_file == "weights/epoch_000.pt"
+    assert (
+        run.epochs[-1].weights_file == "weights/epoch_003.pt" and run.epochs[0].weights_file == "weights/epoch_000.pt"
+    )
     w0 = torch.load(d / "run" / "weights" / "epoch_000.pt", weights_only=True)
     w3 = torch.load(d / "run" / "weights" / "epoch_003.pt", weights_only=True)
     for stat in run.epochs[-1].weights:
@@ -248,7 +388,10 @@ def test_saved_weights_recompute_the_last_epoch_s_change_and_accuracy(default_ru
     _, val = load_digits_split(DIGITS_TARGET_CLASSES)
     x = val.images.float().div(255).expand(-1, 3, -1, -1)  # the embedded default's preprocessing, by hand
     x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     with torch.no_grad():
         pred = model((x - mean) / std).argmax(dim=1)
     correct = int((pred == val.labels).sum())

@@ -2,6 +2,7 @@
 under test): means far larger than the spread, constant tensors, values exactly on bin edges and one
 float32 step either side of them, thousands of tensors, values outside the fixed range, NaN and infinities,
 chunks merged in any order."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,16 @@ from torch import nn
 
 from sftreport.record.activations import ActivationProbe
 from sftreport.record.gradients import GradientProbe
-from sftreport.record.stats import (BinGrid, BinSpec, FlatBuffer, histogram_counts, merge, moments, stats_from_rows,
-                                    tensor_moments)
+from sftreport.record.stats import (
+    BinGrid,
+    BinSpec,
+    FlatBuffer,
+    histogram_counts,
+    merge,
+    moments,
+    stats_from_rows,
+    tensor_moments,
+)
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import TensorStats
 
@@ -100,8 +109,10 @@ def test_merging_two_chunks_equals_the_whole(split: int):
     t = torch.cat([t[:100_000], t[100_000:] - 3e-6])  # the second half holds the minimum: it comes later
     a, b = t[:split], t[split:]
     whole = tensor_moments(t).tolist()
-    for merged in (merge(tensor_moments(a), tensor_moments(b)).tolist(),
-                   merge(tensor_moments(b), tensor_moments(a)).tolist()):
+    for merged in (
+        merge(tensor_moments(a), tensor_moments(b)).tolist(),
+        merge(tensor_moments(b), tensor_moments(a)).tolist(),
+    ):
         assert merged[0] == whole[0] and merged[3:] == whole[3:]
         assert merged[1] == pytest.approx(whole[1], rel=1e-12)
         assert merged[2] == pytest.approx(whole[2], rel=1e-6)
@@ -131,8 +142,15 @@ def _numpy_counts(x: np.ndarray, lo: float, hi: float, bins: int) -> list[int]:
 
 def test_bin_grids_cover_their_range_tightly_with_float32_edges():
     rng = np.random.default_rng(0)
-    cases = [(-1.0, 1.0), (0.9999, 1.0001), (1 - 4e-6, 1 + 4e-6), (-3e4 - 0.05, -3e4 + 0.05), (1e-30, 3e-30),
-             (-5e6, 7e9), (0.0, 1e-3)] + [tuple(sorted(rng.normal(0, 10 ** rng.uniform(-6, 6), 2))) for _ in range(200)]
+    cases = [
+        (-1.0, 1.0),
+        (0.9999, 1.0001),
+        (1 - 4e-6, 1 + 4e-6),
+        (-3e4 - 0.05, -3e4 + 0.05),
+        (1e-30, 3e-30),
+        (-5e6, 7e9),
+        (0.0, 1e-3),
+    ] + [tuple(sorted(rng.normal(0, 10 ** rng.uniform(-6, 6), 2))) for _ in range(200)]
     for bins in (4, 32, 33):
         for a, b in cases:
             g = BinGrid.covering(a, b, bins)
@@ -161,7 +179,7 @@ def test_values_on_every_edge_and_one_step_either_side_land_like_numpy_over_2000
         t = centre + spread * torch.randn(20 + i % 13)
         grid = BinSpec.around([t.min().item()], [t.max().item()], bins).grids[0]
         edges = np.linspace(grid.lo, grid.hi, bins + 1).astype(np.float32)
-        on = torch.from_numpy(edges[i % (bins + 1):][:3])
+        on = torch.from_numpy(edges[i % (bins + 1) :][:3])
         up, down = torch.nextafter(on, torch.tensor(np.inf)), torch.nextafter(on, torch.tensor(-np.inf))
         tensors.append(torch.cat([t, on, up, down]))
         grids.append(grid)

@@ -7,6 +7,7 @@ histogram, and a spatially pooled copy of the output for CKA. A module that runs
 forward pass (torchvision's Bottleneck reuses one ReLU three times) gets one entry per call, named
 `module#k`. Hooks are removed in a `finally`.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -17,7 +18,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftreport.errors import UserError
-from sftreport.record.stats import BinGrid, BinSpec, bin_positions, count_positions, merge, stats_from_rows, tensor_moments
+from sftreport.record.stats import (
+    BinGrid,
+    BinSpec,
+    bin_positions,
+    count_positions,
+    merge,
+    stats_from_rows,
+    tensor_moments,
+)
 from sftreport.schema import ActivationStat, Histogram
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
@@ -60,14 +69,22 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
     walk("", model, False)
     order = {n: i for i, (n, _) in enumerate(model.named_modules())}
     if not blocks:  # no containers anywhere: every top-level module that owns parameters
-        blocks = [n for n, m in model.named_children()
-                  if n != head and any(True for _ in m.parameters()) and not isinstance(m, _SKIP)]
+        blocks = [
+            n
+            for n, m in model.named_children()
+            if n != head and any(True for _ in m.parameters()) and not isinstance(m, _SKIP)
+        ]
     stem = None
     if blocks:
         first = order[blocks[0]]
-        tops = [n for n, m in model.named_children()
-                if order[n] < first and not blocks[0].startswith(n + ".") and type(m) not in _CONTAINERS
-                and not isinstance(m, _SKIP)]
+        tops = [
+            n
+            for n, m in model.named_children()
+            if order[n] < first
+            and not blocks[0].startswith(n + ".")
+            and type(m) not in _CONTAINERS
+            and not isinstance(m, _SKIP)
+        ]
         stem = tops[-1] if tops else None
     chosen = ([stem] if stem else []) + blocks + [head]
     return sorted(dict.fromkeys(chosen), key=order.__getitem__)
@@ -77,8 +94,10 @@ def check_modules(model: nn.Module, names: list[str]) -> None:
     known = dict(model.named_modules())
     missing = [m for m in names if m not in known]
     if missing:
-        raise UserError(f"no module named {missing[0]!r} to record activations of "
-                        f"(top-level modules: {', '.join(n for n, _ in model.named_children())})")
+        raise UserError(
+            f"no module named {missing[0]!r} to record activations of "
+            f"(top-level modules: {', '.join(n for n, _ in model.named_children())})"
+        )
 
 
 def channel_dim(x: torch.Tensor) -> int:
@@ -134,6 +153,7 @@ class ActivationProbe:
                 k = calls.get(name, 0)
                 calls[name] = k + 1
                 self._observe(name, k, module, out.detach(), want_hist, want_reps, first_chunk[0])
+
             return hook
 
         try:
@@ -149,8 +169,16 @@ class ActivationProbe:
             for h in handles:
                 h.remove()
 
-    def _observe(self, name: str, k: int, module: nn.Module, out: torch.Tensor, want_hist: bool,
-                 want_reps: bool, first_chunk: bool) -> None:
+    def _observe(
+        self,
+        name: str,
+        k: int,
+        module: nn.Module,
+        out: torch.Tensor,
+        want_hist: bool,
+        want_reps: bool,
+        first_chunk: bool,
+    ) -> None:
         acc = self._acc.get((name, k))
         if acc is None:
             acc = self._acc[(name, k)] = _CallAcc(type(module).__name__, list(out.shape[1:]))
@@ -205,10 +233,18 @@ class ActivationProbe:
             # a call first seen after the bins were fixed has no histogram: its counts are all zero
             grid = self.grids.get(f"{n}#{k}") or BinSpec.around([st.min], [st.max], self.bins).grids[0]
             lo, hi = grid.lo, grid.hi
-            out.append(ActivationStat(
-                module=labels[(n, k)], type=a.type, shape=a.shape, stats=st, channels=ch,
-                dead_channels=ch - int(alive), nonnegative=st.min >= 0,
-                hist=Histogram.from_counts(lo, hi, h)))
+            out.append(
+                ActivationStat(
+                    module=labels[(n, k)],
+                    type=a.type,
+                    shape=a.shape,
+                    stats=st,
+                    channels=ch,
+                    dead_channels=ch - int(alive),
+                    nonnegative=st.min >= 0,
+                    hist=Histogram.from_counts(lo, hi, h),
+                )
+            )
         reps = {labels[k]: torch.cat(a.reps) for k, a in zip(keys, accs) if a.reps}
         maps = {labels[k]: torch.cat(a.samples) for k, a in zip(keys, accs) if a.samples}
         return out, reps, maps

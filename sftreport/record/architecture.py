@@ -4,6 +4,7 @@ call count, own parameters, trainable and new (not pretrained) counts, plus per-
 Parameters are counted where they are owned (`recurse=False`), so module rows sum to the model total.
 Hooks are removed and the model's train/eval mode restored in a `finally`.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,6 +44,7 @@ def describe(model: nn.Module, sample: torch.Tensor, new_params: set[str]) -> Ar
         def hook(module, args, output):
             calls[name] = calls.get(name, 0) + 1
             shapes.setdefault(name, _shape(output))
+
         return hook
 
     try:
@@ -59,24 +61,47 @@ def describe(model: nn.Module, sample: torch.Tensor, new_params: set[str]) -> Ar
     for name, module in model.named_modules():
         own = list(module.named_parameters(recurse=False))
         full = [f"{name}.{p}" if name else p for p, _ in own]
-        rows.append(ModuleInfo(
-            name=name, type=type(module).__name__, depth=0 if not name else name.count(".") + 1,
-            output_shape=shapes.get(name), calls=calls.get(name, 0),
-            params=sum(t.numel() for _, t in own),
-            trainable=sum(t.numel() for _, t in own if t.requires_grad),
-            new=sum(t.numel() for f, (_, t) in zip(full, own) if f in new_params)))
+        rows.append(
+            ModuleInfo(
+                name=name,
+                type=type(module).__name__,
+                depth=0 if not name else name.count(".") + 1,
+                output_shape=shapes.get(name),
+                calls=calls.get(name, 0),
+                params=sum(t.numel() for _, t in own),
+                trainable=sum(t.numel() for _, t in own if t.requires_grad),
+                new=sum(t.numel() for f, (_, t) in zip(full, own) if f in new_params),
+            )
+        )
     blocks = []
     root_own = rows[0]
     if root_own.params:  # parameters held directly by the model (ViT's class token, positions)
-        blocks.append(BlockSummary(name="(model)", type=root_own.type, params=root_own.params,
-                                   trainable=root_own.trainable, new=root_own.new))
+        blocks.append(
+            BlockSummary(
+                name="(model)",
+                type=root_own.type,
+                params=root_own.params,
+                trainable=root_own.trainable,
+                new=root_own.new,
+            )
+        )
     for child_name, child in model.named_children():
         members = [r for r in rows if r.name == child_name or r.name.startswith(child_name + ".")]
-        blocks.append(BlockSummary(name=child_name, type=type(child).__name__, params=sum(r.params for r in members),
-                                   trainable=sum(r.trainable for r in members), new=sum(r.new for r in members)))
+        blocks.append(
+            BlockSummary(
+                name=child_name,
+                type=type(child).__name__,
+                params=sum(r.params for r in members),
+                trainable=sum(r.trainable for r in members),
+                new=sum(r.new for r in members),
+            )
+        )
     return Architecture(
-        model_type=type(model).__name__, modules=rows, blocks=blocks,
+        model_type=type(model).__name__,
+        modules=rows,
+        blocks=blocks,
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         new_params=sum(p.numel() for n, p in model.named_parameters() if n in new_params),
-        input_shape=list(sample.shape[1:]))
+        input_shape=list(sample.shape[1:]),
+    )

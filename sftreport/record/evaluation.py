@@ -3,10 +3,11 @@
 Sums (loss, counts, confusion cells) stay on the device and are reduced across processes when a
 process group is running, so a sharded evaluation gives exactly the numbers of an unsharded one.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from typing import Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -27,13 +28,24 @@ def evaluation_from_sums(loss_sum: float, confusion: list[list[int]]) -> Evaluat
     count = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(confusion)))
     per_class = [(row[i] / sum(row)) if sum(row) else None for i, row in enumerate(confusion)]
-    return Evaluation(loss=loss_sum / count if count else float("nan"), accuracy=correct / count if count else 0.0,
-                      count=count, confusion=confusion, per_class_accuracy=per_class)
+    return Evaluation(
+        loss=loss_sum / count if count else float("nan"),
+        accuracy=correct / count if count else 0.0,
+        count=count,
+        confusion=confusion,
+        per_class_accuracy=per_class,
+    )
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Iterable, num_classes: int, device: torch.device,
-             loss_fn: Callable = F.cross_entropy, autocast: Callable = nullcontext) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    data: Iterable,
+    num_classes: int,
+    device: torch.device,
+    loss_fn: Callable = F.cross_entropy,
+    autocast: Callable = nullcontext,
+) -> Evaluation:
     """`data` yields (inputs, targets) ready for the model. The model's train/eval mode is restored."""
     was_training = model.training
     model.eval()
@@ -53,5 +65,5 @@ def evaluate(model: nn.Module, data: Iterable, num_classes: int, device: torch.d
         model.train(was_training)
     packed = torch.cat([loss_sum.reshape(1), confusion.double()])  # one reduction, one transfer
     packed = all_reduce_sum(packed).tolist()
-    cells = [int(round(v)) for v in packed[1:]]
-    return evaluation_from_sums(packed[0], [cells[i * num_classes:(i + 1) * num_classes] for i in range(num_classes)])
+    cells = [round(v) for v in packed[1:]]
+    return evaluation_from_sums(packed[0], [cells[i * num_classes : (i + 1) * num_classes] for i in range(num_classes)])

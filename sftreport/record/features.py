@@ -5,6 +5,7 @@
 - class separability: leave-one-out k-NN accuracy on the features;
 - linear CKA between each probed layer's representation now and in the pretrained model.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from sftreport.schema import CKA, Features, Projection
 @contextmanager
 def capture_head_input(model: nn.Module, head: str, sink: list[torch.Tensor]):
     """Append the (flattened) input of the head module to `sink` on every forward call."""
+
     def hook(module, args):
         sink.append(args[0].detach().reshape(args[0].shape[0], -1).float())
 
@@ -62,7 +64,8 @@ def knn_accuracy(x: torch.Tensor, labels: torch.Tensor, k: int, classes: int | N
     counts = torch.zeros(n, classes, device=x.device).scatter_add_(1, votes, torch.ones_like(votes, dtype=torch.float))
     # break ties toward the nearer neighbour: add a tiny bonus decreasing with rank
     bonus = torch.zeros(n, classes, device=x.device).scatter_add_(
-        1, votes, (1e-3 / (1 + torch.arange(k, device=x.device, dtype=torch.float))).expand(n, k).contiguous())
+        1, votes, (1e-3 / (1 + torch.arange(k, device=x.device, dtype=torch.float))).expand(n, k).contiguous()
+    )
     pred = (counts + bonus).argmax(dim=1)
     return (pred == labels).float().mean()
 
@@ -91,7 +94,9 @@ class FeatureProbe:
         self.pca: PCA2 | None = None
         self.ref_grams: dict[str, torch.Tensor] = {}
 
-    def measure(self, feats: torch.Tensor, logits: torch.Tensor, reps: dict[str, torch.Tensor]) -> tuple[Features, list[CKA]]:
+    def measure(
+        self, feats: torch.Tensor, logits: torch.Tensor, reps: dict[str, torch.Tensor]
+    ) -> tuple[Features, list[CKA]]:
         if self.pca is None:
             self.pca = PCA2(feats)
         xy = self.pca.transform(feats)
@@ -107,9 +112,14 @@ class FeatureProbe:
         projections = [Projection(method="pca", x=xy_list[0], y=xy_list[1])]
         if self.tsne:
             projections.append(tsne_projection(feats))
-        features = Features(module=self.head, dim=feats.shape[1], projections=projections,
-                            knn_accuracy=head_list[0], knn_k=min(self.knn_k, feats.shape[0] - 1),
-                            probe_accuracy=head_list[1])
+        features = Features(
+            module=self.head,
+            dim=feats.shape[1],
+            projections=projections,
+            knn_accuracy=head_list[0],
+            knn_k=min(self.knn_k, feats.shape[0] - 1),
+            probe_accuracy=head_list[1],
+        )
         return features, [CKA(module=n, value=v) for n, v in zip(names, cka_list)]
 
 
@@ -117,5 +127,7 @@ def tsne_projection(feats: torch.Tensor) -> Projection:
     from sklearn.manifold import TSNE
 
     x = feats.cpu().numpy()
-    xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))).fit_transform(x)
+    xy = TSNE(
+        n_components=2, init="pca", random_state=0, perplexity=min(30.0, max(2.0, (len(x) - 1) / 3))
+    ).fit_transform(x)
     return Projection(method="tsne", x=xy[:, 0].tolist(), y=xy[:, 1].tolist())

@@ -6,6 +6,7 @@ still there until the next zero_grad); it samples every k-th step and the first 
 sample costs two kernels (the norms, stacked); the norms stay on the device and are reduced in batches of
 `FOLD` samples and at the epoch end, when the host sees them once.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,16 +67,24 @@ class GradientProbe:
         if not self._rows:
             return
         norms = torch.stack(self._rows)  # (S, T)
-        weight = torch.stack([torch.ones((), device=norms.device) if v is None else v.to(norms.device).float()
-                              for v in self._valid])[:, None].expand_as(norms)  # 1: counts, 0: a skipped step
+        weight = torch.stack(
+            [torch.ones((), device=norms.device) if v is None else v.to(norms.device).float() for v in self._valid]
+        )[:, None].expand_as(norms)  # 1: counts, 0: a skipped step
         finite = torch.isfinite(norms)
         clean = torch.where(finite, norms, torch.zeros_like(norms)) * weight
         part = torch.stack([clean.sum(0), clean.amax(0), ((~finite).float() * weight).sum(0), weight.sum(0)], dim=1)
         if self._acc is None:
             self._acc = part
         else:
-            self._acc = torch.stack([self._acc[:, 0] + part[:, 0], torch.maximum(self._acc[:, 1], part[:, 1]),
-                                     self._acc[:, 2] + part[:, 2], self._acc[:, 3] + part[:, 3]], dim=1)
+            self._acc = torch.stack(
+                [
+                    self._acc[:, 0] + part[:, 0],
+                    torch.maximum(self._acc[:, 1], part[:, 1]),
+                    self._acc[:, 2] + part[:, 2],
+                    self._acc[:, 3] + part[:, 3],
+                ],
+                dim=1,
+            )
         self._rows, self._valid = [], []
 
     def collect(self) -> list[GradStat]:
@@ -86,5 +95,14 @@ class GradientProbe:
             return []
         rows = self._acc.tolist()
         self._reset()
-        return [GradStat(name=n, module=n.rpartition(".")[0], samples=int(r[3]), norm_sum=r[0], norm_max=r[1],
-                         nonfinite=int(r[2])) for n, r in zip(self.names, rows)]
+        return [
+            GradStat(
+                name=n,
+                module=n.rpartition(".")[0],
+                samples=int(r[3]),
+                norm_sum=r[0],
+                norm_max=r[1],
+                nonfinite=int(r[2]),
+            )
+            for n, r in zip(self.names, rows)
+        ]

@@ -4,6 +4,7 @@ few depths, written as PNG files into the run directory's assets/.
 Filters share one symmetric colour scale per grid (so pretrained and fine-tuned grids compare); each
 feature-map tile is scaled on its own (patterns, not magnitudes; magnitudes are in the activation stats).
 """
+
 from __future__ import annotations
 
 import io
@@ -43,7 +44,7 @@ def _grid(tiles: np.ndarray, cols: int, gap: int = 2, fill: int = 255) -> np.nda
     out = np.full(shape, fill, dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, cols)
-        out[r * (h + gap):r * (h + gap) + h, c * (w + gap):c * (w + gap) + w] = tiles[i]
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tiles[i]
     return out
 
 

@@ -17,6 +17,7 @@ Under torchrun every process constructs a Recorder and calls the same methods (e
 metrics are reduced across processes); only the process given `writer=True` (rank 0) runs the probes
 and writes the run directory.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,12 +25,11 @@ import platform
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import nullcontext
-from datetime import datetime, timezone
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,18 @@ from sftreport.record.gradients import GradientProbe
 from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
 from sftreport.record.saved_weights import WeightSaver
 from sftreport.record.weights import WeightProbe
-from sftreport.schema import (DatasetInfo, Environment, EpochSnapshot, FeatureMapImage, Images, ProbeInfo, RunInfo,
-                              RunStatus, StepPoint, Timing)
+from sftreport.schema import (
+    DatasetInfo,
+    Environment,
+    EpochSnapshot,
+    FeatureMapImage,
+    Images,
+    ProbeInfo,
+    RunInfo,
+    RunStatus,
+    StepPoint,
+    Timing,
+)
 from sftreport.store import RunWriter
 
 IMAGE_SAMPLES = 2  # probe images whose feature maps are drawn
@@ -55,7 +65,7 @@ IMAGE_DEPTHS = 3  # probed modules (early, middle, late) whose feature maps are 
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def environment(device: torch.device, precision: str = "fp32", world_size: int = 1) -> Environment:
@@ -67,14 +77,27 @@ def environment(device: torch.device, precision: str = "fp32", world_size: int =
         torchvision_version = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or None
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                timeout=2, cwd=Path.cwd()).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=2, cwd=Path.cwd()
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return Environment(python=platform.python_version(), platform=platform.platform(), torch=torch.__version__,
-                       torchvision=torchvision_version, sftreport=__version__, device=str(device),
-                       device_name=name, precision=precision, world_size=world_size, git_commit=commit,
-                       hostname=socket.gethostname())
+    return Environment(
+        python=platform.python_version(),
+        platform=platform.platform(),
+        torch=torch.__version__,
+        torchvision=torchvision_version,
+        sftreport=__version__,
+        device=str(device),
+        device_name=name,
+        precision=precision,
+        world_size=world_size,
+        git_commit=commit,
+        hostname=socket.gethostname(),
+    )
 
 
 @torch.no_grad()
@@ -86,8 +109,9 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> int:
     try:
         out = model(x)
     except (RuntimeError, ValueError, AssertionError, IndexError) as e:
-        raise UserError(f"{type(model).__name__} cannot run on inputs of shape {list(x.shape[1:])}: "
-                        f"{one_line(e, limit=200)}") from None
+        raise UserError(
+            f"{type(model).__name__} cannot run on inputs of shape {list(x.shape[1:])}: {one_line(e, limit=200)}"
+        ) from None
     finally:
         model.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -111,11 +135,22 @@ class RunDescription:
 
 
 class Recorder:
-    def __init__(self, model: nn.Module, *, probe: tuple[torch.Tensor, torch.Tensor],
-                 val_data: Iterable | None = None, run_dir: str | Path | None = None,
-                 class_names: list[str] | None = None, new_params: Iterable[str] = (), head: str | None = None,
-                 options: RecordOptions | None = None, run: RunDescription | None = None,
-                 loss_fn: Callable = F.cross_entropy, autocast: Callable = nullcontext, writer: bool = True):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        probe: tuple[torch.Tensor, torch.Tensor],
+        val_data: Iterable | None = None,
+        run_dir: str | Path | None = None,
+        class_names: list[str] | None = None,
+        new_params: Iterable[str] = (),
+        head: str | None = None,
+        options: RecordOptions | None = None,
+        run: RunDescription | None = None,
+        loss_fn: Callable = F.cross_entropy,
+        autocast: Callable = nullcontext,
+        writer: bool = True,
+    ):
         """`probe`: a fixed batch of inputs and labels; `val_data`: (inputs, targets) batches to evaluate on at
         every epoch end; `new_params`: names of the parameters your new head added; `head`: the classifier
         module (default: the last Linear or Conv2d); `run`: what to call the run and how it was set up;
@@ -133,8 +168,10 @@ class Recorder:
         self.num_classes = len(class_names) if class_names else logits_width
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         if int(self.probe_y.min()) < 0 or int(self.probe_y.max()) >= self.num_classes:
-            raise UserError(f"probe labels must be class indices 0..{self.num_classes - 1}, "
-                            f"found {int(self.probe_y.min())}..{int(self.probe_y.max())}")
+            raise UserError(
+                f"probe labels must be class indices 0..{self.num_classes - 1}, "
+                f"found {int(self.probe_y.min())}..{int(self.probe_y.max())}"
+            )
         self.new_params = set(new_params)
         self.loss_fn, self.autocast = loss_fn, autocast
         self.planned_epochs = self.run.planned_epochs
@@ -153,9 +190,14 @@ class Recorder:
         self.weights = WeightProbe(model, self.new_params, self.options.hist_bins) if record else None
         self.grads = GradientProbe(model, self.options.grad_every) if record else None
         image_modules = self._image_modules(model, act_modules)
-        self.activations = ActivationProbe(act_modules, self.options.hist_bins, image_modules, IMAGE_SAMPLES) if record else None
-        self.features = FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k,
-                                     self.options.tsne) if record else None
+        self.activations = (
+            ActivationProbe(act_modules, self.options.hist_bins, image_modules, IMAGE_SAMPLES) if record else None
+        )
+        self.features = (
+            FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k, self.options.tsne)
+            if record
+            else None
+        )
         self.saver = WeightSaver(self.writer, self.options.save_weights) if record else None
         self._map_channels: dict[str, list[int]] = {}
         self._filters_module = first_conv(model)
@@ -166,21 +208,34 @@ class Recorder:
             sample = self.probe_x[:2]
             d = self.run
             self.info = RunInfo(
-                name=d.name, started_at=_now(), config=d.config, model=d.model or type(model).__name__,
-                weights=d.weights, strategy=d.strategy,
-                dataset=d.dataset or DatasetInfo(name="custom", classes=self.class_names, train_size=0,
-                                                 val_size=0, image_size=int(sample.shape[-1])),
+                name=d.name,
+                started_at=_now(),
+                config=d.config,
+                model=d.model or type(model).__name__,
+                weights=d.weights,
+                strategy=d.strategy,
+                dataset=d.dataset
+                or DatasetInfo(
+                    name="custom", classes=self.class_names, train_size=0, val_size=0, image_size=int(sample.shape[-1])
+                ),
                 environment=d.environment or environment(self.device),
                 architecture=describe(model, sample, self.new_params),
                 probe=ProbeInfo(labels=self.probe_y.tolist(), size=len(self.probe_y)),
-                planned_epochs=d.planned_epochs)
+                planned_epochs=d.planned_epochs,
+            )
             self.writer.write_run(self.info)
         self._record_epoch(first=True)
 
     # ------------------------------------------------------------------ per step
 
-    def step(self, loss: torch.Tensor, logits: torch.Tensor | None = None, targets: torch.Tensor | None = None,
-             lr: float | None = None, skipped: torch.Tensor | None = None) -> None:
+    def step(
+        self,
+        loss: torch.Tensor,
+        logits: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        lr: float | None = None,
+        skipped: torch.Tensor | None = None,
+    ) -> None:
         """Call once per optimizer step, after `optimizer.step()` (the gradients are still there).
         `skipped`: a boolean tensor, true when the optimizer skipped this step (fp16 GradScaler overflow):
         its gradients are then not counted as a training problem."""
@@ -229,8 +284,13 @@ class Recorder:
             snap.weights_file = self.saver.save(self.model, epoch, snap.val.accuracy if snap.val else None)
             probes["save_weights"] = time.perf_counter() - saved
         t2 = time.perf_counter()
-        snap.timing = Timing(train_s=0.0 if first else train_s, eval_s=t1 - t0, record_s=t2 - t1, probes=probes,
-                             samples_per_s=None if first or train_s <= 0 else self._global_count / train_s)
+        snap.timing = Timing(
+            train_s=0.0 if first else train_s,
+            eval_s=t1 - t0,
+            record_s=t2 - t1,
+            probes=probes,
+            samples_per_s=None if first or train_s <= 0 else self._global_count / train_s,
+        )
         if self.writer:
             self.writer.append_epoch(snap)
             if self.saver is not None:
@@ -242,13 +302,26 @@ class Recorder:
 
     def _train_metrics(self, snap: EpochSnapshot, lr: float | None) -> None:
         steps = len(self._step_losses)
-        losses = (torch.stack([x.reshape(()) for x in self._step_losses]).double() if steps
-                  else torch.zeros(0, dtype=torch.float64, device=self.device))
+        losses = (
+            torch.stack([x.reshape(()) for x in self._step_losses]).double()
+            if steps
+            else torch.zeros(0, dtype=torch.float64, device=self.device)
+        )
         sizes = torch.tensor(self._step_sizes, dtype=torch.float64).to(losses.device)
-        world = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
+        world = (
+            torch.distributed.get_world_size()
+            if torch.distributed.is_available() and torch.distributed.is_initialized()
+            else 1
+        )
         # one reduction: [loss sum, correct, count, per-step losses...]; per-step losses average over ranks
-        packed = torch.cat([(losses * sizes).sum().reshape(1), self._correct.double().reshape(1),
-                            torch.tensor([float(self._count)], dtype=torch.float64, device=self.device), losses])
+        packed = torch.cat(
+            [
+                (losses * sizes).sum().reshape(1),
+                self._correct.double().reshape(1),
+                torch.tensor([float(self._count)], dtype=torch.float64, device=self.device),
+                losses,
+            ]
+        )
         packed = all_reduce_sum(packed).tolist()
         loss_sum, correct, count = packed[0], packed[1], packed[2]
         step_losses = [v / world for v in packed[3:]]
@@ -267,10 +340,11 @@ class Recorder:
         first_step = self.global_step - n
         points = []
         for start in range(0, n, width):
-            chunk = losses[start:start + width]
+            chunk = losses[start : start + width]
             lr = self._step_lrs[min(start + width, n) - 1]
-            points.append(StepPoint(step=first_step + start + len(chunk), loss=sum(chunk) / len(chunk), lr=lr,
-                                    steps=len(chunk)))
+            points.append(
+                StepPoint(step=first_step + start + len(chunk), loss=sum(chunk) / len(chunk), lr=lr, steps=len(chunk))
+            )
         return points
 
     @torch.no_grad()
@@ -312,10 +386,13 @@ class Recorder:
         feats: list[torch.Tensor] = []
         logits = []
         batch = max(1, min(256, len(self.probe_x)))
-        with self.activations.hooks(self.model, want_hist, want_reps) as next_chunk, \
-                capture_head_input(self.model, self.head, feats), self.autocast():
+        with (
+            self.activations.hooks(self.model, want_hist, want_reps) as next_chunk,
+            capture_head_input(self.model, self.head, feats),
+            self.autocast(),
+        ):
             for start in range(0, len(self.probe_x), batch):
-                out = self.model(self.probe_x[start:start + batch])
+                out = self.model(self.probe_x[start : start + batch])
                 logits.append(out.float())
                 next_chunk()
         return torch.cat(feats), torch.cat(logits)
@@ -355,7 +432,9 @@ class Recorder:
 
     # ------------------------------------------------------------------ the end
 
-    def finish(self, status: RunStatus = "completed", detail: str = "", out: str | Path | Iterable[str | Path] = ()) -> list[Path]:
+    def finish(
+        self, status: RunStatus = "completed", detail: str = "", out: str | Path | Iterable[str | Path] = ()
+    ) -> list[Path]:
         """Write the final status into run.json and render the report files named in `out` (see `render`).
         If the disk refuses run.json, the reports are still rendered (they hold the status) before the
         StorageError is raised."""

@@ -12,6 +12,7 @@ A file is a `torch.save`d state_dict of CPU tensors: `torch.load(path, weights_o
 one supersedes is removed only after the newer epoch's line is in epochs.jsonl (`prune`), so the run
 directory always holds the weights of a recorded epoch.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,9 @@ class WeightSaver:
         try:
             self.writer.write_file(rel, lambda f: torch.save(state, f))
         except RuntimeError as e:  # torch's zip writer reports a refused write without its errno
-            raise StorageError(f"cannot save the weights of epoch {epoch} in {self.writer.root / rel}: "
-                               f"{one_line(e).split('] ')[-1]}") from None
+            raise StorageError(
+                f"cannot save the weights of epoch {epoch} in {self.writer.root / rel}: {one_line(e).split('] ')[-1]}"
+            ) from None
         if epoch > 0 and self.mode in ("last", "best"):
             self._superseded, self.kept = self.kept, epoch
             self.best = accuracy if accuracy is not None else self.best

@@ -15,6 +15,7 @@ Exact where models are hard:
   floor, integer subtraction, division of small integers by m, floor. A value exactly on an edge lands in
   the bin that starts there, for any number of tensors (the tensor's offset is added to integers).
 """
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,6 @@ def sum_of_squares_(flat: FlatBuffer) -> torch.Tensor:
     return torch.stack([v.sum() for v in flat.views]).double()
 
 
-
 def _shift(sums: torch.Tensor, counts: torch.Tensor, mins: torch.Tensor, maxs: torch.Tensor) -> torch.Tensor:
     """A float32 value close to each mean to centre on: the float32 mean, clamped into [min, max], and a
     constant tensor's own value (so its M2 is exactly 0)."""
@@ -69,7 +69,9 @@ def _shift(sums: torch.Tensor, counts: torch.Tensor, mins: torch.Tensor, maxs: t
     return torch.where(mins == maxs, mins, shift)
 
 
-def _centred(shift: torch.Tensor, counts: torch.Tensor, dsum: torch.Tensor, dsq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _centred(
+    shift: torch.Tensor, counts: torch.Tensor, dsum: torch.Tensor, dsq: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """mean and M2 in float64 from the sums of d = x − shift and of d²."""
     n, dsum = counts.double(), dsum.double()
     return shift.double() + dsum / n, (dsq.double() - dsum * dsum / n).clamp_min(0)
@@ -127,7 +129,9 @@ def merge(a: torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
 
 
 def stats_from_rows(rows: list[list[float]]) -> list[TensorStats]:
-    return [TensorStats(count=int(c), mean=mean, m2=m2, min=lo, max=hi, zeros=int(z)) for c, mean, m2, lo, hi, z in rows]
+    return [
+        TensorStats(count=int(c), mean=mean, m2=m2, min=lo, max=hi, zeros=int(z)) for c, mean, m2, lo, hi, z in rows
+    ]
 
 
 # --------------------------------------------------------------------------- histograms
@@ -168,7 +172,7 @@ class BinGrid:
         while True:
             unit = math.ldexp(1.0, exp)
             start = math.floor(a / unit)
-            for cells in (range(1, CELLS[-1] + 1) if exp == min_exp else CELLS):
+            for cells in range(1, CELLS[-1] + 1) if exp == min_exp else CELLS:
                 if math.ldexp(start + bins * cells, exp) > b:
                     return cls(exp, cells, start, bins)
             exp += 1
@@ -217,8 +221,13 @@ def bin_positions(x: torch.Tensor, out: torch.Tensor, grid: BinGrid, offset: int
     return out.floor_()
 
 
-def histogram_counts(source: FlatBuffer, scratch: FlatBuffer, spec: BinSpec,
-                     mins: list[float] | None = None, maxs: list[float] | None = None) -> torch.Tensor:
+def histogram_counts(
+    source: FlatBuffer,
+    scratch: FlatBuffer,
+    spec: BinSpec,
+    mins: list[float] | None = None,
+    maxs: list[float] | None = None,
+) -> torch.Tensor:
     """(T, bins+2) int64 counts of `source`'s views; column 0 counts values below lo, column bins+1 values at
     or above hi. `scratch` (same layout) is overwritten; `source` is not. NaNs fall in no bin.
 
@@ -234,14 +243,30 @@ def histogram_counts(source: FlatBuffer, scratch: FlatBuffer, spec: BinSpec,
         parts = []
         for start in range(0, t, group):
             sub = slice(start, start + group)
-            parts.append(_group_counts(source.views[sub], scratch.views[sub], scratch, spec.grids[sub], spec.bins,
-                                       mins[sub] if mins is not None else None, maxs[sub] if maxs is not None else None))
+            parts.append(
+                _group_counts(
+                    source.views[sub],
+                    scratch.views[sub],
+                    scratch,
+                    spec.grids[sub],
+                    spec.bins,
+                    mins[sub] if mins is not None else None,
+                    maxs[sub] if maxs is not None else None,
+                )
+            )
         return torch.cat(parts)
     return _group_counts(source.views, scratch.views, scratch, spec.grids, spec.bins, mins, maxs)
 
 
-def _group_counts(sources: list[torch.Tensor], outs: list[torch.Tensor], scratch: FlatBuffer, grids: list[BinGrid],
-                  bins: int, mins: list[float] | None, maxs: list[float] | None) -> torch.Tensor:
+def _group_counts(
+    sources: list[torch.Tensor],
+    outs: list[torch.Tensor],
+    scratch: FlatBuffer,
+    grids: list[BinGrid],
+    bins: int,
+    mins: list[float] | None,
+    maxs: list[float] | None,
+) -> torch.Tensor:
     t, width = len(sources), bins + 2
     for i, (src, dst, grid) in enumerate(zip(sources, outs, grids)):
         bin_positions(src, dst, grid, offset=i * width)
@@ -251,8 +276,11 @@ def _group_counts(sources: list[torch.Tensor], outs: list[torch.Tensor], scratch
         if not known or not finite or mins[i] < grid.lo or maxs[i] >= grid.hi:
             view.clamp_(float(i * width), float(i * width + width - 1))
     first, last = outs[0], outs[-1]
-    flat = scratch.buf[first.storage_offset() - scratch.buf.storage_offset():
-                       last.storage_offset() - scratch.buf.storage_offset() + last.numel()]
+    flat = scratch.buf[
+        first.storage_offset() - scratch.buf.storage_offset() : last.storage_offset()
+        - scratch.buf.storage_offset()
+        + last.numel()
+    ]
     if flat.is_cuda if USE_HISTC is None else USE_HISTC:
         return count_positions(flat, t * width, histc=True).view(t, width)
     if not finite:
@@ -305,6 +333,10 @@ def count_bins(idx: torch.Tensor, n: int, index_add: bool | None = None) -> torc
     if index_add is None:
         index_add = idx.is_cuda and idx.numel() <= INDEX_ADD_MAX
     if not index_add:
-        return torch.bincount(idx, minlength=n)[:n] if idx.numel() else torch.zeros(n, dtype=torch.int64, device=idx.device)
+        return (
+            torch.bincount(idx, minlength=n)[:n]
+            if idx.numel()
+            else torch.zeros(n, dtype=torch.int64, device=idx.device)
+        )
     counts = torch.zeros(n, dtype=torch.int64, device=idx.device)
     return counts.index_add_(0, idx, torch.ones((), dtype=torch.int64, device=idx.device).expand(idx.numel()))

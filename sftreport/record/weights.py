@@ -5,6 +5,7 @@ Three flat buffers of the model's size live on its device: the reference W₀ (t
 starts), the weights at the last epoch end (for the one-step update), and a scratch buffer for the
 histogram. All statistics of all tensors come back to the host in one transfer per epoch.
 """
+
 from __future__ import annotations
 
 import torch
@@ -57,7 +58,9 @@ class WeightProbe:
         diff_sq = sum_of_squares_(scratch)
         update = self._update
         # the floats in one host transfer; their min/max tell the histogram which tensors need clamping
-        table = torch.cat([mom, diff_sq[:, None], self._ref_sq[:, None]] + ([update] if update is not None else []), dim=1)
+        table = torch.cat(
+            [mom, diff_sq[:, None], self._ref_sq[:, None]] + ([update] if update is not None else []), dim=1
+        )
         rows = table.tolist()
         counts = histogram_counts(now, scratch, self.spec, [r[3] for r in rows], [r[4] for r in rows])
         hists = self.spec.histograms(counts.tolist())
@@ -65,9 +68,19 @@ class WeightProbe:
         out = []
         for i, (name, p) in enumerate(zip(self.names, self.params)):
             row = rows[i]
-            out.append(WeightStat(
-                name=name, module=name.rpartition(".")[0], shape=list(p.shape), trainable=p.requires_grad,
-                new=name in self.new, stats=stats_from_rows([row[:6]])[0], hist=hists[i], diff_sq=row[6],
-                ref_sq=row[7], update_sq=row[8] if update is not None else None,
-                before_update_sq=row[9] if update is not None else None))
+            out.append(
+                WeightStat(
+                    name=name,
+                    module=name.rpartition(".")[0],
+                    shape=list(p.shape),
+                    trainable=p.requires_grad,
+                    new=name in self.new,
+                    stats=stats_from_rows([row[:6]])[0],
+                    hist=hists[i],
+                    diff_sq=row[6],
+                    ref_sq=row[7],
+                    update_sq=row[8] if update is not None else None,
+                    before_update_sq=row[9] if update is not None else None,
+                )
+            )
         return out

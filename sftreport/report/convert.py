@@ -10,6 +10,7 @@ not POSIX, it died, it is slow to answer) and this process simply draws the rest
 Protocol on the helper's pipes: request `<n>\\n` + n bytes of JSON `[spec, fmt]`; answer
 `<n> <mime>\\n` + n bytes, or `0 error/<message>\\n`.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,8 +35,13 @@ class Helper:
         env = dict(os.environ)
         root = str(Path(sftreport.__file__).resolve().parent.parent)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "sftreport.report.convert"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sftreport.report.convert"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
 
     @classmethod
     def start(cls, charts: int | None = None) -> Helper | None:
@@ -178,8 +184,12 @@ def _draw(spec: dict, fmt: str) -> tuple[bytes, str]:
 
 def warm_up() -> None:
     """vl-convert's first chart in a process costs ~0.5 s (its JavaScript runtime, fonts, the rasteriser)."""
-    spec = {"data": {"values": [{"a": 1, "b": "x"}]}, "mark": "point", "title": "warm-up",
-            "encoding": {"x": {"field": "a", "type": "quantitative"}, "color": {"field": "b", "type": "nominal"}}}
+    spec = {
+        "data": {"values": [{"a": 1, "b": "x"}]},
+        "mark": "point",
+        "title": "warm-up",
+        "encoding": {"x": {"field": "a", "type": "quantitative"}, "color": {"field": "b", "type": "nominal"}},
+    }
     vega.to_static(spec, "png")
 
 

@@ -3,6 +3,7 @@
 Each rule is a function `rule(frames) -> list[Finding]` (empty when it does not apply). Its thresholds
 live in thresholds.py, shared with the charts that draw them, and the evidence states the threshold.
 """
+
 from __future__ import annotations
 
 from statistics import median
@@ -10,9 +11,19 @@ from statistics import median
 from sftreport.report import fmt
 from sftreport.report.frames import RunFrames
 from sftreport.report.model import SEVERITY_ORDER, Finding
-from sftreport.report.thresholds import (ACC_CHANGE, DEAD_GROWTH, EXPLODE_FACTOR, FAR_FACTOR, OVERFIT_RISE,
-                                         OVERFIT_TRAIN_FALL, OVERWRITTEN, PEAK_DROP, UPDATE_RATIO_BAND, VAL_LOSS_RISE,
-                                         VANISHED)
+from sftreport.report.thresholds import (
+    ACC_CHANGE,
+    DEAD_GROWTH,
+    EXPLODE_FACTOR,
+    FAR_FACTOR,
+    OVERFIT_RISE,
+    OVERFIT_TRAIN_FALL,
+    OVERWRITTEN,
+    PEAK_DROP,
+    UPDATE_RATIO_BAND,
+    VAL_LOSS_RISE,
+    VANISHED,
+)
 
 MOVED_SHOWN = 3  # layers named among the most and the least moved
 
@@ -38,44 +49,88 @@ def status_rule(frames: RunFrames) -> list[Finding]:
     if info.status == "completed":
         return []
     if info.status == "diverged":
-        return [Finding("status", "alert", f"The run diverged after {_n(done, 'epoch')}",
-                        f"Training stopped because it diverged{detail}; {_n(done, 'epoch')} {planned}"
-                        f"{'was' if done == 1 else 'were'} recorded. "
-                        "Charts show the non-finite values as gaps.", "training")]
+        return [
+            Finding(
+                "status",
+                "alert",
+                f"The run diverged after {_n(done, 'epoch')}",
+                f"Training stopped because it diverged{detail}; {_n(done, 'epoch')} {planned}"
+                f"{'was' if done == 1 else 'were'} recorded. "
+                "Charts show the non-finite values as gaps.",
+                "training",
+            )
+        ]
     if info.status == "failed":
-        return [Finding("status", "alert", "The run failed",
-                        f"The run ended with an error{detail}; {_n(done, 'epoch')} {planned}"
-                        f"{'was' if done == 1 else 'were'} recorded.", "training")]
+        return [
+            Finding(
+                "status",
+                "alert",
+                "The run failed",
+                f"The run ended with an error{detail}; {_n(done, 'epoch')} {planned}"
+                f"{'was' if done == 1 else 'were'} recorded.",
+                "training",
+            )
+        ]
     if info.status == "interrupted":
-        return [Finding("status", "warning", f"The run was interrupted after epoch {done}",
-                        f"{_n(done, 'epoch')} {planned}{'was' if done == 1 else 'were'} recorded{detail}; the report "
-                        "shows what was finished.",
-                        "training")]
-    return [Finding("status", "info", f"The run is still running (epoch {done} recorded)",
-                    f"This report shows the {_n(done, 'epoch')} {planned}recorded so far.", "training")]
+        return [
+            Finding(
+                "status",
+                "warning",
+                f"The run was interrupted after epoch {done}",
+                f"{_n(done, 'epoch')} {planned}{'was' if done == 1 else 'were'} recorded{detail}; the report "
+                "shows what was finished.",
+                "training",
+            )
+        ]
+    return [
+        Finding(
+            "status",
+            "info",
+            f"The run is still running (epoch {done} recorded)",
+            f"This report shows the {_n(done, 'epoch')} {planned}recorded so far.",
+            "training",
+        )
+    ]
 
 
 def dropped_write_rule(frames: RunFrames) -> list[Finding]:
     """The run directory ended in a write that never finished (a full disk, a crash mid-append)."""
     if not frames.run.dropped:
         return []
-    return [Finding("dropped_write", "warning", "The last epoch's record was incomplete and is left out",
-                    f"{frames.run.dropped}. Every complete epoch is shown.", "training")]
+    return [
+        Finding(
+            "dropped_write",
+            "warning",
+            "The last epoch's record was incomplete and is left out",
+            f"{frames.run.dropped}. Every complete epoch is shown.",
+            "training",
+        )
+    ]
 
 
 def nonfinite_loss_rule(frames: RunFrames) -> list[Finding]:
-    bad = [e.epoch for e in frames.trained
-           if (e.train_loss is not None and not fmt.finite(e.train_loss)) or (e.val is not None and not fmt.finite(e.val.loss))]
+    bad = [
+        e.epoch
+        for e in frames.trained
+        if (e.train_loss is not None and not fmt.finite(e.train_loss))
+        or (e.val is not None and not fmt.finite(e.val.loss))
+    ]
     steps = frames.steps
     bad_steps = steps[~steps["loss"].apply(fmt.finite)] if not steps.empty else steps
     if not bad and bad_steps.empty:
         return []
     first = min(bad + [int(x) for x in bad_steps["epoch"]])
     where = f", first at optimizer step {int(bad_steps['step'].min())}" if not bad_steps.empty else ""
-    return [Finding("nonfinite_loss", "alert", f"The loss became NaN or infinite in epoch {first}",
-                    f"Non-finite loss values from epoch {first} on{where}; {len(bad)} epoch(s) have a non-finite "
-                    "training or validation loss. Lower the learning rate, or check the data and the loss.",
-                    "training")]
+    return [
+        Finding(
+            "nonfinite_loss",
+            "alert",
+            f"The loss became NaN or infinite in epoch {first}",
+            f"Non-finite loss values from epoch {first} on{where}; {len(bad)} epoch(s) have a non-finite "
+            "training or validation loss. Lower the learning rate, or check the data and the loss.",
+            "training",
+        )
+    ]
 
 
 def accuracy_rule(frames: RunFrames) -> list[Finding]:
@@ -87,22 +142,53 @@ def accuracy_rule(frames: RunFrames) -> list[Finding]:
     best = frames.best_epoch()
     best_txt = ""
     if best and best[0] != last.epoch and best[1] > v1.accuracy:  # a tie with the last epoch is no news
-        best_txt = f" The best epoch was {best[0]} ({fmt.pct(best[1])}), {fmt.points(best[1] - v1.accuracy)} above the last."
+        best_txt = (
+            f" The best epoch was {best[0]} ({fmt.pct(best[1])}), {fmt.points(best[1] - v1.accuracy)} above the last."
+        )
     who = frames.start_name if first.epoch == 0 else f"first recorded epoch ({first.epoch})"
-    evidence = (f"Validation accuracy of the {who}: {fmt.pct(v0.accuracy)}; after epoch {last.epoch}: "
-                f"{fmt.pct(v1.accuracy)} on {fmt.integer(v1.count)} images.{best_txt}")
+    evidence = (
+        f"Validation accuracy of the {who}: {fmt.pct(v0.accuracy)}; after epoch {last.epoch}: "
+        f"{fmt.pct(v1.accuracy)} on {fmt.integer(v1.count)} images.{best_txt}"
+    )
     if best and first.epoch < best[0] < last.epoch and best[1] - v1.accuracy > PEAK_DROP:
-        return [Finding("accuracy", "warning", f"Validation accuracy peaked at {fmt.pct(best[1])} (epoch {best[0]}) and "
-                        f"ended at {fmt.pct(v1.accuracy)}", evidence + " Keep the best epoch's checkpoint.", "training")]
+        return [
+            Finding(
+                "accuracy",
+                "warning",
+                f"Validation accuracy peaked at {fmt.pct(best[1])} (epoch {best[0]}) and "
+                f"ended at {fmt.pct(v1.accuracy)}",
+                evidence + " Keep the best epoch's checkpoint.",
+                "training",
+            )
+        ]
     if gain > ACC_CHANGE:
         doing = "Training" if frames.from_scratch else "Fine-tuning"
-        return [Finding("accuracy", "good", f"{doing} gained {fmt.points(gain)} of validation accuracy "
-                        f"({fmt.pct(v0.accuracy)} → {fmt.pct(v1.accuracy)})", evidence, "training")]
+        return [
+            Finding(
+                "accuracy",
+                "good",
+                f"{doing} gained {fmt.points(gain)} of validation accuracy "
+                f"({fmt.pct(v0.accuracy)} → {fmt.pct(v1.accuracy)})",
+                evidence,
+                "training",
+            )
+        ]
     if gain < -ACC_CHANGE:
-        return [Finding("accuracy", "warning", f"Validation accuracy fell by {fmt.points(-gain)[1:]} "
-                        f"({fmt.pct(v0.accuracy)} → {fmt.pct(v1.accuracy)})", evidence, "training")]
-    return [Finding("accuracy", "info", f"Validation accuracy did not change ({fmt.pct(v1.accuracy)})",
-                    evidence, "training")]
+        return [
+            Finding(
+                "accuracy",
+                "warning",
+                f"Validation accuracy fell by {fmt.points(-gain)[1:]} "
+                f"({fmt.pct(v0.accuracy)} → {fmt.pct(v1.accuracy)})",
+                evidence,
+                "training",
+            )
+        ]
+    return [
+        Finding(
+            "accuracy", "info", f"Validation accuracy did not change ({fmt.pct(v1.accuracy)})", evidence, "training"
+        )
+    ]
 
 
 def val_loss_rule(frames: RunFrames) -> list[Finding]:
@@ -116,12 +202,18 @@ def val_loss_rule(frames: RunFrames) -> list[Finding]:
         return []
     peak_epoch, peak = max(evals, key=lambda x: x[1])
     peak_txt = f", peaking at {fmt.num(peak)} in epoch {peak_epoch}" if peak_epoch != last_epoch else ""
-    return [Finding(
-        "val_loss_rise", "warning", f"Validation loss ended ×{last / first:.1f} above the {frames.start_name}'s "
-        f"({fmt.num(first)} → {fmt.num(last)})",
-        f"Validation loss {fmt.num(first)} at epoch 0 and {fmt.num(last)} at epoch {last_epoch}{peak_txt} (threshold "
-        f"+{VAL_LOSS_RISE:.0%}). The model became confidently wrong on validation images: the learning rate may be "
-        "too high, or training is unstable.", "training")]
+    return [
+        Finding(
+            "val_loss_rise",
+            "warning",
+            f"Validation loss ended ×{last / first:.1f} above the {frames.start_name}'s "
+            f"({fmt.num(first)} → {fmt.num(last)})",
+            f"Validation loss {fmt.num(first)} at epoch 0 and {fmt.num(last)} at epoch {last_epoch}{peak_txt} (threshold "
+            f"+{VAL_LOSS_RISE:.0%}). The model became confidently wrong on validation images: the learning rate may be "
+            "too high, or training is unstable.",
+            "training",
+        )
+    ]
 
 
 def overfitting_rule(frames: RunFrames) -> list[Finding]:
@@ -140,12 +232,18 @@ def overfitting_rule(frames: RunFrames) -> list[Finding]:
         return []
     after = t[t["epoch"] > m["epoch"]]
     onset = int(after["epoch"].iloc[0])
-    return [Finding(
-        "overfitting", "warning", f"Overfitting from epoch {onset}: validation loss turned up while training loss kept falling",
-        f"Validation loss was lowest at epoch {int(m['epoch'])} ({fmt.num(m['val_loss'])}) and rose to "
-        f"{fmt.num(lastrow['val_loss'])} by epoch {int(lastrow['epoch'])} (+{rise:.0%}), while training loss fell from "
-        f"{fmt.num(m['train_loss'])} to {fmt.num(lastrow['train_loss'])} (−{fall:.0%}). Epoch {int(m['epoch'])} is the "
-        "checkpoint to keep; stop earlier or regularise more.", "training")]
+    return [
+        Finding(
+            "overfitting",
+            "warning",
+            f"Overfitting from epoch {onset}: validation loss turned up while training loss kept falling",
+            f"Validation loss was lowest at epoch {int(m['epoch'])} ({fmt.num(m['val_loss'])}) and rose to "
+            f"{fmt.num(lastrow['val_loss'])} by epoch {int(lastrow['epoch'])} (+{rise:.0%}), while training loss fell from "
+            f"{fmt.num(m['train_loss'])} to {fmt.num(lastrow['train_loss'])} (−{fall:.0%}). Epoch {int(m['epoch'])} is the "
+            "checkpoint to keep; stop earlier or regularise more.",
+            "training",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- parameters
@@ -171,38 +269,72 @@ def moved_layers_rule(frames: RunFrames) -> list[Finding]:
     frozen = w[w["frozen"]]
     head_txt = ""
     if not new.empty:
-        head_txt = " New layers moved from their initialisation by " + _join(
-            [f"{r.layer} {fmt.change(r.rel_change)}" for r in new.itertuples()]) + "."
+        head_txt = (
+            " New layers moved from their initialisation by "
+            + _join([f"{r.layer} {fmt.change(r.rel_change)}" for r in new.itertuples()])
+            + "."
+        )
     frozen_txt = f" {len(frozen)} layers were frozen and did not change." if len(frozen) else ""
     if pre.empty:
         if new.empty:
             return []
         if frames.from_scratch:  # nothing pretrained at all (weights none): every layer is new
-            return [Finding("moved", "info", "Every layer was trained from its initialisation (no pretrained weights)",
-                            f"At epoch {epoch}:{head_txt}", "parameters")]
-        return [Finding("moved", "info", "Only the new layers changed; the pretrained layers were frozen",
-                        f"At epoch {epoch}:{head_txt}{frozen_txt}", "parameters")]
+            return [
+                Finding(
+                    "moved",
+                    "info",
+                    "Every layer was trained from its initialisation (no pretrained weights)",
+                    f"At epoch {epoch}:{head_txt}",
+                    "parameters",
+                )
+            ]
+        return [
+            Finding(
+                "moved",
+                "info",
+                "Only the new layers changed; the pretrained layers were frozen",
+                f"At epoch {epoch}:{head_txt}{frozen_txt}",
+                "parameters",
+            )
+        ]
     ranked = pre.sort_values("rel_change", ascending=False)
     most = [f"{r.layer} ({fmt.change(r.rel_change)})" for r in ranked.head(MOVED_SHOWN).itertuples()]
     least = [f"{r.layer} ({fmt.change(r.rel_change)})" for r in ranked.tail(MOVED_SHOWN).iloc[::-1].itertuples()]
     med = median(pre["rel_change"].tolist())
-    evidence = (f"Relative change ‖Wₜ−W₀‖/‖W₀‖ of the pretrained layers at epoch {epoch}: most moved "
-                f"{', '.join(most)}; least moved {', '.join(least) if len(pre) > MOVED_SHOWN else '–'}; "
-                f"median {fmt.change(med)} over {len(pre)} layers.{head_txt}{frozen_txt}")
+    evidence = (
+        f"Relative change ‖Wₜ−W₀‖/‖W₀‖ of the pretrained layers at epoch {epoch}: most moved "
+        f"{', '.join(most)}; least moved {', '.join(least) if len(pre) > MOVED_SHOWN else '–'}; "
+        f"median {fmt.change(med)} over {len(pre)} layers.{head_txt}{frozen_txt}"
+    )
     top = ranked.iloc[0]
     lost = pre[pre["rel_change"] > OVERWRITTEN]
     if not lost.empty:
-        names = [f"{r.layer} ({fmt.change(r.rel_change)})" for r in lost.sort_values("rel_change", ascending=False)
-                 .itertuples()]
-        return [Finding("moved", "warning", f"Pretrained weights largely overwritten in {len(lost)} layer(s), "
-                        f"most in {top.layer} ({fmt.change(top.rel_change)} of its norm)",
-                        f"Layers whose weights moved further than their own pretrained norm "
-                        f"(‖Wₜ−W₀‖/‖W₀‖ > {OVERWRITTEN:g}): {_join(names)}. What they learned in pre-training is "
-                        f"mostly gone; a smaller learning rate (or freezing them) keeps it. " + evidence,
-                        "parameters")]
-    return [Finding("moved", "info", f"Pretrained layer that moved most: {top.layer} ({fmt.change(top.rel_change)} "
-                    f"of its norm); least: {ranked.iloc[-1].layer} ({fmt.change(ranked.iloc[-1].rel_change)})",
-                    evidence, "parameters")]
+        names = [
+            f"{r.layer} ({fmt.change(r.rel_change)})"
+            for r in lost.sort_values("rel_change", ascending=False).itertuples()
+        ]
+        return [
+            Finding(
+                "moved",
+                "warning",
+                f"Pretrained weights largely overwritten in {len(lost)} layer(s), "
+                f"most in {top.layer} ({fmt.change(top.rel_change)} of its norm)",
+                f"Layers whose weights moved further than their own pretrained norm "
+                f"(‖Wₜ−W₀‖/‖W₀‖ > {OVERWRITTEN:g}): {_join(names)}. What they learned in pre-training is "
+                f"mostly gone; a smaller learning rate (or freezing them) keeps it. " + evidence,
+                "parameters",
+            )
+        ]
+    return [
+        Finding(
+            "moved",
+            "info",
+            f"Pretrained layer that moved most: {top.layer} ({fmt.change(top.rel_change)} "
+            f"of its norm); least: {ranked.iloc[-1].layer} ({fmt.change(ranked.iloc[-1].rel_change)})",
+            evidence,
+            "parameters",
+        )
+    ]
 
 
 def gradients_rule(frames: RunFrames) -> list[Finding]:
@@ -217,12 +349,16 @@ def gradients_rule(frames: RunFrames) -> list[Finding]:
         steps = int(tot[tot["epoch"].isin(epochs)]["nonfinite"].sum())
         first_epoch = epochs[0]
         layers = list(dict.fromkeys(bad[bad["epoch"] == first_epoch].sort_values("order")["layer"]))
-        out.append(Finding(
-            "nonfinite_gradients", "alert",
-            f"Non-finite gradients (NaN or ∞) in {steps} sampled step(s), from epoch {first_epoch}",
-            f"Epochs {', '.join(map(str, epochs))}; in epoch {first_epoch} in {len(layers)} layer(s): {_join(layers)}. "
-            "Lower the learning rate, use gradient clipping, or check for bad inputs or fp16 overflow.",
-            "parameters"))
+        out.append(
+            Finding(
+                "nonfinite_gradients",
+                "alert",
+                f"Non-finite gradients (NaN or ∞) in {steps} sampled step(s), from epoch {first_epoch}",
+                f"Epochs {', '.join(map(str, epochs))}; in epoch {first_epoch} in {len(layers)} layer(s): {_join(layers)}. "
+                "Lower the learning rate, use gradient clipping, or check for bad inputs or fp16 overflow.",
+                "parameters",
+            )
+        )
     tot = frames.grad_total
     tot = tot[tot["norm"].apply(fmt.finite) & (tot["norm"] > 0)]
     for i in range(1, len(tot)):
@@ -230,22 +366,33 @@ def gradients_rule(frames: RunFrames) -> list[Finding]:
         prev = tot.iloc[:i]
         low = prev.loc[prev["norm"].idxmin()]
         if now["norm"] >= EXPLODE_FACTOR * low["norm"]:
-            out.append(Finding(
-                "exploding_gradients", "alert",
-                f"Gradients exploded in epoch {int(now['epoch'])}: model gradient norm ×{now['norm'] / low['norm']:.0f}",
-                f"Model gradient norm {fmt.num(now['norm'])} in epoch {int(now['epoch'])}, against {fmt.num(low['norm'])} "
-                f"in epoch {int(low['epoch'])} (threshold ×{EXPLODE_FACTOR:g}); largest single-tensor norm "
-                f"{fmt.num(now['max_norm'])}. Lower the learning rate or clip gradients.", "parameters"))
+            out.append(
+                Finding(
+                    "exploding_gradients",
+                    "alert",
+                    f"Gradients exploded in epoch {int(now['epoch'])}: model gradient norm ×{now['norm'] / low['norm']:.0f}",
+                    f"Model gradient norm {fmt.num(now['norm'])} in epoch {int(now['epoch'])}, against {fmt.num(low['norm'])} "
+                    f"in epoch {int(low['epoch'])} (threshold ×{EXPLODE_FACTOR:g}); largest single-tensor norm "
+                    f"{fmt.num(now['max_norm'])}. Lower the learning rate or clip gradients.",
+                    "parameters",
+                )
+            )
             break
     last = int(g["epoch"].max())
     gl = g[g["epoch"] == last]
     vanished = gl[gl["norm"].apply(fmt.finite) & (gl["norm"] < VANISHED)]
     if not vanished.empty:
         names = list(vanished.sort_values("order")["layer"])
-        out.append(Finding(
-            "vanishing_gradients", "warning", f"{len(names)} trainable layer(s) received no gradient in epoch {last}",
-            f"Gradient norm below {VANISHED:g} in {_join(names)}: these parameters are trainable but do not learn "
-            "(unused in the forward pass, or the gradient vanished).", "parameters"))
+        out.append(
+            Finding(
+                "vanishing_gradients",
+                "warning",
+                f"{len(names)} trainable layer(s) received no gradient in epoch {last}",
+                f"Gradient norm below {VANISHED:g} in {_join(names)}: these parameters are trainable but do not learn "
+                "(unused in the forward pass, or the gradient vanished).",
+                "parameters",
+            )
+        )
     return out
 
 
@@ -271,28 +418,43 @@ def update_ratio_rule(frames: RunFrames) -> list[Finding]:
     med = median(w["update_ratio"].tolist())
     parts = []
     if not above.empty:
-        parts.append(f"{len(above)} above {hi:g} (largest: " +
-                     _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in above.itertuples()], 3) + ")")
+        parts.append(
+            f"{len(above)} above {hi:g} (largest: "
+            + _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in above.itertuples()], 3)
+            + ")"
+        )
     if not below.empty:
-        parts.append(f"{len(below)} below {lo:g} (smallest: " +
-                     _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in below.itertuples()], 3) + ")")
+        parts.append(
+            f"{len(below)} below {lo:g} (smallest: "
+            + _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in below.itertuples()], 3)
+            + ")"
+        )
     off = len(below) + len(above)
     far = w[(w["update_ratio"] > hi * FAR_FACTOR) | (w["update_ratio"] < lo / FAR_FACTOR)]
     severity = "warning" if not (lo <= med <= hi) or not far.empty else "info"
     advice = ""
     if not (lo <= med <= hi):
-        advice = (" The median is outside the band: the learning rate is probably too "
-                  f"{'high' if med > hi else 'low'} for this model.")
+        advice = (
+            " The median is outside the band: the learning rate is probably too "
+            f"{'high' if med > hi else 'low'} for this model."
+        )
     elif not far.empty:
-        advice = (f" {len(far)} layer(s) are more than {FAR_FACTOR:g}× outside the band ("
-                  + _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in far.itertuples()], 3)
-                  + "): consider a smaller learning rate for them (layer-wise rates) or gradient clipping.")
-    return [Finding(
-        "update_ratio", severity,
-        f"Update-to-weight ratio outside {lo:g}…{hi:g} in {off} of {len(w)} trainable layers (epoch {epoch})",
-        f"One optimizer step's ‖update‖/‖W‖ per layer at epoch {epoch}{lr_txt}; the usual target is about 1e-3, "
-        f"the band used here is "
-        f"{lo:g}…{hi:g}. Median {fmt.sci(med)}; " + "; ".join(parts) + "." + advice, "parameters")]
+        advice = (
+            f" {len(far)} layer(s) are more than {FAR_FACTOR:g}× outside the band ("
+            + _join([f"{r.layer} {fmt.sci(r.update_ratio)}" for r in far.itertuples()], 3)
+            + "): consider a smaller learning rate for them (layer-wise rates) or gradient clipping."
+        )
+    return [
+        Finding(
+            "update_ratio",
+            severity,
+            f"Update-to-weight ratio outside {lo:g}…{hi:g} in {off} of {len(w)} trainable layers (epoch {epoch})",
+            f"One optimizer step's ‖update‖/‖W‖ per layer at epoch {epoch}{lr_txt}; the usual target is about 1e-3, "
+            f"the band used here is "
+            f"{lo:g}…{hi:g}. Median {fmt.sci(med)}; " + "; ".join(parts) + "." + advice,
+            "parameters",
+        )
+    ]
 
 
 # --------------------------------------------------------------------------- activations and features
@@ -318,14 +480,21 @@ def dead_units_rule(frames: RunFrames) -> list[Finding]:
     if not grown:
         return []
     grown.sort(key=lambda x: -x[0])
-    items = [f"{layer}: {int(r['dead'])} of {int(r['channels'])} channels ({fmt.pct(b['dead_fraction'])} → "
-             f"{fmt.pct(r['dead_fraction'])})" for _, layer, b, r in grown]
-    return [Finding(
-        "dead_units", "warning", f"Dead units grew in {len(grown)} layer(s); most in {grown[0][1]} "
-        f"({fmt.points(grown[0][0])})",
-        f"Channels whose output is 0 for every probe image, epoch {first} → {last} (threshold: "
-        f"+{DEAD_GROWTH * 100:g} points): {_join(items, 3)}. A high learning rate often kills ReLU units.",
-        "activations")]
+    items = [
+        f"{layer}: {int(r['dead'])} of {int(r['channels'])} channels ({fmt.pct(b['dead_fraction'])} → "
+        f"{fmt.pct(r['dead_fraction'])})"
+        for _, layer, b, r in grown
+    ]
+    return [
+        Finding(
+            "dead_units",
+            "warning",
+            f"Dead units grew in {len(grown)} layer(s); most in {grown[0][1]} ({fmt.points(grown[0][0])})",
+            f"Channels whose output is 0 for every probe image, epoch {first} → {last} (threshold: "
+            f"+{DEAD_GROWTH * 100:g} points): {_join(items, 3)}. A high learning rate often kills ReLU units.",
+            "activations",
+        )
+    ]
 
 
 def representation_rule(frames: RunFrames) -> list[Finding]:
@@ -348,29 +517,56 @@ def representation_rule(frames: RunFrames) -> list[Finding]:
     sep_txt = ""
     knn = sep[sep["measure"].str.startswith("k-NN")] if not sep.empty else sep
     if len(knn) >= 2:
-        sep_txt = (f" Class separability of the penultimate features (k-NN accuracy on the probe set): "
-                   f"{fmt.pct(knn['accuracy'].iloc[0])} → {fmt.pct(knn['accuracy'].iloc[-1])}.")
+        sep_txt = (
+            f" Class separability of the penultimate features (k-NN accuracy on the probe set): "
+            f"{fmt.pct(knn['accuracy'].iloc[0])} → {fmt.pct(knn['accuracy'].iloc[-1])}."
+        )
     new_txt = ""
     if not new.empty:
-        new_txt = (" New layers, compared with their initialisation: "
-                   + _join([f"{r.layer} ({r.cka:.3f})" for r in new.itertuples()]) + ".")
+        new_txt = (
+            " New layers, compared with their initialisation: "
+            + _join([f"{r.layer} ({r.cka:.3f})" for r in new.itertuples()])
+            + "."
+        )
     if kept.empty:
-        return [Finding("representation", "info", "Only new layers were probed for representation change",
-                        f"Linear CKA to epoch 0 at epoch {last}.{new_txt}{sep_txt}", "features")]
+        return [
+            Finding(
+                "representation",
+                "info",
+                "Only new layers were probed for representation change",
+                f"Linear CKA to epoch 0 at epoch {last}.{new_txt}{sep_txt}",
+                "features",
+            )
+        ]
     low = kept.loc[kept["cka"].idxmin()]
     high = kept.loc[kept["cka"].idxmax()]
     which = "layer" if frames.from_scratch else "pretrained layer"
-    return [Finding(
-        "representation", "info",
-        f"Representations changed most in {low['layer']} (CKA {low['cka']:.2f} to the {frames.start_name})",
-        f"Linear CKA between each probed {which}'s representation now (epoch {last}) and in the {frames.start_name}: "
-        f"lowest {low['layer']} ({low['cka']:.3f}), highest {high['layer']} ({high['cka']:.3f}); 1 means unchanged."
-        f"{new_txt}{sep_txt}",
-        "features")]
+    return [
+        Finding(
+            "representation",
+            "info",
+            f"Representations changed most in {low['layer']} (CKA {low['cka']:.2f} to the {frames.start_name})",
+            f"Linear CKA between each probed {which}'s representation now (epoch {last}) and in the {frames.start_name}: "
+            f"lowest {low['layer']} ({low['cka']:.3f}), highest {high['layer']} ({high['cka']:.3f}); 1 means unchanged."
+            f"{new_txt}{sep_txt}",
+            "features",
+        )
+    ]
 
 
-RULES = [status_rule, dropped_write_rule, nonfinite_loss_rule, accuracy_rule, val_loss_rule, overfitting_rule,
-         gradients_rule, update_ratio_rule, dead_units_rule, moved_layers_rule, representation_rule]
+RULES = [
+    status_rule,
+    dropped_write_rule,
+    nonfinite_loss_rule,
+    accuracy_rule,
+    val_loss_rule,
+    overfitting_rule,
+    gradients_rule,
+    update_ratio_rule,
+    dead_units_rule,
+    moved_layers_rule,
+    representation_rule,
+]
 
 
 def derive_findings(frames: RunFrames) -> list[Finding]:
@@ -378,6 +574,13 @@ def derive_findings(frames: RunFrames) -> list[Finding]:
     for rule in RULES:
         out += rule(frames)
     if not frames.trained and not any(x.rule == "status" for x in out):
-        out.append(Finding("only_pretrained", "info", f"Only the {frames.start_name} (epoch 0) was recorded",
-                           "No training epoch has finished yet; the report shows the starting point.", "training"))
+        out.append(
+            Finding(
+                "only_pretrained",
+                "info",
+                f"Only the {frames.start_name} (epoch 0) was recorded",
+                "No training epoch has finished yet; the report shows the starting point.",
+                "training",
+            )
+        )
     return sorted(out, key=lambda x: SEVERITY_ORDER[x.severity])

@@ -1,5 +1,6 @@
 """Small number formatters shared by the findings, the sections, the templates (as Jinja filters) and the
 Markdown summary. Every one of them accepts None and non-finite values and says so in words."""
+
 from __future__ import annotations
 
 import math
@@ -29,7 +30,7 @@ def num(v, digits: int = 3) -> str:
         return "0"
     if abs(f) < 1e-3 or abs(f) >= 1e6:
         return f"{f:.{max(0, digits - 1)}e}"
-    if abs(f) >= 10 ** digits:
+    if abs(f) >= 10**digits:
         return f"{f:,.0f}"
     return f"{f:.{digits}g}"
 
@@ -40,7 +41,7 @@ def pct(v, digits: int = 1) -> str:
     if bad is not None:
         return bad
     f = float(v) * 100
-    if f != 0 and abs(f) < 10 ** -digits:
+    if f != 0 and abs(f) < 10**-digits:
         return f"{f:.1g}%"
     return f"{f:.{digits}f}%"
 
@@ -92,7 +93,7 @@ def duration(v) -> str:
     s = float(v)
     if s < 60:
         return f"{s:.1f} s"
-    m, s = divmod(int(round(s)), 60)
+    m, s = divmod(round(s), 60)
     if m < 60:
         return f"{m} min {s:02d} s"
     h, m = divmod(m, 60)
@@ -112,8 +113,17 @@ def sci(v, digits: int = 2) -> str:
     return f"{float(v):.{digits - 1}e}"
 
 
-FILTERS = {"num": num, "pct": pct, "change": change, "points": points, "integer": integer, "count": count, "duration": duration,
-           "shape": shape, "sci": sci}
+FILTERS = {
+    "num": num,
+    "pct": pct,
+    "change": change,
+    "points": points,
+    "integer": integer,
+    "count": count,
+    "duration": duration,
+    "shape": shape,
+    "sci": sci,
+}
 
 
 def finite(v) -> bool:

@@ -9,6 +9,7 @@ A "layer" is a module that owns parameters (for weights and gradients) or a prob
 activations), in network order. Per-layer numbers merge the layer's parameter tensors exactly from the
 stored sums: ‖Wₜ−W₀‖/‖W₀‖ = sqrt(Σ diff² / Σ ref²), update ratio = sqrt(Σ update² / Σ W²).
 """
+
 from __future__ import annotations
 
 import math
@@ -97,18 +98,38 @@ class RunFrames:
     def epoch_table(self) -> pd.DataFrame:
         rows = []
         for e in self.epochs:
-            rows.append({
-                "epoch": e.epoch, "step": e.step,
-                "train_loss": num(e.train_loss), "train_accuracy": num(e.train_accuracy),
-                "val_loss": num(e.val.loss) if e.val else NAN, "val_accuracy": num(e.val.accuracy) if e.val else NAN,
-                "lr": num(e.lr),
-                "knn_accuracy": num(e.features.knn_accuracy) if e.features else NAN,
-                "probe_accuracy": num(e.features.probe_accuracy) if e.features else NAN,
-                "train_s": e.timing.train_s, "eval_s": e.timing.eval_s, "record_s": e.timing.record_s,
-                "samples_per_s": num(e.timing.samples_per_s),
-            })
-        cols = ["epoch", "step", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "knn_accuracy",
-                "probe_accuracy", "train_s", "eval_s", "record_s", "samples_per_s"]
+            rows.append(
+                {
+                    "epoch": e.epoch,
+                    "step": e.step,
+                    "train_loss": num(e.train_loss),
+                    "train_accuracy": num(e.train_accuracy),
+                    "val_loss": num(e.val.loss) if e.val else NAN,
+                    "val_accuracy": num(e.val.accuracy) if e.val else NAN,
+                    "lr": num(e.lr),
+                    "knn_accuracy": num(e.features.knn_accuracy) if e.features else NAN,
+                    "probe_accuracy": num(e.features.probe_accuracy) if e.features else NAN,
+                    "train_s": e.timing.train_s,
+                    "eval_s": e.timing.eval_s,
+                    "record_s": e.timing.record_s,
+                    "samples_per_s": num(e.timing.samples_per_s),
+                }
+            )
+        cols = [
+            "epoch",
+            "step",
+            "train_loss",
+            "train_accuracy",
+            "val_loss",
+            "val_accuracy",
+            "lr",
+            "knn_accuracy",
+            "probe_accuracy",
+            "train_s",
+            "eval_s",
+            "record_s",
+            "samples_per_s",
+        ]
         return pd.DataFrame(rows, columns=cols)
 
     @cached_property
@@ -121,8 +142,15 @@ class RunFrames:
                 start = prev_step if prev_step is not None else e.steps[0].step - e.steps[0].steps
                 span = max(1, e.step - start)
                 for p in e.steps:
-                    rows.append({"epoch": e.epoch, "x": (e.epoch - 1) + (p.step - start) / span,
-                                 "step": p.step, "loss": p.loss, "lr": NAN if p.lr is None else p.lr})
+                    rows.append(
+                        {
+                            "epoch": e.epoch,
+                            "x": (e.epoch - 1) + (p.step - start) / span,
+                            "step": p.step,
+                            "loss": p.loss,
+                            "lr": NAN if p.lr is None else p.lr,
+                        }
+                    )
             prev_step = e.step
         return pd.DataFrame(rows, columns=["epoch", "x", "step", "loss", "lr"])
 
@@ -135,8 +163,9 @@ class RunFrames:
             return df
         width = math.ceil(len(df) / limit)
         bucket = df["epoch"].astype(str) + "/" + (df.groupby("epoch").cumcount() // width).astype(str)
-        merged = df.groupby(bucket, sort=False).agg(epoch=("epoch", "first"), x=("x", "last"), step=("step", "last"),
-                                                     loss=("loss", "mean"), lr=("lr", "last"))
+        merged = df.groupby(bucket, sort=False).agg(
+            epoch=("epoch", "first"), x=("x", "last"), step=("step", "last"), loss=("loss", "mean"), lr=("lr", "last")
+        )
         return merged.reset_index(drop=True)[["epoch", "x", "step", "loss", "lr"]]
 
     @cached_property
@@ -171,9 +200,8 @@ class RunFrames:
         """(epoch, validation accuracy) of the best epoch (highest accuracy, earliest on ties)."""
         best = None
         for e in self.epochs:
-            if e.val is not None and math.isfinite(e.val.accuracy):
-                if best is None or e.val.accuracy > best[1]:
-                    best = (e.epoch, e.val.accuracy)
+            if e.val is not None and math.isfinite(e.val.accuracy) and (best is None or e.val.accuracy > best[1]):
+                best = (e.epoch, e.val.accuracy)
         return best
 
     def confusion(self, epoch: int) -> pd.DataFrame:
@@ -183,8 +211,16 @@ class RunFrames:
         for t, row in enumerate(snap.val.confusion):
             total = sum(row)
             for p, n in enumerate(row):
-                rows.append({"true": self.class_name(t), "pred": self.class_name(p), "ti": t, "pi": p, "count": n,
-                             "share": num(n / total) if total else NAN})
+                rows.append(
+                    {
+                        "true": self.class_name(t),
+                        "pred": self.class_name(p),
+                        "ti": t,
+                        "pi": p,
+                        "count": n,
+                        "share": num(n / total) if total else NAN,
+                    }
+                )
         return pd.DataFrame(rows, columns=["true", "pred", "ti", "pi", "count", "share"])
 
     def per_class(self) -> pd.DataFrame:
@@ -194,12 +230,20 @@ class RunFrames:
             return pd.DataFrame(columns=["class", "ci", "epoch", "which", "accuracy"])
         rows = []
         start = "initial" if self.from_scratch else "pretrained"
-        pairs = [(first, start)] + ([(last, "fine-tuned" if not self.from_scratch else "trained")]
-                                    if last.epoch != first.epoch else [])
+        pairs = [(first, start)] + (
+            [(last, "fine-tuned" if not self.from_scratch else "trained")] if last.epoch != first.epoch else []
+        )
         for point, which in pairs:
             for i, a in enumerate(point.eval.per_class_accuracy):
-                rows.append({"class": self.class_name(i), "ci": i, "epoch": point.epoch,
-                             "which": f"{which} (epoch {point.epoch})", "accuracy": num(a)})
+                rows.append(
+                    {
+                        "class": self.class_name(i),
+                        "ci": i,
+                        "epoch": point.epoch,
+                        "which": f"{which} (epoch {point.epoch})",
+                        "accuracy": num(a),
+                    }
+                )
         return pd.DataFrame(rows, columns=["class", "ci", "epoch", "which", "accuracy"])
 
     # ------------------------------------------------------------------ weights and gradients
@@ -216,9 +260,21 @@ class RunFrames:
             agg: dict[str, dict] = {}
             for w in e.weights:
                 seen.setdefault(w.module, len(seen))
-                a = agg.setdefault(w.module, {"diff": 0.0, "ref": 0.0, "upd": 0.0, "before": 0.0, "has_upd": False,
-                                              "params": 0, "trainable": 0, "new": 0, "matrix": False,
-                                              "finite": True})
+                a = agg.setdefault(
+                    w.module,
+                    {
+                        "diff": 0.0,
+                        "ref": 0.0,
+                        "upd": 0.0,
+                        "before": 0.0,
+                        "has_upd": False,
+                        "params": 0,
+                        "trainable": 0,
+                        "new": 0,
+                        "matrix": False,
+                        "finite": True,
+                    },
+                )
                 n = math.prod(w.shape) if w.shape else 1
                 a["diff"] += w.diff_sq
                 a["ref"] += w.ref_sq
@@ -234,14 +290,41 @@ class RunFrames:
             for module, a in agg.items():
                 ratio = _ratio(a["upd"], a["before"]) if a["has_upd"] and a["before"] > 0 else NAN
                 mtype = self.module_type.get(module, "")
-                rows.append({
-                    "layer": module or "(model)", "module": module, "epoch": e.epoch,
-                    "order": self._order(module, seen[module]), "type": mtype,
-                    "params": a["params"], "trainable": a["trainable"] > 0, "frozen": a["trainable"] == 0,
-                    "new": a["new"] > 0, "rel_change": _ratio(a["diff"], a["ref"]),
-                    "update_ratio": ratio, "matrix": a["matrix"], "finite": a["finite"]})
-        df = pd.DataFrame(rows, columns=["layer", "module", "epoch", "order", "type", "params", "trainable",
-                                         "frozen", "new", "rel_change", "update_ratio", "matrix", "finite"])
+                rows.append(
+                    {
+                        "layer": module or "(model)",
+                        "module": module,
+                        "epoch": e.epoch,
+                        "order": self._order(module, seen[module]),
+                        "type": mtype,
+                        "params": a["params"],
+                        "trainable": a["trainable"] > 0,
+                        "frozen": a["trainable"] == 0,
+                        "new": a["new"] > 0,
+                        "rel_change": _ratio(a["diff"], a["ref"]),
+                        "update_ratio": ratio,
+                        "matrix": a["matrix"],
+                        "finite": a["finite"],
+                    }
+                )
+        df = pd.DataFrame(
+            rows,
+            columns=[
+                "layer",
+                "module",
+                "epoch",
+                "order",
+                "type",
+                "params",
+                "trainable",
+                "frozen",
+                "new",
+                "rel_change",
+                "update_ratio",
+                "matrix",
+                "finite",
+            ],
+        )
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
 
     @cached_property
@@ -264,12 +347,21 @@ class RunFrames:
                 a["nonfinite"] = max(a["nonfinite"], g.nonfinite)
                 a["samples"] = max(a["samples"], g.samples)
             for module, a in agg.items():
-                rows.append({"layer": module or "(model)", "module": module, "epoch": e.epoch,
-                             "order": self._order(module, seen[module]),
-                             "norm": NAN if a["nan"] and a["sq"] == 0 else math.sqrt(a["sq"]),
-                             "max_norm": a["max"], "nonfinite": a["nonfinite"], "samples": a["samples"]})
-        df = pd.DataFrame(rows, columns=["layer", "module", "epoch", "order", "norm", "max_norm", "nonfinite",
-                                         "samples"])
+                rows.append(
+                    {
+                        "layer": module or "(model)",
+                        "module": module,
+                        "epoch": e.epoch,
+                        "order": self._order(module, seen[module]),
+                        "norm": NAN if a["nan"] and a["sq"] == 0 else math.sqrt(a["sq"]),
+                        "max_norm": a["max"],
+                        "nonfinite": a["nonfinite"],
+                        "samples": a["samples"],
+                    }
+                )
+        df = pd.DataFrame(
+            rows, columns=["layer", "module", "epoch", "order", "norm", "max_norm", "nonfinite", "samples"]
+        )
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
 
     @cached_property
@@ -280,11 +372,16 @@ class RunFrames:
         for e in self.epochs:
             if not e.gradients:
                 continue
-            sq = sum(g.mean_norm ** 2 for g in e.gradients if math.isfinite(g.mean_norm))
-            rows.append({"epoch": e.epoch, "norm": num(math.sqrt(sq)),
-                         "max_norm": num(max(g.norm_max for g in e.gradients)),
-                         "nonfinite": max(g.nonfinite for g in e.gradients),
-                         "samples": max(g.samples for g in e.gradients)})
+            sq = sum(g.mean_norm**2 for g in e.gradients if math.isfinite(g.mean_norm))
+            rows.append(
+                {
+                    "epoch": e.epoch,
+                    "norm": num(math.sqrt(sq)),
+                    "max_norm": num(max(g.norm_max for g in e.gradients)),
+                    "nonfinite": max(g.nonfinite for g in e.gradients),
+                    "samples": max(g.samples for g in e.gradients),
+                }
+            )
         return pd.DataFrame(rows, columns=["epoch", "norm", "max_norm", "nonfinite", "samples"])
 
     def weight_tensors(self) -> list[str]:
@@ -341,14 +438,41 @@ class RunFrames:
             for a in e.activations:
                 seen.setdefault(a.module, len(seen))
                 base = a.module.split("#")[0]
-                rows.append({"layer": a.module, "epoch": e.epoch,
-                             "order": self._order(base, seen[a.module]) + seen[a.module] * 1e-4,
-                             "type": a.type, "mean": a.stats.mean, "std": a.stats.std,
-                             "zero_fraction": a.stats.zero_fraction, "dead_fraction": a.dead_fraction,
-                             "dead": a.dead_channels, "channels": a.channels, "nonnegative": a.nonnegative,
-                             "min": a.stats.min, "max": a.stats.max})
-        df = pd.DataFrame(rows, columns=["layer", "epoch", "order", "type", "mean", "std", "zero_fraction",
-                                         "dead_fraction", "dead", "channels", "nonnegative", "min", "max"])
+                rows.append(
+                    {
+                        "layer": a.module,
+                        "epoch": e.epoch,
+                        "order": self._order(base, seen[a.module]) + seen[a.module] * 1e-4,
+                        "type": a.type,
+                        "mean": a.stats.mean,
+                        "std": a.stats.std,
+                        "zero_fraction": a.stats.zero_fraction,
+                        "dead_fraction": a.dead_fraction,
+                        "dead": a.dead_channels,
+                        "channels": a.channels,
+                        "nonnegative": a.nonnegative,
+                        "min": a.stats.min,
+                        "max": a.stats.max,
+                    }
+                )
+        df = pd.DataFrame(
+            rows,
+            columns=[
+                "layer",
+                "epoch",
+                "order",
+                "type",
+                "mean",
+                "std",
+                "zero_fraction",
+                "dead_fraction",
+                "dead",
+                "channels",
+                "nonnegative",
+                "min",
+                "max",
+            ],
+        )
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
 
     def activation_hist(self, layers: list[str], epochs: list[int]) -> pd.DataFrame:
@@ -373,8 +497,16 @@ class RunFrames:
                     continue
                 for i, (x, y) in enumerate(zip(p.x, p.y)):
                     ci = labels[i] if i < len(labels) else -1
-                    rows.append({"epoch": e.epoch, "sample": i, "x": x, "y": y, "ci": ci,
-                                 "class": self.class_name(ci) if ci >= 0 else "?"})
+                    rows.append(
+                        {
+                            "epoch": e.epoch,
+                            "sample": i,
+                            "x": x,
+                            "y": y,
+                            "ci": ci,
+                            "class": self.class_name(ci) if ci >= 0 else "?",
+                        }
+                    )
         return pd.DataFrame(rows, columns=["epoch", "sample", "x", "y", "ci", "class"])
 
     @cached_property
@@ -387,9 +519,14 @@ class RunFrames:
         for e in self.epochs:
             for c in e.cka:
                 seen.setdefault(c.module, len(seen))
-                rows.append({"layer": c.module, "epoch": e.epoch,
-                             "order": act_order.get(c.module, self._order(c.module.split("#")[0], seen[c.module])),
-                             "cka": c.value})
+                rows.append(
+                    {
+                        "layer": c.module,
+                        "epoch": e.epoch,
+                        "order": act_order.get(c.module, self._order(c.module.split("#")[0], seen[c.module])),
+                        "cka": c.value,
+                    }
+                )
         df = pd.DataFrame(rows, columns=["layer", "epoch", "order", "cka"])
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
 
@@ -399,10 +536,20 @@ class RunFrames:
         for e in self.epochs:
             if e.features is None:
                 continue
-            rows.append({"epoch": e.epoch, "measure": f"k-NN accuracy (k={e.features.knn_k})",
-                         "accuracy": num(e.features.knn_accuracy)})
-            rows.append({"epoch": e.epoch, "measure": "classifier accuracy on the probe set",
-                         "accuracy": num(e.features.probe_accuracy)})
+            rows.append(
+                {
+                    "epoch": e.epoch,
+                    "measure": f"k-NN accuracy (k={e.features.knn_k})",
+                    "accuracy": num(e.features.knn_accuracy),
+                }
+            )
+            rows.append(
+                {
+                    "epoch": e.epoch,
+                    "measure": "classifier accuracy on the probe set",
+                    "accuracy": num(e.features.probe_accuracy),
+                }
+            )
         return pd.DataFrame(rows, columns=["epoch", "measure", "accuracy"])
 
     def image_epochs(self) -> list[EpochSnapshot]:
@@ -427,8 +574,17 @@ def _hist_rows(h: Histogram, extra: dict) -> list[dict]:
         return []
     edges = h.edges
     step = (h.hi - h.lo) / len(h.counts)
-    rows = [{**extra, "part": "inside", "x0": edges[i], "x1": edges[i + 1], "x": (edges[i] + edges[i + 1]) / 2,
-             "share": c / total} for i, c in enumerate(h.counts)]
+    rows = [
+        {
+            **extra,
+            "part": "inside",
+            "x0": edges[i],
+            "x1": edges[i + 1],
+            "x": (edges[i] + edges[i + 1]) / 2,
+            "share": c / total,
+        }
+        for i, c in enumerate(h.counts)
+    ]
     for part, count, x0 in (("below", h.below, h.lo - step), ("above", h.above, h.hi)):
         if count:
             rows.append({**extra, "part": part, "x0": x0, "x1": x0 + step, "x": x0 + step / 2, "share": count / total})

@@ -1,4 +1,5 @@
 """The Markdown summary: headline numbers and findings, for a CI job summary or a review comment."""
+
 from __future__ import annotations
 
 from sftreport.report.model import Report

@@ -5,12 +5,12 @@ A report is built per medium because some blocks differ by medium (an epoch slid
 multiples in the PDF; the full layer table in HTML, a summarised one in the PDF), but findings, tables
 and numbers are the same.
 """
+
 from __future__ import annotations
 
 import base64
-
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Medium = Literal["html", "pdf"]
 Severity = Literal["alert", "warning", "info", "good"]
@@ -111,7 +111,7 @@ class KeyValues:
     kind: Literal["keyvalues"] = "keyvalues"
 
 
-Block = Union[ChartBlock, TableBlock, ImageGrid, Note, KeyValues]
+Block = ChartBlock | TableBlock | ImageGrid | Note | KeyValues
 
 
 @dataclass

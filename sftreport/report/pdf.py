@@ -5,13 +5,14 @@ Images reach WeasyPrint through its URL fetcher from memory (`sftreport:` URLs) 
 inside the HTML, which would make its HTML parser scan megabytes of base64. Nothing is fetched from
 anywhere else: besides those, only data: and file: URLs are allowed.
 """
+
 from __future__ import annotations
 
 import logging
 
+from sftreport.report.convert import Drawer, Helper
 from sftreport.report.model import Image, Report
 from sftreport.report.templating import html_env, template_dir
-from sftreport.report.convert import Drawer, Helper
 
 SCHEME = "sftreport"
 
@@ -40,7 +41,7 @@ class Resources:
             return self.files[url]
         prefix = f"{SCHEME}:chart/"
         if self.drawer is not None and url.startswith(prefix):
-            return self.drawer.result(url[len(prefix):])
+            return self.drawer.result(url[len(prefix) :])
         return None
 
 
@@ -56,8 +57,11 @@ def pdf_html(report: Report, drawer: Drawer | None = None) -> tuple[str, Resourc
     drawer.draw_own()
     res = Resources(drawer)
     statics = {c.id: {"url": res.chart(c.id)} for c in charts}
-    html = html_env().get_template("report_pdf.html.j2").render(
-        report=report, medium="pdf", statics=statics, image_src=res.image)
+    html = (
+        html_env()
+        .get_template("report_pdf.html.j2")
+        .render(report=report, medium="pdf", statics=statics, image_src=res.image)
+    )
     return html, res
 
 

@@ -2,6 +2,7 @@
 interactive; an A4 page is narrower, static and printed). Sections read these; nothing else decides
 "HTML or PDF".
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,10 +33,38 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "html": Profile("html", True, full=780, heat=560, panel=900, line_h=260, small_h=170, weight_hists=6,
-                    activation_hists=6, projections=3, confusion_numbers=12, layer_table_depth=None, scroll_rows=30),
+    "html": Profile(
+        "html",
+        True,
+        full=780,
+        heat=560,
+        panel=900,
+        line_h=260,
+        small_h=170,
+        weight_hists=6,
+        activation_hists=6,
+        projections=3,
+        confusion_numbers=12,
+        layer_table_depth=None,
+        scroll_rows=30,
+    ),
     # A4 holds less: a 400 px heatmap shows 30 epoch columns at 13 px each; every drawn mark costs PDF time
-    "pdf": Profile("pdf", False, full=560, heat=400, panel=640, line_h=190, small_h=130, weight_hists=3,
-                   activation_hists=3, projections=3, confusion_numbers=6, layer_table_depth=2, scroll_rows=0,
-                   epoch_columns=30, hist_epochs=4, step_points=600),
+    "pdf": Profile(
+        "pdf",
+        False,
+        full=560,
+        heat=400,
+        panel=640,
+        line_h=190,
+        small_h=130,
+        weight_hists=3,
+        activation_hists=3,
+        projections=3,
+        confusion_numbers=6,
+        layer_table_depth=2,
+        scroll_rows=0,
+        epoch_columns=30,
+        hist_epochs=4,
+        step_points=600,
+    ),
 }

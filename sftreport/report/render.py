@@ -6,6 +6,7 @@ Never imports torch. Each output is written atomically (a failed render never de
 The Report is built once per medium: HTML and Markdown share the interactive one, the PDF has its own
 (static small multiples, a summarised layer table).
 """
+
 from __future__ import annotations
 
 import gc
@@ -16,6 +17,7 @@ from sftreport.config import REPORT_FORMATS
 from sftreport.errors import UserError
 from sftreport.report.model import Medium, Report
 from sftreport.store import Run, atomic_write_bytes, atomic_write_text, check_output_path, read_run
+
 
 def _format(out: Path) -> str:
     fmt = REPORT_FORMATS.get(out.suffix.lower())

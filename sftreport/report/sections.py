@@ -5,10 +5,11 @@ method per section, each a list of blocks (model.py). A section whose data is ab
 What is drawn and how lives elsewhere: the numbers in frames.py, the charts in charts.py, the per-medium
 sizes and limits in profile.py, the thresholds in thresholds.py.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -17,8 +18,20 @@ from sftreport.errors import UserError
 from sftreport.report import charts, fmt, thresholds
 from sftreport.report.findings import derive_findings
 from sftreport.report.frames import RunFrames, choose_epochs
-from sftreport.report.model import (Block, Cell, ChartBlock, Headline, Image, ImageGrid, KeyValues, Medium, Note,
-                                    Report, Section, TableBlock)
+from sftreport.report.model import (
+    Block,
+    Cell,
+    ChartBlock,
+    Headline,
+    Image,
+    ImageGrid,
+    KeyValues,
+    Medium,
+    Note,
+    Report,
+    Section,
+    TableBlock,
+)
 from sftreport.report.profile import PROFILES, Profile
 from sftreport.report.vega import chart_spec
 from sftreport.schema import SCHEMA_VERSION, Architecture
@@ -30,26 +43,37 @@ STRATEGIES = {
 }
 
 # what the recorder measures, said once for every caption that shows it
-CKA_POOLING = ("each layer's output on the probe images, image maps average-pooled to at most 4×4 positions per "
-               "channel and token sequences to 16 groups, then compared by linear CKA")
+CKA_POOLING = (
+    "each layer's output on the probe images, image maps average-pooled to at most 4×4 positions per "
+    "channel and token sequences to 16 groups, then compared by linear CKA"
+)
 UPDATE_RATIO_DEF = "‖update‖ / ‖W‖ of each epoch's first optimizer step, per layer"
 
 
-def build_report(run: Run, medium: Medium, frames: RunFrames | None = None,
-                 on_chart: Callable[[ChartBlock], None] | None = None) -> Report:
+def build_report(
+    run: Run, medium: Medium, frames: RunFrames | None = None, on_chart: Callable[[ChartBlock], None] | None = None
+) -> Report:
     """The report of `run` for `medium`; `on_chart` is called with each chart as soon as it is built."""
     frames = frames or RunFrames(run)
     b = _Builder(run, frames, PROFILES[medium], on_chart)
     headline = b.headline()
     sections = [b.training(), b.architecture(), b.parameters(), b.activations(), b.features(), b.appendix()]
-    return Report(medium=medium, title=f"Fine-tuning report: {run.info.name}", headline=headline,
-                  summary=b.summary(headline), findings=derive_findings(frames), sections=sections,
-                  schema_version=SCHEMA_VERSION, sftreport_version=sftreport.__version__)
+    return Report(
+        medium=medium,
+        title=f"Fine-tuning report: {run.info.name}",
+        headline=headline,
+        summary=b.summary(headline),
+        findings=derive_findings(frames),
+        sections=sections,
+        schema_version=SCHEMA_VERSION,
+        sftreport_version=sftreport.__version__,
+    )
 
 
 class _Builder:
-    def __init__(self, run: Run, frames: RunFrames, profile: Profile,
-                 on_chart: Callable[[ChartBlock], None] | None = None):
+    def __init__(
+        self, run: Run, frames: RunFrames, profile: Profile, on_chart: Callable[[ChartBlock], None] | None = None
+    ):
         self.run, self.frames, self.profile, self.on_chart = run, frames, profile, on_chart
         self.info = run.info
         self.start = frames.start_name  # "pretrained model", or "initial model" for a run from scratch
@@ -83,15 +107,30 @@ class _Builder:
         best = frames.best_epoch()
         env, ds = info.environment, info.dataset
         return Headline(
-            run_name=info.name, status=info.status, status_detail=info.status_detail, model=info.model,
-            weights=info.weights, strategy=info.strategy, dataset=ds.name, classes=len(ds.classes),
-            epochs_done=frames.last.epoch if frames.last else 0, epochs_planned=info.planned_epochs,
-            acc_before=first.eval.accuracy if first else None, acc_after=last.eval.accuracy if changed else None,
-            best_epoch=best[0] if best else None, best_acc=best[1] if best else None,
-            loss_before=first.eval.loss if first else None, loss_after=last.eval.loss if changed else None,
-            duration_s=info.duration_s, device=env.device + (f" ({env.device_name})" if env.device_name else ""),
-            precision=env.precision, started_at=info.started_at, finished_at=info.finished_at,
-            acc_change=thresholds.ACC_CHANGE, from_scratch=frames.from_scratch)
+            run_name=info.name,
+            status=info.status,
+            status_detail=info.status_detail,
+            model=info.model,
+            weights=info.weights,
+            strategy=info.strategy,
+            dataset=ds.name,
+            classes=len(ds.classes),
+            epochs_done=frames.last.epoch if frames.last else 0,
+            epochs_planned=info.planned_epochs,
+            acc_before=first.eval.accuracy if first else None,
+            acc_after=last.eval.accuracy if changed else None,
+            best_epoch=best[0] if best else None,
+            best_acc=best[1] if best else None,
+            loss_before=first.eval.loss if first else None,
+            loss_after=last.eval.loss if changed else None,
+            duration_s=info.duration_s,
+            device=env.device + (f" ({env.device_name})" if env.device_name else ""),
+            precision=env.precision,
+            started_at=info.started_at,
+            finished_at=info.finished_at,
+            acc_change=thresholds.ACC_CHANGE,
+            from_scratch=frames.from_scratch,
+        )
 
     def summary(self, h: Headline) -> KeyValues:
         info, ds = self.info, self.info.dataset
@@ -99,16 +138,21 @@ class _Builder:
         if h.acc_before is not None:
             acc = f"{fmt.pct(h.acc_before)} before (epoch 0)"
             if h.acc_after is not None:
-                acc = (f"{fmt.pct(h.acc_before)} before → {fmt.pct(h.acc_after)} after "
-                       f"({fmt.points(h.acc_after - h.acc_before)})")
+                acc = (
+                    f"{fmt.pct(h.acc_before)} before → {fmt.pct(h.acc_after)} after "
+                    f"({fmt.points(h.acc_after - h.acc_before)})"
+                )
         planned = f" of {h.epochs_planned} planned" if h.epochs_planned else ""
         sizes = f"{fmt.integer(ds.train_size)} training / {fmt.integer(ds.val_size)} validation images"
         weights = info.weights + (" — trained from scratch, nothing pretrained" if self.frames.from_scratch else "")
         items = [
             ("Run", info.name),
             ("Status", info.status + (f": {info.status_detail}" if info.status_detail else "")),
-            ("Dataset", f"{ds.name}: {len(ds.classes)} classes, {sizes}, {ds.image_size}×{ds.image_size} px"
-                        + (f" ({ds.source})" if ds.source else "")),
+            (
+                "Dataset",
+                f"{ds.name}: {len(ds.classes)} classes, {sizes}, {ds.image_size}×{ds.image_size} px"
+                + (f" ({ds.source})" if ds.source else ""),
+            ),
             ("Model", info.model),
             ("Pretrained weights", weights),
             ("Strategy", STRATEGIES.get(info.strategy, info.strategy)),
@@ -117,8 +161,11 @@ class _Builder:
             ("Best epoch", f"{h.best_epoch} ({fmt.pct(h.best_acc)})" if h.best_epoch is not None else "–"),
             ("Epochs", f"{h.epochs_done}{planned}"),
             ("Duration", fmt.duration(h.duration_s) if h.duration_s is not None else "–"),
-            ("Device", f"{h.device}, {h.precision}" + (f", {info.environment.world_size} processes"
-                                                      if info.environment.world_size > 1 else "")),
+            (
+                "Device",
+                f"{h.device}, {h.precision}"
+                + (f", {info.environment.world_size} processes" if info.environment.world_size > 1 else ""),
+            ),
         ]
         return KeyValues(id="summary-table", title="Run", items=items)
 
@@ -126,47 +173,88 @@ class _Builder:
 
     def training(self) -> Section:
         frames, profile = self.frames, self.profile
-        sec = Section("training", "Training",
-                      "Look for validation loss that stops falling while training loss keeps falling (overfitting), "
-                      "and for the classes that fine-tuning helped least.")
+        sec = Section(
+            "training",
+            "Training",
+            "Look for validation loss that stops falling while training loss keeps falling (overfitting), "
+            "and for the classes that fine-tuning helped least.",
+        )
         t = frames.epoch_table
         if not frames.trained:
             sec.blocks.append(Note(f"Only the {self.start} (epoch 0) was recorded: no training curves yet."))
         else:
             steps = frames.steps_at_most(profile.step_points)
-            thinned = (f" Per-step points are averaged in groups of neighbouring steps ({len(steps):,} of "
-                       f"{len(frames.steps):,} points).") if len(steps) < len(frames.steps) else ""
-            sec.blocks.append(self.chart(
-                "loss", "Loss", "Training loss per optimizer step (light) and per epoch, and validation loss per "
-                "epoch, on one epoch axis. Gaps are NaN or infinite values." + thinned,
-                charts.loss_curves(t, steps, profile.full, profile.line_h)))
+            thinned = (
+                (
+                    f" Per-step points are averaged in groups of neighbouring steps ({len(steps):,} of "
+                    f"{len(frames.steps):,} points)."
+                )
+                if len(steps) < len(frames.steps)
+                else ""
+            )
+            sec.blocks.append(
+                self.chart(
+                    "loss",
+                    "Loss",
+                    "Training loss per optimizer step (light) and per epoch, and validation loss per "
+                    "epoch, on one epoch axis. Gaps are NaN or infinite values." + thinned,
+                    charts.loss_curves(t, steps, profile.full, profile.line_h),
+                )
+            )
             if t["train_accuracy"].notna().any() or t["val_accuracy"].notna().any():
-                sec.blocks.append(self.chart(
-                    "accuracy", "Accuracy", "Training accuracy (on the batches as trained) and validation accuracy "
-                    f"per epoch; epoch 0 is the {self.start} with its new head.",
-                    charts.accuracy_curves(t, profile.full, profile.line_h)))
+                sec.blocks.append(
+                    self.chart(
+                        "accuracy",
+                        "Accuracy",
+                        "Training accuracy (on the batches as trained) and validation accuracy "
+                        f"per epoch; epoch 0 is the {self.start} with its new head.",
+                        charts.accuracy_curves(t, profile.full, profile.line_h),
+                    )
+                )
             if steps["lr"].notna().any() or t["lr"].notna().any():
-                sec.blocks.append(self.chart("lr", "Learning rate", "The learning rate the optimizer used at each step.",
-                                             charts.learning_rate(steps, t, profile.full, profile.small_h)))
+                sec.blocks.append(
+                    self.chart(
+                        "lr",
+                        "Learning rate",
+                        "The learning rate the optimizer used at each step.",
+                        charts.learning_rate(steps, t, profile.full, profile.small_h),
+                    )
+                )
         if not frames.has_val:
             sec.blocks.append(Note("No validation set was evaluated: no confusion matrix or per-class accuracy."))
             return sec
         first, last = frames.first_eval, frames.last_eval
-        pairs = [(f"epoch {first.epoch} ({'initial' if frames.from_scratch else 'pretrained'})" if first.epoch == 0
-                  else f"epoch {first.epoch}", frames.confusion(first.epoch))]
+        pairs = [
+            (
+                f"epoch {first.epoch} ({'initial' if frames.from_scratch else 'pretrained'})"
+                if first.epoch == 0
+                else f"epoch {first.epoch}",
+                frames.confusion(first.epoch),
+            )
+        ]
         if last.epoch != first.epoch:
             pairs.append((f"epoch {last.epoch} ({self.trained})", frames.confusion(last.epoch)))
         numbers = len(frames.classes) <= profile.confusion_numbers
-        sec.blocks.append(self.chart(
-            "confusion", "Confusion matrix, before and after",
-            "Rows are the true class, columns the predicted class; colour is the share of the row"
-            + (", numbers are image counts" if numbers else "") + ". A strong diagonal is good.",
-            charts.confusion_pair(pairs, frames.classes, profile.panel, max_text=profile.confusion_numbers)))
-        sec.blocks.append(self.chart(
-            "per-class", "Per-class accuracy, before vs after",
-            "Validation accuracy of each class for the initial model (grey) and after training (blue)." if frames.from_scratch else
-            "Validation accuracy of each class for the pretrained model (grey) and after fine-tuning (blue).",
-            charts.per_class_accuracy(frames.per_class(), frames.classes, profile.full - 120)))
+        sec.blocks.append(
+            self.chart(
+                "confusion",
+                "Confusion matrix, before and after",
+                "Rows are the true class, columns the predicted class; colour is the share of the row"
+                + (", numbers are image counts" if numbers else "")
+                + ". A strong diagonal is good.",
+                charts.confusion_pair(pairs, frames.classes, profile.panel, max_text=profile.confusion_numbers),
+            )
+        )
+        sec.blocks.append(
+            self.chart(
+                "per-class",
+                "Per-class accuracy, before vs after",
+                "Validation accuracy of each class for the initial model (grey) and after training (blue)."
+                if frames.from_scratch
+                else "Validation accuracy of each class for the pretrained model (grey) and after fine-tuning (blue).",
+                charts.per_class_accuracy(frames.per_class(), frames.classes, profile.full - 120),
+            )
+        )
         sec.blocks.append(self.epoch_table())
         return sec
 
@@ -174,35 +262,62 @@ class _Builder:
         rows = []
         for e in self.frames.epochs:  # the snapshots themselves: None (not measured) shows as –, NaN as NaN
             v = e.val
-            rows.append([Cell(str(e.epoch)), Cell(fmt.integer(e.step)), Cell(fmt.num(e.train_loss, 4)),
-                         Cell(fmt.pct(e.train_accuracy)), Cell(fmt.num(v.loss, 4) if v else "–"),
-                         Cell(fmt.pct(v.accuracy) if v else "–"), Cell(fmt.num(e.lr, 3)),
-                         Cell(fmt.duration(e.timing.train_s) if e.timing.train_s else "–")])
-        return TableBlock("epochs", "Per epoch", "The numbers behind the curves (NaN: not a number).",
-                          ["epoch", "steps", "train loss", "train acc.", "val. loss", "val. acc.", "learning rate",
-                           "train time"], rows, numeric=[True] * 8, scroll=self.profile.interactive and len(rows) > 30)
+            rows.append(
+                [
+                    Cell(str(e.epoch)),
+                    Cell(fmt.integer(e.step)),
+                    Cell(fmt.num(e.train_loss, 4)),
+                    Cell(fmt.pct(e.train_accuracy)),
+                    Cell(fmt.num(v.loss, 4) if v else "–"),
+                    Cell(fmt.pct(v.accuracy) if v else "–"),
+                    Cell(fmt.num(e.lr, 3)),
+                    Cell(fmt.duration(e.timing.train_s) if e.timing.train_s else "–"),
+                ]
+            )
+        return TableBlock(
+            "epochs",
+            "Per epoch",
+            "The numbers behind the curves (NaN: not a number).",
+            ["epoch", "steps", "train loss", "train acc.", "val. loss", "val. acc.", "learning rate", "train time"],
+            rows,
+            numeric=[True] * 8,
+            scroll=self.profile.interactive and len(rows) > 30,
+        )
 
     # ------------------------------------------------------------------ architecture
 
     def architecture(self) -> Section:
-        sec = Section("architecture", "Architecture",
-                      "Look at which parts of the model were trained and which were frozen." if self.frames.from_scratch else
-                      "Look at which parts of the model are pretrained and frozen, which were trained, and what "
-                      "fine-tuning added (the new head).")
+        sec = Section(
+            "architecture",
+            "Architecture",
+            "Look at which parts of the model were trained and which were frozen."
+            if self.frames.from_scratch
+            else "Look at which parts of the model are pretrained and frozen, which were trained, and what "
+            "fine-tuning added (the new head).",
+        )
         arch = self.info.architecture
         if arch is None:
             sec.blocks.append(Note("The architecture was not recorded (probes were off)."))
             return sec
         frozen = arch.total_params - arch.trainable_params
-        sec.blocks.append(KeyValues("arch-totals", "Parameters", [
-            ("Model", f"{arch.model_type} ({self.info.model}), input {fmt.shape(arch.input_shape)}"),
-            ("Parameters", f"{fmt.integer(arch.total_params)} ({fmt.count(arch.total_params)})"),
-            ("Trainable", f"{fmt.integer(arch.trainable_params)} "
-                          f"({fmt.pct(arch.trainable_params / arch.total_params if arch.total_params else None)})"),
-            ("Frozen", fmt.integer(frozen)),
-            ("New (not pretrained)", f"{fmt.integer(arch.new_params)}"),
-            ("Strategy", STRATEGIES.get(self.info.strategy, self.info.strategy)),
-        ]))
+        sec.blocks.append(
+            KeyValues(
+                "arch-totals",
+                "Parameters",
+                [
+                    ("Model", f"{arch.model_type} ({self.info.model}), input {fmt.shape(arch.input_shape)}"),
+                    ("Parameters", f"{fmt.integer(arch.total_params)} ({fmt.count(arch.total_params)})"),
+                    (
+                        "Trainable",
+                        f"{fmt.integer(arch.trainable_params)} "
+                        f"({fmt.pct(arch.trainable_params / arch.total_params if arch.total_params else None)})",
+                    ),
+                    ("Frozen", fmt.integer(frozen)),
+                    ("New (not pretrained)", f"{fmt.integer(arch.new_params)}"),
+                    ("Strategy", STRATEGIES.get(self.info.strategy, self.info.strategy)),
+                ],
+            )
+        )
         sec.blocks.append(self.replaced(arch))
         rows = []
         for blk in arch.blocks:
@@ -216,13 +331,18 @@ class _Builder:
                 if v > 0:
                     rows.append({"block": blk.name, "type": blk.type, "part": part, "part_order": k, "params": v})
         if rows:
-            sec.blocks.append(self.chart(
-                "params-by-block", "Parameters by block",
-                "Parameters of each top-level block: orange trained from their initialisation, light orange new "
-                "and frozen." if self.frames.from_scratch else
-                "Parameters of each top-level block: grey is pretrained and frozen, blue pretrained and fine-tuned, "
-                "orange new (the replaced head).",
-                charts.params_by_block(pd.DataFrame(rows), self.profile.full - 100)))
+            sec.blocks.append(
+                self.chart(
+                    "params-by-block",
+                    "Parameters by block",
+                    "Parameters of each top-level block: orange trained from their initialisation, light orange new "
+                    "and frozen."
+                    if self.frames.from_scratch
+                    else "Parameters of each top-level block: grey is pretrained and frozen, blue pretrained and fine-tuned, "
+                    "orange new (the replaced head).",
+                    charts.params_by_block(pd.DataFrame(rows), self.profile.full - 100),
+                )
+            )
         sec.blocks.append(self.layer_table(arch))
         return sec
 
@@ -231,16 +351,30 @@ class _Builder:
         if not new:
             return Note("No new layers: every parameter was loaded from the pretrained weights.")
         if self.frames.from_scratch:
-            return Note(f"Trained from scratch: no pretrained weights were loaded, so all {fmt.integer(arch.total_params)} "
-                        "parameters started from their initialisation, and epoch 0 is the untrained model.")
-        rows = [[Cell(m.name or "(model)", cls="mono"), Cell(m.type), Cell(fmt.shape(m.output_shape)),
-                 Cell(fmt.integer(m.new)), Cell("trainable" if m.trainable else "frozen")] for m in new]
+            return Note(
+                f"Trained from scratch: no pretrained weights were loaded, so all {fmt.integer(arch.total_params)} "
+                "parameters started from their initialisation, and epoch 0 is the untrained model."
+            )
+        rows = [
+            [
+                Cell(m.name or "(model)", cls="mono"),
+                Cell(m.type),
+                Cell(fmt.shape(m.output_shape)),
+                Cell(fmt.integer(m.new)),
+                Cell("trainable" if m.trainable else "frozen"),
+            ]
+            for m in new
+        ]
         classes = len(self.info.dataset.classes)
-        return TableBlock("replaced", "What fine-tuning replaced",
-                          f"Layers initialised fresh instead of loaded from the pretrained weights: the new head "
-                          f"for the {classes} classes of {self.info.dataset.name}.",
-                          ["layer", "type", "output shape", "new parameters", "status"], rows,
-                          numeric=[False, False, False, True, False])
+        return TableBlock(
+            "replaced",
+            "What fine-tuning replaced",
+            f"Layers initialised fresh instead of loaded from the pretrained weights: the new head "
+            f"for the {classes} classes of {self.info.dataset.name}.",
+            ["layer", "type", "output shape", "new parameters", "status"],
+            rows,
+            numeric=[False, False, False, True, False],
+        )
 
     def layer_table(self, arch: Architecture) -> TableBlock:
         mods = arch.modules
@@ -260,19 +394,31 @@ class _Builder:
         rows = []
         for m in keep:
             params, trainable, new = totals[m.name]
-            rows.append([
-                Cell(m.name or "(model)", cls=f"mono d{min(m.depth, 6)}"),
-                Cell(m.type), Cell(fmt.shape(m.output_shape)), Cell(fmt.integer(params) if params else "–"),
-                _share_cell(trainable, params, "trainable", "frozen"),
-                _share_cell(new, params, "new", "pretrained", invert=True)])
-        caption = ("Every module in network order, indented by depth; parameters include the module's children."
-                   if depth is None else
-                   f"Modules down to depth {depth} in network order ({len(mods) - len(keep)} deeper modules are in "
-                   "the HTML report); parameters include the module's children.")
-        return TableBlock("layers", f"Layers ({len(mods)} modules)", caption,
-                          ["layer", "type", "output shape", "parameters", "trained", "origin"], rows,
-                          numeric=[False, False, False, True, False, False],
-                          scroll=self.profile.interactive and len(rows) > self.profile.scroll_rows)
+            rows.append(
+                [
+                    Cell(m.name or "(model)", cls=f"mono d{min(m.depth, 6)}"),
+                    Cell(m.type),
+                    Cell(fmt.shape(m.output_shape)),
+                    Cell(fmt.integer(params) if params else "–"),
+                    _share_cell(trainable, params, "trainable", "frozen"),
+                    _share_cell(new, params, "new", "pretrained", invert=True),
+                ]
+            )
+        caption = (
+            "Every module in network order, indented by depth; parameters include the module's children."
+            if depth is None
+            else f"Modules down to depth {depth} in network order ({len(mods) - len(keep)} deeper modules are in "
+            "the HTML report); parameters include the module's children."
+        )
+        return TableBlock(
+            "layers",
+            f"Layers ({len(mods)} modules)",
+            caption,
+            ["layer", "type", "output shape", "parameters", "trained", "origin"],
+            rows,
+            numeric=[False, False, False, True, False, False],
+            scroll=self.profile.interactive and len(rows) > self.profile.scroll_rows,
+        )
 
     # ------------------------------------------------------------------ parameters
 
@@ -284,14 +430,20 @@ class _Builder:
             return df, ""
         kept = df[df["matrix"]]
         dropped = len(layers) - len(self.frames.layers_in_order(kept))
-        return kept, f" Only convolution and linear layers are shown ({dropped} normalisation and other small layers left out)."
+        return (
+            kept,
+            f" Only convolution and linear layers are shown ({dropped} normalisation and other small layers left out).",
+        )
 
     def parameters(self) -> Section:
         frames, profile = self.frames, self.profile
-        sec = Section("parameters", "Parameters",
-                      f"Look for which layers moved away from their {'initial' if frames.from_scratch else 'pretrained'} "
-                      "weights (deeper layers usually move more), for gradient spikes or NaNs, and for update-to-weight "
-                      "ratios far outside the green band.")
+        sec = Section(
+            "parameters",
+            "Parameters",
+            f"Look for which layers moved away from their {'initial' if frames.from_scratch else 'pretrained'} "
+            "weights (deeper layers usually move more), for gradient spikes or NaNs, and for update-to-weight "
+            "ratios far outside the green band.",
+        )
         w = frames.layer_weights
         if w.empty:
             sec.blocks.append(Note("No weight statistics were recorded (probes were off)."))
@@ -304,22 +456,42 @@ class _Builder:
         u = w[w["update_ratio"].notna() & (w["update_ratio"] > 0)]
         epochs, thinned = self.columns(trained) if not trained.empty else ([], "")
         trained, g, u = (df[df["epoch"].isin(epochs)] if not df.empty else df for df in (trained, g, u))
-        ref = "their initialisation" if frames.from_scratch else "the pretrained weights; new layers are compared with their initialisation"
-        rel_cap = (f"‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale: how far each "
-                   f"layer's weights are from {ref}. Grey cells did not change (frozen).")
-        grad_cap = ("Gradient L2 norm per layer and epoch: the root of the summed squares of the mean norms of the "
-                    "layer's tensors over the epoch's sampled steps (every --grad-every steps and each epoch's first; "
-                    "log colour scale). Frozen layers have no gradient; grey: none sampled in that epoch.")
-        upd_cap = (f"{UPDATE_RATIO_DEF}, log scale. The green band is {thresholds.band_text()} around the usual "
-                   f"target of {thresholds.UPDATE_RATIO_TARGET:g} (dashed): far below, a layer barely learns; far "
-                   "above, training is unstable. Frozen layers are not shown.")
-        rel_args = dict(legend_title="‖Wₜ−W₀‖ / ‖W₀‖ (log scale)", scale=charts.log_scale(trained["rel_change"], "viridis"),
-                        legend_format=".0e", tooltip_format=".3~%",
-                        extra_tooltips=[charts.tip("type:N"), charts.tip("params:Q", "parameters", ",")])
-        grad_args = dict(legend_title="gradient norm (log scale)", legend_format=".0e", tooltip_format=".3e",
-                         scale=charts.log_scale(g["norm"], "plasma") if not g.empty else None,
-                         extra_tooltips=[charts.tip("max_norm:Q", "largest sampled tensor norm", ".3e"),
-                                         charts.tip("nonfinite:Q", "steps with NaN/inf gradients")])
+        ref = (
+            "their initialisation"
+            if frames.from_scratch
+            else "the pretrained weights; new layers are compared with their initialisation"
+        )
+        rel_cap = (
+            f"‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale: how far each "
+            f"layer's weights are from {ref}. Grey cells did not change (frozen)."
+        )
+        grad_cap = (
+            "Gradient L2 norm per layer and epoch: the root of the summed squares of the mean norms of the "
+            "layer's tensors over the epoch's sampled steps (every --grad-every steps and each epoch's first; "
+            "log colour scale). Frozen layers have no gradient; grey: none sampled in that epoch."
+        )
+        upd_cap = (
+            f"{UPDATE_RATIO_DEF}, log scale. The green band is {thresholds.band_text()} around the usual "
+            f"target of {thresholds.UPDATE_RATIO_TARGET:g} (dashed): far below, a layer barely learns; far "
+            "above, training is unstable. Frozen layers are not shown."
+        )
+        rel_args = dict(
+            legend_title="‖Wₜ−W₀‖ / ‖W₀‖ (log scale)",
+            scale=charts.log_scale(trained["rel_change"], "viridis"),
+            legend_format=".0e",
+            tooltip_format=".3~%",
+            extra_tooltips=[charts.tip("type:N"), charts.tip("params:Q", "parameters", ",")],
+        )
+        grad_args = dict(
+            legend_title="gradient norm (log scale)",
+            legend_format=".0e",
+            tooltip_format=".3e",
+            scale=charts.log_scale(g["norm"], "plasma") if not g.empty else None,
+            extra_tooltips=[
+                charts.tip("max_norm:Q", "largest sampled tensor norm", ".3e"),
+                charts.tip("nonfinite:Q", "steps with NaN/inf gradients"),
+            ],
+        )
         start = "initial" if frames.from_scratch else "pretrained"
         # the PDF shows the three per-layer views side by side when it has all three: one row per layer
         combined = not profile.interactive and not trained.empty and not g.empty and not u.empty
@@ -330,22 +502,55 @@ class _Builder:
             hw, note = self.heat_layers(trained)
             layers = frames.layers_in_order(hw)
             third = (profile.panel - 200) // 3
-            blocks.append(self.chart(
-                "per-layer", f"Relative change from the {start} weights, gradient norm and update ratio per layer",
-                f"Left: {rel_cap} Middle: {grad_cap} Right: {upd_cap}{note}{thinned}",
-                charts.side_by_side([
-                    charts.heatmap(hw, "rel_change", layers, width=third, title="change from epoch 0",
-                                   epochs=epochs, **rel_args),
-                    charts.heatmap(g[g["layer"].isin(layers)], "norm", layers, width=third, title="gradient norm",
-                                   y_labels=False, epochs=epochs, **grad_args),
-                    charts.update_ratio(u[u["layer"].isin(layers)], layers, third, y_labels=False,
-                                        title=f"update / weight (green: {thresholds.band_text()})"),
-                ])))
+            blocks.append(
+                self.chart(
+                    "per-layer",
+                    f"Relative change from the {start} weights, gradient norm and update ratio per layer",
+                    f"Left: {rel_cap} Middle: {grad_cap} Right: {upd_cap}{note}{thinned}",
+                    charts.side_by_side(
+                        [
+                            charts.heatmap(
+                                hw,
+                                "rel_change",
+                                layers,
+                                width=third,
+                                title="change from epoch 0",
+                                epochs=epochs,
+                                **rel_args,
+                            ),
+                            charts.heatmap(
+                                g[g["layer"].isin(layers)],
+                                "norm",
+                                layers,
+                                width=third,
+                                title="gradient norm",
+                                y_labels=False,
+                                epochs=epochs,
+                                **grad_args,
+                            ),
+                            charts.update_ratio(
+                                u[u["layer"].isin(layers)],
+                                layers,
+                                third,
+                                y_labels=False,
+                                title=f"update / weight (green: {thresholds.band_text()})",
+                            ),
+                        ]
+                    ),
+                )
+            )
         else:
             hw, note = self.heat_layers(trained)
-            blocks.append(self.chart(
-                "rel-change", f"Relative change from the {start} weights", rel_cap + note + thinned,
-                charts.heatmap(hw, "rel_change", frames.layers_in_order(hw), width=profile.heat, epochs=epochs, **rel_args)))
+            blocks.append(
+                self.chart(
+                    "rel-change",
+                    f"Relative change from the {start} weights",
+                    rel_cap + note + thinned,
+                    charts.heatmap(
+                        hw, "rel_change", frames.layers_in_order(hw), width=profile.heat, epochs=epochs, **rel_args
+                    ),
+                )
+            )
         blocks.append(self.weight_histograms())
         if g.empty:
             blocks.append(Note("No gradients were sampled (no training step recorded, or probes were off)."))
@@ -353,24 +558,39 @@ class _Builder:
             blocks.append(self.grad_total())
         if not combined and not g.empty:
             hg, note = self.heat_layers(g)
-            blocks.append(self.chart("grad-layers", "Gradient norm per layer", grad_cap + note + thinned,
-                                     charts.heatmap(hg, "norm", frames.layers_in_order(hg), width=profile.heat, epochs=epochs,
-                                                    **grad_args)))
+            blocks.append(
+                self.chart(
+                    "grad-layers",
+                    "Gradient norm per layer",
+                    grad_cap + note + thinned,
+                    charts.heatmap(
+                        hg, "norm", frames.layers_in_order(hg), width=profile.heat, epochs=epochs, **grad_args
+                    ),
+                )
+            )
         if u.empty:
             blocks.append(Note("No update-to-weight ratios were recorded (no optimizer step measured)."))
         elif not combined:
             hu, note = self.heat_layers(u)
-            blocks.append(self.chart("update-ratio", "Update-to-weight ratio", upd_cap + note + thinned,
-                                     charts.update_ratio(hu, frames.layers_in_order(hu), profile.heat)))
+            blocks.append(
+                self.chart(
+                    "update-ratio",
+                    "Update-to-weight ratio",
+                    upd_cap + note + thinned,
+                    charts.update_ratio(hu, frames.layers_in_order(hu), profile.heat),
+                )
+            )
         sec.blocks += blocks
         return sec
 
     def grad_total(self) -> ChartBlock:
         return self.chart(
-            "grad-total", "Gradient norm of the whole model",
+            "grad-total",
+            "Gradient norm of the whole model",
             "The model's gradient L2 norm, averaged over the epoch's sampled steps, and the largest single-tensor "
             "norm seen (log scale). A red line marks an epoch with NaN or infinite gradients.",
-            charts.grad_total(self.frames.grad_total, self.profile.full, self.profile.small_h + 20))
+            charts.grad_total(self.frames.grad_total, self.profile.full, self.profile.small_h + 20),
+        )
 
     def weight_histograms(self) -> Block:
         frames, profile = self.frames, self.profile
@@ -381,52 +601,89 @@ class _Builder:
         best = frames.best_epoch()
         epochs = choose_epochs(all_epochs, profile.hist_epochs + 1, keep=[best[0]] if best else [])
         df = frames.weight_hist(chosen, epochs)
-        which = ("first, middle and last pretrained layer, the one that moved most, and the new head"
-                 if profile.weight_hists >= 6 else "first pretrained layer, the one that moved most, and the new head")
+        which = (
+            "first, middle and last pretrained layer, the one that moved most, and the new head"
+            if profile.weight_hists >= 6
+            else "first pretrained layer, the one that moved most, and the new head"
+        )
         if frames.from_scratch:
             which = "first, middle and last layer" if profile.weight_hists >= 6 else "first and last layer"
-        thinned = (f" {len(epochs) - 1} of the {len(all_epochs) - 1} later epochs are drawn."
-                   if len(epochs) < len(all_epochs) else "")
+        thinned = (
+            f" {len(epochs) - 1} of the {len(all_epochs) - 1} later epochs are drawn."
+            if len(epochs) < len(all_epochs)
+            else ""
+        )
         return self.chart(
-            "weight-hist", f"Weight histograms, {self.start.split()[0]} vs now",
+            "weight-hist",
+            f"Weight histograms, {self.start.split()[0]} vs now",
             f"Distribution of the values of chosen weight tensors ({which}); grey area: epoch 0, lines: later "
             "epochs. Bins are fixed per tensor from its epoch-0 range widened by 10 %; red bars at the edges hold "
             f"the values that moved outside it (their share is in the tooltip).{thinned}",
-            charts.histograms(df, "tensor", chosen, width=profile.panel, columns=3, first_epoch=epochs[0],
-                              color_epochs=len(epochs) > 2, x_title="weight value", start_label=self.start.split()[0]))
+            charts.histograms(
+                df,
+                "tensor",
+                chosen,
+                width=profile.panel,
+                columns=3,
+                first_epoch=epochs[0],
+                color_epochs=len(epochs) > 2,
+                x_title="weight value",
+                start_label=self.start.split()[0],
+            ),
+        )
 
     # ------------------------------------------------------------------ activations
 
     def activations(self) -> Section:
         frames, profile = self.frames, self.profile
-        sec = Section("activations", "Activations",
-                      f"Look for layers whose outputs drift far from the {self.start}'s on the same probe images, "
-                      "and for growing fractions of dead (always zero) channels.")
+        sec = Section(
+            "activations",
+            "Activations",
+            f"Look for layers whose outputs drift far from the {self.start}'s on the same probe images, "
+            "and for growing fractions of dead (always zero) channels.",
+        )
         a = frames.activations
         if a.empty:
             sec.blocks.append(Note("No activation statistics were recorded (probes were off)."))
         else:
             layers = frames.layers_in_order(a)
             epochs, thinned = self.columns(a)
-            sec.blocks.append(self.chart(
-                "act-stats", "Activation statistics per layer and epoch",
-                "Mean, standard deviation, share of exactly-zero outputs, and share of dead channels (zero for every "
-                "probe image and position) of each probed layer's output on the fixed probe images." + thinned,
-                charts.activation_heatmaps(a[a["epoch"].isin(epochs)], layers, profile.panel)))
+            sec.blocks.append(
+                self.chart(
+                    "act-stats",
+                    "Activation statistics per layer and epoch",
+                    "Mean, standard deviation, share of exactly-zero outputs, and share of dead channels (zero for every "
+                    "probe image and position) of each probed layer's output on the fixed probe images." + thinned,
+                    charts.activation_heatmaps(a[a["epoch"].isin(epochs)], layers, profile.panel),
+                )
+            )
             all_epochs = sorted(a["epoch"].unique().tolist())
             pick = _spread(layers, profile.activation_hists)
             hist_epochs = [all_epochs[0], all_epochs[-1]] if len(all_epochs) > 1 else all_epochs
             df = frames.activation_hist(pick, hist_epochs)
             if not df.empty:
-                sec.blocks.append(self.chart(
-                    "act-hist", f"Activation histograms, {self.start.split()[0]} vs last epoch",
-                    f"Distribution of output values of chosen layers on the probe images: grey area epoch "
-                    f"{hist_epochs[0]}, blue line epoch {hist_epochs[-1]} (square-root scale, so the tails show). "
-                    "Bins are fixed per layer from its epoch-0 range widened by 10 %; red bars at the edges hold the "
-                    "values that moved outside it.",
-                    charts.histograms(df, "layer", pick, width=profile.panel, columns=3, first_epoch=hist_epochs[0],
-                                      color_epochs=False, x_title="activation value", sqrt_y=True,
-                                      start_label=self.start.split()[0])))
+                sec.blocks.append(
+                    self.chart(
+                        "act-hist",
+                        f"Activation histograms, {self.start.split()[0]} vs last epoch",
+                        f"Distribution of output values of chosen layers on the probe images: grey area epoch "
+                        f"{hist_epochs[0]}, blue line epoch {hist_epochs[-1]} (square-root scale, so the tails show). "
+                        "Bins are fixed per layer from its epoch-0 range widened by 10 %; red bars at the edges hold the "
+                        "values that moved outside it.",
+                        charts.histograms(
+                            df,
+                            "layer",
+                            pick,
+                            width=profile.panel,
+                            columns=3,
+                            first_epoch=hist_epochs[0],
+                            color_epochs=False,
+                            x_title="activation value",
+                            sqrt_y=True,
+                            start_label=self.start.split()[0],
+                        ),
+                    )
+                )
         sec.blocks.append(self.feature_maps())
         return sec
 
@@ -441,14 +698,21 @@ class _Builder:
             imgs = []
             for e in cols:
                 fm = next((m for m in e.images.feature_maps if m.module == module and m.sample == sample), None)
-                imgs.append(self.image(fm.path, f"feature maps of {module}, probe image {sample + 1}, epoch {e.epoch}")
-                            if fm else None)
+                imgs.append(
+                    self.image(fm.path, f"feature maps of {module}, probe image {sample + 1}, epoch {e.epoch}")
+                    if fm
+                    else None
+                )
             channels = next(m.channels for e in cols for m in e.images.feature_maps if m.module == module)
             rows.append((f"{module} · probe image {sample + 1} · {channels} channels", imgs))
-        return ImageGrid("feature-maps", "Feature maps of probe images",
-                         "Each strip: the probe image, then the most active channels of the layer's output (each "
-                         "channel scaled on its own: patterns, not magnitudes).",
-                         [self.epoch_label(e.epoch) for e in cols], rows)
+        return ImageGrid(
+            "feature-maps",
+            "Feature maps of probe images",
+            "Each strip: the probe image, then the most active channels of the layer's output (each "
+            "channel scaled on its own: patterns, not magnitudes).",
+            [self.epoch_label(e.epoch) for e in cols],
+            rows,
+        )
 
     def image(self, rel: str, alt: str) -> Image | None:
         """A recorded PNG, or None when it is missing or not a PNG (a crash can lose an image)."""
@@ -464,9 +728,12 @@ class _Builder:
 
     def features(self) -> Section:
         frames, profile = self.frames, self.profile
-        sec = Section("features", "Features",
-                      "Look for classes separating in the penultimate features, for the layers whose representation "
-                      "changed most (low CKA), and for whether class separability improved.")
+        sec = Section(
+            "features",
+            "Features",
+            "Look for classes separating in the penultimate features, for the layers whose representation "
+            "changed most (low CKA), and for whether class separability improved.",
+        )
         proj = frames.projection("pca")
         if proj.empty:
             sec.blocks.append(Note("No feature projections were recorded (probes were off)."))
@@ -476,11 +743,17 @@ class _Builder:
             if not tsne.empty:
                 t_epochs = sorted(tsne["epoch"].unique().tolist())
                 pick = [t_epochs[0], t_epochs[-1]] if len(t_epochs) > 1 else t_epochs
-                sec.blocks.append(self.chart(
-                    "tsne", "Feature projection (t-SNE), first and last epoch",
-                    "t-SNE of the same features; each epoch has its own axes (t-SNE distances are not comparable "
-                    "across epochs), so read it for clusters, not positions.",
-                    charts.projection_multiples(tsne, frames.classes, pick, profile.panel, "t-SNE", shared_axes=False)))
+                sec.blocks.append(
+                    self.chart(
+                        "tsne",
+                        "Feature projection (t-SNE), first and last epoch",
+                        "t-SNE of the same features; each epoch has its own axes (t-SNE distances are not comparable "
+                        "across epochs), so read it for clusters, not positions.",
+                        charts.projection_multiples(
+                            tsne, frames.classes, pick, profile.panel, "t-SNE", shared_axes=False
+                        ),
+                    )
+                )
         c = frames.cka
         c = c[c["epoch"] > 0] if not c.empty else c
         if c.empty:
@@ -488,23 +761,43 @@ class _Builder:
         else:
             epochs, thinned = self.columns(c)
             c = c[c["epoch"].isin(epochs)]
-            sec.blocks.append(self.chart(
-                "cka", f"Similarity to the {self.start}'s representation (linear CKA)",
-                f"Linear CKA between each probed layer's representation now and in the {self.start} ({CKA_POOLING}): "
-                "1 is unchanged, lower values mean training changed what the layer represents."
-                + ("" if frames.from_scratch else " A new head has no pretrained representation to keep: its row shows how "
-                                             "far it moved from its initialisation.")
-                + thinned,
-                charts.heatmap(c, "cka", frames.layers_in_order(c), width=profile.heat, legend_title="linear CKA to epoch 0",
-                               scale=charts.linear_scale(c["cka"], "viridis", hi=1.0), legend_format=".2f",
-                               tooltip_format=".3f", epochs=epochs)))
+            sec.blocks.append(
+                self.chart(
+                    "cka",
+                    f"Similarity to the {self.start}'s representation (linear CKA)",
+                    f"Linear CKA between each probed layer's representation now and in the {self.start} ({CKA_POOLING}): "
+                    "1 is unchanged, lower values mean training changed what the layer represents."
+                    + (
+                        ""
+                        if frames.from_scratch
+                        else " A new head has no pretrained representation to keep: its row shows how "
+                        "far it moved from its initialisation."
+                    )
+                    + thinned,
+                    charts.heatmap(
+                        c,
+                        "cka",
+                        frames.layers_in_order(c),
+                        width=profile.heat,
+                        legend_title="linear CKA to epoch 0",
+                        scale=charts.linear_scale(c["cka"], "viridis", hi=1.0),
+                        legend_format=".2f",
+                        tooltip_format=".3f",
+                        epochs=epochs,
+                    ),
+                )
+            )
         sep = frames.separability
         if not sep.empty and sep["epoch"].nunique() > 1:
-            sec.blocks.append(self.chart(
-                "separability", "Class separability of the features",
-                "Leave-one-out k-NN accuracy (cosine similarity) on the probe set's penultimate features (do the "
-                "classes form clusters?), and the model's own accuracy on the same images.",
-                charts.separability(sep, profile.full, profile.line_h - 20)))
+            sec.blocks.append(
+                self.chart(
+                    "separability",
+                    "Class separability of the features",
+                    "Leave-one-out k-NN accuracy (cosine similarity) on the probe set's penultimate features (do the "
+                    "classes form clusters?), and the model's own accuracy on the same images.",
+                    charts.separability(sep, profile.full, profile.line_h - 20),
+                )
+            )
         sec.blocks.append(self.filters())
         return sec
 
@@ -513,26 +806,40 @@ class _Builder:
         epochs = sorted(proj["epoch"].unique().tolist())
         dim = next((e.features.dim for e in frames.epochs if e.features), None)
         module = next((e.features.module for e in frames.epochs if e.features), "the head")
-        cap = (f"Penultimate features (the {dim}-dimensional input of {module}) of the {proj['sample'].nunique()} "
-               f"probe images, projected on the two principal axes of the {self.start}'s features (same axes at "
-               "every epoch), coloured by true class.")
+        cap = (
+            f"Penultimate features (the {dim}-dimensional input of {module}) of the {proj['sample'].nunique()} "
+            f"probe images, projected on the two principal axes of the {self.start}'s features (same axes at "
+            "every epoch), coloured by true class."
+        )
         if profile.interactive and len(epochs) > 1:
             best = frames.best_epoch()
             shown = choose_epochs(epochs, profile.slider_epochs, keep=[best[0]] if best else [])
-            pick = ("Move the slider to change the epoch" if len(shown) == len(epochs) else
-                    f"Pick one of {len(shown)} of the {len(epochs)} epochs (evenly spread, with the best)")
+            pick = (
+                "Move the slider to change the epoch"
+                if len(shown) == len(epochs)
+                else f"Pick one of {len(shown)} of the {len(epochs)} epochs (evenly spread, with the best)"
+            )
             return self.chart(
-                "projection", "Feature projection (PCA) by epoch",
-                cap + f" {pick}; hover a point for its class. \"Fit the axes\" zooms to one epoch's points (ticked "
+                "projection",
+                "Feature projection (PCA) by epoch",
+                cap + f' {pick}; hover a point for its class. "Fit the axes" zooms to one epoch\'s points (ticked '
                 "from the start when some epochs' features are far larger than others').",
-                charts.projection_slider(proj[proj["epoch"].isin(shown)], frames.classes, shown, profile.full, "PCA"))
+                charts.projection_slider(proj[proj["epoch"].isin(shown)], frames.classes, shown, profile.full, "PCA"),
+            )
         pick = _spread(epochs, profile.projections)
         shared = charts.axes_comparable(proj, pick)
         return self.chart(
-            "projection", "Feature projection (PCA) at chosen epochs",
-            cap + ("" if shared else " Each epoch has its own axis ranges here: the features' scale changed too much "
-                                     "between epochs for one set of axes."),
-            charts.projection_multiples(proj, frames.classes, pick, profile.panel, "PCA", shared_axes=shared))
+            "projection",
+            "Feature projection (PCA) at chosen epochs",
+            cap
+            + (
+                ""
+                if shared
+                else " Each epoch has its own axis ranges here: the features' scale changed too much "
+                "between epochs for one set of axes."
+            ),
+            charts.projection_multiples(proj, frames.classes, pick, profile.panel, "PCA", shared_axes=shared),
+        )
 
     def filters(self) -> Block:
         eps = [e for e in self.frames.image_epochs() if e.images and e.images.filters]
@@ -541,11 +848,18 @@ class _Builder:
         cols = [eps[0]] if len(eps) == 1 else [eps[0], eps[-1]]
         module = eps[0].images.filters_module or "first layer"
         # one row per epoch (a filter grid is a wide strip: stacked, each gets the full width)
-        rows = [(self.epoch_label(e.epoch), [self.image(e.images.filters, f"filters of {module} at epoch {e.epoch}")])
-                for e in cols]
-        return ImageGrid("filters", "First-layer filters, before and after",
-                         f"The filters of {module} as images (up to 64; one colour scale per grid, grey is 0)."
-                         + ("" if self.frames.from_scratch else " Pretrained filters usually change little."), [module], rows)
+        rows = [
+            (self.epoch_label(e.epoch), [self.image(e.images.filters, f"filters of {module} at epoch {e.epoch}")])
+            for e in cols
+        ]
+        return ImageGrid(
+            "filters",
+            "First-layer filters, before and after",
+            f"The filters of {module} as images (up to 64; one colour scale per grid, grey is 0)."
+            + ("" if self.frames.from_scratch else " Pretrained filters usually change little."),
+            [module],
+            rows,
+        )
 
     # ------------------------------------------------------------------ appendix
 
@@ -555,19 +869,34 @@ class _Builder:
         sec = Section("appendix", "Appendix", "The exact configuration and environment of the run, to reproduce it.")
         cfg = _flatten(info.config)
         if cfg:
-            sec.blocks.append(TableBlock("config", "Configuration", "As given to the run.", ["setting", "value"],
-                                         [[Cell(k, cls="mono"), Cell(v, cls="mono")] for k, v in cfg]))
+            sec.blocks.append(
+                TableBlock(
+                    "config",
+                    "Configuration",
+                    "As given to the run.",
+                    ["setting", "value"],
+                    [[Cell(k, cls="mono"), Cell(v, cls="mono")] for k, v in cfg],
+                )
+            )
         else:
             sec.blocks.append(Note("No configuration was recorded."))
-        items = [("Python", env.python), ("Platform", env.platform), ("torch", env.torch or "–"),
-                 ("torchvision", env.torchvision or "–"), ("sftreport (recording)", env.sftreport),
-                 ("sftreport (report)", sftreport.__version__),
-                 ("Device", env.device + (f" ({env.device_name})" if env.device_name else "")),
-                 ("Precision", env.precision), ("Processes", str(env.world_size)),
-                 ("Git commit", env.git_commit or "–"), ("Host", env.hostname or "–"),
-                 ("Started", info.started_at), ("Finished", info.finished_at or "–"),
-                 ("Schema version", f"run {info.schema_version}, this renderer {SCHEMA_VERSION}"),
-                 ("Run directory", self.run.root.name)]
+        items = [
+            ("Python", env.python),
+            ("Platform", env.platform),
+            ("torch", env.torch or "–"),
+            ("torchvision", env.torchvision or "–"),
+            ("sftreport (recording)", env.sftreport),
+            ("sftreport (report)", sftreport.__version__),
+            ("Device", env.device + (f" ({env.device_name})" if env.device_name else "")),
+            ("Precision", env.precision),
+            ("Processes", str(env.world_size)),
+            ("Git commit", env.git_commit or "–"),
+            ("Host", env.hostname or "–"),
+            ("Started", info.started_at),
+            ("Finished", info.finished_at or "–"),
+            ("Schema version", f"run {info.schema_version}, this renderer {SCHEMA_VERSION}"),
+            ("Run directory", self.run.root.name),
+        ]
         weights_dir = self.run.root / "weights"
         saved = sorted(path.name for path in weights_dir.glob("*.pt")) if weights_dir.is_dir() else []
         if saved:
@@ -576,13 +905,26 @@ class _Builder:
         rows = []
         for e in self.frames.epochs:
             t = e.timing
-            rows.append([Cell(str(e.epoch)), Cell(fmt.duration(t.train_s) if t.train_s else "–"),
-                         Cell(fmt.duration(t.eval_s)), Cell(fmt.duration(t.record_s)),
-                         Cell(fmt.num(t.samples_per_s) if t.samples_per_s else "–")])
-        sec.blocks.append(TableBlock("timing", "Time per epoch",
-                                     "Training, evaluation, and the recorder's probes (its overhead).",
-                                     ["epoch", "training", "evaluation", "probes", "samples/s"], rows,
-                                     numeric=[True] * 5, scroll=self.profile.interactive and len(rows) > 30))
+            rows.append(
+                [
+                    Cell(str(e.epoch)),
+                    Cell(fmt.duration(t.train_s) if t.train_s else "–"),
+                    Cell(fmt.duration(t.eval_s)),
+                    Cell(fmt.duration(t.record_s)),
+                    Cell(fmt.num(t.samples_per_s) if t.samples_per_s else "–"),
+                ]
+            )
+        sec.blocks.append(
+            TableBlock(
+                "timing",
+                "Time per epoch",
+                "Training, evaluation, and the recorder's probes (its overhead).",
+                ["epoch", "training", "evaluation", "probes", "samples/s"],
+                rows,
+                numeric=[True] * 5,
+                scroll=self.profile.interactive and len(rows) > 30,
+            )
+        )
         return sec
 
 
@@ -599,8 +941,11 @@ def _hyperparameters(config: dict) -> str:
     if config.get("weight_decay"):
         parts.append(f"weight decay {config['weight_decay']:g}")
     if config.get("scheduler"):
-        parts.append(f"{config['scheduler']} learning rate" if config["scheduler"] == "constant"
-                     else f"{config['scheduler']} schedule")
+        parts.append(
+            f"{config['scheduler']} learning rate"
+            if config["scheduler"] == "constant"
+            else f"{config['scheduler']} schedule"
+        )
     if config.get("batch_size"):
         parts.append(f"batch {config['batch_size']}")
     if config.get("epochs"):

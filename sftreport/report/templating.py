@@ -1,9 +1,10 @@
 """Jinja2 environments for the report templates (top-level `templates/`, or `sftreport/templates/` when
 installed from a wheel) with autoescaping and the small formatting filters of fmt.py."""
+
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jinja2
@@ -18,14 +19,21 @@ def template_dir() -> Path:
     for candidate in (pkg / "templates", pkg.parent / "templates"):
         if (candidate / "report.html.j2").is_file():
             return candidate
-    raise RuntimeError(f"sftreport's report templates are missing (looked in {pkg / 'templates'} and "
-                       f"{pkg.parent / 'templates'}); reinstall sftreport")
+    raise RuntimeError(
+        f"sftreport's report templates are missing (looked in {pkg / 'templates'} and "
+        f"{pkg.parent / 'templates'}); reinstall sftreport"
+    )
 
 
-@lru_cache(maxsize=None)
+@cache
 def html_env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
     env.filters.update(fmt.FILTERS)
     env.globals["css"] = read_css
     return env
@@ -55,11 +63,17 @@ def _md_finalize(value):
     return md_escape(value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def markdown_env() -> jinja2.Environment:
     """Every {{ value }} is Markdown-escaped (through `finalize`), the way autoescape works for HTML."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=False,
-                             undefined=jinja2.StrictUndefined, finalize=_md_finalize, trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(template_dir())),
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        finalize=_md_finalize,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters.update(fmt.FILTERS)
     return env

@@ -4,6 +4,7 @@ the templates read them, so a rule, its picture and its wording can never disagr
 Each is documented where it is used: findings.py names the rule, and the report states the threshold in
 the finding's evidence.
 """
+
 from __future__ import annotations
 
 # accuracy

@@ -5,6 +5,7 @@ No NaN or infinity ever reaches JSON (a diverged run has them): they become null
 treats as a missing value. Text inside the blob cannot close the <script> element: every `<`, `>` and
 `&` is written as a \\u escape, which JSON.parse turns back into the character.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,14 @@ CONFIG = {
     "font": "DejaVu Sans, Verdana, Helvetica, Arial, sans-serif",
     "background": "white",
     "padding": 6,
-    "axis": {"labelFontSize": 11, "titleFontSize": 12, "titleFontWeight": "normal", "labelLimit": 220,
-             "titleColor": "#333", "labelColor": "#333"},
+    "axis": {
+        "labelFontSize": 11,
+        "titleFontSize": 12,
+        "titleFontWeight": "normal",
+        "labelLimit": 220,
+        "titleColor": "#333",
+        "labelColor": "#333",
+    },
     "legend": {"labelFontSize": 11, "titleFontSize": 11, "titleFontWeight": "normal", "labelLimit": 260},
     "header": {"labelFontSize": 11, "titleFontSize": 12},
     "title": {"fontSize": 12, "fontWeight": "bold", "anchor": "start", "offset": 6},
@@ -76,8 +83,9 @@ def csv_data(df):
             out[c], parse[c] = col, None  # text stays text
         else:
             return None
-    text = pd.DataFrame(out, index=df.index).to_csv(index=False, float_format=f"%.{CSV_DIGITS}g", na_rep="",
-                                                    lineterminator="\n")
+    text = pd.DataFrame(out, index=df.index).to_csv(
+        index=False, float_format=f"%.{CSV_DIGITS}g", na_rep="", lineterminator="\n"
+    )
     return alt.InlineData(values=text, format=alt.CsvDataFormat(type="csv", parse=parse))
 
 
@@ -104,8 +112,13 @@ def _frames_as_csv(chart) -> None:
 def script_json(obj) -> str:
     """JSON for inside <script type="application/json">: no `<`, `>`, `&` (so no `</script>`, no `<!--`)."""
     text = json.dumps(json_safe(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    return (
+        text.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def _cache_dir() -> Path:
@@ -143,8 +156,12 @@ def javascript_bundle() -> str:
 
 # vl-convert measures text slowly: truncating labels to a width (labelLimit) measures each label many times
 # and a list of fallback fonts is resolved per measurement. Static charts use one font and no truncation.
-STATIC_CONFIG = {"font": "DejaVu Sans", "axis": {"labelLimit": 0}, "legend": {"labelLimit": 0},
-                 "header": {"labelLimit": 0}}
+STATIC_CONFIG = {
+    "font": "DejaVu Sans",
+    "axis": {"labelLimit": 0},
+    "legend": {"labelLimit": 0},
+    "header": {"labelLimit": 0},
+}
 
 
 def static_spec(spec: dict) -> dict:
@@ -194,7 +211,9 @@ def placeholder_svg(message: str) -> tuple[bytes, str]:
     """A small SVG that says `message` (escaped), in place of a chart."""
     from html import escape
 
-    svg = ('<svg xmlns="http://www.w3.org/2000/svg" width="640" height="40" viewBox="0 0 640 40">'
-           '<rect width="640" height="40" fill="#fff8c5"/><text x="10" y="25" font-family="DejaVu Sans, sans-serif" '
-           f'font-size="12" fill="#82071e">{escape(message)}</text></svg>')
+    svg = (
+        '<svg xmlns="http://www.w3.org/2000/svg" width="640" height="40" viewBox="0 0 640 40">'
+        '<rect width="640" height="40" fill="#fff8c5"/><text x="10" y="25" font-family="DejaVu Sans, sans-serif" '
+        f'font-size="12" fill="#82071e">{escape(message)}</text></svg>'
+    )
     return svg.encode("utf-8"), "image/svg+xml"

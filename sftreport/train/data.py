@@ -9,13 +9,14 @@ Augmentation draws its random numbers per sample index from a generator seeded b
 sample is augmented identically whichever process (or how many) handles it: a 2-process run sees the
 same global batches as a 1-process run.
 """
+
 from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def load_digits_split(classes: tuple[int, ...], val_fraction: float = 0.25) -> t
     target = torch.from_numpy(labels).long()
     g = torch.Generator().manual_seed(SPLIT_SEED)
     train_idx, val_idx = [], []
-    for new_label, c in enumerate(classes):
+    for _new_label, c in enumerate(classes):
         idx = (target == c).nonzero().flatten()
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_val = round(len(idx) * val_fraction)
@@ -158,10 +159,12 @@ def load_cifar10(root: Path, download: bool) -> tuple[ImageTensors, ImageTensors
             from torchvision.datasets import CIFAR10
 
             CIFAR10(str(root), train=True, download=True)
-        except Exception as e:  # noqa: BLE001 - any download failure is the same message to the user
+        except Exception as e:
             raise UserError(f"cannot download CIFAR-10 into {root}: {e}") from None
     if not base.is_dir():
-        raise UserError(f"CIFAR-10 not found: {base} does not exist (put the extracted python version there, or pass --download)")
+        raise UserError(
+            f"CIFAR-10 not found: {base} does not exist (put the extracted python version there, or pass --download)"
+        )
 
     def read(name: str) -> dict:
         try:
@@ -171,7 +174,7 @@ def load_cifar10(root: Path, download: bool) -> tuple[ImageTensors, ImageTensors
             return {k.encode() if isinstance(k, str) else k: v for k, v in obj.items()}
         except FileNotFoundError:
             raise UserError(f"CIFAR-10 is incomplete: {base / name} is missing") from None
-        except Exception as e:  # noqa: BLE001 - a truncated or foreign file
+        except Exception as e:
             raise UserError(f"CIFAR-10 file {base / name} is not readable: {e}") from None
 
     def batch(names: list[str]) -> ImageTensors:
@@ -194,26 +197,42 @@ def load_data(cfg: RunConfig, default_size: int | None) -> DataBundle:
     """The dataset named by the config, with its probe set chosen."""
     if cfg.dataset == "digits":
         train, val = load_digits_split(DIGITS_TARGET_CLASSES)
-        bundle = DataBundle("digits", [str(c) for c in DIGITS_TARGET_CLASSES], cfg.image_size or default_size or 32,
-                            train, val, hflip=False,
-                            source="scikit-learn's bundled handwritten digits (8×8), classes 5–9")
+        bundle = DataBundle(
+            "digits",
+            [str(c) for c in DIGITS_TARGET_CLASSES],
+            cfg.image_size or default_size or 32,
+            train,
+            val,
+            hflip=False,
+            source="scikit-learn's bundled handwritten digits (8×8), classes 5–9",
+        )
     elif cfg.dataset == "cifar10":
         if cfg.data_root is None:
             raise UserError("--dataset cifar10 needs --data-root DIR (holding cifar-10-batches-py)")
         train, val, classes = load_cifar10(cfg.data_root, cfg.download)
-        bundle = DataBundle("cifar10", classes, cfg.image_size or default_size or 32, train, val, hflip=True,
-                            source=f"CIFAR-10 from {cfg.data_root}")
+        bundle = DataBundle(
+            "cifar10",
+            classes,
+            cfg.image_size or default_size or 32,
+            train,
+            val,
+            hflip=True,
+            source=f"CIFAR-10 from {cfg.data_root}",
+        )
     else:
         if cfg.data_root is None:
             raise UserError("--dataset imagefolder needs --data-root DIR (holding train/ and val/)")
         for split in ("train", "val"):
             if not (cfg.data_root / split).is_dir():
-                raise UserError(f"ImageFolder dataset: {cfg.data_root / split} is not a directory (expected train/ and val/ class folders)")
+                raise UserError(
+                    f"ImageFolder dataset: {cfg.data_root / split} is not a directory (expected train/ and val/ class folders)"
+                )
         size = cfg.image_size or default_size or 224
         train = FolderImages(cfg.data_root / "train", size)
         val = FolderImages(cfg.data_root / "val", size, classes=train.classes)
-        bundle = DataBundle("imagefolder", train.classes, size, train, val, hflip=True,
-                            source=f"ImageFolder tree at {cfg.data_root}")
+        bundle = DataBundle(
+            "imagefolder", train.classes, size, train, val, hflip=True, source=f"ImageFolder tree at {cfg.data_root}"
+        )
     if len(bundle.train) < cfg.batch_size:
         raise UserError(f"the training split has {len(bundle.train)} images, fewer than --batch-size {cfg.batch_size}")
     if len(bundle.val) < 2:
@@ -300,20 +319,36 @@ class TrainBatches:
     """The training batches of one process: a DistributedSampler shards a seeded permutation, so the k-th
     batches of all ranks together are exactly the k-th batch of a 1-process run with the global batch size."""
 
-    def __init__(self, data: ImageTensors | FolderImages, global_batch: int, seed: int, rank: int, world: int,
-                 device: torch.device, workers: int | None, max_steps: int | None):
+    def __init__(
+        self,
+        data: ImageTensors | FolderImages,
+        global_batch: int,
+        seed: int,
+        rank: int,
+        world: int,
+        device: torch.device,
+        workers: int | None,
+        max_steps: int | None,
+    ):
         if global_batch % world:
             raise UserError(f"--batch-size {global_batch} must be divisible by the number of processes ({world})")
         self.data, self.local_batch, self.seed, self.device = data, global_batch // world, seed, device
-        self.sampler = DistributedSampler(_Indices(len(data)), num_replicas=world, rank=rank, shuffle=True,
-                                          seed=seed, drop_last=True)
+        self.sampler = DistributedSampler(
+            _Indices(len(data)), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.max_steps = max_steps
         self.loader = None
         if isinstance(data, FolderImages):
             n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-            self.loader = DataLoader(data, batch_size=self.local_batch, sampler=self.sampler, drop_last=True,
-                                     num_workers=n_workers, pin_memory=device.type == "cuda",
-                                     persistent_workers=n_workers > 0)
+            self.loader = DataLoader(
+                data,
+                batch_size=self.local_batch,
+                sampler=self.sampler,
+                drop_last=True,
+                num_workers=n_workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=n_workers > 0,
+            )
         elif data.images.device != device:
             data.images, data.labels = data.images.to(device), data.labels.to(device)
 
@@ -336,7 +371,7 @@ class TrainBatches:
         order = torch.tensor(list(iter(self.sampler)), dtype=torch.long).to(self.device)
         aug = aug.to(self.device)
         for step in range(steps):
-            idx = order[step * self.local_batch:(step + 1) * self.local_batch]
+            idx = order[step * self.local_batch : (step + 1) * self.local_batch]
             yield self.data.images[idx], self.data.labels[idx], aug[idx]
 
 
@@ -351,18 +386,23 @@ class _Indices(Dataset):
         return i
 
 
-def eval_batches(data: ImageTensors | FolderImages, batch: int, rank: int, world: int, workers: int | None,
-                 device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    data: ImageTensors | FolderImages, batch: int, rank: int, world: int, workers: int | None, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Validation shard of this process: every `world`-th sample, no padding, so sums over ranks are exact."""
     idx = torch.arange(rank, len(data), world)
     if isinstance(data, FolderImages):
         n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
-        loader = DataLoader(torch.utils.data.Subset(data, idx.tolist()), batch_size=batch, shuffle=False,
-                            num_workers=n_workers, pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            torch.utils.data.Subset(data, idx.tolist()),
+            batch_size=batch,
+            shuffle=False,
+            num_workers=n_workers,
+            pin_memory=device.type == "cuda",
+        )
         for x, y, _ in loader:
             yield x, y
         return
     for start in range(0, len(idx), batch):
-        part = idx[start:start + batch]
+        part = idx[start : start + batch]
         yield data.images[part.to(data.images.device)], data.labels[part.to(data.labels.device)]
-

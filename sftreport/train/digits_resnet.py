@@ -6,6 +6,7 @@ outputs), widths 16–128, one block per stage, a 3×3 stem. It is written out h
 torchvision costs over a second (its ops import torch._dynamo), a tenth of the default run, which needs
 nothing else from it.
 """
+
 from __future__ import annotations
 
 import torch
@@ -59,8 +60,9 @@ class DigitsResNet(nn.Module):
     def _make_layer(self, planes: int, stride: int) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(planes))
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
         block = BasicBlock(self.inplanes, planes, stride, downsample)
         self.inplanes = planes
         return nn.Sequential(block)
@@ -69,4 +71,3 @@ class DigitsResNet(nn.Module):
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.avgpool(x), 1))
-

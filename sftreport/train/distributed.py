@@ -3,6 +3,7 @@
 `torchrun --nproc-per-node N -m sftreport run ...` sets RANK, WORLD_SIZE and LOCAL_RANK; without them
 the run is a single process and nothing here starts a process group.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,8 +62,9 @@ def setup(requested_device: str) -> tuple[DistContext, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT,
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        backend=backend, timeout=COLLECTIVE_TIMEOUT, device_id=device if device.type == "cuda" else None
+    )
     return ctx, device
 
 

@@ -4,6 +4,7 @@ Every model follows one path: build it without weights, replace its classifier h
 classes, then load the pretrained state_dict without the old head. The head's parameters are the new
 ones; every other parameter must be found in the weights, or the load fails with one clear line.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -46,8 +47,10 @@ def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
         import torchvision  # a second to import: only for the models that need it
 
         if name not in torchvision.models.list_models(module=torchvision.models):
-            raise UserError(f"unknown model {name!r}: use a torchvision classification model "
-                            f"(e.g. resnet50, vit_b_16) or {DIGITS_MODEL}")
+            raise UserError(
+                f"unknown model {name!r}: use a torchvision classification model "
+                f"(e.g. resnet50, vit_b_16) or {DIGITS_MODEL}"
+            )
         kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
         model = torchvision.models.get_model(name, weights=None, **kwargs)
     head = replace_head(model, num_classes)
@@ -82,7 +85,9 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
         return _load_file(path), f"file {path}"
     if name == DIGITS_MODEL:
         if weights.upper() != "DEFAULT":
-            raise UserError(f"{DIGITS_MODEL} has one set of weights, DEFAULT (or none, or a file path), not {weights!r}")
+            raise UserError(
+                f"{DIGITS_MODEL} has one set of weights, DEFAULT (or none, or a file path), not {weights!r}"
+            )
         ref = resources.files("sftreport.train").joinpath("weights", DIGITS_WEIGHTS_FILE)
         with resources.as_file(ref) as p:
             if not p.exists():
@@ -102,9 +107,11 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
             state = w.get_state_dict(progress=False, check_hash=False)
         sys.stderr.write(notice.getvalue())
         return state, f"torchvision {type(w).__name__}.{w.name}"
-    except Exception as e:  # noqa: BLE001 - URLError, socket errors, HTTP errors: all mean "no download"
-        raise UserError(f"cannot download {type(w).__name__}.{w.name} ({type(e).__name__}: {e}); with no network, "
-                        f"put {Path(w.url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'} or pass --weights FILE") from None
+    except Exception as e:
+        raise UserError(
+            f"cannot download {type(w).__name__}.{w.name} ({type(e).__name__}: {e}); with no network, "
+            f"put {Path(w.url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'} or pass --weights FILE"
+        ) from None
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
@@ -112,7 +119,7 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"weights file not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle errors, zip errors, unsafe globals: all "unreadable"
+    except Exception as e:
         first = one_line(e).split(". ")[0]
         raise UserError(f"cannot read weights file {path} with torch.load(weights_only=True): {first}") from None
     for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
@@ -128,17 +135,23 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], head: str, described: str) -> None:
     """Load everything but the head; every backbone tensor must be present with the right shape."""
+
     def is_head(key: str) -> bool:
         return key.startswith(head + ".")
 
     own = model.state_dict()
-    body = {k: v for k, v in state.items() if not is_head(k) and not k.startswith("AuxLogits.") and not k.startswith("aux")}
+    body = {
+        k: v for k, v in state.items() if not is_head(k) and not k.startswith("AuxLogits.") and not k.startswith("aux")
+    }
     missing = [k for k in own if not is_head(k) and k not in body]
     unexpected = [k for k in body if k not in own]
     wrong = [k for k in body if k in own and body[k].shape != own[k].shape]
     if missing or unexpected or wrong:
-        detail = "; ".join(f"{what} {len(keys)} (e.g. {keys[0]})" for what, keys in
-                           (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys)
+        detail = "; ".join(
+            f"{what} {len(keys)} (e.g. {keys[0]})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
         raise UserError(f"weights {described} do not fit {type(model).__name__}: {detail}")
     model.load_state_dict(body, strict=False)
 
@@ -162,8 +175,11 @@ def apply_strategy(model: nn.Module, strategy: str, head: str) -> list[str]:
         frozen_until = max(owned)
     for i, (_, p) in enumerate(model.named_parameters()):
         p.requires_grad_(i > frozen_until)
-    return [n for n, m in model.named_modules()
-            if n and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())]
+    return [
+        n
+        for n, m in model.named_modules()
+        if n and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())
+    ]
 
 
 def set_train_mode(model: nn.Module, frozen_modules: list[str]) -> None:

@@ -1,4 +1,5 @@
 """The optimizer and the learning-rate schedule of sftreport's runs (the runner's and pretraining's)."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,9 @@ from collections.abc import Iterable
 import torch
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, lr: float, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

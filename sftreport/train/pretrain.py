@@ -4,6 +4,7 @@
 CPU, deterministically (fixed seed, single thread order of the in-memory pipeline). The default run then
 fine-tunes it on digits 5–9 with a new head: real transfer learning on data that ships with scikit-learn.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,8 +21,9 @@ from sftreport.train.optim import make_optimizer, make_schedule
 PACKAGE_WEIGHTS = Path(__file__).parent / "weights" / DIGITS_WEIGHTS_FILE
 
 
-def pretrain_digits(out: Path = PACKAGE_WEIGHTS, epochs: int = 30, seed: int = 0, lr: float = 0.05,
-                    batch_size: int = 64, log=print) -> float:
+def pretrain_digits(
+    out: Path = PACKAGE_WEIGHTS, epochs: int = 30, seed: int = 0, lr: float = 0.05, batch_size: int = 64, log=print
+) -> float:
     """Train from scratch on digits 0–4, save the state_dict to `out`; return validation accuracy."""
     torch.manual_seed(seed)
     device = torch.device("cpu")

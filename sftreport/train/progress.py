@@ -1,5 +1,6 @@
 """Progress on stderr: a live rich display on a terminal, plain lines when stderr is not a terminal or
 in CI (CI=true), nothing with --quiet. Only rank 0 shows anything."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,11 @@ import time
 
 def _fmt_eta(seconds: float) -> str:
     seconds = max(0, int(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class Progress:
@@ -27,12 +32,26 @@ class Progress:
         self._rich = None
         if self.live:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import (
+                Progress as RichProgress,
+            )
 
-            self._rich = RichProgress(TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
-                                      MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                                      TextColumn("{task.fields[rate]} img/s"), TimeRemainingColumn(),
-                                      console=Console(stderr=True), transient=False)
+            self._rich = RichProgress(
+                TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[rate]} img/s"),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=False,
+            )
             self._rich.start()
             self._task = None
 
@@ -47,7 +66,9 @@ class Progress:
     def start_epoch(self, epoch: int) -> None:
         self._epoch, self._epoch_started = epoch, time.perf_counter()
         if self._rich is not None:
-            self._task = self._rich.add_task("train", total=self.steps, epoch=epoch, epochs=self.epochs, loss="-", rate="-")
+            self._task = self._rich.add_task(
+                "train", total=self.steps, epoch=epoch, epochs=self.epochs, loss="-", rate="-"
+            )
 
     def due(self) -> bool:
         """Whether to read the loss now (a host sync): a few times a second on a live display, once a
@@ -70,8 +91,12 @@ class Progress:
         elif loss is not None and time.perf_counter() - self._last_plain > self.PLAIN_EVERY_S:
             self._last_plain = time.perf_counter()
             eta = self._eta(step)
-            print(f"epoch {self._epoch}/{self.epochs} step {step}/{self.steps} loss {loss:.4f} "
-                  f"{rate:,.0f} img/s eta {_fmt_eta(eta)}", file=sys.stderr, flush=True)
+            print(
+                f"epoch {self._epoch}/{self.epochs} step {step}/{self.steps} loss {loss:.4f} "
+                f"{rate:,.0f} img/s eta {_fmt_eta(eta)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _eta(self, step: int) -> float:
         done = (self._epoch - 1) * self.steps + step

@@ -3,6 +3,7 @@
 The loop is a plain PyTorch loop; everything sftreport measures goes through the public Recorder API
 (`Recorder(...)`, `rec.step(...)`, `rec.epoch_end()`, `rec.finish(...)`), exactly as in a user's loop.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,7 +86,14 @@ class EvalData:
     """Re-iterable validation batches of this process, prepared on the device."""
 
     def __init__(self, data, pipeline: DevicePipeline, batch: int, ctx, workers, device):
-        self.data, self.pipeline, self.batch, self.ctx, self.workers, self.device = data, pipeline, batch, ctx, workers, device
+        self.data, self.pipeline, self.batch, self.ctx, self.workers, self.device = (
+            data,
+            pipeline,
+            batch,
+            ctx,
+            workers,
+            device,
+        )
 
     def __iter__(self):
         for x, y in eval_batches(self.data, self.batch, self.ctx.rank, self.ctx.world_size, self.workers, self.device):
@@ -129,8 +137,9 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     if use_amp:
         model = model.to(memory_format=torch.channels_last)
     pipeline = DevicePipeline(device, data.image_size, data.hflip, channels_last=use_amp)
-    train = TrainBatches(data.train, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size, device, cfg.workers,
-                         cfg.max_steps_per_epoch)
+    train = TrainBatches(
+        data.train, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size, device, cfg.workers, cfg.max_steps_per_epoch
+    )
     if isinstance(data.val, ImageTensors):  # in-memory validation data lives on the device too
         data.val = ImageTensors(data.val.images.to(device), data.val.labels.to(device))
     val = EvalData(data.val, pipeline, cfg.batch_size, ctx, cfg.workers, device)
@@ -144,8 +153,9 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ---- optimizer and schedule (per step)
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr,
-                               cfg.momentum, cfg.weight_decay)
+    optimizer = make_optimizer(
+        [p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
+    )
     schedule = make_schedule(optimizer, cfg.scheduler, cfg.epochs * len(train))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
 
@@ -155,20 +165,42 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     # ---- the recorder (epoch 0: the pretrained model, before any step) and the loop
     status, detail, bad_input, unexpected = "completed", "", None, False
     with Progress(cfg.epochs, len(train), enabled=ctx.is_main and not cfg.quiet) as progress, StopRequest() as stop:
-        progress.message(f"{cfg.model} ({bundle.weights}) on {data.name}: {len(data.train)} train / {len(data.val)} "
-                         f"val images at {data.image_size} px, {cfg.strategy}, device {device}"
-                         f"{' ×' + str(ctx.world_size) if ctx.enabled else ''}"
-                         f"{', ' + str(amp_dtype).split('.')[-1] if use_amp else ''}")
+        progress.message(
+            f"{cfg.model} ({bundle.weights}) on {data.name}: {len(data.train)} train / {len(data.val)} "
+            f"val images at {data.image_size} px, {cfg.strategy}, device {device}"
+            f"{' ×' + str(ctx.world_size) if ctx.enabled else ''}"
+            f"{', ' + str(amp_dtype).split('.')[-1] if use_amp else ''}"
+        )
         progress.message("epoch 0: measuring the pretrained model")
         rec = Recorder(
-            model, probe=probe, val_data=val, run_dir=run_dir, class_names=data.classes, new_params=bundle.new_params,
-            head=bundle.head, options=cfg.record, autocast=autocast, writer=ctx.is_main,
+            model,
+            probe=probe,
+            val_data=val,
+            run_dir=run_dir,
+            class_names=data.classes,
+            new_params=bundle.new_params,
+            head=bundle.head,
+            options=cfg.record,
+            autocast=autocast,
+            writer=ctx.is_main,
             run=RunDescription(
-                name=cfg.resolved_name(), model=cfg.model, weights=bundle.weights, strategy=cfg.strategy,
-                planned_epochs=cfg.epochs, config=cfg.model_dump(mode="json"),
-                dataset=DatasetInfo(name=data.name, classes=data.classes, train_size=len(data.train),
-                                    val_size=len(data.val), image_size=data.image_size, source=data.source),
-                environment=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size)))
+                name=cfg.resolved_name(),
+                model=cfg.model,
+                weights=bundle.weights,
+                strategy=cfg.strategy,
+                planned_epochs=cfg.epochs,
+                config=cfg.model_dump(mode="json"),
+                dataset=DatasetInfo(
+                    name=data.name,
+                    classes=data.classes,
+                    train_size=len(data.train),
+                    val_size=len(data.val),
+                    image_size=data.image_size,
+                    source=data.source,
+                ),
+                environment=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size),
+            ),
+        )
         if rec.last is not None and rec.last.val is not None:
             progress.message(f"epoch 0: val loss {rec.last.val.loss:.4f} acc {rec.last.val.accuracy:.1%}")
 
@@ -193,7 +225,9 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                     value = None
                     if step % CHECK_EVERY == 0 or (not ctx.enabled and progress.due()):  # a host sync: rarely
                         value = loss.item()
-                        diverged, stopping = distributed.any_flags(device, not math.isfinite(value), bool(stop.requested))
+                        diverged, stopping = distributed.any_flags(
+                            device, not math.isfinite(value), bool(stop.requested)
+                        )
                         if diverged:
                             raise _Diverged(f"training loss became {value} at epoch {epoch}, step {step}")
                         if stopping:
@@ -216,7 +250,7 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
             status, detail, bad_input = "failed", one_line(e), e
         except StorageError as e:  # the disk refused an epoch: the epochs before it are intact
             status, detail = "failed", str(e)
-        except Exception as e:  # noqa: BLE001 - any failure: keep the finished epochs, render, say what broke
+        except Exception as e:
             if os.environ.get("SFTREPORT_DEBUG"):
                 traceback.print_exc()
             first = one_line(e)
@@ -242,7 +276,9 @@ def _skipped_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer
     return torch.stack([f.reshape(()) for f in found.values()]).sum() > 0 if found else None
 
 
-def _finish(rec: Recorder, ctx, cfg: RunConfig, run_dir: Path, status: str, detail: str) -> tuple[list[Path], list[str]]:
+def _finish(
+    rec: Recorder, ctx, cfg: RunConfig, run_dir: Path, status: str, detail: str
+) -> tuple[list[Path], list[str]]:
     """Final status into run.json and the reports (rank 0). Returns the reports written and, in words, what
     could not be done; the finished epochs are on disk whatever happens here."""
     if not ctx.is_main:
@@ -257,16 +293,20 @@ def _finish(rec: Recorder, ctx, cfg: RunConfig, run_dir: Path, status: str, deta
         problems.append(f"the final status could not be saved in run.json ({one_line(e)})")
     try:
         reports = rec.render(outs)
-    except Exception as e:  # noqa: BLE001 - the run is safe on disk whatever the renderer did
+    except Exception as e:
         if os.environ.get("SFTREPORT_DEBUG"):
             traceback.print_exc()
-        problems.append(f"the report could not be written ({one_line(e)}); the recorded epochs are in {run_dir}: "
-                        f"`sftreport render {run_dir} --out FILE` renders them elsewhere")
+        problems.append(
+            f"the report could not be written ({one_line(e)}); the recorded epochs are in {run_dir}: "
+            f"`sftreport render {run_dir} --out FILE` renders them elsewhere"
+        )
     if not cfg.quiet:
         for r in reports:
             print(f"report: {r}", flush=True)
-        print(f"run directory: {run_dir}  (status {status}; reports rendered in {time.perf_counter() - started:.1f} s)",
-              flush=True)
+        print(
+            f"run directory: {run_dir}  (status {status}; reports rendered in {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
     return reports, problems
 
 

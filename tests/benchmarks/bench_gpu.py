@@ -18,6 +18,7 @@ directory (render it anywhere: `sftreport render run --out report.pdf`).
 Targets: sftreport at least 2x the plain loop's images/s; the probes at most 2 % of a
 50,000-image epoch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,10 @@ for path in (ROOT, ROOT / "tests"):  # run from a checkout without installing; t
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from support import CIFAR10_CLASSES, py2_pickle  # noqa: E402
+
 from sftreport.config import RecordOptions, RunConfig  # noqa: E402
 from sftreport.store import read_run  # noqa: E402
-from support import CIFAR10_CLASSES, py2_pickle  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -65,15 +67,20 @@ def write_cifar10(root: Path, train: int, test: int, seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)
     base = root / "cifar-10-batches-py"
     base.mkdir(parents=True, exist_ok=True)
-    py2_pickle({b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": train // 5, b"num_vis": 3072},
-               base / "batches.meta")
+    py2_pickle(
+        {b"label_names": CIFAR10_CLASSES, b"num_cases_per_batch": train // 5, b"num_vis": 3072}, base / "batches.meta"
+    )
 
     def batch(n: int, name: bytes) -> dict:
         labels = rng.integers(0, 10, size=n)
         data = rng.integers(0, 256, size=(n, 3, 1024), dtype=np.uint8)
         data[np.arange(n), labels % 3] //= 4  # class k darkens channel k % 3: something to learn
-        return {b"batch_label": name, b"labels": labels.tolist(), b"data": data.reshape(n, 3072),
-                b"filenames": [b"x.png"] * n}
+        return {
+            b"batch_label": name,
+            b"labels": labels.tolist(),
+            b"data": data.reshape(n, 3072),
+            b"filenames": [b"x.png"] * n,
+        }
 
     for i in range(1, 6):
         py2_pickle(batch(train // 5, f"training batch {i} of 5".encode()), base / f"data_batch_{i}")
@@ -92,8 +99,17 @@ def write_pretrained(model_name: str, path: Path) -> Path:
 # --------------------------------------------------------------------------- the article's plain loop
 
 
-def plain_loop(root: Path, weights: Path, model_name: str, size: int, batch: int, steps: int, warmup: int,
-               workers: int, device: torch.device) -> dict:
+def plain_loop(
+    root: Path,
+    weights: Path,
+    model_name: str,
+    size: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    workers: int,
+    device: torch.device,
+) -> dict:
     import torchvision.transforms as T
     from torch.utils.data import DataLoader
     from torchvision.datasets import CIFAR10
@@ -140,24 +156,55 @@ def plain_loop(root: Path, weights: Path, model_name: str, size: int, batch: int
     sync(device)
     elapsed = time.perf_counter() - started
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"images_per_s": done * batch / elapsed, "steps": done, "batch": batch, "seconds": elapsed,
-            "peak_gpu_bytes": peak, "final_loss": loss.item()}
+    return {
+        "images_per_s": done * batch / elapsed,
+        "steps": done,
+        "batch": batch,
+        "seconds": elapsed,
+        "peak_gpu_bytes": peak,
+        "final_loss": loss.item(),
+    }
 
 
 # --------------------------------------------------------------------------- sftreport
 
 
-def sftreport_run(root: Path, weights: Path, model_name: str, size: int, batch: int, out: Path, record: bool,
-                  max_steps: int | None, probe_size: int, device: str, name: str | None = None) -> dict:
+def sftreport_run(
+    root: Path,
+    weights: Path,
+    model_name: str,
+    size: int,
+    batch: int,
+    out: Path,
+    record: bool,
+    max_steps: int | None,
+    probe_size: int,
+    device: str,
+    name: str | None = None,
+) -> dict:
     from sftreport.train.runner import run
 
     name = name or ("run" if record else "run-no-record")
     reports = [out / "report.html", out / "summary.md"] if record else [out / f"{name}.md"]
-    cfg = RunConfig(name=f"bench_gpu {model_name} {size}px", model=model_name, weights=str(weights),
-                    dataset="cifar10", data_root=root, image_size=size, epochs=1, batch_size=batch, lr=0.001,
-                    momentum=0.9, scheduler="constant", device=device, run_dir=out / name, out=reports, quiet=True,
-                    max_steps_per_epoch=max_steps,
-                    record=RecordOptions(enabled=record, probe_size=probe_size, image_every=1))
+    cfg = RunConfig(
+        name=f"bench_gpu {model_name} {size}px",
+        model=model_name,
+        weights=str(weights),
+        dataset="cifar10",
+        data_root=root,
+        image_size=size,
+        epochs=1,
+        batch_size=batch,
+        lr=0.001,
+        momentum=0.9,
+        scheduler="constant",
+        device=device,
+        run_dir=out / name,
+        out=reports,
+        quiet=True,
+        max_steps_per_epoch=max_steps,
+        record=RecordOptions(enabled=record, probe_size=probe_size, image_every=1),
+    )
     dev = torch.device("cuda") if torch.cuda.is_available() and device != "cpu" else None
     if dev is not None:
         torch.cuda.reset_peak_memory_stats(dev)
@@ -168,19 +215,39 @@ def sftreport_run(root: Path, weights: Path, model_name: str, size: int, batch: 
     stored = read_run(outcome.run_dir)
     e0, e1 = stored.epochs[0], stored.epochs[-1]
     t = e1.timing
-    result = {"status": outcome.status, "detail": outcome.detail, "wall_s": wall, "peak_gpu_bytes": peak,
-              "images": stored.info.dataset.train_size if max_steps is None else max_steps * batch,
-              "train_s": t.train_s, "eval_s": t.eval_s, "record_s": t.record_s, "images_per_s": t.samples_per_s,
-              "epoch0_eval_s": e0.timing.eval_s, "epoch0_record_s": e0.timing.record_s,
-              "probes": t.probes, "epoch0_probes": e0.timing.probes,
-              "precision": stored.info.environment.precision, "device": stored.info.environment.device_name,
-              "val_accuracy": [e.val.accuracy for e in stored.epochs if e.val],
-              "reports": [str(p) for p in outcome.reports]}
+    result = {
+        "status": outcome.status,
+        "detail": outcome.detail,
+        "wall_s": wall,
+        "peak_gpu_bytes": peak,
+        "images": stored.info.dataset.train_size if max_steps is None else max_steps * batch,
+        "train_s": t.train_s,
+        "eval_s": t.eval_s,
+        "record_s": t.record_s,
+        "images_per_s": t.samples_per_s,
+        "epoch0_eval_s": e0.timing.eval_s,
+        "epoch0_record_s": e0.timing.record_s,
+        "probes": t.probes,
+        "epoch0_probes": e0.timing.probes,
+        "precision": stored.info.environment.precision,
+        "device": stored.info.environment.device_name,
+        "val_accuracy": [e.val.accuracy for e in stored.epochs if e.val],
+        "reports": [str(p) for p in outcome.reports],
+    }
     if record:
-        missing = [f"epoch {e.epoch}: {what}" for e in stored.epochs
-                   for what, ok in (("weights", e.weights), ("activations", e.activations), ("features", e.features),
-                                    ("cka", e.cka), ("val", e.val), ("images", e.images))
-                   if not ok]
+        missing = [
+            f"epoch {e.epoch}: {what}"
+            for e in stored.epochs
+            for what, ok in (
+                ("weights", e.weights),
+                ("activations", e.activations),
+                ("features", e.features),
+                ("cka", e.cka),
+                ("val", e.val),
+                ("images", e.images),
+            )
+            if not ok
+        ]
         missing += [f"epoch {e.epoch}: gradients" for e in stored.epochs[1:] if not e.gradients]
         result["missing_probes"] = missing
         result["report_bytes"] = (out / "report.html").stat().st_size if (out / "report.html").exists() else 0
@@ -194,18 +261,37 @@ def short_run(root: Path, out: Path, name: str, device: str, lr: float = 0.01, f
 
     from sftreport.train.runner import run
 
-    cfg = RunConfig(name=name, model="resnet18", weights="none", dataset="cifar10", data_root=root, image_size=64,
-                    epochs=2, batch_size=64, lr=lr, device=device, run_dir=out / name, out=[out / f"{name}.md"],
-                    quiet=True, max_steps_per_epoch=30, record=RecordOptions(probe_size=64, grad_every=1))
+    cfg = RunConfig(
+        name=name,
+        model="resnet18",
+        weights="none",
+        dataset="cifar10",
+        data_root=root,
+        image_size=64,
+        epochs=2,
+        batch_size=64,
+        lr=lr,
+        device=device,
+        run_dir=out / name,
+        out=[out / f"{name}.md"],
+        quiet=True,
+        max_steps_per_epoch=30,
+        record=RecordOptions(probe_size=64, grad_every=1),
+    )
     with mock.patch("torch.cuda.is_bf16_supported", return_value=False) if fp16 else contextlib.nullcontext():
         outcome = run(cfg)
     stored = read_run(outcome.run_dir)
     last = stored.epochs[-1]
-    return {"status": outcome.status, "detail": outcome.detail, "precision": stored.info.environment.precision,
-            "epochs": [e.epoch for e in stored.epochs], "nonfinite_grad_steps": max((g.nonfinite for g in last.gradients), default=0),
-            "grad_samples": max((g.samples for g in last.gradients), default=0),
-            "weights_finite": all(math.isfinite(w.stats.mean) for w in last.weights),
-            "report": [p.name for p in outcome.reports]}
+    return {
+        "status": outcome.status,
+        "detail": outcome.detail,
+        "precision": stored.info.environment.precision,
+        "epochs": [e.epoch for e in stored.epochs],
+        "nonfinite_grad_steps": max((g.nonfinite for g in last.gradients), default=0),
+        "grad_samples": max((g.samples for g in last.gradients), default=0),
+        "weights_finite": all(math.isfinite(w.stats.mean) for w in last.weights),
+        "report": [p.name for p in outcome.reports],
+    }
 
 
 # --------------------------------------------------------------------------- the probes alone
@@ -232,8 +318,11 @@ def stats_micro(model_name: str, device: torch.device, repeat: int = 7) -> dict:
         gprobe.collect()
         sync(device)
         times.append(time.perf_counter() - t)
-    return {"weight_grad_stats_s": statistics.median(times[1:]),
-            "params": sum(p.numel() for p in model.parameters()), "tensors": len(list(model.parameters()))}
+    return {
+        "weight_grad_stats_s": statistics.median(times[1:]),
+        "params": sum(p.numel() for p in model.parameters()),
+        "tensors": len(list(model.parameters())),
+    }
 
 
 def cuda_matches_cpu(device: torch.device) -> dict:
@@ -276,16 +365,27 @@ def cuda_matches_cpu(device: torch.device) -> dict:
             mismatched.append(getattr(a, "name", getattr(a, "module", "?")))
         # means to within a millionth of the spread, spreads to within a millionth of themselves
         worst = max(worst, abs(sa.mean - sb.mean) / max(sa.std, 1e-30), abs(sa.std - sb.std) / max(sa.std, 1e-30))
-        hist_moved += sum(abs(c1 - c2) for c1, c2 in zip(a.hist.counts + [a.hist.below, a.hist.above],
-                                                         b.hist.counts + [b.hist.below, b.hist.above]))
+        hist_moved += sum(
+            abs(c1 - c2)
+            for c1, c2 in zip(
+                a.hist.counts + [a.hist.below, a.hist.above], b.hist.counts + [b.hist.below, b.hist.above]
+            )
+        )
     big = torch.randn(25_000_000, generator=torch.Generator().manual_seed(3)) + 0.5
     exact = float((big.double() ** 2).sum())
     flat = FlatBuffer([big.numel()], device).load([big.to(device)])
     ours = float(sum_of_squares_(flat)[0])
     foreach = float(torch._foreach_norm([big.to(device)])[0].double() ** 2)
-    return {"tensors": len(w_cpu), "activations": len(a_cpu), "worst_rel_diff": worst, "hist_moved": hist_moved,
-            "mismatched_min_max_zeros": mismatched, "values": sum(a.stats.count for a in w_cpu + a_cpu),
-            "sum_sq_25M_rel_err": abs(ours - exact) / exact, "foreach_norm_25M_rel_err": abs(foreach - exact) / exact}
+    return {
+        "tensors": len(w_cpu),
+        "activations": len(a_cpu),
+        "worst_rel_diff": worst,
+        "hist_moved": hist_moved,
+        "mismatched_min_max_zeros": mismatched,
+        "values": sum(a.stats.count for a in w_cpu + a_cpu),
+        "sum_sq_25M_rel_err": abs(ours - exact) / exact,
+        "foreach_norm_25M_rel_err": abs(foreach - exact) / exact,
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -309,12 +409,21 @@ def main() -> int:
     device = torch.device("cuda" if torch.cuda.is_available() and not a.tiny else "cpu")
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                     "torch": torch.__version__, "torchvision": torchvision.__version__,
-                     "python": platform.python_version(), "model": a.model, "image_size": a.image_size,
-                     "batch_size": a.batch_size, "train_images": a.train_images, "errors": {}}
-    log(f"bench_gpu: {results['device']}, torch {torch.__version__}, {a.model} at {a.image_size} px, "
-        f"batch {a.batch_size}, {a.train_images} training images")
+    results: dict = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "model": a.model,
+        "image_size": a.image_size,
+        "batch_size": a.batch_size,
+        "train_images": a.train_images,
+        "errors": {},
+    }
+    log(
+        f"bench_gpu: {results['device']}, torch {torch.__version__}, {a.model} at {a.image_size} px, "
+        f"batch {a.batch_size}, {a.train_images} training images"
+    )
 
     t = time.perf_counter()
     data = write_cifar10(out / "data", a.train_images, a.val_images)
@@ -326,22 +435,55 @@ def main() -> int:
         try:
             results[name] = fn()
             log(f"{name}: {json.dumps(results[name], default=str)} ({time.perf_counter() - t0:.1f} s)")
-        except Exception as e:  # noqa: BLE001 - one failing part must not lose the others' figures
+        except Exception as e:
             results["errors"][name] = f"{type(e).__name__}: {e}"
             log(f"{name} FAILED after {time.perf_counter() - t0:.1f} s:\n{traceback.format_exc()}")
         (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
 
     part("cuda_matches_cpu", lambda: cuda_matches_cpu(device) if device.type == "cuda" else {"skipped": "no CUDA"})
     # cuDNN's autotuning and CUDA's lazy start-up go to a short run first, so both measured runs start warm
-    part("warm_up", lambda: sftreport_run(data, weights, a.model, a.image_size, a.batch_size, out, False,
-                                          max(2, min(40, a.train_images // a.batch_size // 3)), a.probe_size,
-                                          device.type, name="warm-up"))
-    part("sftreport_no_record", lambda: sftreport_run(data, weights, a.model, a.image_size, a.batch_size, out,
-                                                      False, None, a.probe_size, device.type))
-    part("sftreport", lambda: sftreport_run(data, weights, a.model, a.image_size, a.batch_size, out, True, None,
-                                            a.probe_size, device.type))
-    part("plain", lambda: plain_loop(data, weights, a.model, a.image_size, a.batch_size, a.plain_steps,
-                                     warmup=1 if a.tiny else 5, workers=2, device=device))
+    part(
+        "warm_up",
+        lambda: sftreport_run(
+            data,
+            weights,
+            a.model,
+            a.image_size,
+            a.batch_size,
+            out,
+            False,
+            max(2, min(40, a.train_images // a.batch_size // 3)),
+            a.probe_size,
+            device.type,
+            name="warm-up",
+        ),
+    )
+    part(
+        "sftreport_no_record",
+        lambda: sftreport_run(
+            data, weights, a.model, a.image_size, a.batch_size, out, False, None, a.probe_size, device.type
+        ),
+    )
+    part(
+        "sftreport",
+        lambda: sftreport_run(
+            data, weights, a.model, a.image_size, a.batch_size, out, True, None, a.probe_size, device.type
+        ),
+    )
+    part(
+        "plain",
+        lambda: plain_loop(
+            data,
+            weights,
+            a.model,
+            a.image_size,
+            a.batch_size,
+            a.plain_steps,
+            warmup=1 if a.tiny else 5,
+            workers=2,
+            device=device,
+        ),
+    )
     part("stats", lambda: stats_micro(a.model, device))
     if device.type == "cuda":
         part("fp16_path", lambda: short_run(data, out, "fp16", device.type, fp16=True))
@@ -363,11 +505,20 @@ def print_table(r: dict) -> None:
 
     rows = [("device", f"{r['device']}, torch {r['torch']}")]
     if p:
-        rows.append(("plain loop (fp32, CPU Resize in 2 workers): images/s", f"{p['images_per_s']:,.0f} (peak GPU {gb(p['peak_gpu_bytes'])})"))
+        rows.append(
+            (
+                "plain loop (fp32, CPU Resize in 2 workers): images/s",
+                f"{p['images_per_s']:,.0f} (peak GPU {gb(p['peak_gpu_bytes'])})",
+            )
+        )
     if s:
         layout = ", channels_last" if s["precision"] != "fp32" else ""
-        rows.append((f"sftreport run ({s['precision']}{layout}, probes on): images/s over a {s['images']:,}-image epoch",
-                     f"{s['images_per_s']:,.0f} (peak GPU {gb(s['peak_gpu_bytes'])})"))
+        rows.append(
+            (
+                f"sftreport run ({s['precision']}{layout}, probes on): images/s over a {s['images']:,}-image epoch",
+                f"{s['images_per_s']:,.0f} (peak GPU {gb(s['peak_gpu_bytes'])})",
+            )
+        )
     if s0:
         rows.append(("sftreport run, recording off: images/s", f"{s0['images_per_s']:,.0f}"))
     if p and s:
@@ -375,25 +526,55 @@ def print_table(r: dict) -> None:
         rows.append(("speed-up over the plain loop", f"{speedup:.1f}x (target >= 2x)"))
     if s:
         share = s["record_s"] / s["train_s"] if s["train_s"] else math.nan
-        rows.append(("probes at the epoch end", f"{s['record_s']:.2f} s = {share:.2%} of the epoch's training time (target <= 2 %)"))
+        rows.append(
+            (
+                "probes at the epoch end",
+                f"{s['record_s']:.2f} s = {share:.2%} of the epoch's training time (target <= 2 %)",
+            )
+        )
         if s0 and s0.get("train_s"):
             step_cost = s["train_s"] - s0["train_s"]
             total = s["record_s"] + max(0.0, step_cost)
             rows.append(("rec.step over the epoch (training time, recording on minus off)", f"{step_cost:.2f} s"))
-            rows.append(("all recording over the epoch (probes + rec.step)",
-                         f"{total:.2f} s = {total / s0['train_s']:.2%} of the recording-free epoch (target <= 2 %)"))
-        rows.append(("probes at the epoch end, by part", ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in s["probes"].items())))
+            rows.append(
+                (
+                    "all recording over the epoch (probes + rec.step)",
+                    f"{total:.2f} s = {total / s0['train_s']:.2%} of the recording-free epoch (target <= 2 %)",
+                )
+            )
+        rows.append(
+            ("probes at the epoch end, by part", ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in s["probes"].items()))
+        )
         rows.append(("evaluation of the validation set", f"{s['eval_s']:.2f} s"))
-        rows.append(("report", f"{s['status']}, HTML {s.get('report_bytes', 0) / 1e6:.2f} MB, missing probes: {s.get('missing_probes') or 'none'}"))
+        rows.append(
+            (
+                "report",
+                f"{s['status']}, HTML {s.get('report_bytes', 0) / 1e6:.2f} MB, missing probes: {s.get('missing_probes') or 'none'}",
+            )
+        )
     if st:
-        rows.append((f"weight + gradient statistics per epoch end ({st['tensors']} tensors)", f"{st['weight_grad_stats_s'] * 1000:.1f} ms"))
+        rows.append(
+            (
+                f"weight + gradient statistics per epoch end ({st['tensors']} tensors)",
+                f"{st['weight_grad_stats_s'] * 1000:.1f} ms",
+            )
+        )
     c = r.get("cuda_matches_cpu", {})
     if c and "skipped" not in c:
-        rows.append(("CUDA vs CPU statistics", f"means and stds within {c['worst_rel_diff']:.1e} of the std; "
-                                               f"{c['hist_moved']} of {c['values']:,} values in another bin; "
-                                               f"count/zeros/min/max differ in {len(c['mismatched_min_max_zeros'])}"))
-        rows.append(("sum of squares of 25 M values on CUDA, relative error",
-                     f"ours {c['sum_sq_25M_rel_err']:.1e}, _foreach_norm {c['foreach_norm_25M_rel_err']:.1e}"))
+        rows.append(
+            (
+                "CUDA vs CPU statistics",
+                f"means and stds within {c['worst_rel_diff']:.1e} of the std; "
+                f"{c['hist_moved']} of {c['values']:,} values in another bin; "
+                f"count/zeros/min/max differ in {len(c['mismatched_min_max_zeros'])}",
+            )
+        )
+        rows.append(
+            (
+                "sum of squares of 25 M values on CUDA, relative error",
+                f"ours {c['sum_sq_25M_rel_err']:.1e}, _foreach_norm {c['foreach_norm_25M_rel_err']:.1e}",
+            )
+        )
     for key in ("fp16_path", "diverged_path"):
         if key in r:
             rows.append((key.replace("_", " "), json.dumps(r[key])))

@@ -8,6 +8,7 @@ Prints a Markdown table (the README holds the latest one). Targets: all probes t
 for resnet50 on the CPU. The TensorBoard route (add_histogram of every parameter and gradient) is timed for
 comparison (needs the `bench` extra: pip install '.[bench]').
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,14 +49,20 @@ def default_run_rows(tmp: Path) -> list[tuple[str, str]]:
     out: dict[bool, list[tuple[float, float, float]]] = {False: [], True: []}
     # alternate off/on twice and keep each one's faster run: the first run in a process pays warm-ups
     for i, enabled in enumerate((False, True, False, True)):
-        cfg = RunConfig(run_dir=tmp / f"default-{i}", quiet=True, out=[tmp / f"d{i}.md"],
-                        record=RecordOptions(enabled=enabled))
+        cfg = RunConfig(
+            run_dir=tmp / f"default-{i}", quiet=True, out=[tmp / f"d{i}.md"], record=RecordOptions(enabled=enabled)
+        )
         started = time.perf_counter()
         outcome = run(cfg)
         wall = time.perf_counter() - started
         epochs = read_run(outcome.run_dir).epochs[1:]
-        out[enabled].append((wall, statistics.mean(e.timing.train_s for e in epochs),
-                             statistics.mean(e.timing.record_s for e in epochs)))
+        out[enabled].append(
+            (
+                wall,
+                statistics.mean(e.timing.train_s for e in epochs),
+                statistics.mean(e.timing.record_s for e in epochs),
+            )
+        )
     out = {k: min(v) for k, v in out.items()}
     (w0, t0, _), (w1, t1, r1) = out[False], out[True]
     return [
@@ -104,8 +111,14 @@ def resnet50_rows(probe_size: int, batch: int, steps: int) -> list[tuple[str, st
     # every probe at an epoch end, through the public Recorder (probe set at 224 px)
     with tempfile.TemporaryDirectory() as tmp:
         probe = (torch.randn(probe_size, 3, 224, 224), torch.arange(probe_size) % 10)
-        rec = Recorder(model, probe=probe, run_dir=Path(tmp) / "r", new_params=new, head="fc",
-                       options=RecordOptions(grad_every=5, image_every=0, save_weights="none"))
+        rec = Recorder(
+            model,
+            probe=probe,
+            run_dir=Path(tmp) / "r",
+            new_params=new,
+            head="fc",
+            options=RecordOptions(grad_every=5, image_every=0, save_weights="none"),
+        )
         train_step()
         logits = model(x[:2]).detach()
         loss = F.cross_entropy(logits, y[:2])
@@ -127,7 +140,10 @@ def resnet50_rows(probe_size: int, batch: int, steps: int) -> list[tuple[str, st
         (f"resnet50 224 px, one training step (batch {batch})", f"{step_plain:.2f} s"),
         ("resnet50, CIFAR-10-size epoch (50,000 images), estimated from it", f"{epoch_s / 3600:.1f} h"),
         ("resnet50, weight + gradient statistics per epoch end", f"{wg:.3f} s (target ≤ 0.10 s)"),
-        ("resnet50, `rec.step` per step (gradient norms every 5th)", f"{per_step * 1000:.2f} ms; first step of an epoch {first_step * 1000:.0f} ms"),
+        (
+            "resnet50, `rec.step` per step (gradient norms every 5th)",
+            f"{per_step * 1000:.2f} ms; first step of an epoch {first_step * 1000:.0f} ms",
+        ),
         ("resnet50, `rec.step` over an epoch of 1,562 steps (batch 32)", f"{per_epoch_steps:.1f} s"),
         (f"resnet50, all probes at an epoch end (probe set {probe_size} at 224 px)", f"{probes:.1f} s"),
         ("resnet50, recording share of a CIFAR-10-size epoch", f"{total / epoch_s:.2%} (target ≤ 2 %)"),
@@ -155,7 +171,9 @@ def tensorboard_rows(model: torch.nn.Module, ours: float) -> list[tuple[str, str
 
         t = timed(tb, repeat=3)
         writer.close()
-    return [("TensorBoard add_histogram, every parameter and gradient", f"{t:.2f} s per epoch end ({t / ours:.0f}× ours)")]
+    return [
+        ("TensorBoard add_histogram, every parameter and gradient", f"{t:.2f} s per epoch end ({t / ours:.0f}× ours)")
+    ]
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ For each format it reports:
 - warm: the median of --repeat further renders in the same process (what a second report costs).
 Targets for a recorded resnet50 run of 10 epochs: HTML ≤ 1 s and ≤ 3 MB, PDF ≤ 5 s and ≤ 3 MB.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,11 @@ TARGETS = {"html": (1.0, 3_000_000), "pdf": (5.0, 3_000_000)}
 
 
 def cold(run_dir: Path, out: Path) -> float:
-    code = ("import sys, time; t = time.perf_counter(); from pathlib import Path; "
-            "from sftreport.report.render import render_run; "
-            f"render_run(Path({str(run_dir)!r}), [Path({str(out)!r})]); print(time.perf_counter() - t)")
+    code = (
+        "import sys, time; t = time.perf_counter(); from pathlib import Path; "
+        "from sftreport.report.render import render_run; "
+        f"render_run(Path({str(run_dir)!r}), [Path({str(out)!r})]); print(time.perf_counter() - t)"
+    )
     t = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[2])
     wall = time.perf_counter() - t
@@ -50,8 +53,10 @@ def main() -> None:
 
     import_s = time.perf_counter() - t
     run = read_run(a.run_dir)
-    print(f"run: {a.run_dir} ({run.info.model}, {len(run.epochs)} snapshots, "
-          f"{len(run.epochs[-1].weights) if run.epochs else 0} parameter tensors, status {run.info.status})")
+    print(
+        f"run: {a.run_dir} ({run.info.model}, {len(run.epochs)} snapshots, "
+        f"{len(run.epochs[-1].weights) if run.epochs else 0} parameter tensors, status {run.info.status})"
+    )
     print(f"import of the render stage: {import_s:.2f} s")
     rows = []
     for fmt in ("html", "pdf"):
@@ -68,12 +73,14 @@ def main() -> None:
         size = path.stat().st_size
         rows.append((fmt, c, first, statistics.median(warm), min(warm), size, path))
     print(f"\n{'format':6} {'cold':>7} {'first':>7} {'warm':>7} {'best':>7} {'size':>9}   target")
-    for fmt, c, first, warm, best, size, path in rows:
+    for fmt, c, first, warm, best, size, _path in rows:
         limit_s, limit_b = TARGETS[fmt]
         ok = "ok" if warm <= limit_s and size <= limit_b else "OVER"
         cold_txt = f"{c:6.2f}s" if c is not None else "      –"
-        print(f"{fmt:6} {cold_txt} {first:6.2f}s {warm:6.2f}s {best:6.2f}s {size / 1e6:7.2f}MB   "
-              f"≤ {limit_s:g} s, ≤ {limit_b / 1e6:g} MB: {ok}")
+        print(
+            f"{fmt:6} {cold_txt} {first:6.2f}s {warm:6.2f}s {best:6.2f}s {size / 1e6:7.2f}MB   "
+            f"≤ {limit_s:g} s, ≤ {limit_b / 1e6:g} MB: {ok}"
+        )
     print(f"\nreports in {out}")
 
 

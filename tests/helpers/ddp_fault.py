@@ -1,5 +1,6 @@
 """Launched by torchrun from test_distributed.py: rank 1 fails in its 3rd training step, as a real
 fault would (an exception inside the loop), while rank 0 waits for it in a collective."""
+
 import os
 import sys
 

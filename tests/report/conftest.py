@@ -1,5 +1,6 @@
 """Shared fixtures of the render-stage tests: synthetic run directories (no torch), one rendered report
 shared by many tests, and a headless Chromium that opens reports offline as a user would."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 from report_support import CHROMIUM, CHROMIUM_ARGS, HOSTILE, pdf_pages, pdf_text, render_all, require
 from synthetic_run import build_run
+
 
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory) -> Path:
@@ -54,15 +55,19 @@ def rendered(main_run, tmp_path_factory) -> Rendered:
 def hostile_report(runs, tmp_path_factory) -> dict:
     """Untrusted text everywhere it can come from: run name, class names, status detail, config, source."""
     classes = [HOSTILE, "cat & <dog>", "a|b_c*d", "\"quoted\" 'single'", "]]>{{ x }}", "5", "6", "7", "8", "9"]
-    run = build_run(runs / "hostile", name=HOSTILE, epochs=2, classes=classes,
-                    config={"name": HOSTILE, "note": "</style><script>alert(2)</script>", "nested": {HOSTILE: 1}})
+    run = build_run(
+        runs / "hostile",
+        name=HOSTILE,
+        epochs=2,
+        classes=classes,
+        config={"name": HOSTILE, "note": "</style><script>alert(2)</script>", "nested": {HOSTILE: 1}},
+    )
     return render_all(run, tmp_path_factory.mktemp("hostile"))
 
 
 @pytest.fixture(scope="session")
 def diverged_report(runs, tmp_path_factory) -> dict:
-    run = build_run(runs / "diverged", epochs=4, planned_epochs=8, status="diverged", diverge_at=3,
-                    nonfinite_at=3)
+    run = build_run(runs / "diverged", epochs=4, planned_epochs=8, status="diverged", diverge_at=3, nonfinite_at=3)
     return render_all(run, tmp_path_factory.mktemp("diverged"))
 
 
@@ -116,8 +121,10 @@ def visit(browser):
             page.goto(path.resolve().as_uri(), wait_until="load")
             page.wait_for_function("window.__chartsDone === true", timeout=30_000)
             charts = page.evaluate("document.querySelectorAll('[data-chart]').length")
-            drawn = page.evaluate("[...document.querySelectorAll('[data-chart]')].filter("
-                                  "e => e.querySelector('svg.marks, canvas.marks')).length")
+            drawn = page.evaluate(
+                "[...document.querySelectorAll('[data-chart]')].filter("
+                "e => e.querySelector('svg.marks, canvas.marks')).length"
+            )
             chart_errors = page.evaluate("window.__chartErrors")
             status = page.evaluate("document.documentElement.dataset.charts")
             texts = page.evaluate(evaluate) if evaluate else {}

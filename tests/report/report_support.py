@@ -1,5 +1,6 @@
 """Helpers shared by the render-stage tests (a module of its own: `conftest` is not importable by name
 when several conftest.py files exist)."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,21 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 HOSTILE = "</script><img src=x onerror=alert(1)>"
 # vnu.jar and axe-core: npm packages that .ci/run installs into .tools/ (another node_modules folder: set
 # SFTREPORT_NODE_MODULES)
-NODE_MODULES = Path(os.environ.get("SFTREPORT_NODE_MODULES")
-                    or Path(__file__).resolve().parents[2] / ".tools" / "node_modules")
+NODE_MODULES = Path(
+    os.environ.get("SFTREPORT_NODE_MODULES") or Path(__file__).resolve().parents[2] / ".tools" / "node_modules"
+)
 VNU_JAR = NODE_MODULES / "vnu-jar" / "build" / "dist" / "vnu.jar"
 AXE_JS = NODE_MODULES / "axe-core" / "axe.min.js"
 

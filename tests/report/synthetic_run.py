@@ -9,6 +9,7 @@ Every knob that a findings rule looks at can be switched on or off here, so each
 triggers it and one that does not. The numbers follow the shapes real fine-tuning runs show (loss
 decays, later layers move more than earlier ones, the new head moves most), deterministic per seed.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,9 +19,29 @@ from pathlib import Path
 
 import numpy as np
 
-from sftreport.schema import (CKA, ActivationStat, Architecture, BlockSummary, DatasetInfo, Environment,
-                              EpochSnapshot, Evaluation, FeatureMapImage, Features, GradStat, Histogram, Images,
-                              ModuleInfo, ProbeInfo, Projection, RunInfo, StepPoint, TensorStats, Timing, WeightStat)
+from sftreport.schema import (
+    CKA,
+    ActivationStat,
+    Architecture,
+    BlockSummary,
+    DatasetInfo,
+    Environment,
+    EpochSnapshot,
+    Evaluation,
+    FeatureMapImage,
+    Features,
+    GradStat,
+    Histogram,
+    Images,
+    ModuleInfo,
+    ProbeInfo,
+    Projection,
+    RunInfo,
+    StepPoint,
+    TensorStats,
+    Timing,
+    WeightStat,
+)
 from sftreport.store import RunWriter
 
 DIGITS = [str(i) for i in range(10)]
@@ -67,8 +88,12 @@ def resnet_layout(arch: str, classes: int, size: int) -> tuple[list[Mod], list[s
     mods = [Mod("", "ResNet", [classes])]
     s = size // stem_stride
     k = 7 if bottleneck else 3
-    mods += [_conv("conv1", 3, widths[0], k, [widths[0], s, s]), _bn("bn1", widths[0], [widths[0], s, s]),
-             Mod("relu", "ReLU", [widths[0], s, s]), Mod("maxpool", "MaxPool2d", [widths[0], s // 2, s // 2])]
+    mods += [
+        _conv("conv1", 3, widths[0], k, [widths[0], s, s]),
+        _bn("bn1", widths[0], [widths[0], s, s]),
+        Mod("relu", "ReLU", [widths[0], s, s]),
+        Mod("maxpool", "MaxPool2d", [widths[0], s // 2, s // 2]),
+    ]
     s //= 2
     probed = ["maxpool"]
     cin = widths[0]
@@ -81,24 +106,36 @@ def resnet_layout(arch: str, classes: int, size: int) -> tuple[list[Mod], list[s
             bs = so
             mods.append(Mod(p, "Bottleneck" if bottleneck else "BasicBlock", [w * exp, bs, bs]))
             if bottleneck:
-                mods += [_conv(f"{p}.conv1", cin, w, 1, [w, s if b == 0 else bs, s if b == 0 else bs]),
-                         _bn(f"{p}.bn1", w, [w, bs, bs]),
-                         _conv(f"{p}.conv2", w, w, 3, [w, bs, bs]), _bn(f"{p}.bn2", w, [w, bs, bs]),
-                         _conv(f"{p}.conv3", w, w * 4, 1, [w * 4, bs, bs]), _bn(f"{p}.bn3", w * 4, [w * 4, bs, bs]),
-                         Mod(f"{p}.relu", "ReLU", [w, bs, bs], calls=3)]
+                mods += [
+                    _conv(f"{p}.conv1", cin, w, 1, [w, s if b == 0 else bs, s if b == 0 else bs]),
+                    _bn(f"{p}.bn1", w, [w, bs, bs]),
+                    _conv(f"{p}.conv2", w, w, 3, [w, bs, bs]),
+                    _bn(f"{p}.bn2", w, [w, bs, bs]),
+                    _conv(f"{p}.conv3", w, w * 4, 1, [w * 4, bs, bs]),
+                    _bn(f"{p}.bn3", w * 4, [w * 4, bs, bs]),
+                    Mod(f"{p}.relu", "ReLU", [w, bs, bs], calls=3),
+                ]
             else:
-                mods += [_conv(f"{p}.conv1", cin, w, 3, [w, bs, bs]), _bn(f"{p}.bn1", w, [w, bs, bs]),
-                         Mod(f"{p}.relu", "ReLU", [w, bs, bs], calls=2),
-                         _conv(f"{p}.conv2", w, w, 3, [w, bs, bs]), _bn(f"{p}.bn2", w, [w, bs, bs])]
+                mods += [
+                    _conv(f"{p}.conv1", cin, w, 3, [w, bs, bs]),
+                    _bn(f"{p}.bn1", w, [w, bs, bs]),
+                    Mod(f"{p}.relu", "ReLU", [w, bs, bs], calls=2),
+                    _conv(f"{p}.conv2", w, w, 3, [w, bs, bs]),
+                    _bn(f"{p}.bn2", w, [w, bs, bs]),
+                ]
             if b == 0 and (stride != 1 or cin != w * exp):
-                mods += [Mod(f"{p}.downsample", "Sequential", [w * exp, bs, bs]),
-                         _conv(f"{p}.downsample.0", cin, w * exp, 1, [w * exp, bs, bs]),
-                         _bn(f"{p}.downsample.1", w * exp, [w * exp, bs, bs])]
+                mods += [
+                    Mod(f"{p}.downsample", "Sequential", [w * exp, bs, bs]),
+                    _conv(f"{p}.downsample.0", cin, w * exp, 1, [w * exp, bs, bs]),
+                    _bn(f"{p}.downsample.1", w * exp, [w * exp, bs, bs]),
+                ]
             cin = w * exp
             probed.append(p)
         s = so
-    mods += [Mod("avgpool", "AdaptiveAvgPool2d", [cin, 1, 1]),
-             Mod("fc", "Linear", [classes], [("weight", [classes, cin]), ("bias", [classes])])]
+    mods += [
+        Mod("avgpool", "AdaptiveAvgPool2d", [cin, 1, 1]),
+        Mod("fc", "Linear", [classes], [("weight", [classes, cin]), ("bias", [classes])]),
+    ]
     probed.append("fc")
     return mods, probed
 
@@ -108,19 +145,41 @@ def architecture(mods: list[Mod], trainable: set[str], new: set[str], size: int)
     for m in mods:
         full = [f"{m.name}.{p}" if m.name else p for p, _ in m.params]
         sizes = [math.prod(s) for _, s in m.params]
-        rows.append(ModuleInfo(name=m.name, type=m.type, depth=m.depth, output_shape=m.out, calls=m.calls,
-                               params=sum(sizes), trainable=sum(n for f, n in zip(full, sizes) if f in trainable),
-                               new=sum(n for f, n in zip(full, sizes) if f in new)))
+        rows.append(
+            ModuleInfo(
+                name=m.name,
+                type=m.type,
+                depth=m.depth,
+                output_shape=m.out,
+                calls=m.calls,
+                params=sum(sizes),
+                trainable=sum(n for f, n in zip(full, sizes) if f in trainable),
+                new=sum(n for f, n in zip(full, sizes) if f in new),
+            )
+        )
     blocks = []
     for m in mods:
         if m.depth != 1:
             continue
         members = [r for r in rows if r.name == m.name or r.name.startswith(m.name + ".")]
-        blocks.append(BlockSummary(name=m.name, type=m.type, params=sum(r.params for r in members),
-                                   trainable=sum(r.trainable for r in members), new=sum(r.new for r in members)))
-    return Architecture(model_type=mods[0].type, modules=rows, blocks=blocks,
-                        total_params=sum(r.params for r in rows), trainable_params=sum(r.trainable for r in rows),
-                        new_params=sum(r.new for r in rows), input_shape=[3, size, size])
+        blocks.append(
+            BlockSummary(
+                name=m.name,
+                type=m.type,
+                params=sum(r.params for r in members),
+                trainable=sum(r.trainable for r in members),
+                new=sum(r.new for r in members),
+            )
+        )
+    return Architecture(
+        model_type=mods[0].type,
+        modules=rows,
+        blocks=blocks,
+        total_params=sum(r.params for r in rows),
+        trainable_params=sum(r.trainable for r in rows),
+        new_params=sum(r.new for r in rows),
+        input_shape=[3, size, size],
+    )
 
 
 # --------------------------------------------------------------------------- numbers
@@ -128,7 +187,9 @@ def architecture(mods: list[Mod], trainable: set[str], new: set[str], size: int)
 
 def gaussian_hist(rng, lo, hi, mean, std, count, bins=BINS) -> Histogram:
     edges = np.linspace(lo, hi, bins + 1)
-    cdf = 0.5 * (1 + np.vectorize(math.erf)((np.concatenate([[-np.inf], edges, [np.inf]]) - mean) / (std * math.sqrt(2))))
+    cdf = 0.5 * (
+        1 + np.vectorize(math.erf)((np.concatenate([[-np.inf], edges, [np.inf]]) - mean) / (std * math.sqrt(2)))
+    )
     probs = np.diff(cdf)
     counts = np.round(probs * count).astype(int)
     counts[np.argmax(counts)] += count - counts.sum()
@@ -162,7 +223,7 @@ def evaluation(rng, acc, loss, classes, per_class_n) -> Evaluation:
     conf = np.zeros((n, n), dtype=int)
     for c in range(n):
         a = float(np.clip(acc + rng.normal(0, 0.05), 0, 1))
-        right = int(round(a * per_class_n))
+        right = round(a * per_class_n)
         conf[c, c] = right
         wrong = per_class_n - right
         others = [o for o in range(n) if o != c]
@@ -176,8 +237,9 @@ def evaluation(rng, acc, loss, classes, per_class_n) -> Evaluation:
     count = int(conf.sum())
     correct = int(np.trace(conf))
     per_class = [float(conf[i, i] / conf[i].sum()) if conf[i].sum() else None for i in range(n)]
-    return Evaluation(loss=loss, accuracy=correct / count, count=count, confusion=conf.tolist(),
-                      per_class_accuracy=per_class)
+    return Evaluation(
+        loss=loss, accuracy=correct / count, count=count, confusion=conf.tolist(), per_class_accuracy=per_class
+    )
 
 
 def png(rng, base: np.ndarray, jitter: float, zoom: int = 8) -> bytes:
@@ -194,14 +256,36 @@ def png(rng, base: np.ndarray, jitter: float, zoom: int = 8) -> bytes:
 # --------------------------------------------------------------------------- the run
 
 
-def build_run(root: Path, *, name: str = "synthetic fine-tuning run", arch: str = "small", epochs: int = 6,
-              planned_epochs: int | None = None, classes: list[str] | None = None, status: str = "completed",
-              status_detail: str = "", strategy: str = "full", probes: bool = True, images: bool = True,
-              val: bool = True, probe_size: int = 64, steps_per_epoch: int = 30, overfit_at: int | None = None,
-              dead_growth: bool = False, nonfinite_at: int | None = None, explode_at: int | None = None,
-              diverge_at: int | None = None, update_scale: float = 1e-3, accuracy_drop: bool = False,
-              tsne: bool = False, seed: int = 0, image_size: int | None = None, config: dict | None = None,
-              val_blowup: float = 1.0, hot_layer: str | None = None) -> Path:
+def build_run(
+    root: Path,
+    *,
+    name: str = "synthetic fine-tuning run",
+    arch: str = "small",
+    epochs: int = 6,
+    planned_epochs: int | None = None,
+    classes: list[str] | None = None,
+    status: str = "completed",
+    status_detail: str = "",
+    strategy: str = "full",
+    probes: bool = True,
+    images: bool = True,
+    val: bool = True,
+    probe_size: int = 64,
+    steps_per_epoch: int = 30,
+    overfit_at: int | None = None,
+    dead_growth: bool = False,
+    nonfinite_at: int | None = None,
+    explode_at: int | None = None,
+    diverge_at: int | None = None,
+    update_scale: float = 1e-3,
+    accuracy_drop: bool = False,
+    tsne: bool = False,
+    seed: int = 0,
+    image_size: int | None = None,
+    config: dict | None = None,
+    val_blowup: float = 1.0,
+    hot_layer: str | None = None,
+) -> Path:
     """Write a run directory at `root` (epochs 0..`epochs`) and return it.
 
     `val_blowup`: validation loss after epoch 0 multiplied by this (an unstable run). `hot_layer`: a module
@@ -225,21 +309,46 @@ def build_run(root: Path, *, name: str = "synthetic fine-tuning run", arch: str 
 
     writer = RunWriter(root)
     info = RunInfo(
-        name=name, status="running", started_at="2025-01-01T10:00:00+00:00",
-        config=config if config is not None else {
-            "model": "digits_resnet" if arch == "small" else arch, "epochs": planned, "lr": 0.01,
-            "batch_size": 64, "strategy": strategy, "record": {"probe_size": probe_size, "hist_bins": BINS}},
+        name=name,
+        status="running",
+        started_at="2025-01-01T10:00:00+00:00",
+        config=config
+        if config is not None
+        else {
+            "model": "digits_resnet" if arch == "small" else arch,
+            "epochs": planned,
+            "lr": 0.01,
+            "batch_size": 64,
+            "strategy": strategy,
+            "record": {"probe_size": probe_size, "hist_bins": BINS},
+        },
         model="digits_resnet" if arch == "small" else arch,
         weights="digits_resnet_0to4.pt (digits 0-4)" if arch == "small" else "IMAGENET1K_V2",
         strategy=strategy,
-        dataset=DatasetInfo(name="digits" if arch == "small" else "cifar10", classes=classes, train_size=1200,
-                            val_size=597, image_size=size, source="scikit-learn load_digits"),
-        environment=Environment(python="3.12.3", platform="Linux-6.1-x86_64", torch="2.14.1", torchvision="0.29.1",
-                                sftreport="0.1.0", device="cpu", device_name="x86_64", precision="fp32",
-                                git_commit="abc1234", hostname="builder"),
+        dataset=DatasetInfo(
+            name="digits" if arch == "small" else "cifar10",
+            classes=classes,
+            train_size=1200,
+            val_size=597,
+            image_size=size,
+            source="scikit-learn load_digits",
+        ),
+        environment=Environment(
+            python="3.12.3",
+            platform="Linux-6.1-x86_64",
+            torch="2.14.1",
+            torchvision="0.29.1",
+            sftreport="0.1.0",
+            device="cpu",
+            device_name="x86_64",
+            precision="fp32",
+            git_commit="abc1234",
+            hostname="builder",
+        ),
         architecture=arch_info if probes else None,
         probe=ProbeInfo(labels=[i % n_cls for i in range(probe_size)], size=probe_size) if probes else None,
-        planned_epochs=planned)
+        planned_epochs=planned,
+    )
     writer.write_run(info)
 
     n_params = len(params)
@@ -306,12 +415,39 @@ def build_run(root: Path, *, name: str = "synthetic fine-tuning run", arch: str 
             snap.steps = pts
         if val:
             snap.val = evaluation(rng, val_acc, val_loss, classes, 12)
-        snap.timing = Timing(train_s=0.0 if e == 0 else 4.2, eval_s=0.4, record_s=0.25,
-                             samples_per_s=None if e == 0 else 480.0)
+        snap.timing = Timing(
+            train_s=0.0 if e == 0 else 4.2, eval_s=0.4, record_s=0.25, samples_per_s=None if e == 0 else 480.0
+        )
         if probes:
-            _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new, grad_base, upd_noise,
-                         update_scale, steps_per_epoch, nonfinite_at, explode_at, diverged, probed, act_info,
-                         act_scale, dead_growth, probe_size, centers, noise, labels, n_cls, tsne, hot_layer)
+            _probe_epoch(
+                snap,
+                rng,
+                e,
+                params,
+                ref,
+                bins_range,
+                depth_of,
+                trainable,
+                new,
+                grad_base,
+                upd_noise,
+                update_scale,
+                steps_per_epoch,
+                nonfinite_at,
+                explode_at,
+                diverged,
+                probed,
+                act_info,
+                act_scale,
+                dead_growth,
+                probe_size,
+                centers,
+                noise,
+                labels,
+                n_cls,
+                tsne,
+                hot_layer,
+            )
             if images and (e == 0 or e == epochs or e % 5 == 0):
                 snap.images = _images(writer, rng, e, base_filters, base_maps, image_mods)
         writer.append_epoch(snap)
@@ -329,9 +465,35 @@ def build_run(root: Path, *, name: str = "synthetic fine-tuning run", arch: str 
     return root
 
 
-def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new, grad_base, upd_noise, update_scale,
-                 steps_per_epoch, nonfinite_at, explode_at, diverged, probed, act_info, act_scale, dead_growth,
-                 probe_size, centers, noise, labels, n_cls, tsne, hot_layer=None):
+def _probe_epoch(
+    snap,
+    rng,
+    e,
+    params,
+    ref,
+    bins_range,
+    depth_of,
+    trainable,
+    new,
+    grad_base,
+    upd_noise,
+    update_scale,
+    steps_per_epoch,
+    nonfinite_at,
+    explode_at,
+    diverged,
+    probed,
+    act_info,
+    act_scale,
+    dead_growth,
+    probe_size,
+    centers,
+    noise,
+    labels,
+    n_cls,
+    tsne,
+    hot_layer=None,
+):
     weights = []
     for n, m, shape in params:
         numel = math.prod(shape)
@@ -350,11 +512,21 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
             before_sq = ref_sq * (1 + rel) ** 2
             ratio = update_scale * upd_noise[n] * (3 if is_new else 1) * (300 if m.name == hot_layer else 1)
             update_sq = before_sq * ratio * ratio
-        weights.append(WeightStat(
-            name=n, module=m.name, shape=shape, trainable=n in trainable, new=is_new,
-            stats=stats(numel, mu, sd_now, mu - 4 * sd_now, mu + 4 * sd_now),
-            hist=gaussian_hist(rng, lo, hi, mu, sd_now, numel), diff_sq=rel * rel * ref_sq, ref_sq=ref_sq,
-            update_sq=update_sq, before_update_sq=before_sq))
+        weights.append(
+            WeightStat(
+                name=n,
+                module=m.name,
+                shape=shape,
+                trainable=n in trainable,
+                new=is_new,
+                stats=stats(numel, mu, sd_now, mu - 4 * sd_now, mu + 4 * sd_now),
+                hist=gaussian_hist(rng, lo, hi, mu, sd_now, numel),
+                diff_sq=rel * rel * ref_sq,
+                ref_sq=ref_sq,
+                update_sq=update_sq,
+                before_update_sq=before_sq,
+            )
+        )
     if diverged:  # the weights of a diverged run hold NaN: sums and changes become NaN, as the recorder writes them
         nan = math.nan
         for w in weights:
@@ -376,8 +548,16 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
                 g *= 50 * (e - explode_at + 1)
             if (nonfinite_at is not None and e >= nonfinite_at) or diverged:
                 bad = max(1, samples // 3)
-            grads.append(GradStat(name=n, module=m.name, samples=samples, norm_sum=g * (samples - bad),
-                                  norm_max=g * 2.5, nonfinite=bad))
+            grads.append(
+                GradStat(
+                    name=n,
+                    module=m.name,
+                    samples=samples,
+                    norm_sum=g * (samples - bad),
+                    norm_max=g * 2.5,
+                    nonfinite=bad,
+                )
+            )
         snap.gradients = grads
     acts = []
     for i, p in enumerate(probed):
@@ -388,9 +568,18 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
         scale = act_scale[p] * (1 + 0.05 * e)
         if m.type == "Linear":
             mu, sd = 0.0, 2.0 + 0.5 * e
-            acts.append(ActivationStat(module=p, type=m.type, shape=shape, stats=stats(count, mu, sd, -4 * sd, 4 * sd),
-                                       channels=channels, dead_channels=0, nonnegative=False,
-                                       hist=gaussian_hist(rng, -10, 10, mu, sd, count)))
+            acts.append(
+                ActivationStat(
+                    module=p,
+                    type=m.type,
+                    shape=shape,
+                    stats=stats(count, mu, sd, -4 * sd, 4 * sd),
+                    channels=channels,
+                    dead_channels=0,
+                    nonnegative=False,
+                    hist=gaussian_hist(rng, -10, 10, mu, sd, count),
+                )
+            )
             continue
         zero_frac = 0.45 + 0.02 * i / len(probed)
         dead = 0
@@ -398,11 +587,18 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
             dead = int(channels * min(0.6, 0.08 * e))
             zero_frac = min(0.95, zero_frac + dead / channels)
         mean = scale * 0.4
-        acts.append(ActivationStat(module=p, type=m.type, shape=shape,
-                                   stats=stats(count, mean, scale * 0.6, 0.0, scale * 6, int(count * zero_frac)),
-                                   channels=channels, dead_channels=dead, nonnegative=True,
-                                   hist=relu_hist(rng, -0.1 * 6 * act_scale[p], 6.6 * act_scale[p], scale * 0.8, count,
-                                                  zero_frac)))
+        acts.append(
+            ActivationStat(
+                module=p,
+                type=m.type,
+                shape=shape,
+                stats=stats(count, mean, scale * 0.6, 0.0, scale * 6, int(count * zero_frac)),
+                channels=channels,
+                dead_channels=dead,
+                nonnegative=True,
+                hist=relu_hist(rng, -0.1 * 6 * act_scale[p], 6.6 * act_scale[p], scale * 0.8, count, zero_frac),
+            )
+        )
     if diverged:
         for a in acts:
             a.stats.mean = a.stats.m2 = a.stats.min = a.stats.max = math.nan
@@ -411,22 +607,38 @@ def _probe_epoch(snap, rng, e, params, ref, bins_range, depth_of, trainable, new
     xy = centers[labels] * spread + noise * 0.7
     if diverged:
         xy = np.full_like(xy, np.nan)
-    projections = [Projection(method="pca", x=[round(float(v), 4) for v in xy[:, 0]],
-                              y=[round(float(v), 4) for v in xy[:, 1]])]
+    projections = [
+        Projection(method="pca", x=[round(float(v), 4) for v in xy[:, 0]], y=[round(float(v), 4) for v in xy[:, 1]])
+    ]
     if tsne:
         t = centers[labels] * 20 + rng.normal(0, 5, xy.shape)
         projections.append(Projection(method="tsne", x=t[:, 0].tolist(), y=t[:, 1].tolist()))
     knn = min(1.0, 0.45 + 0.5 * (1 - math.exp(-e / 1.2)))
-    snap.features = Features(module="fc", dim=128, projections=projections, knn_accuracy=knn, knn_k=5,
-                             probe_accuracy=min(1.0, max(0.0, snap.val.accuracy if snap.val else knn)))
-    snap.cka = [CKA(module=p, value=math.nan if diverged else
-                    1.0 if e == 0 else max(0.0, 1 - 0.7 * (i / len(probed)) ** 2 * (1 - math.exp(-e / 2))))
-                for i, p in enumerate(probed)]
+    snap.features = Features(
+        module="fc",
+        dim=128,
+        projections=projections,
+        knn_accuracy=knn,
+        knn_k=5,
+        probe_accuracy=min(1.0, max(0.0, snap.val.accuracy if snap.val else knn)),
+    )
+    snap.cka = [
+        CKA(
+            module=p,
+            value=math.nan
+            if diverged
+            else 1.0
+            if e == 0
+            else max(0.0, 1 - 0.7 * (i / len(probed)) ** 2 * (1 - math.exp(-e / 2))),
+        )
+        for i, p in enumerate(probed)
+    ]
 
 
 def _images(writer, rng, e, base_filters, base_maps, image_mods) -> Images:
-    img = Images(filters=writer.write_asset(f"filters_e{e:03d}.png", png(rng, base_filters, 4.0 * e)),
-                 filters_module="conv1")
+    img = Images(
+        filters=writer.write_asset(f"filters_e{e:03d}.png", png(rng, base_filters, 4.0 * e)), filters_module="conv1"
+    )
     for p in image_mods:
         for s in range(2):
             path = writer.write_asset(f"fmap_{p}_s{s}_e{e:03d}.png", png(rng, base_maps[p], 6.0 * e))

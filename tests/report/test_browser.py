@@ -1,8 +1,8 @@
 """The HTML report opened offline in headless Chromium, as a user would see it."""
+
 from __future__ import annotations
 
 import pytest
-
 from report_support import HOSTILE
 
 pytestmark = pytest.mark.browser

@@ -1,4 +1,5 @@
 """Runs that are not the happy path: hostile names, diverged, interrupted, only epoch 0, probes off."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,7 @@ def test_hostile_text_is_escaped_in_html(hostile_report):
     assert "&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;" in html  # shown as text
     assert "<script>alert(2)</script>" not in html and "</style><script>" not in html
     # exactly the page's own <script> elements, and the chart data survives the round trip
-    assert len(re.findall(r"<script\b", re.sub(r'<script>.*?</script>', "<script>", html, flags=re.S))) == 3
+    assert len(re.findall(r"<script\b", re.sub(r"<script>.*?</script>", "<script>", html, flags=re.S))) == 3
     specs = spec_blob(html)
     assert HOSTILE in json.dumps(specs, ensure_ascii=False)  # the class name is data, intact
 
@@ -82,9 +83,14 @@ def test_probes_off(runs, tmp_path):
     run = build_run(runs / "noprobes", epochs=3, probes=False)
     out = render_all(run, tmp_path, ("html", "md"))
     html = out["html_text"]
-    for line in ["The architecture was not recorded", "No weight statistics were recorded",
-                 "No activation statistics were recorded", "No feature projections were recorded",
-                 "No feature-map images were recorded", "No first-layer filter images were recorded"]:
+    for line in [
+        "The architecture was not recorded",
+        "No weight statistics were recorded",
+        "No activation statistics were recorded",
+        "No feature projections were recorded",
+        "No feature-map images were recorded",
+        "No first-layer filter images were recorded",
+    ]:
         assert line in html, line
     assert 'data-chart="loss"' in html and 'data-chart="confusion"' in html
 
@@ -107,7 +113,8 @@ def test_render_never_imports_torch(main_run, tmp_path):
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision') or "
         "m.startswith(('sftreport.train', 'sftreport.record'))]\n"
         "assert not bad, bad\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
     assert (tmp_path / "r.html").exists()

@@ -1,12 +1,13 @@
 """Every findings rule: a run that triggers it and one that does not (synthetic runs, no torch)."""
+
 from __future__ import annotations
 
 import pytest
+from synthetic_run import build_run
 
 from sftreport.report import findings as F
 from sftreport.report.frames import RunFrames
 from sftreport.store import read_run
-from synthetic_run import build_run
 
 
 @pytest.fixture(scope="module")

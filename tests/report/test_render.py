@@ -1,4 +1,5 @@
 """The three formats of one shared report (conftest.rendered), the render contract, and units behind it."""
+
 from __future__ import annotations
 
 import json
@@ -7,19 +8,42 @@ import re
 import shutil
 
 import pytest
+from report_support import spec_blob
 
 from sftreport.errors import UserError
 from sftreport.report import fmt
 from sftreport.report.render import render_run
 from sftreport.report.templating import md_escape, template_dir
 from sftreport.report.vega import json_safe, script_json
-from report_support import spec_blob
 
-SECTION_TITLES = ["Summary", "Findings", "Training", "Architecture", "Parameters", "Activations", "Features",
-                  "Appendix"]
-CHART_IDS = ["loss", "accuracy", "lr", "confusion", "per-class", "params-by-block", "rel-change", "weight-hist",
-             "grad-total", "grad-layers", "update-ratio", "act-stats", "act-hist", "projection", "cka",
-             "separability"]
+SECTION_TITLES = [
+    "Summary",
+    "Findings",
+    "Training",
+    "Architecture",
+    "Parameters",
+    "Activations",
+    "Features",
+    "Appendix",
+]
+CHART_IDS = [
+    "loss",
+    "accuracy",
+    "lr",
+    "confusion",
+    "per-class",
+    "params-by-block",
+    "rel-change",
+    "weight-hist",
+    "grad-total",
+    "grad-layers",
+    "update-ratio",
+    "act-stats",
+    "act-hist",
+    "projection",
+    "cka",
+    "separability",
+]
 
 
 # --------------------------------------------------------------------------- HTML
@@ -39,6 +63,7 @@ def test_html_is_self_contained(rendered):
 def _untitled_axes(spec) -> list[str]:
     """x/y axes of a Vega-Lite spec that show a field but have no title. Layers share their axes, so a layered
     chart needs one titled channel per axis among its layers; facets and concatenations are checked inside."""
+
     def channels(node) -> dict[str, list[dict]]:
         out: dict[str, list[dict]] = {"x": [], "y": []}
         for layer in node.get("layer", [node]):
@@ -59,7 +84,7 @@ def _untitled_axes(spec) -> list[str]:
                     bad.append(f"{name}: {chs[0].get('field')}")
         for key in ("spec", "hconcat", "vconcat", "concat"):
             if key in spec:
-                for child in (spec[key] if isinstance(spec[key], list) else [spec[key]]):
+                for child in spec[key] if isinstance(spec[key], list) else [spec[key]]:
                     bad += _untitled_axes(child)
     return bad
 
@@ -77,8 +102,7 @@ def test_html_has_every_chart_with_axis_titles(rendered):
 
 def test_html_sections_and_toc(rendered):
     html = rendered.html_text
-    for sid in ["summary", "findings", "training", "architecture", "parameters", "activations", "features",
-                "appendix"]:
+    for sid in ["summary", "findings", "training", "architecture", "parameters", "activations", "features", "appendix"]:
         assert f'id="{sid}"' in html and f'href="#{sid}"' in html
     assert '<style media="print">' in html
     # each section opens with its one sentence on what to look for
@@ -150,7 +174,9 @@ def test_pdf_draws_charts_as_images(rendered):
 
 def test_markdown_summary(rendered):
     md = rendered.md_text
-    assert md.startswith("## sftreport: synthetic fine\\-tuning run") or md.startswith("## sftreport: synthetic fine-tuning run")
+    assert md.startswith("## sftreport: synthetic fine\\-tuning run") or md.startswith(
+        "## sftreport: synthetic fine-tuning run"
+    )
     assert "| Validation accuracy |" in md and "→" in md and "points" in md
     assert "### Findings" in md and "**warning**" in md and "Overfitting from epoch 4" in md
     assert "<" not in md.replace("\\<", "")
@@ -190,7 +216,14 @@ def test_templates_found():
     d = template_dir()
     assert (d / "report.html.j2").is_file() and (d / "css" / "print.css").is_file()
     assert {p.stem.split(".")[0] for p in (d / "sections").glob("*.html.j2")} >= {
-        "summary", "training", "architecture", "parameters", "activations", "features", "appendix"}
+        "summary",
+        "training",
+        "architecture",
+        "parameters",
+        "activations",
+        "features",
+        "appendix",
+    }
 
 
 # --------------------------------------------------------------------------- units
@@ -224,11 +257,22 @@ def test_formatters():
 
 def _big_spec(rows: int = 70) -> dict:
     """A heatmap whose drawing is larger than a pipe buffer (the helper must not deadlock on it)."""
-    values = [{"layer": f"layer{i}.conv{j}", "epoch": e, "v": (i * 7 + e) % 13}
-              for i in range(rows // 3) for j in range(3) for e in range(10)]
-    return {"data": {"values": values}, "mark": "rect", "width": 300,
-            "encoding": {"x": {"field": "epoch", "type": "ordinal"}, "y": {"field": "layer", "type": "nominal"},
-                         "color": {"field": "v", "type": "quantitative"}}}
+    values = [
+        {"layer": f"layer{i}.conv{j}", "epoch": e, "v": (i * 7 + e) % 13}
+        for i in range(rows // 3)
+        for j in range(3)
+        for e in range(10)
+    ]
+    return {
+        "data": {"values": values},
+        "mark": "rect",
+        "width": 300,
+        "encoding": {
+            "x": {"field": "epoch", "type": "ordinal"},
+            "y": {"field": "layer", "type": "nominal"},
+            "color": {"field": "v", "type": "quantitative"},
+        },
+    }
 
 
 def _draw_all(specs: list[dict], helper) -> list[tuple[bytes, str]]:
@@ -285,19 +329,31 @@ def test_chart_data_travels_as_csv_and_draws_the_same():
 
     from sftreport.report.vega import chart_spec, csv_data
 
-    df = pd.DataFrame({"cls": ["5", "6", 'a "b", c', "7"], "v": [0.5, np.nan, 2.25, 1.2346e-7],
-                       "n": [1, 2, 3, 2359296], "ok": [True, False, True, True], "w": [1.0, np.inf, 2.0, 3.0]})
+    df = pd.DataFrame(
+        {
+            "cls": ["5", "6", 'a "b", c', "7"],
+            "v": [0.5, np.nan, 2.25, 1.2346e-7],
+            "n": [1, 2, 3, 2359296],
+            "ok": [True, False, True, True],
+            "w": [1.0, np.inf, 2.0, 3.0],
+        }
+    )
     sort = ["5", "6", 'a "b", c', "7"]
 
     def make():
-        bars = alt.Chart().mark_bar().encode(x=alt.X("cls:N", sort=sort), y=alt.Y("v:Q"), color=alt.Color("ok:N"),
-                                             tooltip=[alt.Tooltip("n:Q")])
+        bars = (
+            alt.Chart()
+            .mark_bar()
+            .encode(x=alt.X("cls:N", sort=sort), y=alt.Y("v:Q"), color=alt.Color("ok:N"), tooltip=[alt.Tooltip("n:Q")])
+        )
         return alt.layer(bars, data=df).facet(facet=alt.Facet("ok:N"), columns=2)
 
     spec = chart_spec(make())
     data = spec["data"]  # Altair keeps the text in the top-level datasets, named
-    assert data["format"] == {"type": "csv", "parse": {"cls": None, "v": "number", "n": "number", "ok": "boolean",
-                                                       "w": "number"}}
+    assert data["format"] == {
+        "type": "csv",
+        "parse": {"cls": None, "v": "number", "n": "number", "ok": "boolean", "w": "number"},
+    }
     text = spec["datasets"][data["name"]]
     assert text.splitlines()[0] == "cls,v,n,ok,w"
     assert '"a ""b"", c",2.25,3,true,2' in text and "6,,2,false,\n" in text

@@ -3,6 +3,7 @@ axe-core audit in Chromium finds no serious or critical violation, in the main, 
 
 vnu.jar and axe-core come from npm (.ci/run installs them into .tools/, see report_support.NODE_MODULES);
 vnu.jar runs on Java. Under CI=true a missing tool fails these tests; elsewhere they are skipped."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
-
 from report_support import AXE_JS, VNU_JAR, require
 
 pytestmark = pytest.mark.browser
@@ -31,8 +31,12 @@ def vnu_errors(reports) -> dict[str, list[str]]:
     java = shutil.which("java")
     require(java is not None, "java (Debian: default-jre-headless)")
     require(VNU_JAR.is_file(), f"{VNU_JAR} (npm package vnu-jar)")
-    proc = subprocess.run([java, "-jar", str(VNU_JAR), "--errors-only", "--format", "json",
-                           *(str(p) for p in reports.values())], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [java, "-jar", str(VNU_JAR), "--errors-only", "--format", "json", *(str(p) for p in reports.values())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     try:
         messages = json.loads(proc.stderr)["messages"]  # vnu writes its JSON report to stderr
     except (ValueError, KeyError):
@@ -57,16 +61,19 @@ def axe_violations(browser, path: Path) -> list[dict]:
     """axe-core's violations on the report opened offline, once every chart is drawn and the collapsed tables
     are open (so that their cells are audited too)."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    ctx.route("**/*", lambda r: r.continue_() if r.request.url.split(":", 1)[0] in ("file", "data", "blob")
-              else r.abort())
+    ctx.route(
+        "**/*", lambda r: r.continue_() if r.request.url.split(":", 1)[0] in ("file", "data", "blob") else r.abort()
+    )
     try:
         page = ctx.new_page()
         page.goto(path.resolve().as_uri(), wait_until="load")
         page.wait_for_function("window.__chartsDone === true", timeout=30_000)
         page.evaluate("document.querySelectorAll('.table-block details').forEach(d => { d.open = true; })")
         page.add_script_tag(path=str(AXE_JS))
-        return page.evaluate("async () => (await axe.run(document, {resultTypes: ['violations']})).violations.map(v => ({id: v.id, impact: v.impact,"
-                             " help: v.help, nodes: v.nodes.map(n => [n.target.join(' '), n.failureSummary])}))")
+        return page.evaluate(
+            "async () => (await axe.run(document, {resultTypes: ['violations']})).violations.map(v => ({id: v.id, impact: v.impact,"
+            " help: v.help, nodes: v.nodes.map(n => [n.target.join(' '), n.failureSummary])}))"
+        )
     finally:
         ctx.close()
 
