@@ -21,7 +21,7 @@ model = torchvision.models.resnet18(num_classes=10)  # your pretrained model, wi
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
 
 rec = Recorder(model, probe=(x[1400:1528], y[1400:1528]), val_data=val, run_dir="runs/own-loop")  # sftreport
-for _epoch in range(2):
+for epoch in range(2):
     model.train()
     for xb, yb in train:
         logits = model(xb)
