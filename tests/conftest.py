@@ -8,6 +8,11 @@ import pytest
 from support import make_cifar10, make_imagefolder
 
 
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite the golden files under tests/golden/ from what the code produces now")
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory) -> Path:
     return make_cifar10(tmp_path_factory.mktemp("cifar"))

@@ -397,3 +397,27 @@ def test_saved_weights_recompute_the_last_epoch_s_change_and_accuracy(default_ru
     correct = int((pred == val.labels).sum())
     assert correct == round(run.epochs[-1].val.accuracy * run.epochs[-1].val.count)
     assert len(val.labels) == run.epochs[-1].val.count
+
+
+def test_a_run_from_scratch_never_speaks_of_a_pretrained_model(tmp_path: Path):
+    """--weights none: epoch 0 is an initialisation. The report says so once, lists no table of 'replaced'
+    layers, and its findings, captions and legends speak of the initial model."""
+    import re
+
+    r = cli("run", "--weights", "none", "--epochs", "2", "--max-steps-per-epoch", "3", "--probe-size", "16",
+            "--batch-size", "16", "--quiet", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "r.html"),
+            "--out", str(tmp_path / "r.md"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    allowed = ["no pretrained weights", "New (not pretrained)", "nothing pretrained"]  # saying there are none
+    md = (tmp_path / "r.md").read_text()
+    assert "trained from scratch on digits" in md
+    for hit in re.findall(r".{0,40}pretrained.{0,40}", md):
+        assert any(a in hit for a in allowed), hit
+    html = (tmp_path / "r.html").read_text()
+    visible = re.sub(r"<script.*?</script>", "", html, flags=re.S)  # the page's text, not chart data
+    assert "Trained from scratch: no pretrained weights were loaded" in visible
+    assert 'id="replaced"' not in visible
+    for hit in re.findall(r"[^<>]{0,40}pretrained[^<>]{0,40}", visible):
+        assert any(a in hit for a in allowed), hit
+    specs = re.search(r'id="sftreport-specs">(.*?)</script>', html, re.S).group(1)
+    assert "pretrained" not in specs  # legends and labels of the charts

@@ -136,3 +136,75 @@ def test_a_schema_v1_run_directory_still_renders(tmp_path: Path):
     assert w.sum_sq == pytest.approx(raw["sum_sq"], rel=1e-9)
     out = render_all(v1, tmp_path, formats=("html", "md"))
     assert "digits\\_resnet on digits" in out["md_text"] and out["html"].stat().st_size > 100_000
+
+
+# --------------------------------------------------------------------------- what a newcomer saw
+
+
+def _axis_and_legend_labels(svg: str) -> list[tuple[str, list[str]]]:
+    """(title, labels) of every axis and legend in a Vega SVG drawing."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(svg)
+    out = []
+    for g in root.iter("{http://www.w3.org/2000/svg}g"):
+        cls = g.get("class", "")
+        if "role-axis" not in cls.split() and "role-legend" not in cls.split():
+            continue
+        texts = {}
+        for sub in g.iter("{http://www.w3.org/2000/svg}g"):
+            role = next((c for c in sub.get("class", "").split() if c.startswith("role-")), None)
+            if role in ("role-axis-title", "role-legend-title", "role-axis-label", "role-legend-label"):
+                texts.setdefault(role.split("-")[-1], []).extend(t.text or "" for t in sub.iter("{http://www.w3.org/2000/svg}text"))
+        out.append((" ".join(texts.get("title", [])), texts.get("label", [])))
+    return out
+
+
+def test_epoch_axes_and_legends_of_a_short_run_show_whole_epochs_once(tmp_path):
+    """A 2-epoch run: Vega's own ticks would fall on half epochs and print "0 1 1 2 2"."""
+    import vl_convert as vlc
+
+    from sftreport.report.sections import build_report
+    from sftreport.store import read_run
+
+    report = build_report(read_run(build_run(tmp_path / "run", epochs=2)), "html")
+    checked = 0
+    for chart in report.charts():
+        for title, labels in _axis_and_legend_labels(vlc.vegalite_to_svg(chart.spec)):
+            if title.startswith("epoch"):
+                checked += 1
+                assert labels == sorted(set(labels), key=labels.index), (chart.id, title, labels)  # no repeats
+                assert all(label.isdigit() for label in labels), (chart.id, title, labels)
+    assert checked >= 5  # loss, accuracy, learning rate, gradient norm, separability, and epoch legends
+
+
+def test_values_that_leave_the_histogram_range_are_drawn_with_their_share(tmp_path):
+    """Bins are fixed from epoch 0; what later moves outside them is a red bar a bin wide at the edge."""
+    from sftreport.report.frames import RunFrames
+    from sftreport.report.sections import build_report
+    from sftreport.schema import Histogram
+    from sftreport.store import EPOCHS_FILE, read_run
+
+    run_dir = build_run(tmp_path / "run", epochs=2)
+    lines = (run_dir / EPOCHS_FILE).read_text().splitlines()
+    last = json.loads(lines[-1])
+    w = last["weights"][0]
+    counts = w["hist"]["counts"]
+    peak = counts.index(max(counts))
+    w["hist"]["below"], w["hist"]["above"] = counts[peak] // 2, counts[peak] // 4  # as if they had moved out
+    moved = w["hist"]["below"] + w["hist"]["above"]
+    counts[peak] -= moved
+    lines[-1] = json.dumps(last)
+    (run_dir / EPOCHS_FILE).write_text("\n".join(lines) + "\n")
+    frames = RunFrames(read_run(run_dir))
+    name = w["name"]
+    df = frames.weight_hist([name], [2])
+    h = Histogram.model_validate(w["hist"])
+    below, above = df[df["part"] == "below"].iloc[0], df[df["part"] == "above"].iloc[0]
+    step = (h.hi - h.lo) / len(h.counts)
+    assert below["share"] == pytest.approx(h.below / h.total) and above["share"] == pytest.approx(h.above / h.total)
+    assert (below["x0"], below["x1"]) == (pytest.approx(h.lo - step), pytest.approx(h.lo))
+    assert (above["x0"], above["x1"]) == (pytest.approx(h.hi), pytest.approx(h.hi + step))
+    assert df[df["part"] == "inside"]["share"].sum() == pytest.approx(1 - moved / h.total)
+    chart = next(c for c in build_report(read_run(run_dir), "html").charts() if c.id == "weight-hist")
+    assert "#d62728" in json.dumps(chart.spec) and "above the fixed range" in json.dumps(chart.spec)

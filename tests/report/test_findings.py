@@ -161,3 +161,16 @@ def test_findings_are_sorted_and_only_pretrained_noted(tmp_path, plain):
     assert order == sorted(order) and found[0].severity == "alert"
     only = F.derive_findings(frames(tmp_path / "zero", epochs=0))
     assert [f.rule for f in only] == ["only_pretrained"]
+
+
+def test_representation_change_names_pretrained_layers_and_the_new_head_apart(plain):
+    """The new head has no pretrained representation to keep: it is never "the layer that changed most"."""
+    c = plain.cka
+    last = c[c["epoch"] == c["epoch"].max()]
+    assert last.loc[last["cka"].idxmin(), "layer"] == "fc"  # the head moved most: the old rule named it
+    (f,) = F.representation_rule(plain)
+    assert "fc" not in f.title
+    kept = last[last["layer"] != "fc"]
+    lowest = kept.loc[kept["cka"].idxmin()]
+    assert f"in {lowest['layer']} (CKA {lowest['cka']:.2f}" in f.title
+    assert f"New layers, compared with their initialisation: fc ({last[last['layer'] == 'fc']['cka'].iloc[0]:.3f})" in f.evidence
