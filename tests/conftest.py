@@ -9,8 +9,12 @@ from support import make_cifar10, make_imagefolder
 
 
 def pytest_addoption(parser):
-    parser.addoption("--update-golden", action="store_true", default=False,
-                     help="rewrite the golden files under tests/golden/ from what the code produces now")
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite the golden files under tests/golden/ from what the code produces now",
+    )
 
 
 @pytest.fixture(scope="session")

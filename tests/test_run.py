@@ -404,9 +404,27 @@ def test_a_run_from_scratch_never_speaks_of_a_pretrained_model(tmp_path: Path):
     layers, and its findings, captions and legends speak of the initial model."""
     import re
 
-    r = cli("run", "--weights", "none", "--epochs", "2", "--max-steps-per-epoch", "3", "--probe-size", "16",
-            "--batch-size", "16", "--quiet", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "r.html"),
-            "--out", str(tmp_path / "r.md"), cwd=tmp_path)
+    r = cli(
+        "run",
+        "--weights",
+        "none",
+        "--epochs",
+        "2",
+        "--max-steps-per-epoch",
+        "3",
+        "--probe-size",
+        "16",
+        "--batch-size",
+        "16",
+        "--quiet",
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "r.html"),
+        "--out",
+        str(tmp_path / "r.md"),
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     allowed = ["no pretrained weights", "New (not pretrained)", "nothing pretrained"]  # saying there are none
     md = (tmp_path / "r.md").read_text()

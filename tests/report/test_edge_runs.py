@@ -155,7 +155,9 @@ def _axis_and_legend_labels(svg: str) -> list[tuple[str, list[str]]]:
         for sub in g.iter("{http://www.w3.org/2000/svg}g"):
             role = next((c for c in sub.get("class", "").split() if c.startswith("role-")), None)
             if role in ("role-axis-title", "role-legend-title", "role-axis-label", "role-legend-label"):
-                texts.setdefault(role.split("-")[-1], []).extend(t.text or "" for t in sub.iter("{http://www.w3.org/2000/svg}text"))
+                texts.setdefault(role.split("-")[-1], []).extend(
+                    t.text or "" for t in sub.iter("{http://www.w3.org/2000/svg}text")
+                )
         out.append((" ".join(texts.get("title", [])), texts.get("label", [])))
     return out
 

@@ -173,4 +173,7 @@ def test_representation_change_names_pretrained_layers_and_the_new_head_apart(pl
     kept = last[last["layer"] != "fc"]
     lowest = kept.loc[kept["cka"].idxmin()]
     assert f"in {lowest['layer']} (CKA {lowest['cka']:.2f}" in f.title
-    assert f"New layers, compared with their initialisation: fc ({last[last['layer'] == 'fc']['cka'].iloc[0]:.3f})" in f.evidence
+    assert (
+        f"New layers, compared with their initialisation: fc ({last[last['layer'] == 'fc']['cka'].iloc[0]:.3f})"
+        in f.evidence
+    )

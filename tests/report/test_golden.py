@@ -5,6 +5,7 @@ up as a diff in review.
 
     pytest tests/report/test_golden.py --update-golden   # after a deliberate change: rewrite, then review the diff
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,11 +27,22 @@ def outline(report) -> dict:
             top = next((k for k in ("layer", "hconcat", "vconcat", "facet", "mark") if k in b.spec), "?")
             return {"chart": b.id, "title": b.title, "caption": b.caption, "drawn as": top}
         if kind == "table":
-            return {"table": b.id, "title": b.title, "caption": b.caption, "columns": b.columns,
-                    "rows": [[c.text for c in row] for row in b.rows], "scroll": b.scroll}
+            return {
+                "table": b.id,
+                "title": b.title,
+                "caption": b.caption,
+                "columns": b.columns,
+                "rows": [[c.text for c in row] for row in b.rows],
+                "scroll": b.scroll,
+            }
         if kind == "images":
-            return {"images": b.id, "title": b.title, "caption": b.caption, "headings": b.headings,
-                    "rows": [[label, [i.alt if i else None for i in imgs]] for label, imgs in b.rows]}
+            return {
+                "images": b.id,
+                "title": b.title,
+                "caption": b.caption,
+                "headings": b.headings,
+                "rows": [[label, [i.alt if i else None for i in imgs]] for label, imgs in b.rows],
+            }
         if kind == "keyvalues":
             return {"keyvalues": b.id, "title": b.title, "items": [list(kv) for kv in b.items]}
         return {"note": b.text}
@@ -41,8 +53,10 @@ def outline(report) -> dict:
         "headline": dataclasses.asdict(report.headline),
         "summary": [list(kv) for kv in report.summary.items],
         "findings": [dataclasses.asdict(f) for f in report.findings],
-        "sections": [{"id": s.id, "title": s.title, "lead": s.lead, "blocks": [block(b) for b in s.blocks]}
-                     for s in report.sections],
+        "sections": [
+            {"id": s.id, "title": s.title, "lead": s.lead, "blocks": [block(b) for b in s.blocks]}
+            for s in report.sections
+        ],
     }
 
 
@@ -55,10 +69,16 @@ def _check(name: str, text: str, update: bool) -> None:
     assert path.exists(), f"{path} is missing: run pytest {__file__} --update-golden"
     expected = path.read_text(encoding="utf-8")
     if text != expected:
-        diff = "".join(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), f"golden/{name}",
-                                            "rendered now", n=1))
-        pytest.fail(f"{name} differs from the golden file (pytest --update-golden rewrites it; review the diff):\n"
-                    f"{diff[:6000]}", pytrace=False)
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(True), text.splitlines(True), f"golden/{name}", "rendered now", n=1
+            )
+        )
+        pytest.fail(
+            f"{name} differs from the golden file (pytest --update-golden rewrites it; review the diff):\n"
+            f"{diff[:6000]}",
+            pytrace=False,
+        )
 
 
 @pytest.mark.parametrize("medium", ["html", "pdf"])
