@@ -47,22 +47,9 @@ def test_cifar10_test_files_are_in_the_official_format_and_python3_copies_read_t
 ):
     """torchvision's own reader (encoding="latin1", str keys, MD5 check aside) reads the test files, so they are
     Python 2 pickles like the official ones; a copy re-pickled under Python 3 (str keys) reads the same."""
-    from torchvision.datasets import CIFAR10
+    from support import unchecked_cifar10
 
-    class Unchecked(CIFAR10):
-        def _check_integrity(self) -> bool:
-            return True
-
-        def _load_meta(self) -> None:  # the same reading, without the official MD5 check
-            import torchvision.datasets.cifar as cifar
-
-            real, cifar.check_integrity = cifar.check_integrity, lambda *a, **k: True
-            try:
-                super()._load_meta()
-            finally:
-                cifar.check_integrity = real
-
-    theirs = Unchecked(str(cifar_root), train=True, download=False)
+    theirs = unchecked_cifar10()(str(cifar_root), train=True, download=False)
     train, _, classes = load_cifar10(cifar_root, download=False)
     assert theirs.classes == classes
     assert torch.equal(torch.as_tensor(theirs.data).permute(0, 3, 1, 2), train.images)

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from support import activation_pass
 from torch import nn
 
-from sftreport.record.activations import ActivationProbe, default_modules
+from sftreport.record.activations import default_modules
 from sftreport.record.architecture import describe
 from sftreport.record.evaluation import evaluate
 from sftreport.record.features import PCA2, centered_gram, knn_accuracy, linear_cka
@@ -96,17 +97,7 @@ def test_gradient_norms_sampled_every_k_steps_and_non_finite_counted():
 
 
 def _activation_pass(model: nn.Module, modules: list[str], x: torch.Tensor, bins: int = 8):
-    probe = ActivationProbe(modules, bins, image_modules=[], image_samples=0)
-    with torch.no_grad():
-        with probe.hooks(model, want_hist=False, want_reps=False) as next_chunk:
-            model(x)
-            next_chunk()
-        probe.fix_bins()
-        with probe.hooks(model, want_hist=True, want_reps=True) as next_chunk:
-            for chunk in x.split(3):
-                model(chunk)
-                next_chunk()
-    return probe.collect()
+    return activation_pass(model, modules, x, bins=bins)
 
 
 def test_relu_fed_only_negatives_reports_all_zeros_and_dead_channels():

@@ -298,29 +298,14 @@ def test_a_disk_that_fills_mid_run_keeps_every_finished_epoch_and_says_what_is_t
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed, as with ENOSPC
 
+    def run_on_small_disk(*argv: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "sftreport", "run", *argv, *args]
+        env = {**os.environ, "CI": "true"}
+        return subprocess.run(cmd, capture_output=True, text=True, preexec_fn=small_disk, env=env, timeout=300)
+
     run_dir = tmp_path / "run"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sftreport",
-            "run",
-            "--epochs",
-            "4",
-            "--run-dir",
-            str(run_dir),
-            "--out",
-            str(tmp_path / "r.md"),
-            "--out",
-            str(tmp_path / "r.html"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        preexec_fn=small_disk,
-        env={**os.environ, "CI": "true"},
-        timeout=300,
-    )
+    out_md, out_html = str(tmp_path / "r.md"), str(tmp_path / "r.html")
+    r = run_on_small_disk("--epochs", "4", "--run-dir", str(run_dir), "--out", out_md, "--out", out_html)
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot record epoch 2" in r.stderr and "epochs 0–1 are kept" in r.stderr
@@ -335,26 +320,7 @@ def test_a_disk_that_fills_mid_run_keeps_every_finished_epoch_and_says_what_is_t
     assert again.returncode == 0, again.stderr
     # the same disk cannot take the model's weights (1.3 MB): one line, exit 1, from epoch 0 on
     args[-1] = "last"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sftreport",
-            "run",
-            "--epochs",
-            "2",
-            "--run-dir",
-            str(tmp_path / "w"),
-            "--out",
-            str(tmp_path / "w.md"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        preexec_fn=small_disk,
-        env={**os.environ, "CI": "true"},
-        timeout=300,
-    )
+    r = run_on_small_disk("--epochs", "2", "--run-dir", str(tmp_path / "w"), "--out", str(tmp_path / "w.md"))
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "cannot save the weights of epoch 0" in r.stderr and "Traceback" not in r.stderr
 

@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from support import activation_pass
 from torch import nn
 
-from sftreport.record.activations import ActivationProbe
 from sftreport.record.gradients import GradientProbe
 from sftreport.record.stats import (
     BinGrid,
@@ -207,18 +207,7 @@ def test_activation_histograms_are_exact_for_token_shaped_outputs_past_the_range
     g = torch.Generator().manual_seed(5)
     first = 1 + 1e-3 * torch.randn(6, 5, 8, generator=g)
     later = torch.cat([first[:3], first[3:] * 1.01 + 1e-3])  # beyond the fixed range
-    model = nn.Sequential(nn.Identity())
-    probe = ActivationProbe(["0"], 32, image_modules=[], image_samples=0)
-    with torch.no_grad():
-        with probe.hooks(model, want_hist=False, want_reps=False) as nxt:
-            model(first)
-            nxt()
-        probe.fix_bins()
-        with probe.hooks(model, want_hist=True, want_reps=True) as nxt:
-            for chunk in later.split(4):
-                model(chunk)
-                nxt()
-    (s,), reps, _ = probe.collect()
+    (s,), reps, _ = activation_pass(nn.Sequential(nn.Identity()), ["0"], first, later, bins=32, chunk=4)
     h = s.hist
     assert [h.below, *h.counts, h.above] == _numpy_counts(later.double().numpy().ravel(), h.lo, h.hi, 32)
     assert h.above > 0

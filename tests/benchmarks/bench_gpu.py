@@ -43,7 +43,7 @@ for path in (ROOT, ROOT / "tests"):  # run from a checkout without installing; t
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from support import CIFAR10_CLASSES, py2_pickle  # noqa: E402
+from support import CIFAR10_CLASSES, py2_pickle, unchecked_cifar10  # noqa: E402
 
 from sftreport.config import RecordOptions, RunConfig  # noqa: E402
 from sftreport.store import read_run  # noqa: E402
@@ -112,23 +112,9 @@ def plain_loop(
 ) -> dict:
     import torchvision.transforms as T
     from torch.utils.data import DataLoader
-    from torchvision.datasets import CIFAR10
-
-    class LocalCIFAR10(CIFAR10):
-        def _check_integrity(self) -> bool:  # synthetic files: the official MD5 sums cannot match
-            return True
-
-        def _load_meta(self) -> None:  # the same reading, without the official MD5 check
-            import torchvision.datasets.cifar as cifar
-
-            real, cifar.check_integrity = cifar.check_integrity, lambda *a, **k: True
-            try:
-                super()._load_meta()
-            finally:
-                cifar.check_integrity = real
 
     transform = T.Compose([T.Resize(size), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    data = LocalCIFAR10(str(root), train=True, transform=transform, download=False)
+    data = unchecked_cifar10()(str(root), train=True, transform=transform, download=False)
     loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
     model = torchvision.models.get_model(model_name, weights=None)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))

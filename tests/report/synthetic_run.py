@@ -377,6 +377,31 @@ def build_run(
     base_maps = {p: rng.integers(0, 255, (6, 54, 3), dtype=np.uint8) for p in probed}
     image_mods = [probed[0], probed[len(probed) // 2], probed[-2]]
 
+    probe_context = dict(
+        params=params,
+        ref=ref,
+        bins_range=bins_range,
+        depth_of=depth_of,
+        trainable=trainable,
+        new=new,
+        grad_base=grad_base,
+        upd_noise=upd_noise,
+        update_scale=update_scale,
+        steps_per_epoch=steps_per_epoch,
+        nonfinite_at=nonfinite_at,
+        explode_at=explode_at,
+        probed=probed,
+        act_info=act_info,
+        act_scale=act_scale,
+        dead_growth=dead_growth,
+        probe_size=probe_size,
+        centers=centers,
+        noise=noise,
+        labels=labels,
+        n_cls=n_cls,
+        tsne=tsne,
+        hot_layer=hot_layer,
+    )
     step = 0
     lr0 = 0.01
     for e in range(0, epochs + 1):
@@ -419,35 +444,7 @@ def build_run(
             train_s=0.0 if e == 0 else 4.2, eval_s=0.4, record_s=0.25, samples_per_s=None if e == 0 else 480.0
         )
         if probes:
-            _probe_epoch(
-                snap,
-                rng,
-                e,
-                params,
-                ref,
-                bins_range,
-                depth_of,
-                trainable,
-                new,
-                grad_base,
-                upd_noise,
-                update_scale,
-                steps_per_epoch,
-                nonfinite_at,
-                explode_at,
-                diverged,
-                probed,
-                act_info,
-                act_scale,
-                dead_growth,
-                probe_size,
-                centers,
-                noise,
-                labels,
-                n_cls,
-                tsne,
-                hot_layer,
-            )
+            _probe_epoch(snap, rng, e, diverged=diverged, **probe_context)
             if images and (e == 0 or e == epochs or e % 5 == 0):
                 snap.images = _images(writer, rng, e, base_filters, base_maps, image_mods)
         writer.append_epoch(snap)
