@@ -127,3 +127,21 @@ def test_schema_prints_json_schema_without_torch():
     assert r.returncode == 0, r.stderr
     schema = json.loads(r.stdout)
     assert "EpochSnapshot" in json.dumps(schema)
+
+
+def test_the_readme_s_article_command_is_the_article_s_setup():
+    """SGD, learning rate 0.001, momentum 0.9, constant, 10 epochs, batches of 100, 224 px, ImageNet weights."""
+    import re
+
+    from sftreport.cli import _overrides, build_parser
+    from sftreport.config import build_config
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    m = re.search(r"<!-- article-command -->\s*```bash\n(.*?)```", text, re.S)
+    assert m, "the README shows the article's command"
+    argv = m.group(1).replace("\\\n", " ").split()
+    assert argv[:2] == ["sftreport", "run"]
+    cfg = build_config(None, _overrides(build_parser().parse_args(argv[1:])))
+    assert (cfg.model, cfg.weights, cfg.dataset) == ("resnet50", "IMAGENET1K_V1", "cifar10")
+    assert (cfg.optimizer, cfg.lr, cfg.momentum, cfg.scheduler) == ("sgd", 0.001, 0.9, "constant")
+    assert (cfg.epochs, cfg.batch_size, cfg.image_size, cfg.weight_decay) == (10, 100, 224, 0.0)
