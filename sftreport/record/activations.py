@@ -121,8 +121,8 @@ class _CallAcc:
 
     type: str
     shape: list[int]
-    moments: torch.Tensor | None = None
-    alive: torch.Tensor | None = None  # per channel: any non-zero value seen
+    moments: torch.Tensor  # (6,) moments row
+    alive: torch.Tensor  # per channel: any non-zero value seen
     hist: torch.Tensor | None = None
     reps: list[torch.Tensor] = field(default_factory=list)
     samples: list[torch.Tensor] = field(default_factory=list)  # maps of the image samples
@@ -179,17 +179,19 @@ class ActivationProbe:
         want_reps: bool,
         first_chunk: bool,
     ) -> None:
-        acc = self._acc.get((name, k))
-        if acc is None:
-            acc = self._acc[(name, k)] = _CallAcc(type(module).__name__, list(out.shape[1:]))
         x = out if out.dtype == torch.float32 else out.float()  # any memory layout: no flattening copy
         # one full-size temporary, reused: the centred copy for the moments, then the histogram's bin positions
         scratch = torch.empty_like(x)
-        acc.moments = merge(acc.moments, tensor_moments(x, scratch))
+        moments = tensor_moments(x, scratch)
         cd = channel_dim(x)
         other = tuple(d for d in range(x.dim()) if d != cd)
         alive = (x.amax(dim=other) > 0) | (x.amin(dim=other) < 0)  # any non-zero value in the channel
-        acc.alive = alive if acc.alive is None else acc.alive | alive
+        acc = self._acc.get((name, k))
+        if acc is None:
+            acc = self._acc[(name, k)] = _CallAcc(type(module).__name__, list(out.shape[1:]), moments, alive)
+        else:
+            acc.moments = merge(acc.moments, moments)
+            acc.alive = acc.alive | alive
         key = f"{name}#{k}"
         if want_hist and key in self.grids:
             # 1 + bin, exactly; 0 and bins + 1 collect what falls outside, NaN counts nowhere
@@ -209,7 +211,7 @@ class ActivationProbe:
 
     def labels(self) -> dict[tuple[str, int], str]:
         """`module` for a module called once, `module#1`, `module#2`, ... for one called several times."""
-        per = {}
+        per: dict[str, int] = {}
         for name, k in self._acc:
             per[name] = max(per.get(name, 0), k + 1)
         return {(n, k): (n if per[n] == 1 else f"{n}#{k + 1}") for n, k in self._acc}

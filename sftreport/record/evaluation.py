@@ -64,6 +64,6 @@ def evaluate(
     finally:
         model.train(was_training)
     packed = torch.cat([loss_sum.reshape(1), confusion.double()])  # one reduction, one transfer
-    packed = all_reduce_sum(packed).tolist()
-    cells = [round(v) for v in packed[1:]]
-    return evaluation_from_sums(packed[0], [cells[i * num_classes : (i + 1) * num_classes] for i in range(num_classes)])
+    sums = all_reduce_sum(packed).tolist()
+    cells = [round(v) for v in sums[1:]]
+    return evaluation_from_sums(sums[0], [cells[i * num_classes : (i + 1) * num_classes] for i in range(num_classes)])

@@ -58,8 +58,8 @@ def filter_grid(weight: torch.Tensor) -> bytes:
     """(out, in, kh, kw) first-layer weights -> PNG; RGB when in == 3, grey otherwise. 0 maps to mid-grey."""
     w = weight[:MAX_FILTERS].float().cpu()
     scale = w.abs().max().clamp_min(1e-12)
-    w = (w / scale * 127.5 + 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
-    tiles = w.transpose(0, 2, 3, 1) if w.shape[1] == 3 else w[:, 0]
+    pixels = (w / scale * 127.5 + 127.5).clamp(0, 255).round().to(torch.uint8).numpy()
+    tiles = pixels.transpose(0, 2, 3, 1) if pixels.shape[1] == 3 else pixels[:, 0]
     tiles = _upscale(tiles, FILTER_TILE)
     return png_bytes(_grid(tiles, cols=math.ceil(math.sqrt(len(tiles)))))  # a square-ish grid
 
@@ -75,11 +75,11 @@ def feature_map_strip(image: torch.Tensor, maps: torch.Tensor, channels: list[in
     img = image.float().cpu()
     img = img if img.shape[0] == 3 else img.expand(3, -1, -1)
     lo, hi = img.min(), img.max()
-    img = ((img - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    rgb = ((img - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     m = maps[channels].float().cpu().numpy()
     tiles = [np.repeat(_norm_tile(t)[..., None], 3, axis=2) for t in m]
     size = MAP_TILE
-    tiles = [_resize_nearest(img, size)] + [_resize_nearest(t, size) for t in tiles]
+    tiles = [_resize_nearest(rgb, size)] + [_resize_nearest(t, size) for t in tiles]
     return png_bytes(_grid(np.stack(tiles), cols=len(tiles)))
 
 

@@ -19,6 +19,7 @@ Exact where models are hard:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,7 @@ class FlatBuffer:
             self._ints = torch.empty_like(self.buf, dtype=torch.int32)
         return self._ints
 
-    def load(self, tensors: list[torch.Tensor]) -> FlatBuffer:
+    def load(self, tensors: Sequence[torch.Tensor]) -> FlatBuffer:
         # copy_ into a shaped view converts any memory format (channels_last) without a temporary copy
         torch._foreach_copy_([v.view(t.shape) for v, t in zip(self.views, tensors)], [t.detach() for t in tensors])
         return self
@@ -270,10 +271,12 @@ def _group_counts(
     t, width = len(sources), bins + 2
     for i, (src, dst, grid) in enumerate(zip(sources, outs, grids)):
         bin_positions(src, dst, grid, offset=i * width)
-    known = mins is not None and maxs is not None
-    finite = known and all(math.isfinite(v) for v in (*mins, *maxs))
-    for i, (view, grid) in enumerate(zip(outs, grids)):
-        if not known or not finite or mins[i] < grid.lo or maxs[i] >= grid.hi:
+    # a tensor whose known min and max lie inside its grid needs no clamping; without them, every one does
+    finite, inside = False, [False] * len(grids)
+    if mins is not None and maxs is not None and all(math.isfinite(v) for v in (*mins, *maxs)):
+        finite, inside = True, [lo >= grid.lo and hi < grid.hi for lo, hi, grid in zip(mins, maxs, grids)]
+    for i, (view, ok) in enumerate(zip(outs, inside)):
+        if not ok:
             view.clamp_(float(i * width), float(i * width + width - 1))
     first, last = outs[0], outs[-1]
     flat = scratch.buf[
@@ -293,7 +296,8 @@ def _group_counts(
 def dense_flat(t: torch.Tensor) -> torch.Tensor:
     """A 1-D view of every element of a dense tensor in any memory layout (channels_last too), in memory
     order: counting does not care about the order, and no copy is made."""
-    order = sorted(range(t.dim()), key=lambda d: -t.stride(d))
+    strides = t.stride()
+    order = sorted(range(t.dim()), key=lambda d: -strides[d])
     return t.permute(order).reshape(-1) if t.dim() else t.reshape(1)
 
 
