@@ -134,6 +134,16 @@ class RunDescription:
     environment: Environment | None = None
 
 
+@dataclass
+class _Probes:
+    """The probes, which only the writing process runs (and only with recording on)."""
+
+    weights: WeightProbe
+    grads: GradientProbe
+    activations: ActivationProbe
+    features: FeatureProbe
+
+
 class Recorder:
     def __init__(
         self,
@@ -181,30 +191,29 @@ class Recorder:
         self._started = time.perf_counter()
         self._reset_epoch()
 
-        record = self.options.enabled and writer
         act_modules = self.options.activations or default_modules(model, self.head)
         check_modules(model, act_modules)
         if run_dir is None:
             run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-recorder")
         self.writer = RunWriter(Path(run_dir)) if writer else None  # only once the arguments are known good
-        self.weights = WeightProbe(model, self.new_params, self.options.hist_bins) if record else None
-        self.grads = GradientProbe(model, self.options.grad_every) if record else None
-        image_modules = self._image_modules(model, act_modules)
-        self.activations = (
-            ActivationProbe(act_modules, self.options.hist_bins, image_modules, IMAGE_SAMPLES) if record else None
-        )
-        self.features = (
-            FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k, self.options.tsne)
-            if record
-            else None
-        )
-        self.saver = WeightSaver(self.writer, self.options.save_weights) if record else None
+        self.probes: _Probes | None = None
+        self.saver: WeightSaver | None = None
+        if self.options.enabled and self.writer is not None:
+            self.probes = _Probes(
+                weights=WeightProbe(model, self.new_params, self.options.hist_bins),
+                grads=GradientProbe(model, self.options.grad_every),
+                activations=ActivationProbe(
+                    act_modules, self.options.hist_bins, self._image_modules(model, act_modules), IMAGE_SAMPLES
+                ),
+                features=FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k, self.options.tsne),
+            )
+            self.saver = WeightSaver(self.writer, self.options.save_weights)
         self._map_channels: dict[str, list[int]] = {}
         self._filters_module = first_conv(model)
 
         self.last: EpochSnapshot | None = None  # the latest snapshot recorded
-        self.info: RunInfo | None = None
-        if writer:
+        self.info: RunInfo | None = None  # the writing process's run.json
+        if self.writer is not None:
             sample = self.probe_x[:2]
             d = self.run
             self.info = RunInfo(
@@ -248,10 +257,9 @@ class Recorder:
         if logits is not None and targets is not None:
             self._correct += (logits.detach().argmax(dim=1) == targets).sum()
             self._with_acc = True
-        if self.grads is not None:
-            self.grads.maybe_sample(valid=None if skipped is None else ~skipped)
-        if self.weights is not None:
-            self.weights.after_step(skipped)
+        if self.probes is not None:
+            self.probes.grads.maybe_sample(valid=None if skipped is None else ~skipped)
+            self.probes.weights.after_step(skipped)
 
     def _reset_epoch(self) -> None:
         self._step_losses: list[torch.Tensor] = []
@@ -264,11 +272,11 @@ class Recorder:
 
     # ------------------------------------------------------------------ per epoch
 
-    def epoch_end(self, lr: float | None = None) -> EpochSnapshot | None:
+    def epoch_end(self, lr: float | None = None) -> EpochSnapshot:
         """Record the epoch just finished: evaluation, train metrics, probes; append it to epochs.jsonl."""
         return self._record_epoch(first=False, lr=lr)
 
-    def _record_epoch(self, first: bool, lr: float | None = None) -> EpochSnapshot | None:
+    def _record_epoch(self, first: bool, lr: float | None = None) -> EpochSnapshot:
         train_s = time.perf_counter() - self._epoch_started
         epoch = 0 if first else self.epoch + 1
         snap = EpochSnapshot(epoch=epoch, step=self.global_step)
@@ -278,7 +286,7 @@ class Recorder:
         if self.val_data is not None:
             snap.val = evaluate(self.model, self.val_data, self.num_classes, self.device, self.loss_fn, self.autocast)
         t1 = time.perf_counter()
-        probes = self._probes(snap, first) if self.is_writer and self.options.enabled else {}
+        probes = self._run_probes(self.probes, snap, first) if self.probes is not None else {}
         if self.saver is not None:
             saved = time.perf_counter()
             snap.weights_file = self.saver.save(self.model, epoch, snap.val.accuracy if snap.val else None)
@@ -322,9 +330,9 @@ class Recorder:
                 losses,
             ]
         )
-        packed = all_reduce_sum(packed).tolist()
-        loss_sum, correct, count = packed[0], packed[1], packed[2]
-        step_losses = [v / world for v in packed[3:]]
+        sums = all_reduce_sum(packed).tolist()
+        loss_sum, correct, count = sums[0], sums[1], sums[2]
+        step_losses = [v / world for v in sums[3:]]
         self._global_count = count
         snap.train_loss = loss_sum / count if count else None
         snap.train_accuracy = correct / count if count and self._with_acc else None
@@ -348,7 +356,7 @@ class Recorder:
         return points
 
     @torch.no_grad()
-    def _probes(self, snap: EpochSnapshot, first: bool) -> dict[str, float]:
+    def _run_probes(self, probes: _Probes, snap: EpochSnapshot, first: bool) -> dict[str, float]:
         """Run every probe into `snap`; returns the seconds each took (each part ends with its one transfer
         to the host, so the times hold on CUDA too)."""
         was_training = self.model.training
@@ -363,17 +371,17 @@ class Recorder:
             clock = now
 
         try:
-            snap.weights = self.weights.measure()
+            snap.weights = probes.weights.measure()
             lap("weights")
-            snap.gradients = self.grads.collect()
+            snap.gradients = probes.grads.collect()
             lap("gradients")
             if first:  # histogram ranges come from the pretrained model's activations
-                self._probe_pass(want_hist=False, want_reps=False)
-                self.activations.fix_bins()
-            feats, logits = self._probe_pass(want_hist=True, want_reps=True)
-            snap.activations, reps, maps = self.activations.collect()
+                self._probe_pass(probes.activations, want_hist=False, want_reps=False)
+                probes.activations.fix_bins()
+            feats, logits = self._probe_pass(probes.activations, want_hist=True, want_reps=True)
+            snap.activations, reps, maps = probes.activations.collect()
             lap("activations")
-            snap.features, snap.cka = self.features.measure(feats, logits, reps)
+            snap.features, snap.cka = probes.features.measure(feats, logits, reps)
             lap("features")
             if self._want_images(snap.epoch):
                 snap.images = self._images(maps, snap.epoch)
@@ -382,12 +390,14 @@ class Recorder:
             self.model.train(was_training)
         return seconds
 
-    def _probe_pass(self, want_hist: bool, want_reps: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _probe_pass(
+        self, activations: ActivationProbe, want_hist: bool, want_reps: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         feats: list[torch.Tensor] = []
         logits = []
         batch = max(1, min(256, len(self.probe_x)))
         with (
-            self.activations.hooks(self.model, want_hist, want_reps) as next_chunk,
+            activations.hooks(self.model, want_hist, want_reps) as next_chunk,
             capture_head_input(self.model, self.head, feats),
             self.autocast(),
         ):
@@ -413,11 +423,14 @@ class Recorder:
         return epoch == 0 or bool(every and epoch % every == 0) or epoch == self.planned_epochs
 
     def _images(self, maps: dict[str, torch.Tensor], epoch: int) -> Images:
+        writer = self.writer
+        assert writer is not None, "only the writing process runs the probes"
         images = Images()
         tag = f"e{epoch:03d}"
         if self._filters_module:
             weight = self.model.get_submodule(self._filters_module).weight
-            images.filters = self.writer.write_asset(f"filters_{tag}.png", filter_grid(weight))
+            assert isinstance(weight, torch.Tensor), "first_conv names a Conv2d"
+            images.filters = writer.write_asset(f"filters_{tag}.png", filter_grid(weight))
             images.filters_module = self._filters_module
         for module, m in maps.items():
             if m.dim() != 4:
@@ -426,7 +439,7 @@ class Recorder:
             for i in range(min(IMAGE_SAMPLES, m.shape[0])):
                 png = feature_map_strip(self.probe_x[i], m[i], channels)
                 safe = module.replace("#", "_")
-                path = self.writer.write_asset(f"fmap_{safe}_s{i}_{tag}.png", png)
+                path = writer.write_asset(f"fmap_{safe}_s{i}_{tag}.png", png)
                 images.feature_maps.append(FeatureMapImage(module=module, sample=i, path=path, channels=len(channels)))
         return images
 
@@ -438,14 +451,15 @@ class Recorder:
         """Write the final status into run.json and render the report files named in `out` (see `render`).
         If the disk refuses run.json, the reports are still rendered (they hold the status) before the
         StorageError is raised."""
-        if not self.writer:
+        writer, info = self.writer, self.info
+        if writer is None or info is None:  # not the writing process (both exist on it, neither elsewhere)
             return []
-        self.info.status = status
-        self.info.status_detail = detail
-        self.info.finished_at = _now()
-        self.info.duration_s = time.perf_counter() - self._started
+        info.status = status
+        info.status_detail = detail
+        info.finished_at = _now()
+        info.duration_s = time.perf_counter() - self._started
         try:
-            self.writer.write_run(self.info)
+            writer.write_run(info)
         except StorageError:
             self.render(out)
             raise
@@ -455,11 +469,12 @@ class Recorder:
         """Render report files (the format follows each extension) from the epochs on disk and the run's
         status as held here, so they tell the truth even when the disk refused the final run.json."""
         outs = [out] if isinstance(out, (str, Path)) else list(out)
-        if not self.writer or not outs:
+        writer, info = self.writer, self.info
+        if writer is None or info is None or not outs:  # not the writing process, or nothing asked for
             return []
         from sftreport.report.render import render_run
         from sftreport.store import read_run
 
-        run = read_run(self.writer.root)
-        run.info = self.info
-        return render_run(self.writer.root, [Path(o) for o in outs], run=run)
+        run = read_run(writer.root)
+        run.info = info
+        return render_run(writer.root, [Path(o) for o in outs], run=run)
