@@ -76,8 +76,8 @@ class FolderImages(Dataset):
 
         path, label = self.folder.samples[i]
         try:
-            with Image.open(path) as im:
-                im = im.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+            with Image.open(path) as src:
+                im = src.convert("RGB").resize((self.size, self.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
         except (OSError, UnidentifiedImageError) as e:
             raise UserError(f"cannot read image {path}: {e}") from None
         img = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -228,10 +228,16 @@ def load_data(cfg: RunConfig, default_size: int | None) -> DataBundle:
                     f"ImageFolder dataset: {cfg.data_root / split} is not a directory (expected train/ and val/ class folders)"
                 )
         size = cfg.image_size or default_size or 224
-        train = FolderImages(cfg.data_root / "train", size)
-        val = FolderImages(cfg.data_root / "val", size, classes=train.classes)
+        train_tree = FolderImages(cfg.data_root / "train", size)
+        val_tree = FolderImages(cfg.data_root / "val", size, classes=train_tree.classes)
         bundle = DataBundle(
-            "imagefolder", train.classes, size, train, val, hflip=True, source=f"ImageFolder tree at {cfg.data_root}"
+            "imagefolder",
+            train_tree.classes,
+            size,
+            train_tree,
+            val_tree,
+            hflip=True,
+            source=f"ImageFolder tree at {cfg.data_root}",
         )
     if len(bundle.train) < cfg.batch_size:
         raise UserError(f"the training split has {len(bundle.train)} images, fewer than --batch-size {cfg.batch_size}")
@@ -333,11 +339,11 @@ class TrainBatches:
         if global_batch % world:
             raise UserError(f"--batch-size {global_batch} must be divisible by the number of processes ({world})")
         self.data, self.local_batch, self.seed, self.device = data, global_batch // world, seed, device
-        self.sampler = DistributedSampler(
+        self.sampler: DistributedSampler[int] = DistributedSampler(
             _Indices(len(data)), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
         self.max_steps = max_steps
-        self.loader = None
+        self.loader: DataLoader | None = None
         if isinstance(data, FolderImages):
             n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)
             self.loader = DataLoader(
@@ -367,12 +373,14 @@ class TrainBatches:
                     break
                 yield x, y.to(self.device, non_blocking=True), aug[idx]
             return
+        data = self.data
+        assert isinstance(data, ImageTensors), "only an ImageFolder tree has a loader"
         # the epoch's order and augmentation go to the device once, not a small copy per step
         order = torch.tensor(list(iter(self.sampler)), dtype=torch.long).to(self.device)
         aug = aug.to(self.device)
         for step in range(steps):
             idx = order[step * self.local_batch : (step + 1) * self.local_batch]
-            yield self.data.images[idx], self.data.labels[idx], aug[idx]
+            yield data.images[idx], data.labels[idx], aug[idx]
 
 
 class _Indices(Dataset):

@@ -70,7 +70,9 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
     if isinstance(old, nn.Linear):
         new: nn.Module = nn.Linear(old.in_features, num_classes, bias=old.bias is not None)
     else:
-        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=old.kernel_size, stride=old.stride)
+        assert isinstance(old, nn.Conv2d), "classifier_head finds a Linear or a Conv2d"
+        (kh, kw), (sh, sw) = old.kernel_size, old.stride  # 2-tuples (typed tuple[int, ...])
+        new = nn.Conv2d(old.in_channels, num_classes, kernel_size=(kh, kw), stride=(sh, sw))
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, new)

@@ -6,6 +6,11 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
+    from rich.progress import TaskID
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -29,7 +34,8 @@ class Progress:
         self._started = time.perf_counter()
         self._last_plain = 0.0
         self._last_check = 0.0
-        self._rich = None
+        self._rich: RichProgress | None = None
+        self._task: TaskID | None = None
         if self.live:
             from rich.console import Console
             from rich.progress import (
@@ -53,7 +59,6 @@ class Progress:
                 transient=False,
             )
             self._rich.start()
-            self._task = None
 
     def message(self, text: str) -> None:
         if not self.enabled:
@@ -84,7 +89,8 @@ class Progress:
             return
         rate = images / max(1e-9, time.perf_counter() - self._epoch_started)
         if self._rich is not None:
-            fields = {"rate": f"{rate:,.0f}"}
+            assert self._task is not None, "start_epoch() comes before update()"
+            fields: dict[str, Any] = {"rate": f"{rate:,.0f}"}
             if loss is not None:
                 fields["loss"] = f"{loss:.4f}"
             self._rich.update(self._task, completed=step, **fields)

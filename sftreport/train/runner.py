@@ -23,7 +23,7 @@ from sftreport.config import RunConfig
 from sftreport.errors import ExitCode, StorageError, UserError, one_line
 from sftreport.record.activations import check_modules
 from sftreport.record.recorder import Recorder, RunDescription, check_forward, environment
-from sftreport.schema import DatasetInfo
+from sftreport.schema import DatasetInfo, EpochSnapshot, RunStatus
 from sftreport.store import check_run_dir_free
 from sftreport.train import distributed
 from sftreport.train.data import DevicePipeline, ImageTensors, TrainBatches, eval_batches, load_data
@@ -163,7 +163,9 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         return torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp)
 
     # ---- the recorder (epoch 0: the pretrained model, before any step) and the loop
-    status, detail, bad_input, unexpected = "completed", "", None, False
+    status: RunStatus = "completed"
+    detail, unexpected = "", False
+    bad_input: UserError | None = None
     with Progress(cfg.epochs, len(train), enabled=ctx.is_main and not cfg.quiet) as progress, StopRequest() as stop:
         progress.message(
             f"{cfg.model} ({bundle.weights}) on {data.name}: {len(data.train)} train / {len(data.val)} "
@@ -219,7 +221,7 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                     skipped = _skipped_step(scaler, optimizer)  # fp16 overflow: GradScaler skips the step
                     scaler.step(optimizer)
                     scaler.update()
-                    rec.step(loss, logits, y, lr=schedule.get_last_lr()[0], skipped=skipped)
+                    rec.step(loss, logits, y, lr=float(schedule.get_last_lr()[0]), skipped=skipped)
                     schedule.step()
 
                     value = None
@@ -277,7 +279,7 @@ def _skipped_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer
 
 
 def _finish(
-    rec: Recorder, ctx, cfg: RunConfig, run_dir: Path, status: str, detail: str
+    rec: Recorder, ctx, cfg: RunConfig, run_dir: Path, status: RunStatus, detail: str
 ) -> tuple[list[Path], list[str]]:
     """Final status into run.json and the reports (rank 0). Returns the reports written and, in words, what
     could not be done; the finished epochs are on disk whatever happens here."""
@@ -310,7 +312,7 @@ def _finish(
     return reports, problems
 
 
-def _epoch_line(epoch: int, epochs: int, snap) -> str:
+def _epoch_line(epoch: int, epochs: int, snap: EpochSnapshot) -> str:
     parts = [f"epoch {epoch}/{epochs}"]
     if snap.train_loss is not None:
         parts.append(f"train loss {snap.train_loss:.4f}")
