@@ -12,7 +12,7 @@ ever appears as data values, never in field names or expressions.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 import altair as alt
 import pandas as pd
@@ -24,6 +24,12 @@ TRAIN, TRAIN_STEP, VAL = "#1f77b4", "#aec7e8", "#ff7f0e"
 PRETRAINED, FINETUNED = "#9e9e9e", "#1f77b4"
 OUTSIDE = "#d62728"  # histogram mass below or above the fixed range
 GREY_CELL = "#e8e8e8"
+
+# the colour schemes of the continuous scales built by log_scale and linear_scale (Vega's scheme names)
+ContinuousScheme = Literal["viridis", "plasma"]
+
+# what alt.layer returns: a FacetChart when the layers share facet encodings (none of ours do), else a LayerChart
+Layered: TypeAlias = alt.LayerChart | alt.FacetChart
 
 LEGEND_BOTTOM: dict[str, Any] = {"orient": "bottom", "direction": "horizontal"}
 EXPLICIT_TICKS = 12  # epoch axes and legends spanning at most this many epochs list every epoch
@@ -43,7 +49,7 @@ def epoch_axis(epochs) -> alt.Axis:
 
 
 def tip(field: str, title: str | None = None, format: str | None = None) -> alt.Tooltip:
-    kw = {}
+    kw: dict[str, Any] = {}
     if title:
         kw["title"] = title
     if format:
@@ -51,7 +57,7 @@ def tip(field: str, title: str | None = None, format: str | None = None) -> alt.
     return alt.Tooltip(field, **kw)
 
 
-def log_scale(values: pd.Series, scheme: str) -> alt.Scale:
+def log_scale(values: pd.Series, scheme: ContinuousScheme) -> alt.Scale:
     """A log colour scale over the positive finite values (a decade's room when they are all one value)."""
     v = values[values.apply(fmt.finite) & (values > 0)]
     if v.empty:
@@ -62,7 +68,7 @@ def log_scale(values: pd.Series, scheme: str) -> alt.Scale:
     return alt.Scale(type="log", scheme=scheme, domain=[lo, hi])
 
 
-def linear_scale(values: pd.Series, scheme: str, hi: float | None = None) -> alt.Scale:
+def linear_scale(values: pd.Series, scheme: ContinuousScheme, hi: float | None = None) -> alt.Scale:
     v = values[values.apply(fmt.finite)]
     lo = float(v.min()) if not v.empty else 0.0
     top = hi if hi is not None else (float(v.max()) if not v.empty else 1.0)
@@ -77,7 +83,7 @@ def decades(lo: float, hi: float) -> list[float]:
     return [10.0**k for k in range(a, b + 1)]
 
 
-def _resolve_color(how: str) -> alt.Resolve:
+def _resolve_color(how: Literal["independent", "shared"]) -> alt.Resolve:
     """A resolve given to the concatenation's constructor (resolve_scale() would copy the whole chart)."""
     return alt.Resolve(scale=alt.ScaleResolveMap(color=how))
 
@@ -102,8 +108,7 @@ def label_font(n: int) -> int:
 
 
 def class_scale(classes: list[str]) -> alt.Scale:
-    scheme = "tableau10" if len(classes) <= 10 else "tableau20"
-    return alt.Scale(domain=classes, scheme=scheme)
+    return alt.Scale(domain=classes, scheme="tableau10" if len(classes) <= 10 else "tableau20")
 
 
 def class_legend(classes: list[str]) -> alt.Legend | None:
@@ -115,7 +120,7 @@ def class_legend(classes: list[str]) -> alt.Legend | None:
 # --------------------------------------------------------------------------- training
 
 
-def loss_curves(epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: int = 260) -> alt.Chart:
+def loss_curves(epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: int = 260) -> Layered:
     """Training loss per step (thin) and per epoch, validation loss per epoch, on one epoch axis."""
     series = ["training loss, per step", "training loss, epoch mean", "validation loss"]
     colors = [TRAIN_STEP, TRAIN, VAL]
@@ -253,7 +258,7 @@ def confusion_pair(
     return alt.hconcat(*charts, spacing=30, resolve=_resolve_color("shared"))
 
 
-def per_class_accuracy(df: pd.DataFrame, classes: list[str], width: int) -> alt.Chart:
+def per_class_accuracy(df: pd.DataFrame, classes: list[str], width: int) -> Layered:
     """Dumbbell: each class's validation accuracy before and after fine-tuning."""
     whiches = list(dict.fromkeys(df["which"]))
     colors = [PRETRAINED, FINETUNED][: len(whiches)]
@@ -401,7 +406,7 @@ def heatmap(
 
 def update_ratio(
     df: pd.DataFrame, layers: list[str], width: int, y_labels: bool = True, title: str | None = None
-) -> alt.Chart:
+) -> Layered:
     """Update-to-weight ratio of one optimizer step per epoch, per layer, on a log axis, with the healthy band."""
     n = len(layers)
     lo, hi = thresholds.UPDATE_RATIO_BAND
@@ -462,7 +467,7 @@ def side_by_side(panels: list) -> alt.HConcatChart:
     return alt.hconcat(*panels, spacing=10, resolve=_resolve_color("independent"))
 
 
-def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
+def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> Layered:
     """Whole-model gradient norm per epoch (mean over sampled steps) and the largest tensor norm seen;
     red marks epochs with non-finite gradients."""
     series = ["model gradient norm (mean of sampled steps)", "largest single-tensor norm"]
@@ -476,6 +481,7 @@ def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
     ticks = decades(float(finite.min()), float(finite.max())) if len(finite) else None
     if ticks is not None and len(ticks) <= 2:  # less than a decade: a few plain ticks read better
         ticks = None
+    tick_values: dict[str, Any] = {"values": ticks} if ticks else {}
     line = (
         alt.Chart()
         .mark_line(point=True, strokeWidth=2)
@@ -485,7 +491,7 @@ def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> alt.Chart:
                 "norm:Q",
                 title="gradient L2 norm (log scale)",
                 scale=alt.Scale(type="log"),
-                axis=alt.Axis(format="~g", **({"values": ticks} if ticks else {})),
+                axis=alt.Axis(format="~g", **tick_values),
             ),
             color=alt.Color(
                 "series:N",
@@ -529,7 +535,7 @@ def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.
         else alt.Scale(scheme="viridis")
     )
     dead_max = float(df["dead_fraction"].max()) if df["dead_fraction"].notna().any() else 0.0
-    common = dict(width=panel, extra_tooltips=tips, epochs=epochs)
+    common: dict[str, Any] = dict(width=panel, extra_tooltips=tips, epochs=epochs)
     panels = [
         heatmap(
             None,
@@ -706,6 +712,7 @@ def projection_slider(df: pd.DataFrame, classes: list[str], epochs: list[int], w
     df = df[["epoch", "sample", "x", "y", "class"]]
     xd, yd = _xy_domains(df)
     first, last = epochs[0], epochs[-1]
+    choose: alt.BindRange | alt.BindRadioSelect
     if epochs == list(range(first, last + 1)):
         choose = alt.binding_range(min=first, max=last, step=1, name="epoch ")
     else:  # a long run keeps some of its epochs: a list of those, not a slider over gaps

@@ -42,6 +42,8 @@ class Helper:
             stderr=subprocess.DEVNULL,
             env=env,
         )
+        assert self.proc.stdin is not None and self.proc.stdout is not None  # both are pipes (PIPE above)
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
 
     @classmethod
     def start(cls, charts: int | None = None) -> Helper | None:
@@ -57,30 +59,30 @@ class Helper:
 
     def send(self, spec: dict, fmt: str) -> None:
         body = json.dumps([spec, fmt], allow_nan=False).encode("utf-8")
-        self.proc.stdin.write(b"%d\n" % len(body) + body)
-        self.proc.stdin.flush()
+        self.stdin.write(b"%d\n" % len(body) + body)
+        self.stdin.flush()
 
     def ready(self, timeout: float = 0.0) -> bool:
-        r, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        r, _, _ = select.select([self.stdout], [], [], timeout)
         return bool(r)
 
     def receive(self) -> tuple[bytes, str]:
         if not self.ready(ANSWER_TIMEOUT_S):
             raise TimeoutError("chart helper did not answer")
-        header = self.proc.stdout.readline().decode("ascii").split(" ", 1)
+        header = self.stdout.readline().decode("ascii").split(" ", 1)
         if len(header) != 2:
             raise EOFError("chart helper ended")
         n, mime = int(header[0]), header[1].strip()
         if mime.startswith("error/"):
             raise RuntimeError(mime[6:])
-        data = self.proc.stdout.read(n)
+        data = self.stdout.read(n)
         if len(data) != n:
             raise EOFError("chart helper ended")
         return data, mime
 
     def close(self) -> None:
         try:
-            self.proc.stdin.close()
+            self.stdin.close()
             self.proc.wait(timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
@@ -152,7 +154,7 @@ class Drawer:
                 self.sent.append(key)
             except OSError:
                 self.todo.appendleft(key)
-                self._drop()
+                self._drop(self.helper)
 
     def _poll(self) -> None:
         while self.helper is not None and self.sent and self.helper.ready():
@@ -160,15 +162,17 @@ class Drawer:
 
     def _collect(self) -> None:
         """The helper's answer to its oldest request; on any trouble, drop it and take its work back."""
+        helper = self.helper
+        assert helper is not None, "requests are outstanding only at a live helper (_drop takes them back)"
         try:
-            self.results[self.sent[0]] = self.helper.receive()
+            self.results[self.sent[0]] = helper.receive()
             self.sent.popleft()
         except (OSError, EOFError, TimeoutError, RuntimeError, ValueError):
-            self._drop()
+            self._drop(helper)
 
-    def _drop(self) -> None:
-        self.helper.proc.kill()
-        self.helper.proc.wait()
+    def _drop(self, helper: Helper) -> None:
+        helper.proc.kill()
+        helper.proc.wait()
         self.helper = None
         self.todo.extend(self.sent)
         self.sent.clear()

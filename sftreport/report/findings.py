@@ -10,7 +10,7 @@ from statistics import median
 
 from sftreport.report import fmt
 from sftreport.report.frames import RunFrames
-from sftreport.report.model import SEVERITY_ORDER, Finding
+from sftreport.report.model import SEVERITY_ORDER, Finding, Severity
 from sftreport.report.thresholds import (
     ACC_CHANGE,
     DEAD_GROWTH,
@@ -431,7 +431,7 @@ def update_ratio_rule(frames: RunFrames) -> list[Finding]:
         )
     off = len(below) + len(above)
     far = w[(w["update_ratio"] > hi * FAR_FACTOR) | (w["update_ratio"] < lo / FAR_FACTOR)]
-    severity = "warning" if not (lo <= med <= hi) or not far.empty else "info"
+    severity: Severity = "warning" if not (lo <= med <= hi) or not far.empty else "info"
     advice = ""
     if not (lo <= med <= hi):
         advice = (

@@ -206,9 +206,9 @@ class RunFrames:
 
     def confusion(self, epoch: int) -> pd.DataFrame:
         """The confusion matrix of an evaluated epoch, one row per cell, with each cell's share of its row."""
-        snap = next(e for e in self.epochs if e.epoch == epoch and e.val is not None)
+        val = next(e.val for e in self.epochs if e.epoch == epoch and e.val is not None)
         rows = []
-        for t, row in enumerate(snap.val.confusion):
+        for t, row in enumerate(val.confusion):
             total = sum(row)
             for p, n in enumerate(row):
                 rows.append(

@@ -21,7 +21,7 @@ class Resources:
     """Files the PDF's HTML refers to as `sftreport:<name>`, kept in memory. Charts are looked up in the
     drawer when WeasyPrint asks for them, so its parsing and styling overlap the helper's last charts."""
 
-    def __init__(self, drawer: Drawer | None = None) -> None:
+    def __init__(self, drawer: Drawer) -> None:
         self.files: dict[str, tuple[bytes, str]] = {}
         self.drawer = drawer
 
@@ -40,7 +40,7 @@ class Resources:
         if url in self.files:
             return self.files[url]
         prefix = f"{SCHEME}:chart/"
-        if self.drawer is not None and url.startswith(prefix):
+        if url.startswith(prefix):
             return self.drawer.result(url[len(prefix) :])
         return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
@@ -103,7 +104,7 @@ class _Builder:
     def headline(self) -> Headline:
         frames, info = self.frames, self.info
         first, last = frames.first_eval, frames.last_eval
-        changed = first is not None and last is not None and last.epoch != first.epoch
+        after = last if first is not None and last is not None and last.epoch != first.epoch else None
         best = frames.best_epoch()
         env, ds = info.environment, info.dataset
         return Headline(
@@ -118,11 +119,11 @@ class _Builder:
             epochs_done=frames.last.epoch if frames.last else 0,
             epochs_planned=info.planned_epochs,
             acc_before=first.eval.accuracy if first else None,
-            acc_after=last.eval.accuracy if changed else None,
+            acc_after=after.eval.accuracy if after else None,
             best_epoch=best[0] if best else None,
             best_acc=best[1] if best else None,
             loss_before=first.eval.loss if first else None,
-            loss_after=last.eval.loss if changed else None,
+            loss_after=after.eval.loss if after else None,
             duration_s=info.duration_s,
             device=env.device + (f" ({env.device_name})" if env.device_name else ""),
             precision=env.precision,
@@ -220,10 +221,10 @@ class _Builder:
                         charts.learning_rate(steps, t, profile.full, profile.small_h),
                     )
                 )
-        if not frames.has_val:
+        first, last = frames.first_eval, frames.last_eval
+        if first is None or last is None:
             sec.blocks.append(Note("No validation set was evaluated: no confusion matrix or per-class accuracy."))
             return sec
-        first, last = frames.first_eval, frames.last_eval
         pairs = [
             (
                 f"epoch {first.epoch} ({'initial' if frames.from_scratch else 'pretrained'})"
@@ -475,14 +476,14 @@ class _Builder:
             f"target of {thresholds.UPDATE_RATIO_TARGET:g} (dashed): far below, a layer barely learns; far "
             "above, training is unstable. Frozen layers are not shown."
         )
-        rel_args = dict(
+        rel_args: dict[str, Any] = dict(
             legend_title="‖Wₜ−W₀‖ / ‖W₀‖ (log scale)",
             scale=charts.log_scale(trained["rel_change"], "viridis"),
             legend_format=".0e",
             tooltip_format=".3~%",
             extra_tooltips=[charts.tip("type:N"), charts.tip("params:Q", "parameters", ",")],
         )
-        grad_args = dict(
+        grad_args: dict[str, Any] = dict(
             legend_title="gradient norm (log scale)",
             legend_format=".0e",
             tooltip_format=".3e",
@@ -688,29 +689,31 @@ class _Builder:
         return sec
 
     def feature_maps(self) -> Block:
-        eps = [e for e in self.frames.image_epochs() if e.images and e.images.feature_maps]
-        if not eps:
+        shots = [
+            (e.epoch, e.images.feature_maps) for e in self.frames.image_epochs() if e.images and e.images.feature_maps
+        ]
+        if not shots:
             return Note("No feature-map images were recorded.")
-        cols = [eps[0]] if eps[0] is eps[-1] else [eps[0], eps[-1]]
-        keys = list(dict.fromkeys((m.module, m.sample) for e in cols for m in e.images.feature_maps))
+        cols = [shots[0]] if len(shots) == 1 else [shots[0], shots[-1]]
+        keys = list(dict.fromkeys((m.module, m.sample) for _, maps in cols for m in maps))
         rows = []
         for module, sample in keys:
             imgs = []
-            for e in cols:
-                fm = next((m for m in e.images.feature_maps if m.module == module and m.sample == sample), None)
+            for epoch, maps in cols:
+                fm = next((m for m in maps if m.module == module and m.sample == sample), None)
                 imgs.append(
-                    self.image(fm.path, f"feature maps of {module}, probe image {sample + 1}, epoch {e.epoch}")
+                    self.image(fm.path, f"feature maps of {module}, probe image {sample + 1}, epoch {epoch}")
                     if fm
                     else None
                 )
-            channels = next(m.channels for e in cols for m in e.images.feature_maps if m.module == module)
+            channels = next(m.channels for _, maps in cols for m in maps if m.module == module)
             rows.append((f"{module} · probe image {sample + 1} · {channels} channels", imgs))
         return ImageGrid(
             "feature-maps",
             "Feature maps of probe images",
             "Each strip: the probe image, then the most active channels of the layer's output (each "
             "channel scaled on its own: patterns, not magnitudes).",
-            [self.epoch_label(e.epoch) for e in cols],
+            [self.epoch_label(epoch) for epoch, _ in cols],
             rows,
         )
 
@@ -826,8 +829,8 @@ class _Builder:
                 "from the start when some epochs' features are far larger than others').",
                 charts.projection_slider(proj[proj["epoch"].isin(shown)], frames.classes, shown, profile.full, "PCA"),
             )
-        pick = _spread(epochs, profile.projections)
-        shared = charts.axes_comparable(proj, pick)
+        chosen = _spread(epochs, profile.projections)
+        shared = charts.axes_comparable(proj, chosen)
         return self.chart(
             "projection",
             "Feature projection (PCA) at chosen epochs",
@@ -838,19 +841,23 @@ class _Builder:
                 else " Each epoch has its own axis ranges here: the features' scale changed too much "
                 "between epochs for one set of axes."
             ),
-            charts.projection_multiples(proj, frames.classes, pick, profile.panel, "PCA", shared_axes=shared),
+            charts.projection_multiples(proj, frames.classes, chosen, profile.panel, "PCA", shared_axes=shared),
         )
 
     def filters(self) -> Block:
-        eps = [e for e in self.frames.image_epochs() if e.images and e.images.filters]
-        if not eps:
+        shots = [
+            (e.epoch, e.images.filters, e.images.filters_module)
+            for e in self.frames.image_epochs()
+            if e.images and e.images.filters
+        ]
+        if not shots:
             return Note("No first-layer filter images were recorded.")
-        cols = [eps[0]] if len(eps) == 1 else [eps[0], eps[-1]]
-        module = eps[0].images.filters_module or "first layer"
+        cols = [shots[0]] if len(shots) == 1 else [shots[0], shots[-1]]
+        module = shots[0][2] or "first layer"
         # one row per epoch (a filter grid is a wide strip: stacked, each gets the full width)
         rows = [
-            (self.epoch_label(e.epoch), [self.image(e.images.filters, f"filters of {module} at epoch {e.epoch}")])
-            for e in cols
+            (self.epoch_label(epoch), [self.image(path, f"filters of {module} at epoch {epoch}")])
+            for epoch, path, _ in cols
         ]
         return ImageGrid(
             "filters",

@@ -72,7 +72,8 @@ def csv_data(df):
     import numpy as np
     import pandas as pd
 
-    out, parse = {}, {}
+    out: dict[str, pd.Series] = {}
+    parse: dict[str, str | None] = {}  # Vega's parse type per column; None: leave the text as it is
     for c in df.columns:
         col = df[c]
         if pd.api.types.is_bool_dtype(col):
@@ -140,7 +141,7 @@ def javascript_bundle() -> str:
             return text
     except OSError:
         pass
-    text = vlc.javascript_bundle()
+    text = vlc.javascript_bundle()  # type: ignore[call-arg]  # the stub omits snippet's default (None: the standard snippet)
     if "</script" in text.lower():  # today's bundle has none (checked); never inline one that does
         text = text.replace("</script", "<\\/script").replace("</SCRIPT", "<\\/SCRIPT")
     try:
