@@ -185,7 +185,8 @@ class ActivationProbe:
         moments = tensor_moments(x, scratch)
         cd = channel_dim(x)
         other = tuple(d for d in range(x.dim()) if d != cd)
-        alive = (x.amax(dim=other) > 0) | (x.amin(dim=other) < 0)  # any non-zero value in the channel
+        # dead: exactly 0 at every position; a channel holding NaN (a diverged run) is not dead, it is broken
+        alive = ~((x.amax(dim=other) == 0) & (x.amin(dim=other) == 0))
         acc = self._acc.get((name, k))
         if acc is None:
             acc = self._acc[(name, k)] = _CallAcc(type(module).__name__, list(out.shape[1:]), moments, alive)

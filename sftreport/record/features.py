@@ -62,10 +62,10 @@ def knn_accuracy(x: torch.Tensor, labels: torch.Tensor, k: int, classes: int | N
     votes = labels[nn_idx]
     classes = classes or int(labels.max()) + 1  # pass it: reading the max back is a host sync
     counts = torch.zeros(n, classes, device=x.device).scatter_add_(1, votes, torch.ones_like(votes, dtype=torch.float))
-    # break ties toward the nearer neighbour: add a tiny bonus decreasing with rank
-    bonus = torch.zeros(n, classes, device=x.device).scatter_add_(
-        1, votes, (1e-3 / (1 + torch.arange(k, device=x.device, dtype=torch.float))).expand(n, k).contiguous()
-    )
+    # a tie goes to the class of the nearest neighbour among the tied: each class gets a bonus below 1 (so it
+    # never outweighs a vote) from its best-ranked neighbour alone, larger the nearer that neighbour is
+    rank_bonus = (0.5 / (1 + torch.arange(k, device=x.device, dtype=torch.float))).expand(n, k).contiguous()
+    bonus = torch.zeros(n, classes, device=x.device).scatter_reduce_(1, votes, rank_bonus, reduce="amax")
     pred = (counts + bonus).argmax(dim=1)
     return (pred == labels).float().mean()
 
