@@ -274,8 +274,11 @@ def moved_layers_rule(frames: RunFrames) -> list[Finding]:
             + _join([f"{r.layer} {fmt.change(r.rel_change)}" for r in new.itertuples()])
             + "."
         )
-    frozen_txt = (f" {_n(len(frozen), 'layer')} {'was' if len(frozen) == 1 else 'were'} frozen and did not change."
-                  if len(frozen) else "")
+    frozen_txt = (
+        f" {_n(len(frozen), 'layer')} {'was' if len(frozen) == 1 else 'were'} frozen and did not change."
+        if len(frozen)
+        else ""
+    )
     if pre.empty:
         if new.empty:
             return []
