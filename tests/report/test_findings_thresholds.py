@@ -617,6 +617,7 @@ def test_moved_layers_most_least_median_new_and_frozen():
             moved("layer2.weight", 0.2),
             moved("layer3.weight", 0.1),
             moved("frozen.weight", 0.0, trainable=False),
+            moved("frozen2.weight", 0.0, trainable=False),
             moved("fc.weight", 0.5, new=True),
         ]
     )
@@ -626,9 +627,15 @@ def test_moved_layers_most_least_median_new_and_frozen():
         "Pretrained layer that moved most: layer2 (20% of its norm); least: conv1 (1%)",
         "Relative change ‖Wₜ−W₀‖/‖W₀‖ of the pretrained layers at epoch 1: most moved layer2 (20%), layer3 (10%), "
         "layer1 (5%); least moved conv1 (1%), layer1 (5%), layer3 (10%); median 7.5% over 4 layers. New layers "
-        "moved from their initialisation by fc 50%. 1 layers were frozen and did not change.",
+        "moved from their initialisation by fc 50%. 2 layers were frozen and did not change.",
         "parameters",
     )
+
+
+@pytest.mark.xfail(strict=True, reason="bug: one frozen layer is written '1 layers were frozen' (no _n())")
+def test_one_frozen_layer_is_singular():
+    fr = moved_run([moved("a.weight", 0.1), moved("f.weight", 0.0, trainable=False)])
+    assert one(F.moved_layers_rule(fr))[3].endswith(" 1 layer was frozen and did not change.")
 
 
 def test_moved_layers_three_or_fewer_name_no_least_and_merge_tensors_per_layer():
