@@ -91,7 +91,7 @@ def test_output_path_in_an_unwritable_folder_is_refused(tmp_path: Path, monkeypa
 def test_atomic_write_replaces_through_a_hidden_temporary_file_with_ordinary_permissions(
     tmp_path: Path, monkeypatch, umask_022
 ):
-    target = tmp_path / "sub" / "out.bin"  # the folder is created
+    target = tmp_path / "sub" / "deeper" / "out.bin"  # the folders are created
     replaced, synced = [], []
     real_replace, real_fsync = os.replace, os.fsync
     monkeypatch.setattr(os, "replace", lambda a, b: (replaced.append((Path(a), Path(b))), real_replace(a, b)))
@@ -173,6 +173,7 @@ def test_a_run_directory_is_free_when_empty_or_holding_an_empty_epochs_file(tmp_
     check_run_dir_free(tmp_path / "r")
     RunWriter(tmp_path / "r")  # an empty epochs file is no run yet
     assert (tmp_path / "r" / "assets").is_dir()
+    RunWriter(tmp_path / "r")  # nor is an assets folder
     (tmp_path / "r" / EPOCHS_FILE).write_bytes(b"{}\n")
     with pytest.raises(RunDirError) as e:
         check_run_dir_free(tmp_path / "r")

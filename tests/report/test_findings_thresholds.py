@@ -816,3 +816,82 @@ def test_only_the_starting_point_recorded():
 @pytest.mark.parametrize("rule", F.RULES, ids=lambda r: r.__name__)
 def test_every_rule_is_silent_on_an_empty_run(rule):
     assert rule(frames([])) == []
+
+
+# --------------------------------------------------------------------------- second round: what mutation testing found untested
+
+
+def test_accuracy_unchanged_is_a_training_finding_and_a_perfect_start_is_named_best():
+    assert one(F.accuracy_rule(acc_run((0, 1000), (5, 1000))))[0::4] == ("accuracy", "training")
+    # best accuracy 1.0 at epoch 0 and a last epoch numbered 1: the best epoch is still named
+    f = one(F.accuracy_rule(acc_run((1000, 1000), (500, 1000))))
+    assert f[3].endswith(" The best epoch was 0 (100.0%), +50.0 points above the last.")
+
+
+def test_dead_units_growth_is_measured_from_a_non_zero_start():
+    first = [astat("new", 10, 0), astat("a", 10, 2), astat("b", 10, 5)]
+    last = [astat("later", 10, 9), astat("a", 10, 3), astat("b", 10, 5), astat("new", 10, 0)]
+    f = one(F.dead_units_rule(dead_run([first[1:], last])))  # "later" first appears at the last epoch, listed first
+    assert f[2] == "Dead units grew in 1 layer(s); most in a (+10.0 points)"
+    assert "a: 3 of 10 channels (20.0% → 30.0%)." in f[3]
+    assert F.dead_units_rule(dead_run([[astat("a", 50, 25)], [astat("a", 50, 26)]])) == []  # +2 points only
+
+
+def test_moved_layers_with_exactly_three_pretrained_layers_names_no_least():
+    fr = moved_run([moved("a.weight", 0.1), moved("b.weight", 0.2), moved("c.weight", 0.3)])
+    assert one(F.moved_layers_rule(fr))[3] == (
+        "Relative change ‖Wₜ−W₀‖/‖W₀‖ of the pretrained layers at epoch 1: most moved c (30%), b (20%), a (10%); "
+        "least moved –; median 20% over 3 layers."
+    )
+
+
+def test_overwritten_layers_are_a_parameters_finding():
+    fr = moved_run([moved("a.weight", 1.5), moved("d.weight", 0.1)])
+    assert one(F.moved_layers_rule(fr))[4] == "parameters"
+
+
+def test_overfitting_leaves_out_epochs_without_both_losses_and_epoch_zero_with_a_training_loss():
+    # the last epoch has a training loss but no finite validation loss: the epoch before is judged
+    f = one(F.overfitting_rule(fit_run((1.0, 1.0), (0.5, 2.0), (0.4, NAN))))
+    assert "rose to 2 by epoch 2 (+100%)" in f[3]
+    # epoch 0 is never a training epoch, even when a training loss was stored for it
+    g = one(F.overfitting_rule(fit_run((1.0, 1.0), (0.5, 2.0), zero=(5.0, 0.5))))
+    assert g[2].startswith("Overfitting from epoch 2:") and "lowest at epoch 1 (1)" in g[3]
+
+
+def test_representation_separability_spans_first_to_last_epoch_and_new_only_finding_fields():
+    fr = rep_run([{"conv": 1.0}, {"conv": 0.8}, {"conv": 0.6}], knn=[0.5, 0.6, 0.9])
+    assert one(F.representation_rule(fr))[3].endswith("(k-NN accuracy on the probe set): 50.0% → 90.0%.")
+    f = one(F.representation_rule(rep_run([{"fc": 1.0}, {"fc": 0.25}])))
+    assert (f[0], f[1], f[4]) == ("representation", "info", "features")
+
+
+def test_update_ratio_median_exactly_on_a_band_edge_is_inside():
+    on_lo = [exact("a.w", 1e-8), exact("b.w", 1e-8), ratio("c.w", 0.02)]
+    f = one(F.update_ratio_rule(ratio_run([(None, on_lo)])))
+    assert f[1] == "info" and "Median 1.0e-04;" in f[3] and "The median" not in f[3]
+    on_hi = [exact("a.w", 1e-4), exact("b.w", 1e-4), ratio("c.w", 5e-5)]
+    g = one(F.update_ratio_rule(ratio_run([(None, on_hi)])))
+    assert g[1] == "info" and "Median 1.0e-02;" in g[3] and "The median" not in g[3]
+
+
+def test_update_ratio_lists_at_most_three_per_side_and_three_far_ones():
+    w = [ratio(f"hi{i}.w", 0.2 + i / 10) for i in range(4)] + [ratio(f"lo{i}.w", 5e-6 - i * 1e-6) for i in range(4)]
+    w += [ratio(f"ok{i}.w", 1e-3) for i in range(9)]
+    f = one(F.update_ratio_rule(ratio_run([(None, w)])))
+    assert "4 above 0.01 (largest: hi3 5.0e-01, hi2 4.0e-01, hi1 3.0e-01 and 1 more)" in f[3]
+    assert "4 below 0.0001 (smallest: lo3 2.0e-06, lo2 3.0e-06, lo1 4.0e-06 and 1 more)" in f[3]
+    assert "8 layer(s) are more than 10× outside the band (hi0 2.0e-01, hi1 3.0e-01, hi2 4.0e-01 and 5 more)" in f[3]
+
+
+def test_update_ratio_names_the_learning_rate_only_when_epochs_were_compared():
+    outside = [ratio("a.w", 1e-3), ratio("b.w", 0.05)]
+    single = one(F.update_ratio_rule(ratio_run([(0.1, outside)])))
+    assert single[3].startswith("One optimizer step's ‖update‖/‖W‖ per layer at epoch 1; the usual")
+    two = one(F.update_ratio_rule(ratio_run([(0.1, outside), (0.05, outside)])))
+    assert two[3].startswith("One optimizer step's ‖update‖/‖W‖ per layer at epoch 1 (learning rate 0.1, the highest")
+
+
+def test_validation_loss_ratio_is_last_over_first():
+    f = one(F.val_loss_rule(loss_run(2.0, 3.0)))
+    assert f[2] == "Validation loss ended ×1.5 above the pretrained model's (2 → 3)"

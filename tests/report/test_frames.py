@@ -634,3 +634,91 @@ def test_a_layers_statistics_merge_in_frames_like_the_schema_merge():
     m = a.merge(b)
     assert (m.count, m.min, m.max, m.zeros) == (6, 0.0, 4.5, 1)
     assert m.mean == pytest.approx(2.0) and m.m2 == pytest.approx(2.0 + 0.5 + 9 * 4 * 2 / 6)
+
+
+# --------------------------------------------------------------------------- second round: what mutation testing found untested
+
+
+def test_empty_results_keep_their_columns():
+    empty_eval = Evaluation(loss=0.0, accuracy=0.0, count=0, confusion=[], per_class_accuracy=[])
+    fr = frames([snap(0, val=empty_eval), snap(1, val=empty_eval)])
+    assert list(fr.confusion(0).columns) == ["true", "pred", "ti", "pi", "count", "share"]
+    assert list(fr.per_class().columns) == ["class", "ci", "epoch", "which", "accuracy"] and fr.per_class().empty
+    assert list(fr.projection().columns) == ["epoch", "sample", "x", "y", "ci", "class"]
+    assert list(fr.activation_hist(["x"], [0]).columns) == ["layer", "epoch", "part", "x0", "x1", "x", "share"]
+
+
+def test_histograms_and_projections_skip_epochs_they_do_not_want_without_stopping():
+    def ah(module, c):
+        a = astat(module, 2, 0, count=4, zeros=0)
+        a.hist = hist(counts=[c, 4 - c])
+        return a
+
+    fr = frames(
+        [
+            snap(0, activations=[ah("x", 1), ah("y", 2)]),
+            snap(1, activations=[ah("x", 3), ah("y", 4)], features=features(0.5, 0.5, xy=[(1.0, 1.0)])),
+            snap(2, activations=[ah("x", 0), ah("y", 0)]),
+            snap(3, features=features(0.5, 0.5, xy=[(2.0, 2.0)])),
+        ]
+    )
+    rows = records(fr.activation_hist(["x", "y"], [1, 2]))
+    assert [(r["layer"], r["epoch"], r["share"]) for r in rows] == [
+        ("x", 1, 0.75),
+        ("x", 1, 0.25),
+        ("y", 1, 1.0),
+        ("y", 1, 0.0),
+        ("x", 2, 0.0),
+        ("x", 2, 1.0),
+        ("y", 2, 0.0),
+        ("y", 2, 1.0),
+    ]
+    assert [(r["epoch"], r["x"]) for r in records(fr.projection())] == [(1, 1.0), (3, 2.0)]
+
+
+def test_histogram_choice_with_several_matrices_per_layer_and_heads():
+    def w(name, shape, new=False, rel=0.0):
+        return wstat(name, shape=shape, new=new, diff_sq=rel * rel)
+
+    layout = [
+        ("a.weight", [2, 2], False, 0.1),
+        ("rnn.weight_ih", [2, 2], False, 0.5),  # the most moved layer holds two matrices: one is shown
+        ("rnn.weight_hh", [2, 2], False, 0.5),
+        ("b.weight", [2, 2], False, 0.1),
+        ("h1.weight", [2, 2], True, 0.1),
+        ("h2.weight", [2, 2], True, 0.1),
+        ("h3.weight", [2, 2], True, 0.1),
+    ]
+    fr = frames([snap(0, weights=[w(n, s, nw, r) for n, s, nw, r in layout])])
+    assert fr.histogram_tensors(9) == [
+        "a.weight",
+        "rnn.weight_ih",
+        "rnn.weight_hh",
+        "b.weight",
+        "h1.weight",
+        "h2.weight",
+    ]
+    assert fr.histogram_tensors(3) == ["a.weight", "rnn.weight_ih", "h1.weight"]
+    # the first pretrained matrix is also the most moved: the head's second matrix does not fill its place
+    first_moves = [w("a.weight", [2, 2], rel=0.9), w("b.weight", [2, 2], rel=0.1)]
+    first_moves += [w("h1.weight", [2, 2], True), w("h2.weight", [2, 2], True)]
+    assert frames([snap(0, weights=first_moves)]).histogram_tensors(3) == ["a.weight", "h1.weight"]
+
+
+def test_layers_in_order_keeps_the_first_of_tied_orders_in_row_order():
+    n = 17  # past numpy's insertion-sort cutoff: an unstable sort reorders ties here
+    df = pd.DataFrame({"order": [float((i * 7) % 3) for i in range(n)], "layer": [f"L{i}" for i in range(n)]})
+    fr = frames([snap(0)])
+    want = [f"L{i}" for i in range(n) if (i * 7) % 3 == 0]
+    want += [f"L{i}" for i in range(n) if (i * 7) % 3 == 1] + [f"L{i}" for i in range(n) if (i * 7) % 3 == 2]
+    assert fr.layers_in_order(df) == want
+
+
+def test_steps_at_most_keeps_buckets_in_step_order_past_ten_buckets():
+    pts = [StepPoint(step=s, loss=float(s)) for s in range(1, 25)]  # 24 points, at most 12: 12 buckets of 2
+    fr = frames([snap(0), snap(1, 24, steps=pts)])
+    assert records(fr.steps_at_most(12))[9:] == [
+        {"epoch": 1, "x": 20 / 24, "step": 20, "loss": 19.5, "lr": "nan"},
+        {"epoch": 1, "x": 22 / 24, "step": 22, "loss": 21.5, "lr": "nan"},
+        {"epoch": 1, "x": 1.0, "step": 24, "loss": 23.5, "lr": "nan"},
+    ]
