@@ -925,3 +925,284 @@ def test_json_schema_names_its_version():
     assert s["title"] == f"sftreport run directory, schema version {SCHEMA_VERSION}"
     assert s["properties"]["run.json"]["title"] == "RunInfo"
     assert s["properties"]["epochs.jsonl (each line)"]["title"] == "EpochSnapshot"
+
+
+# =========================================================================== second round: stats mutants the first campaign left alive
+
+
+def test_merging_an_empty_row_with_a_single_value():
+    empty = torch.tensor([0.0, 0.0, 0.0, math.inf, -math.inf, 0.0], dtype=torch.float64)
+    one = torch.tensor([1.0, 5.0, 0.0, 5.0, 5.0, 0.0], dtype=torch.float64)
+    assert S.merge(empty, one).tolist() == [1.0, 5.0, 0.0, 5.0, 5.0, 0.0]
+    assert S.merge(one, empty).tolist() == [1.0, 5.0, 0.0, 5.0, 5.0, 0.0]
+
+
+def test_counts_past_float32_precision_stay_exact():
+    """2^24 + 1 values: a float32 count would read 2^24 (and so would the zeros)."""
+    n = 2**24 + 1
+    x = torch.zeros(n)
+    x[0] = 1.0
+    count, mean, m2, lo, hi, zeros = S.tensor_moments(x).tolist()
+    assert (count, zeros, lo, hi) == (n, n - 1, 0.0, 1.0)
+    assert mean == pytest.approx(1 / n, rel=1e-9) and m2 == pytest.approx(1 - 1 / n, rel=1e-6)  # float32 sums
+
+
+def test_counting_routes_and_integer_counts(monkeypatch):
+    """The CUDA route (histc) is tested on the CPU only if it is really taken: spy on the kernels."""
+    calls = {"histc": 0, "bincount": 0}
+    real_histc, real_bincount = torch.histc, torch.bincount
+
+    def histc(*a, **k):
+        calls["histc"] += 1
+        return real_histc(*a, **k)
+
+    def bincount(*a, **k):
+        calls["bincount"] += 1
+        return real_bincount(*a, **k)
+
+    monkeypatch.setattr(torch, "histc", histc)
+    monkeypatch.setattr(torch, "bincount", bincount)
+    pos = torch.tensor([0.0, 2.0, 2.0, 3.0])
+    for route, want in ((True, "histc"), (False, "bincount"), (None, "bincount")):
+        calls.update(histc=0, bincount=0)
+        got = S.count_positions(pos.clone(), 4, histc=route)
+        assert got.tolist() == [1, 0, 2, 1] and got.dtype == torch.int64
+        assert calls[want] >= 1 and calls["histc" if want == "bincount" else "bincount"] == 0, route
+    calls.update(histc=0, bincount=0)
+    assert S.count_bins(torch.tensor([1, 1, 0]), 3, index_add=True).tolist() == [1, 2, 0]
+    assert calls["bincount"] == 0  # index_add asked for, index_add used
+    assert S.count_bins(torch.zeros(0, dtype=torch.int32), 3).dtype == torch.int64
+    grid = S.BinGrid(exp=-5, cells=8, start=0, bins=4)
+    flat = S.FlatBuffer([3], CPU).load([torch.tensor([0.1, 0.6, 2.0])])
+    for use, want in ((True, "histc"), (False, "bincount"), (None, "bincount")):
+        monkeypatch.setattr(S, "USE_HISTC", use)
+        calls.update(histc=0, bincount=0)
+        counts = S.histogram_counts(flat, S.FlatBuffer([3], CPU), S.BinSpec([grid], 4))
+        assert counts.tolist() == [[0, 1, 0, 1, 0, 1]] and counts.dtype == torch.int64
+        assert calls[want] >= 1 and calls["histc" if want == "bincount" else "bincount"] == 0, use
+
+
+def test_bin_grids_at_the_finest_cells_and_magnitude_edges():
+    u = 2.0**-21  # two float32 spacings at 2.0: the finest cells there
+    assert S.BinGrid.covering(2.0, 2.0 + 57 * u, 4) == S.BinGrid(exp=-21, cells=15, start=2**22, bins=4)
+    assert S.BinGrid.covering(2.0, 2.0 + 61 * u, 4) == S.BinGrid(exp=-20, cells=8, start=2**21, bins=4)
+    # the larger magnitude of the two ends sets the finest cells, whichever end it is
+    assert S.BinGrid.covering(-2.0, -2.0 + u / 2, 4) == S.BinGrid(exp=-21, cells=1, start=-(2**22), bins=4)
+    assert S.BinGrid.covering(2.0 - u / 2, 2.0, 4) == S.BinGrid(exp=-21, cells=1, start=2**22 - 1, bins=4)
+    assert S.BinGrid.covering(0.0, 0.0, 4) == S.BinGrid(exp=-120, cells=1, start=0, bins=4)
+
+
+def test_bin_spec_pads_a_range_too_narrow_for_its_magnitude():
+    def padded(a, b):
+        (g,) = S.BinSpec.around([a], [b], 4).grids
+        return g.lo, g.hi
+
+    lo, hi = padded(1000.0, 1000.0 + 1e-10)  # narrower than 1e-12 of its magnitude: ± half the value
+    assert lo <= 500.0 and 1500.0 < hi < 1700.0
+    lo, hi = padded(0.001, 0.001 + 1e-13)  # below 1e-12 absolute: ± 1e-3
+    assert lo <= 0.0 and 0.002 < hi < 0.0025
+    lo, hi = padded(0.0, 1e-11)  # exactly 1e-12 of padding: too narrow still
+    assert lo <= -1e-3 and 1e-3 < hi < 1.3e-3
+    lo, hi = padded(0.0, 1.5e-11)  # 1.5e-12 of padding is kept
+    assert -3e-12 < lo <= -1.5e-12 and 1.65e-11 < hi < 2e-11
+
+
+# =========================================================================== second round: probe mutants the first campaign left alive
+
+
+def test_default_modules_stem_rules_on_small_models():
+    class ActFirst(nn.Module):  # no containers, a parameter-free module first: it is the stem
+        def __init__(self):
+            super().__init__()
+            self.act = nn.ReLU()
+            self.conv1 = nn.Conv2d(1, 2, 1)
+            self.conv2 = nn.Conv2d(2, 2, 1)
+            self.fc = nn.Linear(2, 2)
+
+    assert A.default_modules(ActFirst(), "fc") == ["act", "conv1", "conv2", "fc"]
+    one_block = nn.Sequential(nn.Conv2d(1, 2, 1), nn.Sequential(_Block()), nn.Linear(2, 2))
+    assert A.default_modules(one_block, "2") == ["0", "1.0", "2"]
+    # a container before the first block (holding only dropout) is no stem
+    pre = nn.Sequential(
+        nn.Conv2d(1, 2, 1), nn.Sequential(nn.Dropout()), nn.Sequential(_Block(), _Block()), nn.Linear(2, 2)
+    )
+    assert A.default_modules(pre, "3") == ["0", "2.0", "2.1", "3"]
+
+
+def test_a_fresh_probe_collects_nothing_and_histograms_wait_for_fixed_bins():
+    probe = A.ActivationProbe(["0"], 4, image_modules=[], image_samples=0)
+    assert probe.collect() == ([], {}, {}) and probe.labels() == {}
+    x = torch.tensor([[1.0, -1.0], [2.0, 0.0]])
+    _pass(probe, nn.Sequential(_Emit()), [x], hist=True, reps=False)  # bins not fixed yet: no histogram
+    (s,), _, _ = probe.collect()
+    assert s.hist.total == 0 and (s.hist.lo, s.hist.hi) == (
+        S.BinSpec.around([-1.0], [2.0], 4).lo[0],
+        S.BinSpec.around([-1.0], [2.0], 4).hi[0],
+    )
+
+
+def test_channels_alive_in_any_chunk_values_below_the_range_and_bins_from_the_first_pass():
+    first = torch.tensor([[0.0, 1.0, 0.0], [0.0, 3.0, 0.0]])  # pass 1: range [1, 3] of channel 1, min 0
+    later = [torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[0.0, -50.0, 0.0], [0.0, 2.0, 0.0]])]
+    probe = A.ActivationProbe(["0"], 4, image_modules=[], image_samples=0)
+    model = nn.Sequential(_Emit())
+    _pass(probe, model, [first], hist=False, reps=False)
+    probe.fix_bins()
+    assert probe.grids == {"0#0": S.BinSpec.around([0.0], [3.0], 4).grids[0]}
+    _pass(probe, model, later, hist=True, reps=False)
+    (s,), _, _ = probe.collect()
+    # channel 0 fires in the first chunk only, channel 2 never
+    assert (s.channels, s.dead_channels) == (3, 1)
+    values = torch.cat(later).double().numpy().ravel()
+    assert [s.hist.below, *s.hist.counts, s.hist.above] == _numpy_counts(values, s.hist.lo, s.hist.hi, 4)
+    assert s.hist.below == 1 and s.hist.counts[0] == 5  # -50 is below, not in the first bin with the zeros
+
+
+def test_image_samples_are_cut_to_the_number_asked_for():
+    x = torch.randn(5, 2, 3, 3)
+    probe = A.ActivationProbe(["0"], 4, image_modules=["0"], image_samples=2)
+    model = nn.Sequential(_Emit())
+    _pass(probe, model, [x], hist=False, reps=False)
+    probe.fix_bins()
+    _pass(probe, model, [x[:4], x[4:]], hist=True, reps=False)
+    _, _, maps = probe.collect()
+    assert torch.equal(maps["0"], x[:2])
+
+
+def test_float16_outputs_are_measured_in_float32():
+    g = torch.Generator().manual_seed(9)
+    x = (100 + torch.randn(64, 64, generator=g)).half()  # a float16 sum of these overflows
+    probe = A.ActivationProbe(["0"], 8, image_modules=[], image_samples=0)
+    model = nn.Sequential(_Emit())
+    _pass(probe, model, [x], hist=False, reps=False)
+    probe.fix_bins()
+    _pass(probe, model, [x], hist=True, reps=False)
+    (s,), _, _ = probe.collect()
+    a = x.double().numpy().ravel()
+    assert s.stats.mean == pytest.approx(a.mean(), rel=1e-6) and s.stats.std == pytest.approx(a.std(), rel=1e-4)
+    assert s.hist.total == a.size
+
+
+def test_cka_of_small_representations_and_the_feature_probe_knn_and_tsne(monkeypatch):
+    x = torch.randn(10, 4, generator=torch.Generator().manual_seed(5)) * 1e-3  # ‖K‖ far below 1
+    assert FE.linear_cka(FE.centered_gram(x), FE.centered_gram(x)).item() == pytest.approx(1.0)
+    import sys
+    import types
+
+    class FakeTSNE:
+        def __init__(self, **kw):
+            pass
+
+        def fit_transform(self, a):
+            return np.ones((len(a), 2))
+
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", types.SimpleNamespace(TSNE=FakeTSNE))
+    g = torch.Generator().manual_seed(6)
+    feats, labels = torch.randn(9, 3, generator=g), torch.arange(9) % 3
+    probe = FE.FeatureProbe("head", labels, num_classes=3, knn_k=4, tsne=True)
+    f, cka = probe.measure(feats, torch.randn(9, 3, generator=g), {})
+    assert cka == [] and [p.method for p in f.projections] == ["pca", "tsne"] and f.projections[1].x == [1.0] * 9
+    assert f.knn_k == 4 and f.knn_accuracy == pytest.approx(_slow_knn(feats.double().numpy(), labels.numpy(), 4))
+
+
+def test_knn_majority_and_ties_on_designed_neighbourhoods():
+    # eight points on the unit circle whose pairwise angles all differ (no two neighbours equally near)
+    ang = torch.tensor([0.0, 1.1, 2.3, 3.6, 5.0, 6.5, 8.1, 9.8]) * math.pi / 180
+    x = torch.stack([ang.cos(), ang.sin()], 1)
+    # for the point at 0°, k = 7: a 3–3 tie with the nearest neighbour's class holding ranks 0, 5, 6
+    tie = torch.tensor([0, 0, 1, 1, 1, 2, 0, 0])
+    # and a 4–3 majority held by ranks 3–6 against ranks 0–2
+    majority = torch.tensor([0, 1, 1, 1, 0, 0, 0, 0])
+    for labels in (tie, majority):
+        assert FE.knn_accuracy(x, labels, 7).item() == pytest.approx(_slow_knn(x.double().numpy(), labels.numpy(), 7))
+    g = torch.Generator().manual_seed(7)
+    for _ in range(3):
+        pts, labels = torch.randn(14, 3, generator=g), torch.randint(0, 3, (14,), generator=g)
+        for k in (5, 7, 10):
+            assert FE.knn_accuracy(pts, labels, k).item() == pytest.approx(
+                _slow_knn(pts.double().numpy(), labels.numpy(), k)
+            )
+
+
+def test_pca_of_one_sample_and_of_three_features():
+    one = FE.PCA2(torch.tensor([[1.0, 2.0, 3.0]]))
+    assert one.components.shape == (2, 3) and one.components[1].tolist() == [0.0, 0.0, 0.0]
+    # a wide spread along (1, 1, 1) and a narrow one along (2, −1, −1): two axes, largest entries positive
+    t = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0]).repeat_interleave(2) * 10
+    s = torch.tensor([-1.0, 1.0]).repeat(5)
+    a, b = torch.tensor([1.0, 1.0, 1.0]) / math.sqrt(3), torch.tensor([-2.0, 1.0, 1.0]) / math.sqrt(6)
+    pca = FE.PCA2(t[:, None] * a + s[:, None] * b)
+    assert pca.components.shape == (2, 3)
+    assert pca.components[0].tolist() == pytest.approx([1 / math.sqrt(3)] * 3, abs=1e-5)
+    assert pca.components[1].tolist() == pytest.approx(
+        [2 / math.sqrt(6), -1 / math.sqrt(6), -1 / math.sqrt(6)], abs=1e-5
+    )
+
+
+def test_gradient_stats_name_the_owning_module_of_nested_parameters():
+    model = nn.Sequential(nn.Sequential(nn.Linear(1, 1, bias=False)))
+    model[0][0].weight.grad = torch.tensor([[2.0]])
+    probe = GradientProbe(model, every=1)
+    probe.maybe_sample()
+    assert [(g.name, g.module) for g in probe.collect()] == [("0.0.weight", "0.0")]
+
+
+def test_a_step_before_the_first_measurement_measures_nothing():
+    lin = nn.Linear(2, 1, bias=False)
+    probe = WeightProbe(lin, set(), bins=8)
+    probe.after_step()  # no epoch end yet: nothing to compare with
+    (w,) = probe.measure()
+    assert w.update_sq is None
+
+
+def test_sums_are_reduced_across_processes_only_when_there_are_several(monkeypatch):
+    """A stand-in process group: all_reduce is called, with the tensor and SUM, only for a world of 2 or more."""
+    import torch.distributed as dist
+
+    calls = []
+
+    def all_reduce(t, op=None):
+        calls.append(op)
+        t.mul_(2)  # what a sum over two identical ranks gives
+
+    world = {"size": 1}
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: world["size"])
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    assert EV.all_reduce_sum(torch.tensor([1.0, 2.0])).tolist() == [1.0, 2.0] and calls == []
+    world["size"] = 2
+    assert EV.all_reduce_sum(torch.tensor([1.0, 2.0])).tolist() == [2.0, 4.0] and calls == [dist.ReduceOp.SUM]
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    assert EV.all_reduce_sum(torch.tensor([3.0])).tolist() == [3.0] and len(calls) == 1
+
+
+@pytest.mark.filterwarnings("error")  # a constant tile is never divided by its zero range
+def test_tile_scaling_of_constant_and_non_square_tiles():
+    assert IM._norm_tile(np.full((2, 3), -4.0)).tolist() == [[0, 0, 0], [0, 0, 0]]
+    scaled = IM._norm_tile(np.array([[0.0, 0.5], [1.0, 0.25]]))
+    assert scaled.dtype == np.uint8 and scaled.tolist() == [[0, 128], [255, 64]]
+    tall = np.arange(18, dtype=np.uint8).reshape(1, 6, 3)
+    assert IM._upscale(tall, 24).shape == (1, 24, 12)  # the longer side sets the factor (4)
+
+
+def test_saved_weights_prune_is_idempotent_and_a_refusal_without_a_tag_reads_whole(tmp_path):
+    from sftreport.store import RunWriter
+
+    saver = WeightSaver(RunWriter(tmp_path / "r"), "last")
+    model = nn.Linear(1, 1)
+    for epoch in (0, 1, 2):
+        saver.save(model, epoch, None)
+    (tmp_path / "r" / "weights" / "epoch_001.pt").unlink()  # someone tidied up already
+    saver.prune()
+    saver.prune()  # nothing left to remove
+    assert sorted(p.name for p in (tmp_path / "r" / "weights").glob("*.pt")) == ["epoch_000.pt", "epoch_002.pt"]
+    writer = RunWriter(tmp_path / "q")
+
+    def refuse(rel, write):
+        raise RuntimeError("disk quota exceeded")
+
+    writer.write_file = refuse
+    with pytest.raises(StorageError) as e:
+        WeightSaver(writer, "every").save(model, 0, None)
+    assert str(e.value).endswith("epoch_000.pt: disk quota exceeded")
