@@ -6,10 +6,14 @@ under mutants/.
 
 A mutant is detected when a test fails on it (killed) or its tests run far past their usual time (timeout:
 mutmut stops them; an endless loop, say). Equivalent mutants, which change no behaviour any test could see,
-are listed with their reason in mutation_equivalent.txt and left out of the adjusted share:
+are listed with their reason in mutation_equivalent.txt and left out of the adjusted share. Some more change
+behaviour on a CUDA device only (a tensor made on the default device, the histc route chosen by is_cuda): no
+test on a CPU-only machine can see them. They are listed there too, their reason starting "[cuda]", and
+counted apart:
 
-    raw share       (killed + timeout) / all
-    adjusted share  (killed + timeout) / (all − equivalent)
+    raw             (killed + timeout) / all
+    adjusted        (killed + timeout) / (all − equivalent − cuda)
+    with cuda       (killed + timeout) / (all − equivalent)       cuda-only mutants counted as survivors
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests"
           -24: "timeout", 152: "timeout", 255: "timeout", None: "unchecked"}  # fmt: skip
 
 
-COLUMNS = ["killed", "timeout", "survived", "no tests", "unchecked", "other", "equivalent"]
+COLUMNS = ["killed", "timeout", "survived", "no tests", "unchecked", "other", "equivalent", "cuda"]
 
 
 def equivalent() -> dict[str, str]:
@@ -63,7 +67,11 @@ def main() -> int:
     args = ap.parse_args()
     eq = equivalent()
     cols = COLUMNS
-    print(f"{'module':34} {'all':>5} " + " ".join(f"{c:>10}" for c in cols) + f" {'raw':>7} {'adjusted':>9}")
+    print(
+        f"{'module':24} {'all':>5} "
+        + " ".join(f"{c:>9}" for c in cols)
+        + f" {'raw':>6} {'adjusted':>8} {'with cuda':>9}"
+    )
     total: Counter = Counter()
     survivors = []
     stale = [n for n in eq if not any(n in results(p) for p in TARGETS)]
@@ -74,7 +82,7 @@ def main() -> int:
         c: Counter = Counter()
         for name, status in res.items():
             if name in eq and status != "killed":
-                c["equivalent"] += 1
+                c["cuda" if eq[name].startswith("[cuda]") else "equivalent"] += 1
                 continue
             if name in eq:
                 print(f"note: {name} is listed as equivalent but was killed: take it off the list", file=sys.stderr)
@@ -95,12 +103,16 @@ def main() -> int:
     return 0
 
 
+def _share(found: int, n: int) -> float:
+    return found / n if n else float("nan")
+
+
 def _row(label: str, c: Counter) -> str:
     n, found = c["all"], c["killed"] + c["timeout"]
-    raw = found / n if n else float("nan")
-    adj = found / (n - c["equivalent"]) if n - c["equivalent"] else float("nan")
-    cells = " ".join(f"{c[k]:>10}" for k in COLUMNS)
-    return f"{re.sub('^sftreport/', '', label):34} {n:>5} {cells} {raw:>7.1%} {adj:>9.1%}"
+    cells = " ".join(f"{c[k]:>9}" for k in COLUMNS)
+    raw, adj = _share(found, n), _share(found, n - c["equivalent"] - c["cuda"])
+    with_cuda = _share(found, n - c["equivalent"])
+    return f"{re.sub('^sftreport/', '', label):24} {n:>5} {cells} {raw:>6.1%} {adj:>8.1%} {with_cuda:>9.1%}"
 
 
 if __name__ == "__main__":
