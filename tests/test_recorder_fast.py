@@ -9,6 +9,7 @@ import copy
 import math
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,7 @@ class Loop:
         self.evals = {0: _hand_eval(self.model, self.val)}
         self.head_out = {0: self._head_outputs()}
         self.dir = tmp_path / "run"
+        self.mark = time.perf_counter()  # the recorder's first epoch clock starts after this
         self.rec = Recorder(
             self.model,
             probe=self.probe,
@@ -85,6 +87,7 @@ class Loop:
             options=options,
             run=RunDescription(name="tiny", planned_epochs=2),
         )
+        self.walls: dict[int, tuple[float, float]] = {}  # (since the last epoch_end began, epoch_end itself)
         self.step = 0
         self.epoch_steps: dict[int, list] = {}
         self.grads: dict[int, list] = {}
@@ -126,12 +129,19 @@ class Loop:
         self.snapshots[epoch] = _flat(self.model)
         self.evals[epoch] = _hand_eval(self.model, self.val)
         self.head_out[epoch] = self._head_outputs()
-        return self.rec.epoch_end(lr=end_lr)
+        t1 = time.perf_counter()
+        snap = self.rec.epoch_end(lr=end_lr)
+        t2 = time.perf_counter()
+        self.walls[epoch] = (t1 - self.mark, t2 - t1)
+        self.mark = t1  # the next epoch's clock starts inside this epoch_end
+        return snap
 
 
-@pytest.fixture(scope="module")
-def loop(tmp_path_factory) -> Loop:
-    lp = Loop(tmp_path_factory.mktemp("recorder"))
+@pytest.fixture
+def loop(tmp_path) -> Loop:
+    """Built again for every test (a tenth of a second): mutmut runs only the tests it saw reach a function,
+    and a module-scoped fixture would be seen by the first of them alone."""
+    lp = Loop(tmp_path)
     lp.epoch(1, 3, [0.1, 0.05, None])
     lp.epoch(2, 25, [0.01 * (i + 1) for i in range(25)], skip_first=True, end_lr=0.2)
     return lp
@@ -265,7 +275,13 @@ def test_images_at_epoch_zero_and_the_planned_last_epoch_and_saved_weights(loop:
     assert np.allclose(state["4.weight"].double().numpy().ravel(), loop.snapshots[2]["4.weight"])
     t = [e.timing for e in run.epochs]
     assert t[0].train_s == 0.0 and t[0].samples_per_s is None and t[1].train_s > 0
-    assert t[1].samples_per_s == pytest.approx(9 / t[1].train_s, rel=0.2)
+    for epoch in (1, 2):
+        since_last_end, end = loop.walls[epoch]
+        samples = sum(r[1] for r in loop.epoch_steps[epoch])
+        assert 0 < t[epoch].train_s <= since_last_end
+        assert t[epoch].samples_per_s == pytest.approx(samples / t[epoch].train_s, rel=1e-9)
+        assert t[epoch].eval_s > 0 and t[epoch].record_s > 0 and t[epoch].eval_s + t[epoch].record_s <= end
+        assert 0 <= t[epoch].probes["save_weights"] <= t[epoch].record_s
     assert set(t[0].probes) == {"weights", "gradients", "activations", "features", "images", "save_weights"}
     assert set(t[1].probes) == {"weights", "gradients", "activations", "features", "save_weights"}
     assert t[1].record_s >= t[1].probes["weights"] and t[1].eval_s > 0
@@ -369,3 +385,227 @@ def test_environment_and_timestamps(tmp_path: Path, monkeypatch):
     assert environment(torch.device("cpu")).git_commit == head and environment(torch.device("cpu")).precision == "fp32"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", _now())
     assert not math.isnan(float(_now()[:4]))
+
+
+# --------------------------------------------------------------------------- second round: recorder mutants the first campaign left alive
+
+
+def test_a_non_writer_holds_no_probe_buffers_and_counts_steps_without_logits(tmp_path: Path):
+    model = _model()
+    x, y = _data(4, 8)
+    rec = Recorder(model, probe=(x, y), run_dir=tmp_path / "r", writer=False)
+    assert (rec.weights, rec.grads, rec.activations, rec.features, rec.saver, rec.writer) == (None,) * 6
+    rec.step(torch.tensor(1.0), targets=y)  # targets without logits: counted, no accuracy
+    rec.step(torch.tensor(3.0))  # neither: one sample
+    s = rec.epoch_end()
+    assert s.train_loss == pytest.approx((1.0 * 4 + 3.0 * 1) / 5) and s.train_accuracy is None
+    assert s.timing.samples_per_s == pytest.approx(5 / s.timing.train_s, rel=1e-9)
+
+
+def test_run_description_dataset_defaults_and_a_two_sample_probe(tmp_path: Path):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    x = torch.randn(2, 1, 4, 6)  # the smallest probe allowed, wider than high
+    desc = RunDescription(name="d", model="net", weights="w0", strategy="s", config={"lr": 0.5})
+    Recorder(
+        model,
+        probe=(x, torch.tensor([0, 2])),
+        run_dir=tmp_path / "r",
+        run=desc,
+        options=RecordOptions(save_weights="none"),
+    )
+    info = read_run(tmp_path / "r").info
+    assert (info.model, info.weights, info.strategy, info.config) == ("net", "w0", "s", {"lr": 0.5})
+    d = info.dataset
+    assert (d.name, d.classes, d.train_size, d.val_size, d.image_size) == ("custom", ["0", "1", "2"], 0, 0, 6)
+    assert info.architecture.input_shape == [1, 4, 6]
+
+
+def test_class_names_set_the_class_count_and_options_reach_the_probes(tmp_path: Path, monkeypatch):
+    import sys
+    import types
+    from contextlib import contextmanager
+
+    class FakeTSNE:
+        def __init__(self, **kw):
+            pass
+
+        def fit_transform(self, a):
+            return np.zeros((len(a), 2))
+
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", types.SimpleNamespace(TSNE=FakeTSNE))
+    entered = []
+
+    @contextmanager
+    def autocast():
+        entered.append(1)
+        yield
+
+    model = _model()
+    x, y = _data(6, 9)
+    rec = Recorder(
+        model,
+        probe=(x, y),
+        val_data=[(x, y)],
+        run_dir=tmp_path / "r",
+        class_names=["a", "b", "c", "d"],  # one more than the model's logits
+        options=RecordOptions(tsne=True, save_weights="none"),
+        autocast=autocast,
+    )
+    snap = read_run(tmp_path / "r").epochs[0]
+    assert len(snap.val.confusion) == 4 and snap.val.per_class_accuracy[3] is None
+    assert [p.method for p in snap.features.projections] == ["pca", "tsne"]
+    assert len(entered) == 1 + 2  # the evaluation, and the two probe passes of epoch 0
+    assert rec.num_classes == 4
+
+
+def test_a_run_directory_is_named_after_the_time_by_default(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    x, y = _data(4, 10)
+    before = time.strftime("%Y%m%d")
+    Recorder(_model(), probe=(x, y), options=RecordOptions(enabled=False))
+    (made,) = (tmp_path / "runs").iterdir()
+    assert re.fullmatch(r"\d{8}-\d{6}-recorder", made.name) and made.name[:8] >= before
+    assert [e.epoch for e in read_run(made).epochs] == [0]
+
+
+def test_finish_defaults_duration_and_rendering_through_render_run(tmp_path: Path, monkeypatch):
+    import sys
+    import types
+
+    from sftreport.errors import StorageError
+
+    rendered = []
+
+    def render_run(root, outs, run=None):
+        rendered.append((root, outs, run.info.status, [e.epoch for e in run.epochs]))
+        return outs
+
+    monkeypatch.setitem(sys.modules, "sftreport.report.render", types.SimpleNamespace(render_run=render_run))
+    x, y = _data(4, 11)
+    start = time.perf_counter()
+    rec = Recorder(_model(), probe=(x, y), run_dir=tmp_path / "r", options=RecordOptions(enabled=False))
+    rec.step(torch.tensor(1.0))
+    rec.epoch_end()
+    assert rec.finish(out=[tmp_path / "a.html", str(tmp_path / "b.md")]) == [tmp_path / "a.html", tmp_path / "b.md"]
+    wall = time.perf_counter() - start
+    info = read_run(tmp_path / "r").info
+    assert (info.status, info.status_detail) == ("completed", "") and 0 < info.duration_s <= wall
+    assert rendered == [(tmp_path / "r", [tmp_path / "a.html", tmp_path / "b.md"], "completed", [0, 1])]
+    assert rec.render(tmp_path / "c.pdf") == [tmp_path / "c.pdf"] and rendered[-1][1] == [tmp_path / "c.pdf"]
+    # the disk refuses run.json: the reports are still rendered (with the status held here), then the error is raised
+
+    def refuse(info):
+        raise StorageError("cannot write run.json: No space left on device")
+
+    rec.writer.write_run = refuse
+    with pytest.raises(StorageError):
+        rec.finish("interrupted", out=tmp_path / "d.html")
+    assert rendered[-1][1:3] == ([tmp_path / "d.html"], "interrupted")
+
+
+class _Twice(nn.Module):
+    """One convolution applied twice (its maps are labelled conv#1 and conv#2), then a wider one."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.wide = nn.Conv2d(1, 3, 1)
+        self.head = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.wide(self.conv(self.conv(x))).mean(dim=(2, 3)))
+
+
+def test_feature_maps_of_a_module_called_twice_and_of_modules_with_different_channel_counts(tmp_path: Path):
+    x = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(12))
+    Recorder(
+        _Twice(), probe=(x, torch.tensor([0, 1, 0])), run_dir=tmp_path / "r", options=RecordOptions(save_weights="none")
+    )
+    img = read_run(tmp_path / "r").epochs[0].images
+    assert img.filters == "assets/filters_e000.png" and img.filters_module == "conv"
+    assert [(m.module, m.sample, m.path, m.channels) for m in img.feature_maps] == [
+        ("conv#1", 0, "assets/fmap_conv_1_s0_e000.png", 1),
+        ("conv#1", 1, "assets/fmap_conv_1_s1_e000.png", 1),
+        ("conv#2", 0, "assets/fmap_conv_2_s0_e000.png", 1),
+        ("conv#2", 1, "assets/fmap_conv_2_s1_e000.png", 1),
+        ("wide", 0, "assets/fmap_wide_s0_e000.png", 3),
+        ("wide", 1, "assets/fmap_wide_s1_e000.png", 3),
+    ]
+    assert all((tmp_path / "r" / m.path).exists() for m in img.feature_maps)
+
+
+def test_best_mode_keeps_the_epoch_with_the_best_validation_accuracy(tmp_path: Path):
+    lin = nn.Linear(2, 2, bias=False)
+    vx = torch.eye(2).repeat(2, 1)  # four one-hot inputs
+    vy = torch.tensor([0, 1, 0, 1])
+
+    def set_weight(rows):
+        with torch.no_grad():
+            lin.weight.copy_(torch.tensor(rows))
+
+    set_weight([[1.0, 0.0], [0.0, 1.0]])  # epoch 0: right on all four
+    rec = Recorder(
+        lin, probe=(vx, vy), val_data=[(vx, vy)], run_dir=tmp_path / "r", options=RecordOptions(save_weights="best")
+    )
+    for rows in ([[1.0, 0.0], [1.0, -1.0]], [[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [1.0, 0.0]]):  # 50 %, 100 %, 0 %
+        set_weight(rows)
+        rec.epoch_end()
+    run = read_run(tmp_path / "r")
+    assert [e.val.accuracy for e in run.epochs] == [1.0, 0.5, 1.0, 0.0]
+    assert [e.weights_file for e in run.epochs] == [
+        "weights/epoch_000.pt",
+        "weights/epoch_001.pt",
+        "weights/epoch_002.pt",
+        None,
+    ]
+    assert sorted(p.name for p in (tmp_path / "r" / "weights").iterdir()) == ["epoch_000.pt", "epoch_002.pt"]
+    # without a validation set "best" keeps the latest
+    rec2 = Recorder(_model(), probe=_data(4, 13), run_dir=tmp_path / "s", options=RecordOptions(save_weights="best"))
+    assert rec2.epoch_end().weights_file == "weights/epoch_001.pt"
+
+
+def test_per_step_losses_are_averaged_over_processes(monkeypatch):
+    """A stand-in process group of two identical ranks: sums double, per-step losses stay as they were."""
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, op=None: t.mul_(2))
+    x, y = _data(4, 14)
+    rec = Recorder(_model(), probe=(x, y), writer=False)
+    for loss in (1.0, 3.0):
+        rec.step(torch.tensor(loss), targets=y)
+    s = rec.epoch_end()
+    assert [p.loss for p in s.steps] == [1.0, 3.0] and s.train_loss == 2.0
+
+
+def test_environment_names_versions_devices_and_a_missing_git(monkeypatch, tmp_path: Path):
+    import importlib.metadata
+    import platform
+    import types
+
+    real_version = importlib.metadata.version
+    assert environment(torch.device("cpu")).torchvision == real_version("torchvision")
+    assert environment(torch.device("cpu")).world_size == 1
+    monkeypatch.setattr(platform, "processor", lambda: "TestCPU 3000")
+    assert environment(torch.device("cpu")).device_name == "TestCPU 3000"
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: asked.append(d) or "FakeGPU")
+    gpu = types.SimpleNamespace(type="cuda", __str__=lambda self: "cuda:0")
+    assert environment(gpu).device_name == "FakeGPU" and asked == [gpu]
+
+    def no_torchvision(name):
+        if name == "torchvision":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", no_torchvision)
+    assert environment(torch.device("cpu")).torchvision is None
+
+    def no_git(*a, **k):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert environment(torch.device("cpu")).git_commit is None
