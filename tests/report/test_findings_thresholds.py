@@ -829,9 +829,13 @@ def test_accuracy_unchanged_is_a_training_finding_and_a_perfect_start_is_named_b
 
 
 def test_dead_units_growth_is_measured_from_a_non_zero_start():
-    first = [astat("new", 10, 0), astat("a", 10, 2), astat("b", 10, 5)]
-    last = [astat("later", 10, 9), astat("a", 10, 3), astat("b", 10, 5), astat("new", 10, 0)]
-    f = one(F.dead_units_rule(dead_run([first[1:], last])))  # "later" first appears at the last epoch, listed first
+    first = [astat("a", 10, 2), astat("b", 10, 5)]
+    last = [astat("later", 10, 9), astat("a", 10, 3), astat("b", 10, 5)]
+    # "later" first appears at the last epoch and comes first in network order: it is skipped, not the end
+    arch = architecture([("", "M", 0, 0, 0), ("later", "R", 0, 0, 0), ("a", "R", 0, 0, 0), ("b", "R", 0, 0, 0)])
+    fr = frames([snap(0, activations=first), snap(1, activations=last)], architecture=arch)
+    assert list(fr.activations["layer"])[:2] == ["later", "a"]
+    f = one(F.dead_units_rule(fr))
     assert f[2] == "Dead units grew in 1 layer(s); most in a (+10.0 points)"
     assert "a: 3 of 10 channels (20.0% → 30.0%)." in f[3]
     assert F.dead_units_rule(dead_run([[astat("a", 50, 25)], [astat("a", 50, 26)]])) == []  # +2 points only
