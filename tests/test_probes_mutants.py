@@ -340,9 +340,6 @@ def test_float16_and_tuple_outputs_and_non_tensor_outputs():
     assert words.collect() == ([], {}, {})
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: a channel holding a NaN counts as dead (amax/amin propagate NaN); dead means 0 everywhere"
-)
 def test_a_channel_with_nan_outputs_is_not_dead():
     """A diverged epoch's activations hold NaN: the report would draw its channels as 100 % dead."""
     x = torch.rand(4, 3, 2, 2) + 0.1
@@ -355,7 +352,7 @@ def test_a_channel_with_nan_outputs_is_not_dead():
     _pass(probe, model, [x], hist=True, reps=False)
     (s,), _, _ = probe.collect()
     assert s.stats.zeros == 0
-    assert s.dead_channels == 0  # got 2
+    assert s.dead_channels == 0  # dead means exactly 0 everywhere; NaN is not 0
 
 
 def test_image_samples_come_from_the_first_chunk_only():
@@ -515,18 +512,18 @@ def test_knn_accuracy_against_a_slow_loop_with_ties():
     assert FE.knn_accuracy(torch.tensor([[1.0, 0.0], [1.0, 0.1]]), torch.tensor([0, 0]), 5).item() == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: from k = 11 a k-NN tie goes to the class with the larger harmonic rank bonus, not to the nearest",
-)
-def test_knn_ties_go_to_the_nearest_neighbours_class_for_large_k():
-    """knn_accuracy promises ties to the nearest. Twelve points on the unit circle at 0°, 1°, ..., 11°; for the
-    point at 0° the eleven neighbours hold class 0 at ranks 0, 7, 8, 9, 10 and class 1 at ranks 1–5 (a 5–5 tie,
-    the nearest is class 0), but the bonus 1e-3/(1 + rank) adds up to more for ranks 1–5: class 1 wins."""
-    ang = torch.arange(12.0) * math.pi / 180
-    x = torch.stack([ang.cos(), ang.sin()], 1)
+def test_knn_ties_go_to_the_nearest_neighbours_class_for_every_k():
+    """knn_accuracy promises ties to the class of the nearest tied vote. Twelve points on the unit circle with
+    gaps of 1°, 1.07°, 1.14°, ... (no two neighbours of a point at the same distance, so the slow loop's order is
+    the only right one). For the point at 0° and k = 11 the neighbours hold class 0 at ranks 0, 7, 8, 9, 10 and
+    class 1 at ranks 1-5: a 5-5 tie that goes to class 0; a bonus summed over ranks would give it to class 1."""
+    gaps = torch.tensor([0.0] + [1 + 0.07 * i for i in range(11)], dtype=torch.float64)
+    ang = torch.cumsum(gaps, 0) * math.pi / 180
+    x = torch.stack([ang.cos(), ang.sin()], 1).float()
     labels = torch.tensor([0, 0, 1, 1, 1, 1, 1, 2, 0, 0, 0, 0])
-    assert FE.knn_accuracy(x, labels, 11).item() == pytest.approx(_slow_knn(x.double().numpy(), labels.numpy(), 11))
+    for k in range(1, 12):
+        want = _slow_knn(x.double().numpy(), labels.numpy(), k)
+        assert FE.knn_accuracy(x, labels, k).item() == pytest.approx(want), k
 
 
 def test_tsne_projection_asks_for_a_reproducible_layout_with_a_perplexity_the_probe_set_allows(monkeypatch):

@@ -394,7 +394,7 @@ def test_a_non_writer_holds_no_probe_buffers_and_counts_steps_without_logits(tmp
     model = _model()
     x, y = _data(4, 8)
     rec = Recorder(model, probe=(x, y), run_dir=tmp_path / "r", writer=False)
-    assert (rec.weights, rec.grads, rec.activations, rec.features, rec.saver, rec.writer) == (None,) * 6
+    assert (rec.probes, rec.saver, rec.writer) == (None,) * 3
     rec.step(torch.tensor(1.0), targets=y)  # targets without logits: counted, no accuracy
     rec.step(torch.tensor(3.0))  # neither: one sample
     s = rec.epoch_end()

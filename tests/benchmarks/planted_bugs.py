@@ -96,12 +96,12 @@ BUGS: list[tuple[str, str, str]] = [
     (R, "        model.train(was_training)\n    if not isinstance(out, torch.Tensor)",
         "        model.train()\n    if not isinstance(out, torch.Tensor)"),
     (R, "            self.model.train(was_training)\n        return seconds", "            self.model.train()\n        return seconds"),
-    (R, "                self.activations.fix_bins()", "                pass"),
+    (R, "                probes.activations.fix_bins()", "                pass"),
     (A, "                calls.clear()", "                pass"),
     (FE, "sink.append(args[0].detach().reshape(args[0].shape[0], -1).float())",
          "sink.append(args[0].detach().reshape(-1, args[0].shape[-1]).float())"),
-    (IM, "w = (w / scale * 127.5 + 127.5).clamp(0, 255).round().to(torch.uint8).numpy()",
-         "w = (w / scale * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()"),
+    (IM, "pixels = (w / scale * 127.5 + 127.5).clamp(0, 255).round().to(torch.uint8).numpy()",
+         "pixels = (w / scale * 127.5).clamp(0, 255).round().to(torch.uint8).numpy()"),
     (IM, "m = maps[channels].float().cpu().numpy()", "m = maps[: len(channels)].float().cpu().numpy()"),
 ]  # fmt: skip
 

@@ -632,7 +632,6 @@ def test_moved_layers_most_least_median_new_and_frozen():
     )
 
 
-@pytest.mark.xfail(strict=True, reason="bug: one frozen layer is written '1 layers were frozen' (no _n())")
 def test_one_frozen_layer_is_singular():
     fr = moved_run([moved("a.weight", 0.1), moved("f.weight", 0.0, trainable=False)])
     assert one(F.moved_layers_rule(fr))[3].endswith(" 1 layer was frozen and did not change.")
