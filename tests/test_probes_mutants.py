@@ -1203,3 +1203,15 @@ def test_saved_weights_prune_is_idempotent_and_a_refusal_without_a_tag_reads_who
     with pytest.raises(StorageError) as e:
         WeightSaver(writer, "every").save(model, 0, None)
     assert str(e.value).endswith("epoch_000.pt: disk quota exceeded")
+
+
+def test_feature_probe_votes_with_its_own_k_not_the_class_count():
+    """knn_k and the class count are different numbers: on these designed neighbourhoods 1-NN and 3-NN disagree."""
+    ang = torch.tensor([0.0, 1.1, 2.3, 3.6, 5.0, 6.5, 8.1, 9.8]) * math.pi / 180
+    feats = torch.stack([ang.cos(), ang.sin()], 1)
+    labels = torch.tensor([0, 1, 1, 1, 0, 2, 2, 2])
+    one, three = (_slow_knn(feats.double().numpy(), labels.numpy(), k) for k in (1, 3))
+    assert (one, three) == (0.5, 0.625)  # 1-NN: 4 of 8 by hand; the test can tell the two k apart
+    probe = FE.FeatureProbe("head", labels, num_classes=3, knn_k=1, tsne=False)
+    f, _ = probe.measure(feats, torch.zeros(8, 3), {})
+    assert f.knn_k == 1 and f.knn_accuracy == pytest.approx(one)

@@ -185,7 +185,6 @@ class Recorder:
         self.new_params = set(new_params)
         self.loss_fn, self.autocast = loss_fn, autocast
         self.planned_epochs = self.run.planned_epochs
-        self.is_writer = writer
         self.epoch = 0
         self.global_step = 0
         self._started = time.perf_counter()

@@ -19,9 +19,7 @@ Exact where models are hard:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -80,27 +78,10 @@ def _centred(
     return shift.double() + dsum / n, (dsq.double() - dsum * dsum / n).clamp_min(0)
 
 
-_SIDE: ThreadPoolExecutor | None = None
-
-
-def side_thread() -> ThreadPoolExecutor | None:
-    """One more thread for a CPU reduction that torch runs on a single core (count_nonzero), so that it
-    overlaps the multi-threaded ops of the caller's thread; None on a single core. torch releases the GIL
-    inside its ops."""
-    global _SIDE
-    if (os.cpu_count() or 1) < 2:
-        return None
-    if _SIDE is None:
-        _SIDE = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sftreport-stats")
-    return _SIDE
-
-
 def moments(flat: FlatBuffer, scratch: FlatBuffer) -> torch.Tensor:
     """(T, 6) float64 on the device, one row per view: count, mean, M2, min, max, zeros (see MOMENTS).
     `scratch` (same layout) is overwritten with the centred values."""
     views = flat.views
-    side = side_thread() if not flat.buf.is_cuda else None
-    zeros_counted = side.submit(lambda: torch.stack([torch.count_nonzero(v) for v in views])) if side else None
     # Per-view reductions are one small kernel each and never sync with the host; measured on resnet50
     # (161 tensors) they beat segment_reduce and the 0-norm for sums and zero counts.
     mins, maxs = (torch.stack(t) for t in zip(*(torch.aminmax(v) for v in views)))
@@ -110,7 +91,7 @@ def moments(flat: FlatBuffer, scratch: FlatBuffer) -> torch.Tensor:
         torch.sub(v, k, out=d)
     dsum = torch.stack([d.sum() for d in scratch.views])
     mean, m2 = _centred(shift, flat.lengths, dsum, sum_of_squares_(scratch))
-    nonzero = zeros_counted.result() if zeros_counted else torch.stack([torch.count_nonzero(v) for v in views])
+    nonzero = torch.stack([torch.count_nonzero(v) for v in views])
     count = flat.lengths.double()
     return torch.stack([count, mean, m2, mins.double(), maxs.double(), count - nonzero.double()], dim=1)
 
