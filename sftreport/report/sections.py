@@ -372,7 +372,7 @@ class _Builder:
             "What fine-tuning replaced",
             f"Layers initialised fresh instead of loaded from the pretrained weights: the new head "
             f"for the {classes} classes of {self.info.dataset.name}.",
-            ["layer", "type", "output shape", "new parameters", "status"],
+            ["layer", "type", "output shape", "parameters", "status"],
             rows,
             numeric=[False, False, False, True, False],
         )
