@@ -4,7 +4,7 @@
     python tests/benchmarks/bench_recording.py --quick    # smaller resnet50 probe set
 
 Prints a Markdown table (the README holds the latest one). Targets: all probes together at most
-2 % of a CIFAR-10-size ResNet-50 epoch; the weight and gradient statistics alone at most 0.10 s per epoch end
+2 % of a CIFAR-10-size ResNet-50 epoch; the weight and gradient statistics alone at most 0.08 s per epoch end
 for resnet50 on the CPU. The TensorBoard route (add_histogram of every parameter and gradient) is timed for
 comparison (needs the `bench` extra: pip install '.[bench]').
 """
@@ -139,7 +139,7 @@ def resnet50_rows(probe_size: int, batch: int, steps: int) -> list[tuple[str, st
     rows = [
         (f"resnet50 224 px, one training step (batch {batch})", f"{step_plain:.2f} s"),
         ("resnet50, CIFAR-10-size epoch (50,000 images), estimated from it", f"{epoch_s / 3600:.1f} h"),
-        ("resnet50, weight + gradient statistics per epoch end", f"{wg:.3f} s (target ≤ 0.10 s)"),
+        ("resnet50, weight + gradient statistics per epoch end", f"{wg:.3f} s (target ≤ 0.08 s)"),
         (
             "resnet50, `rec.step` per step (gradient norms every 5th)",
             f"{per_step * 1000:.2f} ms; first step of an epoch {first_step * 1000:.0f} ms",
