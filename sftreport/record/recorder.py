@@ -246,7 +246,20 @@ class Recorder:
     ) -> None:
         """Call once per optimizer step, after `optimizer.step()` (the gradients are still there).
         `skipped`: a boolean tensor, true when the optimizer skipped this step (fp16 GradScaler overflow):
-        its gradients are then not counted as a training problem."""
+        its gradients are then not counted as a training problem. The same as `record_batch`,
+        `sample_gradients` and `after_optimizer_step` in a row, which a framework's hooks call apart."""
+        self.record_batch(loss, logits, targets, lr)
+        self.sample_gradients(skipped)
+        self.after_optimizer_step(skipped)
+
+    def record_batch(
+        self,
+        loss: torch.Tensor,
+        logits: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        lr: float | None = None,
+    ) -> None:
+        """The training loss (and accuracy, given logits and targets) of one batch; nothing leaves the device."""
         self.global_step += 1
         n = len(targets) if targets is not None else 1
         self._step_losses.append(loss.detach())  # summed at the epoch end: no work per step beyond this
@@ -256,8 +269,15 @@ class Recorder:
         if logits is not None and targets is not None:
             self._correct += (logits.detach().argmax(dim=1) == targets).sum()
             self._with_acc = True
+
+    def sample_gradients(self, skipped: torch.Tensor | None = None) -> None:
+        """Once per optimizer step while the gradients are there (every k-th step is sampled)."""
         if self.probes is not None:
             self.probes.grads.maybe_sample(valid=None if skipped is None else ~skipped)
+
+    def after_optimizer_step(self, skipped: torch.Tensor | None = None) -> None:
+        """Once per optimizer step, after it: the epoch's first step measures its update-to-weight ratio."""
+        if self.probes is not None:
             self.probes.weights.after_step(skipped)
 
     def _reset_epoch(self) -> None:

@@ -1,0 +1,155 @@
+"""The Lightning callback on a real Lightning Trainer (CPU, no download): the embedded default's pretrained
+digits_resnet fine-tuned for 2 short epochs, against the same training written as an own loop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from sftreport.errors import UserError
+from sftreport.integrations.lightning import SFTReport
+from sftreport.record.recorder import Recorder
+from sftreport.store import read_run
+from sftreport.train.data import load_digits_split
+from sftreport.train.models import build_model
+
+BATCHES, BATCH = 4, 32
+
+
+def digits() -> tuple[TensorDataset, TensorDataset]:
+    train, val = load_digits_split((5, 6, 7, 8, 9))
+
+    def images(t):  # 8×8 grey → 3×32×32 in [0, 1], as the model was pretrained
+        x = t.images.float().div(255).repeat(1, 3, 1, 1)
+        return F.interpolate(x, size=32, mode="nearest")
+
+    return TensorDataset(images(train), train.labels), TensorDataset(images(val)[:64], val.labels[:64])
+
+
+class Finetune(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)  # the new head's initialisation
+        bundle = build_model("digits_resnet", "DEFAULT", 5)
+        self.net, self.new = bundle.model, bundle.new_params
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+
+def trainer(**kw) -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        limit_train_batches=BATCHES,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kw,
+    )
+
+
+def test_a_lightning_fit_records_the_same_numbers_as_the_own_loop(tmp_path: Path):
+    train, val = digits()
+    probe = (val.tensors[0][:32], val.tensors[1][:32])
+    val_loader = DataLoader(val, batch_size=64)
+
+    module = Finetune()
+    new = {f"net.{n}" for n in module.new}
+    cb = SFTReport(probe=probe, val_data=val_loader, run_dir=tmp_path / "pl", new_params=new, out=tmp_path / "pl.html")
+    trainer(callbacks=[cb]).fit(module, DataLoader(train, batch_size=BATCH))
+
+    # the same computation as an own loop: same start, same batches in the same order, same optimizer
+    model = Finetune()
+    opt = model.configure_optimizers()
+    rec = Recorder(model, probe=probe, val_data=val_loader, run_dir=tmp_path / "own", new_params=new)
+    loader = DataLoader(train, batch_size=BATCH)
+    for _ in range(2):
+        model.train()
+        for i, (x, y) in enumerate(loader):
+            if i == BATCHES:
+                break
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            rec.step(loss, targets=y, lr=0.05)
+        rec.epoch_end()
+    rec.finish()
+
+    got, want = read_run(tmp_path / "pl"), read_run(tmp_path / "own")
+    assert got.info.status == "completed" and [e.epoch for e in got.epochs] == [0, 1, 2]
+    assert got.info.planned_epochs == 2 and got.info.architecture.new_params == 645
+    for g, w in zip(got.epochs, want.epochs):
+        assert g.step == w.step == BATCHES * g.epoch
+        assert g.val is not None and w.val is not None
+        assert g.val.confusion == w.val.confusion and g.val.loss == pytest.approx(w.val.loss, rel=1e-6)
+        if g.epoch:
+            assert g.train_loss == pytest.approx(w.train_loss, rel=1e-6) and g.lr == 0.05
+        assert [s.name for s in g.weights] == [s.name for s in w.weights]
+        for a, b in zip(g.weights, w.weights):
+            assert a.stats.mean == pytest.approx(b.stats.mean, rel=1e-6, abs=1e-9)
+            assert a.stats.std == pytest.approx(b.stats.std, rel=1e-6, abs=1e-9)
+            assert (a.stats.min, a.stats.max, a.hist.counts) == (b.stats.min, b.stats.max, b.hist.counts)
+            assert a.diff_sq == pytest.approx(b.diff_sq, rel=1e-5, abs=1e-12)
+            assert (a.update_sq is None) == (b.update_sq is None) == (g.epoch == 0)
+            if a.update_sq is not None:
+                assert a.update_sq == pytest.approx(b.update_sq, rel=1e-5)
+        for a, b in zip(g.gradients, w.gradients):
+            assert a.name == b.name and a.samples == b.samples
+            assert a.mean_norm == pytest.approx(b.mean_norm, rel=1e-5)
+    # gradients sampled once per optimizer step, at steps 1, 6, 11, ... (--grad-every 5) and each epoch's first:
+    # epoch 1 (steps 1-4) at step 1; epoch 2 (steps 5-8) at steps 5 and 6
+    assert [{s.samples for s in e.gradients} for e in got.epochs[1:]] == [{1}, {2}]
+    html = (tmp_path / "pl.html").read_text()
+    assert "Finetune (Lightning)" in html and "completed" in html
+    assert json.loads((tmp_path / "pl" / "run.json").read_text())["status"] == "completed"
+
+
+def test_a_probe_the_model_cannot_take_or_an_unwritable_report_fails_at_fit_start(tmp_path: Path):
+    train, _ = digits()
+    data = DataLoader(train, batch_size=BATCH)
+    bad_probe = (torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long))  # one channel: the model takes three
+    with pytest.raises(UserError, match=r"cannot run on inputs of shape \[1, 32, 32\]"):
+        trainer(callbacks=[SFTReport(probe=bad_probe, run_dir=tmp_path / "bad")]).fit(Finetune(), data)
+    assert not (tmp_path / "bad").exists()
+    (tmp_path / "file").write_text("")
+    probe = (train.tensors[0][:8], train.tensors[1][:8])
+    with pytest.raises(UserError, match="is not a directory"):
+        trainer(callbacks=[SFTReport(probe=probe, out=tmp_path / "file" / "r.html", run_dir=tmp_path / "r")]).fit(
+            Finetune(), data
+        )
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+class FailsInEpochTwo(Finetune):
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 2:
+            raise RuntimeError("out of memory (a stand-in)")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_fit_that_fails_is_marked_failed_and_rendered_from_its_finished_epochs(tmp_path: Path):
+    train, val = digits()
+    cb = SFTReport(probe=(val.tensors[0][:16], val.tensors[1][:16]), run_dir=tmp_path / "r", out=[tmp_path / "r.md"])
+    with pytest.raises(RuntimeError, match="a stand-in"):
+        trainer(callbacks=[cb]).fit(FailsInEpochTwo(), DataLoader(train, batch_size=BATCH))
+    run = read_run(tmp_path / "r")
+    assert run.info.status == "failed" and [e.epoch for e in run.epochs] == [0, 1]
+    assert run.info.status_detail == "RuntimeError in epoch 2: out of memory (a stand-in)"
+    assert "failed" in (tmp_path / "r.md").read_text()
