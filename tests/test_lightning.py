@@ -4,50 +4,24 @@ digits_resnet fine-tuned for 2 short epochs, against the same training written a
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from helpers.lightning_module import BATCH, Finetune, digits
+from torch.utils.data import DataLoader
 
 from sftreport.errors import UserError
 from sftreport.integrations.lightning import SFTReport
 from sftreport.record.recorder import Recorder
 from sftreport.store import read_run
-from sftreport.train.data import load_digits_split
-from sftreport.train.models import build_model
 
-BATCHES, BATCH = 4, 32
-
-
-def digits() -> tuple[TensorDataset, TensorDataset]:
-    train, val = load_digits_split((5, 6, 7, 8, 9))
-
-    def images(t):  # 8×8 grey → 3×32×32 in [0, 1], as the model was pretrained
-        x = t.images.float().div(255).repeat(1, 3, 1, 1)
-        return F.interpolate(x, size=32, mode="nearest")
-
-    return TensorDataset(images(train), train.labels), TensorDataset(images(val)[:64], val.labels[:64])
-
-
-class Finetune(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)  # the new head's initialisation
-        bundle = build_model("digits_resnet", "DEFAULT", 5)
-        self.net, self.new = bundle.model, bundle.new_params
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+BATCHES = 4
 
 
 def trainer(**kw) -> pl.Trainer:
@@ -153,3 +127,68 @@ def test_a_fit_that_fails_is_marked_failed_and_rendered_from_its_finished_epochs
     assert run.info.status == "failed" and [e.epoch for e in run.epochs] == [0, 1]
     assert run.info.status_detail == "RuntimeError in epoch 2: out of memory (a stand-in)"
     assert "failed" in (tmp_path / "r.md").read_text()
+
+
+def test_gradient_accumulation_records_one_step_and_one_gradient_sample_per_optimizer_step(tmp_path: Path):
+    """accumulate_grad_batches=2 over 4 batches: 2 optimizer steps an epoch. The own loop below does the same
+    accumulation by hand and calls rec.step once per optimizer step with the mean loss of its two batches."""
+    train, val = digits()
+    probe = (val.tensors[0][:16], val.tensors[1][:16])
+    module = Finetune()
+    cb = SFTReport(probe=probe, run_dir=tmp_path / "pl")
+    trainer(callbacks=[cb], accumulate_grad_batches=2).fit(module, DataLoader(train, batch_size=BATCH))
+
+    model = Finetune()
+    opt = model.configure_optimizers()
+    rec = Recorder(model, probe=probe, run_dir=tmp_path / "own")
+    loader = DataLoader(train, batch_size=BATCH)
+    for _ in range(2):
+        model.train()
+        losses, sizes = [], []
+        for i, (x, y) in enumerate(loader):
+            if i == BATCHES:
+                break
+            loss = F.cross_entropy(model(x), y)
+            (loss / 2).backward()
+            losses.append(loss.detach())
+            sizes.append(len(y))
+            if i % 2 == 1:
+                opt.step()
+                mean = sum(loss * n for loss, n in zip(losses, sizes)) / sum(sizes)
+                rec.step(mean, targets=torch.zeros(sum(sizes)))
+                opt.zero_grad()
+                losses, sizes = [], []
+        rec.epoch_end()
+
+    got, want = read_run(tmp_path / "pl"), read_run(tmp_path / "own")
+    assert [e.step for e in got.epochs] == [0, 2, 4] == [e.step for e in want.epochs]
+    assert [[p.step for p in e.steps] for e in got.epochs[1:]] == [[1, 2], [3, 4]]
+    for g, w in zip(got.epochs[1:], want.epochs[1:]):
+        assert g.train_loss == pytest.approx(w.train_loss, rel=1e-6)
+        assert [p.loss for p in g.steps] == pytest.approx([p.loss for p in w.steps], rel=1e-6)
+        assert {s.samples for s in g.gradients} == {1}  # steps 1 and 3, each epoch's first
+        for a, b in zip(g.gradients, w.gradients):
+            assert a.mean_norm == pytest.approx(b.mean_norm, rel=1e-5)
+        for a, b in zip(g.weights, w.weights):
+            assert a.diff_sq == pytest.approx(b.diff_sq, rel=1e-5, abs=1e-12)
+            assert a.update_sq == pytest.approx(b.update_sq, rel=1e-5)
+
+
+def test_a_two_process_ddp_fit_writes_one_run_directory_with_each_validation_image_counted_once(tmp_path: Path):
+    script = Path(__file__).parent / "helpers" / "lightning_ddp.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(script.parent), *sys.path])}
+    r = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run"), str(tmp_path / "r.md")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = read_run(tmp_path / "run")
+    assert run.info.status == "completed" and [e.epoch for e in run.epochs] == [0, 1, 2]
+    assert all(e.val is not None and e.val.count == 64 for e in run.epochs)  # not 128: each batch once
+    assert [e.step for e in run.epochs] == [0, 3, 6]
+    assert (tmp_path / "r.md").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md", "run"]  # rank 1 wrote nothing

@@ -8,7 +8,7 @@ Where each part is read:
   pretrained reference and records it);
 - gradients at `on_before_optimizer_step`: once per real optimizer step (with gradient accumulation, after
   the last micro-batch), already unscaled by AMP and before gradient clipping;
-- the training loss of every batch at `on_train_batch_end` (the loss the module returned);
+- the training loss at `on_train_batch_end`, one point per optimizer step (the mean of its micro-batches);
 - the epoch at `on_train_epoch_end`, which Lightning calls after that epoch's validation;
 - the report at `on_fit_end`; after an exception or Ctrl-C the run is marked *failed* or *interrupted* and
   rendered from the finished epochs.
@@ -63,6 +63,7 @@ class SFTReport(pl.Callback):
         self.head, self.options, self.run, self.loss_fn = head, options, run, loss_fn
         self.recorder: Recorder | None = None
         self._optimizer_steps = 0  # trainer.global_step when the last step was seen
+        self._pending: list[tuple[torch.Tensor, int]] = []  # micro-batch losses and sizes of the step under way
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for path in self.out:  # refused now, in one line, not after the first epoch
@@ -70,10 +71,13 @@ class SFTReport(pl.Callback):
         run = self.run or RunDescription(name=f"{type(pl_module).__name__} (Lightning)")
         if run.planned_epochs is None and trainer.max_epochs and trainer.max_epochs > 0:
             run.planned_epochs = trainer.max_epochs
+        val_data = self.val_data
+        if val_data is not None and trainer.world_size > 1:
+            val_data = _RankShare(val_data, trainer.global_rank, trainer.world_size)
         self.recorder = Recorder(
             pl_module,
             probe=self.probe,
-            val_data=self.val_data,
+            val_data=val_data,
             run_dir=self.run_dir,
             class_names=self.class_names,
             new_params=self.new_params,
@@ -99,11 +103,17 @@ class SFTReport(pl.Callback):
             return
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
+            # Lightning hands over the loss divided by accumulate_grad_batches (the part it backpropagated)
             targets = batch[1] if isinstance(batch, (tuple, list)) and len(batch) > 1 else None
-            sized = targets if isinstance(targets, torch.Tensor) and targets.dim() >= 1 else None
-            rec.record_batch(loss, targets=sized, lr=_lr(trainer))
-        if trainer.global_step > self._optimizer_steps:  # an optimizer step happened in this batch
+            n = len(targets) if isinstance(targets, torch.Tensor) and targets.dim() >= 1 else 1
+            self._pending.append((loss.detach().float() * trainer.accumulate_grad_batches, n))
+        if trainer.global_step > self._optimizer_steps:  # this batch ended an optimizer step
             self._optimizer_steps = trainer.global_step
+            if self._pending:  # one point per optimizer step: its micro-batches' mean loss
+                sizes = [n for _, n in self._pending]
+                mean = sum(loss * n for loss, n in self._pending) / sum(sizes)
+                rec.record_batch(mean, lr=_lr(trainer), samples=sum(sizes))
+                self._pending = []
             rec.after_optimizer_step()
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -123,6 +133,17 @@ class SFTReport(pl.Callback):
         else:
             status, detail = "failed", f"{type(exception).__name__} in epoch {self.recorder.epoch + 1}: {exception}"
         self.recorder.finish(status=status, detail=detail[:500], out=self.out)
+
+
+class _RankShare:
+    """Every `world`-th batch of the validation data, from the `rank`-th: the recorder's evaluation sums its
+    counts over the processes, so each batch must be evaluated by exactly one of them."""
+
+    def __init__(self, data: Iterable, rank: int, world: int):
+        self.data, self.rank, self.world = data, rank, world
+
+    def __iter__(self):
+        return (b for i, b in enumerate(self.data) if i % self.world == self.rank)
 
 
 def _lr(trainer: pl.Trainer) -> float | None:

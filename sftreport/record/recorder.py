@@ -258,10 +258,12 @@ class Recorder:
         logits: torch.Tensor | None = None,
         targets: torch.Tensor | None = None,
         lr: float | None = None,
+        samples: int | None = None,
     ) -> None:
-        """The training loss (and accuracy, given logits and targets) of one batch; nothing leaves the device."""
+        """The training loss (and accuracy, given logits and targets) of one optimizer step's batch; nothing
+        leaves the device. `samples`: the batch's size when no targets are given (default 1)."""
         self.global_step += 1
-        n = len(targets) if targets is not None else 1
+        n = len(targets) if targets is not None else (samples or 1)
         self._step_losses.append(loss.detach())  # summed at the epoch end: no work per step beyond this
         self._step_sizes.append(n)
         self._step_lrs.append(lr)
