@@ -111,7 +111,7 @@ class SFTReport(pl.Callback):
             self._optimizer_steps = trainer.global_step
             if self._pending:  # one point per optimizer step: its micro-batches' mean loss
                 sizes = [n for _, n in self._pending]
-                mean = sum(loss * n for loss, n in self._pending) / sum(sizes)
+                mean = torch.stack([loss * n for loss, n in self._pending]).sum() / sum(sizes)
                 rec.record_batch(mean, lr=_lr(trainer), samples=sum(sizes))
                 self._pending = []
             rec.after_optimizer_step()
