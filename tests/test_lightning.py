@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,3 +193,27 @@ def test_a_two_process_ddp_fit_writes_one_run_directory_with_each_validation_ima
     assert [e.step for e in run.epochs] == [0, 3, 6]
     assert (tmp_path / "r.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md", "run"]  # rank 1 wrote nothing
+
+
+def test_readme_shows_the_lightning_example_verbatim_with_four_added_lines():
+    root = Path(__file__).resolve().parents[1]
+    code = (root / "examples" / "lightning_fit.py").read_text()
+    body = code.split('"""', 2)[2].lstrip("\n")
+    m = re.search(
+        r"<!-- example: examples/lightning_fit.py -->\s*```python\n(.*?)```", (root / "README.md").read_text(), re.S
+    )
+    assert m and m.group(1) == body
+    assert sum(1 for line in body.splitlines() if "# sftreport" in line) == 4
+
+
+@pytest.mark.slow
+def test_the_lightning_example_runs_and_records_every_epoch(tmp_path: Path):
+    example = Path(__file__).resolve().parents[1] / "examples" / "lightning_fit.py"
+    r = subprocess.run([sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = read_run(tmp_path / "runs" / "lightning")
+    assert [e.epoch for e in run.epochs] == [0, 1, 2] and run.info.status == "completed"
+    last = run.epochs[-1]
+    assert last.weights and last.gradients and last.features and last.val
+    assert [a.module for a in last.activations][:2] == ["net.maxpool", "net.layer1.0"]  # inside the wrapper
+    assert (tmp_path / "lightning.html").stat().st_size > 10_000

@@ -167,6 +167,30 @@ def test_default_modules_are_stem_blocks_and_head_in_network_order():
     assert goog[:4] == ["conv1", "conv2", "conv3", "inception3a"] and goog[-2:] == ["inception5b", "fc"]
 
 
+def test_default_modules_look_inside_a_wrapper_around_the_whole_network():
+    """A LightningModule's `self.net` (or DDP's `module`): the blocks inside, not the wrapper as one block.
+    A second child with parameters, or parameters of the wrapper's own, make it a network of its own."""
+    import torchvision
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torchvision.models.resnet18()
+            self.loss = nn.CrossEntropyLoss()  # no parameters: still a wrapper
+
+    inner = ["maxpool", *(f"layer{i}.{j}" for i in range(1, 5) for j in range(2)), "fc"]
+    assert default_modules(Wrapper(), "net.fc") == [f"net.{n}" for n in inner]
+    outer = nn.Sequential()
+    outer.add_module("wrapped", Wrapper())
+    assert default_modules(outer, "wrapped.net.fc") == [f"wrapped.net.{n}" for n in inner]  # wrappers nest
+    two = Wrapper()
+    two.extra = nn.Linear(2, 2)
+    assert default_modules(two, "net.fc") == ["net", "net.fc", "extra"]
+    scaled = Wrapper()
+    scaled.scale = nn.Parameter(torch.ones(1))
+    assert default_modules(scaled, "net.fc") == ["net", "net.fc"]
+
+
 def test_count_bins_is_the_same_with_index_add_as_with_bincount():
     idx = torch.randint(0, 40, (10_000,), dtype=torch.int32)
     assert torch.equal(count_bins(idx, 41, index_add=True), count_bins(idx, 41, index_add=False))

@@ -43,6 +43,16 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
     modules that own parameters. The stem is the last top-level module with parameters, or ResNet's
     pooling, before the first block (ResNet's maxpool, ViT's conv_proj).
     """
+    # a wrapper around the whole network (a LightningModule's `self.net`, DDP's `module`): look inside it
+    with_params = [(n, m) for n, m in model.named_children() if any(True for _ in m.parameters())]
+    if (
+        len(with_params) == 1
+        and not any(True for _ in model.parameters(recurse=False))
+        and head.startswith(with_params[0][0] + ".")
+        and type(with_params[0][1]) not in _CONTAINERS
+    ):
+        name, inner = with_params[0]
+        return [f"{name}.{n}" for n in default_modules(inner, head[len(name) + 1 :])]
     blocks: list[str] = []
 
     def holds_block_list(m: nn.Module) -> bool:
