@@ -70,6 +70,8 @@ def test_a_lightning_fit_records_the_same_numbers_as_the_own_loop(tmp_path: Path
     got, want = read_run(tmp_path / "pl"), read_run(tmp_path / "own")
     assert got.info.status == "completed" and [e.epoch for e in got.epochs] == [0, 1, 2]
     assert got.info.planned_epochs == 2 and got.info.architecture.new_params == 645
+    assert (got.info.dataset.train_size, got.info.dataset.val_size) == (len(train), 64)
+    assert (want.info.dataset.train_size, want.info.dataset.val_size) == (0, 64)  # an own loop's, not known
     for g, w in zip(got.epochs, want.epochs):
         assert g.step == w.step == BATCHES * g.epoch
         assert g.val is not None and w.val is not None
@@ -93,6 +95,7 @@ def test_a_lightning_fit_records_the_same_numbers_as_the_own_loop(tmp_path: Path
     assert [{s.samples for s in e.gradients} for e in got.epochs[1:]] == [{1}, {2}]
     html = (tmp_path / "pl.html").read_text()
     assert "Finetune (Lightning)" in html and "completed" in html
+    assert f"custom: 5 classes, {len(train):,} training / 64 validation images, 32×32 px" in html
     assert json.loads((tmp_path / "pl" / "run.json").read_text())["status"] == "completed"
 
 

@@ -89,6 +89,12 @@ class SFTReport(pl.Callback):
         )
         self._optimizer_steps = trainer.global_step
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """The training data is known by now: its size goes into run.json (written again at the end)."""
+        rec = self.recorder
+        if rec is not None and rec.info is not None and rec.info.dataset.name == "custom":
+            rec.info.dataset.train_size = _samples(trainer.train_dataloader)
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -144,6 +150,14 @@ class _RankShare:
 
     def __iter__(self):
         return (b for i, b in enumerate(self.data) if i % self.world == self.rank)
+
+
+def _samples(loader: Any) -> int:
+    """Samples in a DataLoader's dataset, the whole of it on every process (0 when it cannot be told)."""
+    try:
+        return len(loader.dataset)
+    except (TypeError, AttributeError):
+        return 0
 
 
 def _lr(trainer: pl.Trainer) -> float | None:

@@ -119,6 +119,15 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> int:
     return out.shape[1]
 
 
+def _dataset_size(data: Iterable | None) -> int:
+    """The number of samples behind a DataLoader (0 when it cannot be told without iterating)."""
+    dataset = getattr(data, "dataset", None)
+    try:
+        return len(dataset) if dataset is not None else 0
+    except TypeError:  # an iterable-style dataset
+        return 0
+
+
 @dataclass
 class RunDescription:
     """What a run is, for run.json and the report's header and appendix. sftreport's runner fills every
@@ -224,7 +233,11 @@ class Recorder:
                 strategy=d.strategy,
                 dataset=d.dataset
                 or DatasetInfo(
-                    name="custom", classes=self.class_names, train_size=0, val_size=0, image_size=int(sample.shape[-1])
+                    name="custom",
+                    classes=self.class_names,
+                    train_size=0,  # not known here (a framework integration may fill it in)
+                    val_size=_dataset_size(val_data),
+                    image_size=int(sample.shape[-1]),
                 ),
                 environment=d.environment or environment(self.device),
                 architecture=describe(model, sample, self.new_params),

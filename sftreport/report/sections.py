@@ -144,14 +144,18 @@ class _Builder:
                     f"({fmt.points(h.acc_after - h.acc_before)})"
                 )
         planned = f" of {h.epochs_planned} planned" if h.epochs_planned else ""
-        sizes = f"{fmt.integer(ds.train_size)} training / {fmt.integer(ds.val_size)} validation images"
+        # a size of 0 is one the recording did not know (an own loop's data): left out rather than shown as 0
+        counted = [
+            f"{fmt.integer(n)} {what}" for n, what in ((ds.train_size, "training"), (ds.val_size, "validation")) if n
+        ]
+        sizes = " / ".join(counted) + " images, " if counted else ""
         weights = info.weights + (" — trained from scratch, nothing pretrained" if self.frames.from_scratch else "")
         items = [
             ("Run", info.name),
             ("Status", info.status + (f": {info.status_detail}" if info.status_detail else "")),
             (
                 "Dataset",
-                f"{ds.name}: {len(ds.classes)} classes, {sizes}, {ds.image_size}×{ds.image_size} px"
+                f"{ds.name}: {len(ds.classes)} classes, {sizes}{ds.image_size}×{ds.image_size} px"
                 + (f" ({ds.source})" if ds.source else ""),
             ),
             ("Model", info.model),
