@@ -72,7 +72,8 @@ def test_a_lightning_fit_records_the_same_numbers_as_the_own_loop(tmp_path: Path
     assert got.info.planned_epochs == 2 and got.info.architecture.new_params == 645
     assert (got.info.dataset.train_size, got.info.dataset.val_size) == (len(train), 64)
     assert (want.info.dataset.train_size, want.info.dataset.val_size) == (0, 64)  # an own loop's, not known
-    for g, w in zip(got.epochs, want.epochs):
+    assert len(got.epochs) == len(want.epochs) == 3
+    for g, w in zip(got.epochs, want.epochs, strict=True):
         assert g.step == w.step == BATCHES * g.epoch
         assert g.val is not None and w.val is not None
         assert g.val.confusion == w.val.confusion and g.val.loss == pytest.approx(w.val.loss, rel=1e-6)
@@ -193,6 +194,7 @@ def test_a_two_process_ddp_fit_writes_one_run_directory_with_each_validation_ima
     run = read_run(tmp_path / "run")
     assert run.info.status == "completed" and [e.epoch for e in run.epochs] == [0, 1, 2]
     assert all(e.val is not None and e.val.count == 64 for e in run.epochs)  # not 128: each batch once
+    assert run.info.dataset.val_size == 64
     assert [e.step for e in run.epochs] == [0, 3, 6]
     assert (tmp_path / "r.md").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.md", "run"]  # rank 1 wrote nothing
@@ -220,3 +222,61 @@ def test_the_lightning_example_runs_and_records_every_epoch(tmp_path: Path):
     assert last.weights and last.gradients and last.features and last.val
     assert [a.module for a in last.activations][:2] == ["net.maxpool", "net.layer1.0"]  # inside the wrapper
     assert (tmp_path / "lightning.html").stat().st_size > 10_000
+
+
+class Halving(Finetune):
+    """The learning rate halves after every optimizer step (a per-step scheduler, as Lightning steps it)."""
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.08)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5**step)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def test_each_step_records_the_learning_rate_it_trained_with(tmp_path: Path):
+    train, val = digits()
+    cb = SFTReport(probe=(val.tensors[0][:16], val.tensors[1][:16]), run_dir=tmp_path / "r")
+    trainer(callbacks=[cb]).fit(Halving(), DataLoader(train, batch_size=BATCH))
+    run = read_run(tmp_path / "r")
+    lrs = [p.lr for e in run.epochs[1:] for p in e.steps]
+    assert lrs == [0.08 * 0.5**k for k in range(2 * BATCHES)]  # steps 1..8 trained at 0.08, 0.04, ...
+    assert [e.lr for e in run.epochs[1:]] == [0.08 * 0.5**3, 0.08 * 0.5**7]  # each epoch's last step's
+
+
+def test_the_callback_leaves_the_training_unchanged_random_numbers_included(tmp_path: Path):
+    """A shuffled training set: the recorder's evaluation must not draw from the generator the shuffling uses."""
+    train, val = digits()
+    finals = []
+    for with_callback in (False, True):
+        torch.manual_seed(7)
+        cbs = (
+            [
+                SFTReport(
+                    probe=(val.tensors[0][:16], val.tensors[1][:16]),
+                    val_data=DataLoader(val, batch_size=32),
+                    run_dir=tmp_path / "r",
+                )
+            ]
+            if with_callback
+            else []
+        )
+        module = Finetune()
+        torch.manual_seed(7)
+        trainer(callbacks=cbs).fit(module, DataLoader(train, batch_size=BATCH, shuffle=True))
+        finals.append(module.net.fc.weight.detach().clone())
+    assert torch.equal(finals[0], finals[1])
+
+
+def test_a_finished_run_is_left_alone_by_a_later_failure_on_the_same_callback(tmp_path: Path):
+    train, val = digits()
+    cb = SFTReport(probe=(val.tensors[0][:16], val.tensors[1][:16]), run_dir=tmp_path / "r")
+    data = DataLoader(train, batch_size=BATCH)
+    trainer(callbacks=[cb]).fit(Finetune(), data)
+    with pytest.raises(UserError, match="already holds"):  # the same run directory again: refused at fit start
+        trainer(callbacks=[cb]).fit(Finetune(), data)
+    cb.run_dir = tmp_path / "r2"  # a second fit into a run directory of its own, which fails
+    with pytest.raises(RuntimeError, match="a stand-in"):
+        trainer(callbacks=[cb]).fit(FailsInEpochTwo(), data)
+    run, second = read_run(tmp_path / "r"), read_run(tmp_path / "r2")
+    assert run.info.status == "completed" and [e.epoch for e in run.epochs] == [0, 1, 2]
+    assert second.info.status == "failed" and [e.epoch for e in second.epochs] == [0, 1]

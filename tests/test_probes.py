@@ -302,7 +302,7 @@ def test_evaluation_confusion_matrix_and_per_class_accuracy():
 
 
 def test_a_step_skipped_by_the_fp16_grad_scaler_is_not_a_non_finite_gradient():
-    from sftreport.train.runner import _skipped_step
+    from sftreport.record.gradients import skipped_by_scaler
 
     lin = nn.Linear(2, 1)
     opt = torch.optim.SGD(lin.parameters(), lr=0.1)
@@ -313,7 +313,7 @@ def test_a_step_skipped_by_the_fp16_grad_scaler_is_not_a_non_finite_gradient():
         x = torch.tensor([[1e38, 1.0]]) if overflow else torch.tensor([[1.0, 1.0]])
         scaler.scale(lin(x).sum()).backward()
         scaler.unscale_(opt)
-        skipped = _skipped_step(scaler, opt)
+        skipped = skipped_by_scaler(scaler, opt)
         assert skipped is not None and bool(skipped) is overflow
         scaler.step(opt)
         scaler.update()

@@ -106,3 +106,15 @@ class GradientProbe:
             )
             for n, r in zip(self.names, rows)
         ]
+
+
+def skipped_by_scaler(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+    """A device-side flag: did the fp16 GradScaler find inf/NaN gradients (so the step is skipped)? None
+    without a scaler. GradScaler has no public accessor for it; older or newer versions fall back to None."""
+    if not scaler.is_enabled():
+        return None
+    try:
+        found = scaler._found_inf_per_device(optimizer)
+    except (AttributeError, KeyError, RuntimeError):
+        return None
+    return torch.stack([f.reshape(()) for f in found.values()]).sum() > 0 if found else None

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from sftreport.config import RunConfig
 from sftreport.errors import ExitCode, StorageError, UserError, one_line
 from sftreport.record.activations import check_modules
+from sftreport.record.gradients import skipped_by_scaler
 from sftreport.record.recorder import Recorder, RunDescription, check_forward, environment
 from sftreport.schema import DatasetInfo, EpochSnapshot, RunStatus
 from sftreport.store import check_run_dir_free
@@ -218,7 +219,7 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.unscale_(optimizer)  # the recorder sees the true gradients
-                    skipped = _skipped_step(scaler, optimizer)  # fp16 overflow: GradScaler skips the step
+                    skipped = skipped_by_scaler(scaler, optimizer)  # fp16 overflow: GradScaler skips the step
                     scaler.step(optimizer)
                     scaler.update()
                     rec.step(loss, logits, y, lr=float(schedule.get_last_lr()[0]), skipped=skipped)
@@ -264,18 +265,6 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     if bad_input is not None:
         raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")
     return RunOutcome(status, Path(run_dir), reports, detail, problems, unexpected)
-
-
-def _skipped_step(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
-    """A device-side flag: did the fp16 GradScaler find inf/NaN gradients (so the step is skipped)? None
-    without a scaler. GradScaler has no public accessor for it; older or newer versions fall back to None."""
-    if not scaler.is_enabled():
-        return None
-    try:
-        found = scaler._found_inf_per_device(optimizer)
-    except (AttributeError, KeyError, RuntimeError):
-        return None
-    return torch.stack([f.reshape(()) for f in found.values()]).sum() > 0 if found else None
 
 
 def _finish(
