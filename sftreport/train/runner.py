@@ -113,10 +113,13 @@ def default_run_dir(cfg: RunConfig) -> Path:
 
 def run(cfg: RunConfig) -> RunOutcome:
     ctx, device = distributed.setup(cfg.device)
+    finished = False
     try:
-        return _run(cfg, ctx, device)
+        outcome = _run(cfg, ctx, device)
+        finished = outcome.status == "completed"  # every rank got here; a failed rank may be alone
+        return outcome
     finally:
-        distributed.teardown()
+        distributed.teardown(finished)
 
 
 def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> RunOutcome:
