@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - exercised in a process without Lightni
 from sftreport.config import RecordOptions
 from sftreport.errors import UserError
 from sftreport.record.gradients import skipped_by_scaler
-from sftreport.record.recorder import Recorder, RunDescription
+from sftreport.record.recorder import Recorder, RunDescription, dataset_size
 from sftreport.schema import RunStatus
 from sftreport.store import check_output_path, check_run_dir_free
 
@@ -119,7 +119,7 @@ class SFTReport(pl.Callback):
         self._optimizer_steps = trainer.global_step
         rec = self.recorder
         if rec is not None and rec.info is not None and rec.info.dataset.name == "custom":
-            rec.info.dataset.train_size = _samples(trainer.train_dataloader)  # written with run.json at the end
+            rec.info.dataset.train_size = dataset_size(trainer.train_dataloader)  # written with run.json at the end
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -188,14 +188,6 @@ class _RankShare:
 
     def __iter__(self):
         return (b for i, b in enumerate(self.data) if i % self.world == self.rank)
-
-
-def _samples(loader: Any) -> int:
-    """Samples in a DataLoader's dataset, the whole of it on every process (0 when it cannot be told)."""
-    try:
-        return len(loader.dataset)
-    except (TypeError, AttributeError):
-        return 0
 
 
 def _batch_size(batch: Any) -> int:

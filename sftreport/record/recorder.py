@@ -119,7 +119,7 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> int:
     return out.shape[1]
 
 
-def _dataset_size(data: Iterable | None) -> int:
+def dataset_size(data: Iterable | None) -> int:
     """The number of samples behind a DataLoader (0 when it cannot be told without iterating)."""
     dataset = getattr(data, "dataset", None)
     try:
@@ -236,7 +236,7 @@ class Recorder:
                     name="custom",
                     classes=self.class_names,
                     train_size=0,  # not known here (a framework integration may fill it in)
-                    val_size=_dataset_size(val_data),
+                    val_size=dataset_size(val_data),
                     image_size=int(sample.shape[-1]),
                 ),
                 environment=d.environment or environment(self.device),

@@ -12,6 +12,7 @@ Recorder adds to the own loop, + 5 % of the plain fit's time.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,40 +20,15 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from sftreport.integrations.lightning import SFTReport
 from sftreport.record.recorder import Recorder
-from sftreport.train.data import load_digits_split
-from sftreport.train.models import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+from lightning_module import Finetune, digits  # the tests' fit: one definition
 
 LR, BATCH = 0.01, 64
-
-
-def data() -> tuple[TensorDataset, TensorDataset]:
-    train, val = load_digits_split((5, 6, 7, 8, 9))
-
-    def images(t):
-        return F.interpolate(t.images.float().div(255).repeat(1, 3, 1, 1), size=32, mode="nearest")
-
-    return TensorDataset(images(train), train.labels), TensorDataset(images(val), val.labels)
-
-
-class Finetune(pl.LightningModule):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = build_model("digits_resnet", "DEFAULT", 5).model
-
-    def forward(self, x):
-        return self.net(x)
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return F.cross_entropy(self(x), y)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=LR, momentum=0.9)
 
 
 def lightning_fit(train, val, epochs: int, tmp: Path, record: bool) -> float:
@@ -69,14 +45,14 @@ def lightning_fit(train, val, epochs: int, tmp: Path, record: bool) -> float:
         enable_model_summary=False,
         callbacks=callbacks,
     )
-    module = Finetune()
+    module = Finetune(LR)
     t = time.perf_counter()
     trainer.fit(module, DataLoader(train, batch_size=BATCH))
     return time.perf_counter() - t
 
 
 def own_loop(train, val, epochs: int, tmp: Path, record: bool) -> float:
-    model = Finetune()
+    model = Finetune(LR)
     opt = model.configure_optimizers()
     t = time.perf_counter()
     rec = None
@@ -104,7 +80,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=2)
     a = ap.parse_args()
-    train, val = data()
+    train, val = digits(val_size=None)
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(a.repeat):  # interleaved, so a slow moment of the machine touches every way alike

@@ -14,19 +14,21 @@ from sftreport.train.models import build_model
 BATCH = 32
 
 
-def digits() -> tuple[TensorDataset, TensorDataset]:
+def digits(val_size: int | None = 64) -> tuple[TensorDataset, TensorDataset]:
+    """Training and validation sets (the first `val_size` validation images; None: all of them)."""
     train, val = load_digits_split((5, 6, 7, 8, 9))
 
     def images(t):  # 8×8 grey → 3×32×32 in [0, 1], as the model was pretrained
         x = t.images.float().div(255).repeat(1, 3, 1, 1)
         return F.interpolate(x, size=32, mode="nearest")
 
-    return TensorDataset(images(train), train.labels), TensorDataset(images(val)[:64], val.labels[:64])
+    return TensorDataset(images(train), train.labels), TensorDataset(images(val)[:val_size], val.labels[:val_size])
 
 
 class Finetune(pl.LightningModule):
-    def __init__(self):
+    def __init__(self, lr: float = 0.05):
         super().__init__()
+        self.lr = lr
         torch.manual_seed(0)  # the new head's initialisation
         bundle = build_model("digits_resnet", "DEFAULT", 5)
         self.net, self.new = bundle.model, bundle.new_params
@@ -39,4 +41,4 @@ class Finetune(pl.LightningModule):
         return F.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
