@@ -411,6 +411,11 @@ class EpochSnapshot(_Versioned):
         "(a later epoch's may have replaced them: see --save-weights)",
     )
     timing: Timing = Timing()
+    logged: dict[str, float] = Field(
+        {},
+        description="metrics the training framework logged for this epoch, by name (a LightningModule's "
+        "self.log, the Hugging Face Trainer's evaluation): the last value logged before the epoch was recorded",
+    )
 
 
 # --------------------------------------------------------------------------- the run

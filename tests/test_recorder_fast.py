@@ -340,7 +340,7 @@ def test_refused_arguments(tmp_path: Path):
     assert str(e.value) == "probe labels must be class indices 0..2, found -1..2"
     with pytest.raises(UserError) as e:
         Recorder(nn.Sequential(nn.Conv2d(1, 2, 3)), probe=(x, y), run_dir=tmp_path / "c")
-    assert str(e.value) == "Sequential must return logits of shape (batch, classes)"
+    assert str(e.value) == "Sequential must return logits of shape (batch, classes), or an object with them as .logits"
     with pytest.raises(UserError) as e:
         Recorder(nn.Sequential(nn.Flatten(), nn.Linear(3, 3)), probe=(x, y), run_dir=tmp_path / "d")
     assert str(e.value).startswith("Sequential cannot run on inputs of shape [1, 5, 5]: ")
@@ -609,3 +609,101 @@ def test_environment_names_versions_devices_and_a_missing_git(monkeypatch, tmp_p
 
     monkeypatch.setattr(subprocess, "run", no_git)
     assert environment(torch.device("cpu")).git_commit is None
+
+
+class _Output:
+    """What a Hugging Face classifier returns: an object holding the logits (and a loss) as attributes."""
+
+    def __init__(self, logits: torch.Tensor):
+        self.logits, self.loss = logits, None
+
+
+class _ObjectModel(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> _Output:
+        return _Output(self.inner(x))
+
+
+def test_a_model_returning_an_output_object_records_what_the_same_tensor_model_records(tmp_path: Path):
+    x, y = _data(12, 4)
+    plain = _model()
+    wrapped = _ObjectModel(copy.deepcopy(plain))
+    runs = {}
+    for name, model in (("plain", plain), ("wrapped", wrapped)):
+        rec = Recorder(model, probe=(x[:6], y[:6]), val_data=[(x, y)], run_dir=tmp_path / name)
+        runs[name] = rec.last
+    a, b = runs["plain"], runs["wrapped"]
+    assert a is not None and b is not None and a.val is not None and b.val is not None
+    loss, conf = _hand_eval(plain, [(x, y)])
+    assert b.val.confusion == conf and b.val.loss == pytest.approx(loss / 12, rel=1e-6)
+    assert a.val == b.val
+    assert a.features is not None and b.features is not None
+    assert b.features.probe_accuracy == a.features.probe_accuracy
+
+
+def test_a_model_returning_neither_logits_nor_an_object_with_them_is_refused(tmp_path: Path):
+    class Dicty(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(25, 3)
+
+        def forward(self, x):
+            return {"scores": self.fc(x.flatten(1))}
+
+    x, y = _data(6, 1)
+    with pytest.raises(UserError, match=r"or an object with them as \.logits"):
+        Recorder(Dicty(), probe=(x, y), run_dir=tmp_path / "r")
+
+
+def test_logged_metrics_are_stored_per_epoch_as_numbers_and_drawn(tmp_path: Path):
+    x, y = _data(12, 5)
+    model = _model()
+    rec = Recorder(model, probe=(x[:6], y[:6]), val_data=[(x, y)], run_dir=tmp_path / "r")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for epoch, val_loss in enumerate((0.75, 0.5), start=1):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rec.step(loss)
+        logged = {
+            "val_loss": torch.tensor(val_loss),  # a one-element tensor is read
+            "val_acc": epoch / 4,
+            "epoch": epoch,
+            "name": "text is left out",
+            "per_class": torch.ones(3),  # many values: left out
+            "flag": True,  # a bool is not a metric
+        }
+        rec.epoch_end(logged=logged)
+    rec.finish(out=tmp_path / "r.html")
+    run = read_run(tmp_path / "r")
+    assert [e.logged for e in run.epochs] == [
+        {},
+        {"val_loss": 0.75, "val_acc": 0.25, "epoch": 1.0},
+        {"val_loss": 0.5, "val_acc": 0.5, "epoch": 2.0},
+    ]
+    html = (tmp_path / "r.html").read_text()
+    assert "Metrics your training logged" in html
+    # the chart's data holds every logged value at its epoch, nothing else
+    from tests.report.report_support import spec_blob
+
+    spec = spec_blob(html)["logged"]
+    lines = spec["datasets"][spec["data"]["name"]].split()  # the data travel as CSV
+    assert lines[0] == "epoch,metric,value"
+    rows = [(int(e), m, float(v)) for e, m, v in (line.split(",") for line in lines[1:])]
+    assert sorted(rows) == sorted(
+        [(1, "val_loss", 0.75), (1, "val_acc", 0.25), (1, "epoch", 1.0)]
+        + [(2, "val_loss", 0.5), (2, "val_acc", 0.5), (2, "epoch", 2.0)]
+    )
+    assert spec["resolve"]["scale"]["y"] == "independent"
+
+
+def test_a_run_without_logged_metrics_has_no_logged_chart(loop: Loop):
+    from sftreport.report.render import render_run
+
+    out = loop.rec.writer.root / "plain.html"  # type: ignore[union-attr]
+    render_run(loop.rec.writer.root, [out])  # type: ignore[union-attr]
+    assert "Metrics your training logged" not in out.read_text()

@@ -24,6 +24,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def logits_of(out: object) -> torch.Tensor:
+    """The logits in a model's output: the tensor itself, or the `.logits` of an output object (a Hugging
+    Face model's ImageClassifierOutput); anything else is not a classifier's output."""
+    logits = getattr(out, "logits", out)
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"the model returned {type(out).__name__}, neither logits nor an object with .logits")
+    return logits
+
+
 def evaluation_from_sums(loss_sum: float, confusion: list[list[int]]) -> Evaluation:
     count = sum(map(sum, confusion))
     correct = sum(confusion[i][i] for i in range(len(confusion)))
@@ -56,7 +65,7 @@ def evaluate(
             x = x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
             y = y.to(device, non_blocking=True)
             with autocast():
-                logits = model(x)
+                logits = logits_of(model(x))
             logits = logits.float()
             loss_sum += loss_fn(logits, y, reduction="sum").double()
             pred = logits.argmax(dim=1)

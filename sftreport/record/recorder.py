@@ -40,7 +40,7 @@ from sftreport.config import RecordOptions
 from sftreport.errors import StorageError, UserError, one_line
 from sftreport.record.activations import ActivationProbe, check_modules, default_modules
 from sftreport.record.architecture import classifier_head, describe
-from sftreport.record.evaluation import all_reduce_sum, evaluate
+from sftreport.record.evaluation import all_reduce_sum, evaluate, logits_of
 from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
 from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
@@ -114,9 +114,26 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> int:
         ) from None
     finally:
         model.train(was_training)
+    out = getattr(out, "logits", out)  # a Hugging Face model's output object carries them as .logits
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise UserError(f"{type(model).__name__} must return logits of shape (batch, classes)")
+        raise UserError(
+            f"{type(model).__name__} must return logits of shape (batch, classes), or an object with them as .logits"
+        )
     return out.shape[1]
+
+
+def logged_numbers(metrics: dict) -> dict[str, float]:
+    """Logged metrics as plain floats by name: one-element tensors are read, anything that is not a number
+    (a string, a list, a tensor of many values) is left out rather than refused."""
+    out = {}
+    for name, value in metrics.items():
+        if isinstance(value, torch.Tensor):
+            if value.numel() != 1:
+                continue
+            value = value.item()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[str(name)] = float(value)
+    return out
 
 
 def dataset_size(data: Iterable | None) -> int:
@@ -306,14 +323,18 @@ class Recorder:
 
     # ------------------------------------------------------------------ per epoch
 
-    def epoch_end(self, lr: float | None = None) -> EpochSnapshot:
-        """Record the epoch just finished: evaluation, train metrics, probes; append it to epochs.jsonl."""
-        return self._record_epoch(first=False, lr=lr)
+    def epoch_end(self, lr: float | None = None, logged: dict[str, float] | None = None) -> EpochSnapshot:
+        """Record the epoch just finished: evaluation, train metrics, probes; append it to epochs.jsonl.
+        `logged`: metrics your loop or framework computed for this epoch (name: number), drawn in the
+        report's training section next to the recorder's own."""
+        return self._record_epoch(first=False, lr=lr, logged=logged)
 
-    def _record_epoch(self, first: bool, lr: float | None = None) -> EpochSnapshot:
+    def _record_epoch(
+        self, first: bool, lr: float | None = None, logged: dict[str, float] | None = None
+    ) -> EpochSnapshot:
         train_s = time.perf_counter() - self._epoch_started
         epoch = 0 if first else self.epoch + 1
-        snap = EpochSnapshot(epoch=epoch, step=self.global_step)
+        snap = EpochSnapshot(epoch=epoch, step=self.global_step, logged=logged_numbers(logged or {}))
         if not first:
             self._train_metrics(snap, lr)
         t0 = time.perf_counter()
@@ -437,7 +458,7 @@ class Recorder:
         ):
             for start in range(0, len(self.probe_x), batch):
                 out = self.model(self.probe_x[start : start + batch])
-                logits.append(out.float())
+                logits.append(logits_of(out).float())
                 next_chunk()
         return torch.cat(feats), torch.cat(logits)
 

@@ -205,6 +205,26 @@ def learning_rate(steps: pd.DataFrame, epochs: pd.DataFrame, width: int, height:
     )
 
 
+def logged_metrics(df: pd.DataFrame, epochs: pd.Series, width: int, height: int = 160) -> alt.FacetChart:
+    """One small panel per logged metric (each with its own y scale: a loss and an accuracy do not share
+    one), on the epoch axis."""
+    metrics = list(dict.fromkeys(df["metric"]))
+    columns = min(3, len(metrics))
+    panel = max(120, (width - 60 * columns) // columns)
+    return (
+        alt.Chart(df)
+        .mark_line(point=True, strokeWidth=2, color=VAL)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch", axis=epoch_axis(epochs)),
+            y=alt.Y("value:Q", title=None, scale=alt.Scale(zero=False), axis=alt.Axis(format="~g")),
+            tooltip=[alt.Tooltip("metric:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("value:Q", format=".4g")],
+        )
+        .properties(width=panel, height=height)
+        .facet(facet=alt.Facet("metric:N", title=None, sort=metrics), columns=columns)
+        .resolve_scale(y="independent")
+    )
+
+
 def confusion_pair(
     frames: list[tuple[str, pd.DataFrame]], classes: list[str], width: int, max_text: int = 12
 ) -> alt.HConcatChart:

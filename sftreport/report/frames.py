@@ -154,6 +154,15 @@ class RunFrames:
             prev_step = e.step
         return pd.DataFrame(rows, columns=["epoch", "x", "step", "loss", "lr"])
 
+    @cached_property
+    def logged(self) -> pd.DataFrame:
+        """The metrics the training framework logged, one row per epoch and metric, metrics in the order
+        they first appear."""
+        rows = [
+            {"epoch": e.epoch, "metric": name, "value": num(v)} for e in self.epochs for name, v in e.logged.items()
+        ]
+        return pd.DataFrame(rows, columns=["epoch", "metric", "value"])
+
     def steps_at_most(self, limit: int) -> pd.DataFrame:
         """`steps` with neighbouring points of an epoch averaged so that at most about `limit` remain (a
         chart cannot show more, and the report must not grow with the run); each merged point sits where

@@ -225,6 +225,18 @@ class _Builder:
                         charts.learning_rate(steps, t, profile.full, profile.small_h),
                     )
                 )
+        logged = frames.logged
+        if not logged.empty:
+            sec.blocks.append(
+                self.chart(
+                    "logged",
+                    "Metrics your training logged",
+                    "What the training framework logged for each epoch (a LightningModule's self.log, the "
+                    "Hugging Face Trainer's evaluation), the last value before the epoch was recorded; "
+                    "each panel has its own scale.",
+                    charts.logged_metrics(logged, t["epoch"], profile.full, profile.small_h),
+                )
+            )
         first, last = frames.first_eval, frames.last_eval
         if first is None or last is None:
             sec.blocks.append(Note("No validation set was evaluated: no confusion matrix or per-class accuracy."))
