@@ -214,3 +214,32 @@ def test_activation_histograms_are_exact_for_token_shaped_outputs_past_the_range
     assert s.channels == 8 and s.shape == [5, 8]
     assert s.stats.std == pytest.approx(later.double().numpy().std(), rel=1e-6)
     assert reps["0"].shape == (6, 5 * 8)
+
+
+def test_moments_of_an_empty_view_merge_into_nothing_even_beside_a_diverged_tensor():
+    """FSDP gives a process an empty shard of a small tensor: its row must be count 0 and change nothing."""
+    values = [torch.tensor([1.0, 2.0, 4.0]), torch.zeros(0), torch.tensor([float("inf"), 1.0])]
+    flat = FlatBuffer([3, 0, 2], torch.device("cpu")).load(values)
+    rows = moments(flat, FlatBuffer([3, 0, 2], torch.device("cpu")))
+    assert rows[1].tolist() == [0.0, 0.0, 0.0, math.inf, -math.inf, 0.0]
+    a = np.array([1.0, 2.0, 4.0])
+    assert rows[0].tolist() == pytest.approx([3, a.mean(), ((a - a.mean()) ** 2).sum(), 1, 4, 0])
+    empty = rows[1]
+    for row in (rows[0], rows[2]):  # an empty side on either side leaves the row as it is, NaN too
+        for merged in (merge(row, empty), merge(empty, row)):
+            assert merged.tolist() == pytest.approx(row.tolist(), nan_ok=True)
+
+
+def test_type_name_is_the_class_a_user_wrote_under_fully_shard():
+    from sftreport.record.sharded import type_name
+
+    class FSDPModule:  # the shape of torch's: FSDP<Name>(FSDPModule, Name)
+        pass
+
+    class Conv(nn.Conv2d):
+        pass
+
+    wrapped = type("FSDPConv", (FSDPModule, Conv), {})
+    assert type_name(wrapped.__new__(wrapped)) == "Conv"
+    assert type_name(nn.Linear(2, 2)) == "Linear"
+    assert type_name(type("FSDPLike", (nn.Linear,), {}).__new__(type("FSDPLike", (nn.Linear,), {}))) == "FSDPLike"

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftreport.errors import UserError
+from sftreport.record.sharded import type_name
 from sftreport.record.stats import (
     BinGrid,
     BinSpec,
@@ -199,7 +200,7 @@ class ActivationProbe:
         alive = ~((x.amax(dim=other) == 0) & (x.amin(dim=other) == 0))
         acc = self._acc.get((name, k))
         if acc is None:
-            acc = self._acc[(name, k)] = _CallAcc(type(module).__name__, list(out.shape[1:]), moments, alive)
+            acc = self._acc[(name, k)] = _CallAcc(type_name(module), list(out.shape[1:]), moments, alive)
         else:
             acc.moments = merge(acc.moments, moments)
             acc.alive = acc.alive | alive

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from sftreport.errors import UserError
+from sftreport.record.sharded import type_name
 from sftreport.schema import Architecture, BlockSummary, ModuleInfo
 
 
@@ -64,7 +65,7 @@ def describe(model: nn.Module, sample: torch.Tensor, new_params: set[str]) -> Ar
         rows.append(
             ModuleInfo(
                 name=name,
-                type=type(module).__name__,
+                type=type_name(module),
                 depth=0 if not name else name.count(".") + 1,
                 output_shape=shapes.get(name),
                 calls=calls.get(name, 0),
@@ -90,14 +91,14 @@ def describe(model: nn.Module, sample: torch.Tensor, new_params: set[str]) -> Ar
         blocks.append(
             BlockSummary(
                 name=child_name,
-                type=type(child).__name__,
+                type=type_name(child),
                 params=sum(r.params for r in members),
                 trainable=sum(r.trainable for r in members),
                 new=sum(r.new for r in members),
             )
         )
     return Architecture(
-        model_type=type(model).__name__,
+        model_type=type_name(model),
         modules=rows,
         blocks=blocks,
         total_params=sum(p.numel() for p in model.parameters()),

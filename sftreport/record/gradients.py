@@ -5,6 +5,12 @@ No hook is installed: the recorder calls `maybe_sample()` after the optimizer st
 still there until the next zero_grad); it samples every k-th step and the first step of every epoch. A
 sample costs two kernels (the norms, stacked); the norms stay on the device and are reduced in batches of
 `FOLD` samples and at the epoch end, when the host sees them once.
+
+A sample keeps each gradient's sum of squares; the square root is taken when samples are folded. With
+sharded parameters (FSDP2) each process holds the sums of its own shards, and a fold first sums them
+over the processes (one all-reduce per `FOLD` samples): the norms are those of the whole gradients, and
+every process must call `maybe_sample` and `collect` at the same steps (they do: sampling depends on the
+step count only).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sftreport.record.sharded import is_sharded, local, sum_across
 from sftreport.record.stats import FlatBuffer, sum_of_squares_
 from sftreport.schema import GradStat
 
@@ -24,13 +31,14 @@ class GradientProbe:
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.every = every
+        self.sharded = is_sharded(model)
         self._steps_seen = 0
         self._flat: FlatBuffer | None = None  # CPU only: the gradients copied for an accurate sum of squares
         self._reset()
 
     def _reset(self) -> None:
         self._sampled = False  # whether this epoch has had a sample yet
-        self._rows: list[torch.Tensor] = []  # (T,) norms of each sample not yet folded
+        self._rows: list[torch.Tensor] = []  # (T,) float64 sums of squares of each sample not yet folded
         self._valid: list[torch.Tensor | None] = []  # per sample: false for a step the optimizer skipped
         self._acc: torch.Tensor | None = None  # (T, 4): norm sum, norm max, non-finite count, samples
 
@@ -44,29 +52,31 @@ class GradientProbe:
         if not any(p.grad is not None for p in self.params):
             return
         with torch.no_grad():
-            self._rows.append(self._norms())
+            self._rows.append(self._squares())
         self._valid.append(valid)
         self._sampled = True
         if len(self._rows) >= FOLD:
             self._fold()
 
-    def _norms(self) -> torch.Tensor:
-        """(T,) float32 gradient norms (0 for a parameter without a gradient). CUDA's `_foreach_norm` sums
-        in a tree (accurate); on the CPU it accumulates sequentially (2.4e-3 off at 25 M elements), so there
-        the gradients are copied into one buffer, squared and summed by the cascade-summing `sum`."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+    def _squares(self) -> torch.Tensor:
+        """(T,) float64 Σ g² per gradient (0 for a parameter without one; this process's shard when
+        sharded). CUDA's `_foreach_norm` sums in a tree (accurate); on the CPU it accumulates sequentially
+        (2.4e-3 off at 25 M elements), so there the gradients are copied into one buffer, squared and
+        summed by the cascade-summing `sum`."""
+        grads = [local(p.grad) if p.grad is not None else torch.zeros_like(local(p)) for p in self.params]
         if grads[0].is_cuda:
-            return torch.stack(torch._foreach_norm(grads)).float()
+            return torch.stack(torch._foreach_norm(grads)).double().square()
         if self._flat is None:
-            self._flat = FlatBuffer([p.numel() for p in self.params], self.params[0].device)
-        return sum_of_squares_(self._flat.load(grads)).sqrt().float()
+            self._flat = FlatBuffer([g.numel() for g in grads], grads[0].device)
+        return sum_of_squares_(self._flat.load(grads))
 
     @torch.no_grad()
     def _fold(self) -> None:
         """Reduce the pending samples into the (T, 4) accumulator: a few kernels for up to FOLD samples."""
         if not self._rows:
             return
-        norms = torch.stack(self._rows)  # (S, T)
+        squares = torch.stack(self._rows)  # (S, T)
+        norms = (sum_across(squares) if self.sharded else squares).sqrt()
         weight = torch.stack(
             [torch.ones((), device=norms.device) if v is None else v.to(norms.device).float() for v in self._valid]
         )[:, None].expand_as(norms)  # 1: counts, 0: a skipped step

@@ -15,7 +15,10 @@ probes and appends one validated snapshot to epochs.jsonl. sftreport's own runne
 
 Under torchrun every process constructs a Recorder and calls the same methods (evaluation and the train
 metrics are reduced across processes); only the process given `writer=True` (rank 0) runs the probes
-and writes the run directory.
+and writes the run directory. With sharded parameters (FSDP2's `fully_shard`) every process measures
+its own shards of the weights and gradients and the statistics are combined across processes (see
+record/sharded.py); the probe set's forward passes run on every process, as the sharded forward needs,
+and `val_data` must give every process the same number of batches.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
 from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
 from sftreport.record.saved_weights import WeightSaver
+from sftreport.record.sharded import full, full_state_dict, is_sharded, type_name
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import (
     DatasetInfo,
@@ -68,8 +72,13 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def environment(device: torch.device, precision: str = "fp32", world_size: int = 1) -> Environment:
+def environment(device: torch.device, precision: str = "fp32", world_size: int | None = None) -> Environment:
+    """Where the run ran; `world_size` defaults to the running process group's size (1 without one)."""
     from importlib.metadata import PackageNotFoundError, version
+
+    if world_size is None:
+        group = torch.distributed.is_available() and torch.distributed.is_initialized()
+        world_size = torch.distributed.get_world_size() if group else 1
 
     try:
         torchvision_version = version("torchvision")  # without importing it (a second)
@@ -162,12 +171,14 @@ class RunDescription:
 
 @dataclass
 class _Probes:
-    """The probes, which only the writing process runs (and only with recording on)."""
+    """The probes, which only the writing process runs (and only with recording on). With sharded
+    parameters every process measures weights and gradients (they combine shards); activations and
+    features, measured on whole outputs, stay the writer's (None elsewhere)."""
 
     weights: WeightProbe
     grads: GradientProbe
-    activations: ActivationProbe
-    features: FeatureProbe
+    activations: ActivationProbe | None
+    features: FeatureProbe | None
 
 
 class Recorder:
@@ -209,6 +220,7 @@ class Recorder:
                 f"found {int(self.probe_y.min())}..{int(self.probe_y.max())}"
             )
         self.new_params = set(new_params)
+        self.sharded = is_sharded(model)  # FSDP2: every process takes part in the probes' collectives
         self.loss_fn, self.autocast = loss_fn, autocast
         self.planned_epochs = self.run.planned_epochs
         self.epoch = 0
@@ -223,29 +235,38 @@ class Recorder:
         self.writer = RunWriter(Path(run_dir)) if writer else None  # only once the arguments are known good
         self.probes: _Probes | None = None
         self.saver: WeightSaver | None = None
-        if self.options.enabled and self.writer is not None:
+        if self.options.enabled and (self.writer is not None or self.sharded):
+            writes = self.writer is not None
             self.probes = _Probes(
                 weights=WeightProbe(model, self.new_params, self.options.hist_bins),
                 grads=GradientProbe(model, self.options.grad_every),
                 activations=ActivationProbe(
                     act_modules, self.options.hist_bins, self._image_modules(model, act_modules), IMAGE_SAMPLES
-                ),
-                features=FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k, self.options.tsne),
+                )
+                if writes
+                else None,
+                features=FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k, self.options.tsne)
+                if writes
+                else None,
             )
+        if self.options.enabled and self.writer is not None:
             self.saver = WeightSaver(self.writer, self.options.save_weights)
         self._map_channels: dict[str, list[int]] = {}
         self._filters_module = first_conv(model)
 
         self.last: EpochSnapshot | None = None  # the latest snapshot recorded
         self.info: RunInfo | None = None  # the writing process's run.json
+        sample = self.probe_x[:2]
+        # a sharded forward is a collective: every process describes the model, the writer keeps it
+        architecture = describe(model, sample, self.new_params) if self.writer is not None or self.sharded else None
         if self.writer is not None:
-            sample = self.probe_x[:2]
+            assert architecture is not None
             d = self.run
             self.info = RunInfo(
                 name=d.name,
                 started_at=_now(),
                 config=d.config,
-                model=d.model or type(model).__name__,
+                model=d.model or type_name(model),
                 weights=d.weights,
                 strategy=d.strategy,
                 dataset=d.dataset
@@ -257,7 +278,7 @@ class Recorder:
                     image_size=int(sample.shape[-1]),
                 ),
                 environment=d.environment or environment(self.device),
-                architecture=describe(model, sample, self.new_params),
+                architecture=architecture,
                 probe=ProbeInfo(labels=self.probe_y.tolist(), size=len(self.probe_y)),
                 planned_epochs=d.planned_epochs,
             )
@@ -342,9 +363,12 @@ class Recorder:
             snap.val = evaluate(self.model, self.val_data, self.num_classes, self.device, self.loss_fn, self.autocast)
         t1 = time.perf_counter()
         probes = self._run_probes(self.probes, snap, first) if self.probes is not None else {}
+        saved = time.perf_counter()
+        state = None
+        if self.sharded and self.options.enabled and self.options.save_weights != "none":
+            state = full_state_dict(self.model)  # a collective: every process, every epoch end
         if self.saver is not None:
-            saved = time.perf_counter()
-            snap.weights_file = self.saver.save(self.model, epoch, snap.val.accuracy if snap.val else None)
+            snap.weights_file = self.saver.save(self.model, epoch, snap.val.accuracy if snap.val else None, state)
             probes["save_weights"] = time.perf_counter() - saved
         t2 = time.perf_counter()
         snap.timing = Timing(
@@ -430,6 +454,13 @@ class Recorder:
             lap("weights")
             snap.gradients = probes.grads.collect()
             lap("gradients")
+            if probes.activations is None or probes.features is None:
+                # sharded, not the writer: the same forward passes and gathers as the writer, nothing kept
+                for _ in range(2 if first else 1):
+                    self._follow_probe_pass()
+                if self._want_images(snap.epoch) and self._filters_module:
+                    full(self._filters_weight())
+                return seconds
             if first:  # histogram ranges come from the pretrained model's activations
                 self._probe_pass(probes.activations, want_hist=False, want_reps=False)
                 probes.activations.fix_bins()
@@ -445,12 +476,28 @@ class Recorder:
             self.model.train(was_training)
         return seconds
 
+    def _probe_batch(self) -> int:
+        return max(1, min(256, len(self.probe_x)))
+
+    def _follow_probe_pass(self) -> None:
+        """The probe pass's forward calls with nothing recorded: a sharded model's other processes run
+        them so that the writer's all-gathers have partners."""
+        batch = self._probe_batch()
+        with self.autocast():
+            for start in range(0, len(self.probe_x), batch):
+                self.model(self.probe_x[start : start + batch])
+
+    def _filters_weight(self) -> torch.Tensor:
+        weight = self.model.get_submodule(self._filters_module).weight  # type: ignore[arg-type]
+        assert isinstance(weight, torch.Tensor), "first_conv names a Conv2d"
+        return weight
+
     def _probe_pass(
         self, activations: ActivationProbe, want_hist: bool, want_reps: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         feats: list[torch.Tensor] = []
         logits = []
-        batch = max(1, min(256, len(self.probe_x)))
+        batch = self._probe_batch()
         with (
             activations.hooks(self.model, want_hist, want_reps) as next_chunk,
             capture_head_input(self.model, self.head, feats),
@@ -483,8 +530,7 @@ class Recorder:
         images = Images()
         tag = f"e{epoch:03d}"
         if self._filters_module:
-            weight = self.model.get_submodule(self._filters_module).weight
-            assert isinstance(weight, torch.Tensor), "first_conv names a Conv2d"
+            weight = full(self._filters_weight())  # sharded: gathered, with the other processes
             images.filters = writer.write_asset(f"filters_{tag}.png", filter_grid(weight))
             images.filters_module = self._filters_module
         for module, m in maps.items():

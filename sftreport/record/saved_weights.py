@@ -41,14 +41,18 @@ class WeightSaver:
         self.best: float | None = None
         self._superseded: int | None = None  # removed once the epoch replacing it is recorded
 
-    def save(self, model: nn.Module, epoch: int, accuracy: float | None) -> str | None:
-        """Save the model at this epoch end if the mode keeps it; returns the file's relative path."""
+    def save(
+        self, model: nn.Module, epoch: int, accuracy: float | None, state: dict[str, torch.Tensor] | None = None
+    ) -> str | None:
+        """Save the model at this epoch end if the mode keeps it; returns the file's relative path. `state`:
+        the model's whole state dict when it was gathered already (sharded parameters)."""
         if self.mode == "none":
             return None
         better = accuracy is None or self.best is None or accuracy > self.best
         if epoch > 0 and self.mode == "best" and not better:
             return None
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if state is None:
+            state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         rel = weights_file(epoch)
         try:
             self.writer.write_file(rel, lambda f: torch.save(state, f))

@@ -84,7 +84,7 @@ def moments(flat: FlatBuffer, scratch: FlatBuffer) -> torch.Tensor:
     views = flat.views
     # Per-view reductions are one small kernel each and never sync with the host; measured on resnet50
     # (161 tensors) they beat segment_reduce and the 0-norm for sums and zero counts.
-    mins, maxs = (torch.stack(t) for t in zip(*(torch.aminmax(v) for v in views)))
+    mins, maxs = (torch.stack(t) for t in zip(*(aminmax_or_empty(v) for v in views)))
     counts = flat.lengths.float()
     shift = _shift(torch.stack([v.sum() for v in views]), counts, mins, maxs)
     for v, d, k in zip(views, scratch.views, shift):
@@ -93,7 +93,17 @@ def moments(flat: FlatBuffer, scratch: FlatBuffer) -> torch.Tensor:
     mean, m2 = _centred(shift, flat.lengths, dsum, sum_of_squares_(scratch))
     nonzero = torch.stack([torch.count_nonzero(v) for v in views])
     count = flat.lengths.double()
+    if 0 in flat.numels:  # an empty shard (FSDP): count 0, mean and M2 0, so that merging it changes nothing
+        empty = count == 0
+        mean, m2 = mean.masked_fill(empty, 0.0), m2.masked_fill(empty, 0.0)
     return torch.stack([count, mean, m2, mins.double(), maxs.double(), count - nonzero.double()], dim=1)
+
+
+def aminmax_or_empty(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """min and max of a tensor; +inf and −inf for an empty one (a process's empty shard of a small tensor)."""
+    if v.numel():
+        return torch.aminmax(v)
+    return v.new_full((), float("inf")), v.new_full((), float("-inf"))
 
 
 def tensor_moments(x: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:

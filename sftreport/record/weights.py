@@ -4,6 +4,10 @@ pretrained weights ‖Wₜ−W₀‖/‖W₀‖, and the update-to-weight ratio 
 Three flat buffers of the model's size live on its device: the reference W₀ (taken when the recorder
 starts), the weights at the last epoch end (for the one-step update), and a scratch buffer for the
 histogram. All statistics of all tensors come back to the host in one transfer per epoch.
+
+Sharded parameters (FSDP2): the buffers hold this process's shards, and the statistics are combined
+across processes once per epoch end (see sharded.py), so they are those of the whole tensors; every
+process must then call `measure` and `after_step`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sftreport.record.stats import BinSpec, FlatBuffer, histogram_counts, moments, stats_from_rows, sum_of_squares_
+from sftreport.record.sharded import is_sharded, locals_of, merge_across, range_across, sum_across
+from sftreport.record.stats import (
+    BinSpec,
+    FlatBuffer,
+    aminmax_or_empty,
+    histogram_counts,
+    moments,
+    stats_from_rows,
+    sum_of_squares_,
+)
 from sftreport.schema import WeightStat
 
 
@@ -22,14 +35,19 @@ class WeightProbe:
         self.params = [p for _, p in named]
         self.new = new_params
         self.bins = bins
-        numels = [p.numel() for p in self.params]
+        self.sharded = is_sharded(model)
+        numels = [t.numel() for t in self._locals()]
         device = self.params[0].device
-        self.ref = FlatBuffer(numels, device).load(self.params)
+        self.ref = FlatBuffer(numels, device).load(self._locals())
         self.now = FlatBuffer(numels, device)
         self.scratch = FlatBuffer(numels, device)
         self.spec: BinSpec | None = None
         self._update: torch.Tensor | None = None  # (T, 2): update_sq, before_sq of one step
         self._awaiting_update = False
+
+    def _locals(self) -> list[torch.Tensor]:
+        """The tensors this process holds: each parameter's own shard when sharded, else the parameter."""
+        return locals_of(self.params) if self.sharded else list(self.params)
 
     def after_step(self, skipped: torch.Tensor | None = None) -> None:
         """Called after an optimizer step. The first step after an epoch end measures that step's update
@@ -40,16 +58,18 @@ class WeightProbe:
         self._awaiting_update = False
         with torch.no_grad():
             # scratch = W_after - W_before, computed without allocating; ‖W_before‖² came with the epoch end's moments
-            self.scratch.load(self.params)
+            self.scratch.load(self._locals())
             self.scratch.buf.sub_(self.now.buf)
             self._update = torch.stack([sum_of_squares_(self.scratch), self._before_sq], dim=1)
 
     @torch.no_grad()
     def measure(self) -> list[WeightStat]:
-        now, scratch = self.now.load(self.params), self.scratch
+        now, scratch = self.now.load(self._locals()), self.scratch
         if self.spec is None:  # fixed once, from the reference weights: bins and ‖W₀‖²
-            ranges = torch.stack([torch.stack(torch.aminmax(v)) for v in self.ref.views]).tolist()
-            self.spec = BinSpec.around([lo for lo, _ in ranges], [hi for _, hi in ranges], self.bins)
+            mins, maxs = (torch.stack(t) for t in zip(*(aminmax_or_empty(v) for v in self.ref.views)))
+            if self.sharded:
+                mins, maxs = range_across(mins, maxs)
+            self.spec = BinSpec.around(mins.tolist(), maxs.tolist(), self.bins)
             torch._foreach_copy_(scratch.views, self.ref.views)
             self._ref_sq = sum_of_squares_(scratch)
         mom = moments(now, scratch)
@@ -57,12 +77,16 @@ class WeightProbe:
         torch.sub(now.buf, self.ref.buf, out=scratch.buf)  # exact where it matters: W_t close to W_0
         diff_sq = sum_of_squares_(scratch)
         update = self._update
-        # the floats in one host transfer; their min/max tell the histogram which tensors need clamping
-        table = torch.cat(
-            [mom, diff_sq[:, None], self._ref_sq[:, None]] + ([update] if update is not None else []), dim=1
-        )
-        rows = table.tolist()
-        counts = histogram_counts(now, scratch, self.spec, [r[3] for r in rows], [r[4] for r in rows])
+        sums = torch.cat([diff_sq[:, None], self._ref_sq[:, None]] + ([update] if update is not None else []), dim=1)
+        if self.sharded:  # this process's min/max decide which of its shards need clamping; then combine
+            local_range = mom[:, 3:5].tolist()
+            counts = histogram_counts(now, scratch, self.spec, [r[0] for r in local_range], [r[1] for r in local_range])
+            rows = torch.cat([merge_across(mom), sum_across(sums)], dim=1).tolist()
+            counts = sum_across(counts)
+        else:
+            # the floats in one host transfer; their min/max tell the histogram which tensors need clamping
+            rows = torch.cat([mom, sums], dim=1).tolist()
+            counts = histogram_counts(now, scratch, self.spec, [r[3] for r in rows], [r[4] for r in rows])
         hists = self.spec.histograms(counts.tolist())
         self._awaiting_update, self._update = True, None
         out = []
