@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int)
     a("--device", help="auto (default: CUDA, then MPS, then CPU) | cpu | cuda | mps")
     a("--no-amp", dest="amp", action="store_const", const=False, help="no mixed precision / channels_last on CUDA")
+    a("--shard", help="under torchrun: none (default: the model replicated, DDP) | fsdp (parameters sharded, FSDP2)")
     a("--workers", type=int, help="DataLoader workers for ImageFolder")
     a("--max-steps-per-epoch", type=int, metavar="N", help="cap optimizer steps per epoch (quick runs)")
     a("--out", type=Path, action="append", metavar="FILE", help="report file (.html, .pdf, .md); repeatable")

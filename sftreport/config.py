@@ -70,6 +70,11 @@ class RunConfig(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     amp: bool = Field(True, description="mixed precision and channels_last on CUDA")
+    shard: Literal["none", "fsdp"] = Field(
+        "none",
+        description="under torchrun: none replicates the model in every process (DDP); fsdp shards parameters, "
+        "gradients and optimizer state across them (FSDP2's fully_shard, one unit per block)",
+    )
     workers: int | None = Field(None, ge=0, description="DataLoader workers for ImageFolder (default: up to 8)")
     max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on optimizer steps per epoch (quick runs)")
     out: list[Path] = Field(default_factory=list, description="report files; the format follows the extension")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import struct
@@ -140,3 +141,37 @@ def activation_pass(model, modules: list[str], first, later=None, bins: int = 8,
                 model(part)
                 next_chunk()
     return probe.collect()
+
+
+def record_differences(one: list[dict], two: list[dict]) -> list[tuple]:
+    """Where two runs' epochs.jsonl records differ (timings and file names aside): floats beyond 1e-5
+    relative, anything else (counts, histogram bins, names, lengths) at all."""
+    out: list = []
+    if len(one) != len(two):
+        return [("epochs", len(one), len(two))]
+    for a, b in zip(one, two):
+        _differences(a, b, f"epoch {a['epoch']}", out)
+    return out
+
+
+def _differences(a, b, path: str, out: list) -> None:
+    """Every place where two stored records differ: floats beyond 1e-5 relative, anything else at all."""
+    if path.endswith((".timing", ".weights_file")):
+        return
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            out.append((path, sorted(a.keys() ^ b.keys())))
+            return
+        for k in a:
+            _differences(a[k], b[k], f"{path}.{k}", out)
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            out.append((path, len(a), len(b)))
+            return
+        for i, (u, v) in enumerate(zip(a, b)):
+            _differences(u, v, f"{path}[{i}]", out)
+    elif isinstance(a, float) or isinstance(b, float):
+        if not (math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))):
+            out.append((path, a, b))
+    elif a != b:  # integers (counts, histogram bins), strings, booleans: exactly
+        out.append((path, a, b))

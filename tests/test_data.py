@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sftreport.train.data import (
     DIGITS_TARGET_CLASSES,
     DevicePipeline,
     FolderImages,
+    ImageTensors,
     TrainBatches,
     augment_params,
     choose_probe,
@@ -139,6 +141,24 @@ def test_validation_shards_cover_every_sample_once():
     for rank in range(3):
         seen += [y for _, ys in eval_batches(val, 7, rank, 3, None, torch.device("cpu")) for y in ys.tolist()]
     assert sorted(seen) == sorted(val.labels.tolist())
+
+
+@pytest.mark.parametrize(("n", "world", "batch"), [(5, 2, 2), (1, 2, 4), (9, 3, 2), (8, 2, 2)])
+def test_equal_batches_for_a_sharded_model_pad_short_shards_with_empty_batches(n: int, world: int, batch: int):
+    """Under FSDP every process must run as many forward passes as the others: the largest shard has
+    ceil(n / world) samples, so every process yields ceil(ceil(n / world) / batch) batches."""
+    _, val = load_digits_split(DIGITS_TARGET_CLASSES)
+    data = ImageTensors(val.images[:n], val.labels[:n])
+    expected = math.ceil(math.ceil(n / world) / batch)
+    seen = []
+    for rank in range(world):
+        batches = list(eval_batches(data, batch, rank, world, None, torch.device("cpu"), equal_batches=True))
+        assert len(batches) == expected
+        for x, y in batches:
+            assert x.shape[1:] == val.images.shape[1:] and x.dtype == val.images.dtype and y.dtype == torch.int64
+            assert len(x) == len(y)
+        seen += [i for _, ys in batches for i in ys.tolist()]
+    assert sorted(seen) == sorted(data.labels.tolist())  # padding adds no sample
 
 
 def test_device_pipeline_normalises_resizes_and_augments_deterministically():

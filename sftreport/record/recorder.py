@@ -48,7 +48,7 @@ from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
 from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
 from sftreport.record.saved_weights import WeightSaver
-from sftreport.record.sharded import full, full_state_dict, is_sharded, type_name
+from sftreport.record.sharded import full, full_state_dict, is_sharded, reshard, type_name
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import (
     DatasetInfo,
@@ -206,6 +206,8 @@ class Recorder:
         self.options = options or RecordOptions()
         self.run = run or RunDescription()
         self.device = next(model.parameters()).device
+        reshard(model)  # FSDP2 units gathered by an earlier forward: sharded again (nothing for other models)
+        self.sharded = is_sharded(model)  # FSDP2: every process takes part in the probes' collectives
         self.probe_x, self.probe_y = probe[0].to(self.device), probe[1].to(self.device).long()
         if len(self.probe_y) < 2:
             raise UserError(f"the probe set needs at least 2 samples, got {len(self.probe_y)}")
@@ -220,7 +222,8 @@ class Recorder:
                 f"found {int(self.probe_y.min())}..{int(self.probe_y.max())}"
             )
         self.new_params = set(new_params)
-        self.sharded = is_sharded(model)  # FSDP2: every process takes part in the probes' collectives
+        if self.sharded:  # check_forward left the root's parameters gathered: the probes need the shards
+            reshard(model)
         self.loss_fn, self.autocast = loss_fn, autocast
         self.planned_epochs = self.run.planned_epochs
         self.epoch = 0

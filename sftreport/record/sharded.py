@@ -40,6 +40,15 @@ def type_name(module: object) -> str:
     return cls.__name__
 
 
+def reshard(model: nn.Module) -> None:
+    """Put every FSDP unit back into its sharded state. FSDP2 keeps the root's parameters gathered after a
+    forward (for the backward it expects next), registered as plain tensors meanwhile: the probes must
+    take their references to the parameters while they are the sharded DTensors, which persist."""
+    for m in model.modules():
+        if type(m).__name__.startswith("FSDP") and callable(getattr(m, "reshard", None)):
+            m.reshard()
+
+
 def local(t: torch.Tensor) -> torch.Tensor:
     """This process's shard of a sharded tensor (the tensor itself when it is not sharded)."""
     return t.to_local() if isinstance(t, DTensor) else t

@@ -12,6 +12,7 @@ same global batches as a 1-process run.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from collections.abc import Iterator
@@ -395,9 +396,29 @@ class _Indices(Dataset):
 
 
 def eval_batches(
-    data: ImageTensors | FolderImages, batch: int, rank: int, world: int, workers: int | None, device: torch.device
+    data: ImageTensors | FolderImages,
+    batch: int,
+    rank: int,
+    world: int,
+    workers: int | None,
+    device: torch.device,
+    equal_batches: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Validation shard of this process: every `world`-th sample, no padding, so sums over ranks are exact."""
+    """Validation shard of this process: every `world`-th sample, no padding, so sums over ranks are exact.
+    `equal_batches`: every process yields as many batches as the largest shard needs, a shorter one ending
+    with empty batches (a sharded model's forward is a collective that every process must join)."""
+    if equal_batches:
+        batches = math.ceil(math.ceil(len(data) / world) / batch)
+        yielded, last = 0, None
+        for x, y in eval_batches(data, batch, rank, world, workers, device):
+            yielded, last = yielded + 1, (x, y)
+            yield x, y
+        if yielded < batches:
+            if last is None:  # this process's shard is empty: one sample tells the shapes
+                last = next(eval_batches(data, 1, 0, 1, 0, device))
+            for _ in range(batches - yielded):
+                yield last[0][:0], last[1][:0]
+        return
     idx = torch.arange(rank, len(data), world)
     if isinstance(data, FolderImages):
         n_workers = workers if workers is not None else min(8, os.cpu_count() or 1)

@@ -80,6 +80,20 @@ def teardown(finished: bool = False) -> None:
         dist.destroy_process_group()
 
 
+def fully_shard_blocks(model: torch.nn.Module, blocks: list[str]) -> None:
+    """Shard the model in place with FSDP2: one unit per block (each all-gathered just before it runs and
+    freed after), then the rest at the root. Blocks without parameters are left alone."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6 keeps it under _composable
+        from torch.distributed._composable.fsdp import fully_shard
+    for name in blocks:
+        module = model.get_submodule(name)
+        if any(True for _ in module.parameters()):
+            fully_shard(module)
+    fully_shard(model)
+
+
 def any_flags(device: torch.device, *flags: bool) -> tuple[bool, ...]:
     """Each flag true on every rank if it is true on any rank (a stop decided by one process: a NaN loss,
     Ctrl-C). One all-reduce for all of them; without a process group, the flags as given."""

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from sftreport.config import RunConfig
 from sftreport.errors import ExitCode, StorageError, UserError, one_line
-from sftreport.record.activations import check_modules
+from sftreport.record.activations import check_modules, default_modules
 from sftreport.record.gradients import skipped_by_scaler
 from sftreport.record.recorder import Recorder, RunDescription, check_forward, environment
 from sftreport.schema import DatasetInfo, EpochSnapshot, RunStatus
@@ -86,7 +86,7 @@ class _Diverged(Exception):
 class EvalData:
     """Re-iterable validation batches of this process, prepared on the device."""
 
-    def __init__(self, data, pipeline: DevicePipeline, batch: int, ctx, workers, device):
+    def __init__(self, data, pipeline: DevicePipeline, batch: int, ctx, workers, device, equal_batches: bool = False):
         self.data, self.pipeline, self.batch, self.ctx, self.workers, self.device = (
             data,
             pipeline,
@@ -95,9 +95,12 @@ class EvalData:
             workers,
             device,
         )
+        self.equal_batches = equal_batches
 
     def __iter__(self):
-        for x, y in eval_batches(self.data, self.batch, self.ctx.rank, self.ctx.world_size, self.workers, self.device):
+        for x, y in eval_batches(
+            self.data, self.batch, self.ctx.rank, self.ctx.world_size, self.workers, self.device, self.equal_batches
+        ):
             yield self.pipeline.eval_batch(x), y.to(self.device, non_blocking=True)
 
 
@@ -127,6 +130,11 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     run_dir = cfg.run_dir or default_run_dir(cfg)
     if ctx.is_main:
         check_run_dir_free(run_dir)  # before minutes of loading, not after
+    if cfg.shard == "fsdp" and not ctx.enabled:
+        raise UserError(
+            "--shard fsdp shards the model across the processes of a torchrun job, and this is one process: "
+            "start it with torchrun --nproc-per-node N (N ≥ 2)"
+        )
 
     # ---- data and model
     data = load_data(cfg, default_image_size(cfg.model))
@@ -146,7 +154,8 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     )
     if isinstance(data.val, ImageTensors):  # in-memory validation data lives on the device too
         data.val = ImageTensors(data.val.images.to(device), data.val.labels.to(device))
-    val = EvalData(data.val, pipeline, cfg.batch_size, ctx, cfg.workers, device)
+    # a sharded forward is a collective: every process then evaluates the same number of batches
+    val = EvalData(data.val, pipeline, cfg.batch_size, ctx, cfg.workers, device, equal_batches=cfg.shard == "fsdp")
     probe = (pipeline.eval_batch(data.probe.images), data.probe.labels.to(device))
     check_forward(model, probe[0][:2])  # the model runs on these inputs: checked before anything is printed
 
@@ -154,7 +163,10 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     if ctx.enabled:
         if device.type == "cuda":  # CPU has no SyncBatchNorm; see README on what that changes
             model = train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if cfg.shard == "fsdp":  # in place: the parameters become DTensors, each process holding its shards
+            distributed.fully_shard_blocks(model, default_modules(model, bundle.head))
+        else:
+            train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ---- optimizer and schedule (per step)
     optimizer = make_optimizer(

@@ -6,7 +6,7 @@ and under torchrun with the model sharded by FSDP2's `fully_shard` over gloo.
 
 The computation is the same in both: no BatchNorm (GroupNorm normalises each sample alone), every
 global batch of 16 split into equal halves (FSDP averages the halves' mean gradients: the mean over 16),
-the probe set the same on every process, the validation set split into equal numbers of batches. The
+the probe set the same on every process, the validation set split into equal numbers of batches (the shorter shard padded with an empty one). The
 model is built so that the shards are hard: a 1×6×1×1 convolution whose second shard is empty, a
 GroupNorm weight of mean 1 and spread 1e-6, tensors that split 2 + 1 rows.
 """
@@ -26,6 +26,7 @@ from torch import nn
 
 from sftreport import Recorder
 from sftreport.config import RecordOptions
+from sftreport.train.data import ImageTensors, eval_batches
 
 GLOBAL_BATCH, STEPS, EPOCHS = 16, 3, 2
 
@@ -76,9 +77,10 @@ def main() -> None:
         (run_dir.parent / f"{run_dir.name}.shards{rank}.json").write_text(json.dumps(shards))
     x, y = data()
     train_x, train_y = x[: GLOBAL_BATCH * STEPS], y[: GLOBAL_BATCH * STEPS]
-    val_x, val_y = x[200:240], y[200:240]  # 40: every process evaluates 3 batches (8, 8, 4)
-    own = torch.arange(rank, len(val_x), world)
-    val = [(val_x[own[i : i + 8]], val_y[own[i : i + 8]]) for i in range(0, len(own), 8)]
+    # 33 validation samples: 17 and 16, in batches of 8: the second process ends with an empty batch, so
+    # that both run 3 forward passes (a sharded forward is a collective)
+    val_set = ImageTensors(x[200:233], y[200:233])
+    val = list(eval_batches(val_set, 8, rank, world, None, torch.device("cpu"), equal_batches=sharded))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.2, momentum=0.9)
     rec = Recorder(
         net,
