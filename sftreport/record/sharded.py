@@ -45,8 +45,9 @@ def reshard(model: nn.Module) -> None:
     forward (for the backward it expects next), registered as plain tensors meanwhile: the probes must
     take their references to the parameters while they are the sharded DTensors, which persist."""
     for m in model.modules():
-        if type(m).__name__.startswith("FSDP") and callable(getattr(m, "reshard", None)):
-            m.reshard()
+        method = getattr(m, "reshard", None) if type(m).__name__.startswith("FSDP") else None
+        if callable(method):
+            method()
 
 
 def local(t: torch.Tensor) -> torch.Tensor:
