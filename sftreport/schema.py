@@ -452,6 +452,7 @@ class Environment(_Model):
     device_name: str | None = None
     precision: str = "fp32"
     world_size: int = 1
+    sharding: Literal["fsdp"] | None = Field(None, description="fsdp: parameters sharded across the processes (FSDP2)")
     git_commit: str | None = None
     hostname: str | None = None
 

@@ -91,6 +91,8 @@ def test_sharded_by_fsdp_two_processes_record_every_number_of_one(runs):
     assert record_differences(one, fsdp) == []
     run = read_run(d / "fsdp")
     assert run.info.environment.world_size == 2 and run.info.config["shard"] == "fsdp"
+    assert run.info.environment.sharding == "fsdp" and read_run(d / "two").info.environment.sharding is None
+    assert "cpu, fp32, 2 processes, parameters sharded (FSDP)" in (d / "fsdp.html").read_text()
     assert run.info.architecture == read_run(d / "one").info.architecture
     saved = torch.load(d / "fsdp" / run.epochs[-1].weights_file, weights_only=True)  # gathered whole
     assert {k: tuple(v.shape) for k, v in saved.items() if k.endswith("weight")} == {

@@ -280,7 +280,9 @@ class Recorder:
                     val_size=dataset_size(val_data),
                     image_size=int(sample.shape[-1]),
                 ),
-                environment=d.environment or environment(self.device),
+                environment=(d.environment or environment(self.device)).model_copy(
+                    update={"sharding": "fsdp"} if self.sharded else {}
+                ),
                 architecture=architecture,
                 probe=ProbeInfo(labels=self.probe_y.tolist(), size=len(self.probe_y)),
                 planned_epochs=d.planned_epochs,

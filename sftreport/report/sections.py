@@ -169,7 +169,8 @@ class _Builder:
             (
                 "Device",
                 f"{h.device}, {h.precision}"
-                + (f", {info.environment.world_size} processes" if info.environment.world_size > 1 else ""),
+                + (f", {info.environment.world_size} processes" if info.environment.world_size > 1 else "")
+                + (", parameters sharded (FSDP)" if info.environment.sharding == "fsdp" else ""),
             ),
         ]
         return KeyValues(id="summary-table", title="Run", items=items)
@@ -912,7 +913,7 @@ class _Builder:
             ("sftreport (report)", sftreport.__version__),
             ("Device", env.device + (f" ({env.device_name})" if env.device_name else "")),
             ("Precision", env.precision),
-            ("Processes", str(env.world_size)),
+            ("Processes", str(env.world_size) + (", parameters sharded (FSDP)" if env.sharding == "fsdp" else "")),
             ("Git commit", env.git_commit or "–"),
             ("Host", env.hostname or "–"),
             ("Started", info.started_at),
