@@ -4,6 +4,7 @@ built from a ViTConfig, with a new head, fine-tuned on digits images fed as dict
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,28 @@ def test_importing_the_integration_without_transformers_names_the_extra_in_one_l
         "ImportError: sftreport.integrations.transformers needs Hugging Face transformers: "
         "pip install 'sftreport[transformers]'"
     )
+
+
+def test_readme_shows_the_trainer_example_verbatim_with_at_most_four_added_lines():
+    code = (ROOT / "examples" / "hf_trainer.py").read_text()
+    body = code.split('"""', 2)[2].lstrip("\n")
+    m = re.search(
+        r"<!-- example: examples/hf_trainer.py -->\s*```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S
+    )
+    assert m and m.group(1) == body
+    assert 1 <= sum(1 for line in body.splitlines() if "# sftreport" in line) <= 4
+
+
+@pytest.mark.slow
+def test_the_trainer_example_runs_and_records_every_epoch(tmp_path: Path):
+    example = ROOT / "examples" / "hf_trainer.py"
+    r = subprocess.run([sys.executable, str(example)], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run_dir,) = (tmp_path / "runs").iterdir()  # the recorder's default: runs/<date>-<time>-recorder
+    run = read_run(run_dir)
+    assert [e.epoch for e in run.epochs] == [0, 1, 2] and run.info.status == "completed"
+    last = run.epochs[-1]
+    assert last.weights and last.gradients and last.features and last.val and last.activations
+    assert set(last.logged) == {"eval_loss", "eval_accuracy"}
+    assert {w.name for w in last.weights if w.new} == {"classifier.weight", "classifier.bias"}
+    assert (tmp_path / "vit.html").stat().st_size > 10_000
