@@ -4,6 +4,7 @@ built from a ViTConfig, with a new head, fine-tuned on digits images fed as dict
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -157,6 +158,36 @@ def test_a_train_that_raises_keeps_its_finished_epochs_and_is_marked_failed_insi
     assert run.info.status == "failed"
     assert run.info.status_detail == "RuntimeError in epoch 2: out of memory (a stand-in)"
     assert "failed" in (tmp_path / "rTrue.md").read_text()
+
+
+def test_a_two_process_fit_writes_one_run_directory_with_the_trainers_losses_and_each_image_evaluated_once(
+    tmp_path: Path,
+):
+    script = ROOT / "tests" / "helpers" / "hf_ddp.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(script.parent), *sys.path])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
+    out = tmp_path / "out"
+    out.mkdir()
+    r = subprocess.run(
+        [*cmd, str(tmp_path / "run"), str(tmp_path / "r.md"), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = read_run(tmp_path / "run")
+    assert run.info.status == "completed" and run.info.environment.world_size == 2
+    assert [e.step for e in run.epochs] == [0, 8, 16] and run.info.dataset.val_size == 128
+    assert all(e.val is not None and e.val.count == 128 for e in run.epochs)  # not 256: each batch once
+    history = json.loads((out / "history.json").read_text())
+    losses = {h["step"]: h["loss"] for h in history if "loss" in h}
+    steps = [p for e in run.epochs[1:] for p in e.steps]
+    assert [p.loss for p in steps] == pytest.approx([losses[s] for s in range(1, 17)], rel=1e-5, abs=5e-5)
+    evals = [h for h in history if "eval_loss" in h]
+    assert [e.logged["eval_accuracy"] for e in run.epochs[1:]] == [h["eval_accuracy"] for h in evals]
+    assert (tmp_path / "r.md").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out", "r.md", "run"]
 
 
 def test_eval_batches_takes_dict_samples_dict_batches_and_pairs_and_shares_batches_between_processes():

@@ -30,8 +30,8 @@ Where each part is read:
 The recorder's evaluation and probes run with the random number generators saved and restored, so the
 training draws the same random numbers (dropout, shuffling) as without the callback. Only the world process
 zero runs the probes and writes; every process records the training loss, reduced at each epoch end, and
-evaluates its share of `val_data`. A resumed `train(resume_from_checkpoint=...)` starts a new run directory
-whose epoch 0 is the resumed model.
+evaluates its share of `val_data` (tested with 2 processes on the CPU). A resumed
+`train(resume_from_checkpoint=...)` starts a new run directory whose epoch 0 is the resumed model.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ except ImportError:  # pragma: no cover - exercised in a process without transfo
 from sftreport.config import RecordOptions
 from sftreport.errors import UserError
 from sftreport.record.gradients import skipped_by_scaler
-from sftreport.record.recorder import Recorder, RunDescription, dataset_size
+from sftreport.record.recorder import Recorder, RunDescription, dataset_size, environment
 from sftreport.schema import RunStatus
 from sftreport.store import check_output_path, check_run_dir_free
 
@@ -170,6 +170,9 @@ class SFTReportCallback(TrainerCallback):
             run.planned_epochs = int(state.num_train_epochs)
         val_data = self.val_data
         world = _world_size()
+        if run.environment is None:
+            precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+            run.environment = environment(next(model.parameters()).device, precision, world)
         if isinstance(val_data, EvalBatches) and world > 1:
             val_data = val_data.share(torch.distributed.get_rank(), world)
         with _isolated_rng():  # evaluating draws from the global generator (a DataLoader iterator's seed)
