@@ -202,6 +202,8 @@ def test_eval_batches_takes_dict_samples_dict_batches_and_pairs_and_shares_batch
     shared = EvalBatches(val, batch_size=4)
     assert [len(b) for _, b in shared.share(0, 2)] == [4, 2] and [len(b) for _, b in shared.share(1, 2)] == [4]
     assert len(EvalBatches(val).dataset) == 10  # the validation size, for run.json
+    with pytest.raises(UserError, match=r"hold \['labels', 'pixel_values'\], not 'pixel_values' and 'label'"):
+        next(iter(EvalBatches(val, labels="label")))
 
 
 def test_importing_the_integration_without_transformers_names_the_extra_in_one_line():

@@ -101,6 +101,11 @@ class EvalBatches:
             if i % self.world != self.rank:
                 continue
             if isinstance(batch, Mapping):
+                if self.inputs not in batch or self.labels not in batch:
+                    raise UserError(
+                        f"val_data batches hold {sorted(batch)}, not {self.inputs!r} and {self.labels!r}: "
+                        "name them with EvalBatches(data, inputs=..., labels=...)"
+                    )
                 yield batch[self.inputs], torch.as_tensor(batch[self.labels])
             else:
                 yield batch[0], torch.as_tensor(batch[1])
@@ -204,7 +209,13 @@ class SFTReportCallback(TrainerCallback):
             logits = getattr(output, "logits", None)
             if logits is None and isinstance(output, (tuple, list)) and len(output) > 1:
                 logits = output[1]  # return_dict=False: (loss, logits, ...)
-            if not isinstance(targets, torch.Tensor) or not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+            if not (
+                isinstance(targets, torch.Tensor)
+                and isinstance(logits, torch.Tensor)
+                and logits.dim() == 2
+                and targets.shape == logits.shape[:1]
+                and not targets.is_floating_point()
+            ):  # no class indices to score the logits against (labels taken away, or not a classifier's)
                 self._unlabelled = True
                 return
             with torch.no_grad():
