@@ -6,10 +6,14 @@ An append the disk refuses (full, over quota) is undone: the file is cut back to
 Reading validates every line and names the file and line number of the first bad one; a last line
 without its newline is a write that never finished (a crash mid-append), which is left out and reported
 in `Run.dropped` rather than making every finished epoch unreadable.
+
+A run resumed from a checkpoint continues its directory (`RunWriter(root, resume=True)`); lines of epochs
+recorded after that checkpoint are moved, not deleted, to epochs.superseded.jsonl (`supersede_after`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,6 +28,7 @@ from sftreport.schema import EpochSnapshot, RunInfo
 
 RUN_FILE = "run.json"
 EPOCHS_FILE = "epochs.jsonl"
+SUPERSEDED_FILE = "epochs.superseded.jsonl"  # lines a resumed run replaced, appended in the order moved
 ASSETS_DIR = "assets"
 
 
@@ -99,13 +104,43 @@ def check_run_dir_free(root: Path) -> None:
         raise RunDirError(f"run directory {root} is a file")
 
 
-class RunWriter:
-    """Writes one run directory as the run goes. Only one process (rank 0) ever holds one."""
+def recorded_steps(root: Path) -> dict[int, int]:
+    """The epochs a run directory holds complete lines for, with the optimizer step of each (read without
+    validating the lines: enough to tell where a run can continue)."""
+    root = Path(root)
+    if not (root / RUN_FILE).is_file():
+        raise RunDirError(
+            f"cannot continue the run in {root}: "
+            + ("the directory is gone" if not root.exists() else f"it holds no {RUN_FILE}")
+        )
+    try:
+        data = (root / EPOCHS_FILE).read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        raise RunDirError(f"{root / EPOCHS_FILE}: cannot read: {e.strerror or e}") from None
+    steps = {}
+    for lineno, line in enumerate(data.split(b"\n")[:-1], 1):
+        if line.strip():
+            try:
+                snap = json.loads(line)
+                steps[int(snap["epoch"])] = int(snap["step"])
+            except (ValueError, KeyError, TypeError):
+                raise RunDirError(f"{root / EPOCHS_FILE}:{lineno}: not an epoch snapshot") from None
+    return steps
 
-    def __init__(self, root: Path):
+
+class RunWriter:
+    """Writes one run directory as the run goes. Only one process (rank 0) ever holds one. `resume`: continue
+    the run the directory holds (it must hold one) instead of starting one (it must not)."""
+
+    def __init__(self, root: Path, resume: bool = False):
         self.root = Path(root)
         self.assets = self.root / ASSETS_DIR
-        check_run_dir_free(self.root)
+        if resume:
+            recorded_steps(self.root)  # refuses a directory that is gone or holds no run
+        else:
+            check_run_dir_free(self.root)
         try:
             self.assets.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -141,6 +176,44 @@ class RunWriter:
                 raise StorageError(f"cannot record epoch {snap.epoch} in {path}: {e.strerror or e}; {kept}") from None
         finally:
             os.close(fd)
+
+    def supersede_after(self, epoch: int) -> list[int]:
+        """Move the lines of the epochs after `epoch` (recorded after the checkpoint a run resumes from) to the
+        end of epochs.superseded.jsonl, fsync'ed, then cut epochs.jsonl back to the lines up to `epoch`
+        (replaced atomically): nothing is deleted, and a crash in between at worst leaves a line in both.
+        An unfinished last line (a write cut short) is moved too. Returns the epochs moved."""
+        path = self.root / EPOCHS_FILE
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            raise RunDirError(f"{path}: cannot read: {e.strerror or e}") from None
+        *lines, tail = data.split(b"\n")
+        keep: list[bytes] = []
+        moved: list[bytes] = []
+        epochs: list[int] = []
+        for line in lines:
+            if not line.strip():
+                continue
+            number = int(json.loads(line)["epoch"])  # recorded_steps has read every line already
+            (moved if number > epoch else keep).append(line + b"\n")
+            if number > epoch:
+                epochs.append(number)
+        if tail.strip():
+            moved.append(tail + b"\n")
+        if not moved:
+            return []
+        aside = self.root / SUPERSEDED_FILE
+        try:
+            with open(aside, "ab") as f:
+                f.write(b"".join(moved))
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_error(aside, e) from None
+        atomic_write_bytes(path, b"".join(keep))
+        return epochs
 
     def write_file(self, rel: str, write: Callable[[BinaryIO], object]) -> Path:
         """A durable file inside the run directory (saved weights), written atomically."""

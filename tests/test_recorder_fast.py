@@ -282,7 +282,15 @@ def test_images_at_epoch_zero_and_the_planned_last_epoch_and_saved_weights(loop:
         assert t[epoch].samples_per_s == pytest.approx(samples / t[epoch].train_s, rel=1e-9)
         assert t[epoch].eval_s > 0 and t[epoch].record_s > 0 and t[epoch].eval_s + t[epoch].record_s <= end
         assert 0 <= t[epoch].probes["save_weights"] <= t[epoch].record_s
-    assert set(t[0].probes) == {"weights", "gradients", "activations", "features", "images", "save_weights"}
+    assert set(t[0].probes) == {
+        "weights",
+        "gradients",
+        "activations",
+        "features",
+        "images",
+        "save_weights",
+        "reference",
+    }
     assert set(t[1].probes) == {"weights", "gradients", "activations", "features", "save_weights"}
     assert t[1].record_s >= t[1].probes["weights"] and t[1].eval_s > 0
 

@@ -5,7 +5,8 @@ For every call of every chosen module it records what the module really output a
 moments, zeros, channels that are zero for every probe sample and position (dead units), a fixed-bin
 histogram, and a spatially pooled copy of the output for CKA. A module that runs more than once per
 forward pass (torchvision's Bottleneck reuses one ReLU three times) gets one entry per call, named
-`module#k`. Hooks are removed in a `finally`.
+`module#k`. Hooks are removed in a `finally`. The histogram bins, fixed from the pretrained model's
+activations, are the probe's state (`state_dict`), which a resumed run restores.
 """
 
 from __future__ import annotations
@@ -220,6 +221,13 @@ class ActivationProbe:
         mom = torch.stack([self._acc[k].moments for k in keys]).tolist()
         spec = BinSpec.around([r[3] for r in mom], [r[4] for r in mom], self.bins)
         self.grids = {f"{n}#{k}": grid for (n, k), grid in zip(keys, spec.grids)}
+
+    def state_dict(self) -> dict[str, list[int]]:
+        """The fixed histogram bins of each output, as plain integers."""
+        return {key: [g.exp, g.cells, g.start, g.bins] for key, g in self.grids.items()}
+
+    def load_state_dict(self, grids: dict[str, list[int]]) -> None:
+        self.grids = {key: BinGrid(*values) for key, values in grids.items()}
 
     def labels(self) -> dict[tuple[str, int], str]:
         """`module` for a module called once, `module#1`, `module#2`, ... for one called several times."""

@@ -4,6 +4,9 @@
   drawn on the same axes (and optionally t-SNE, which has no shared axes);
 - class separability: leave-one-out k-NN accuracy on the features;
 - linear CKA between each probed layer's representation now and in the pretrained model.
+
+The PCA axes and the pretrained model's Gram matrices are the probe's state (`state_dict`), which a
+resumed run restores.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ class PCA2:
         # fix each axis' sign so the projection does not flip between runs
         signs = torch.sign(comps[torch.arange(comps.shape[0]), comps.abs().argmax(dim=1)])
         self.components = comps * torch.where(signs == 0, 1.0, signs)[:, None]
+
+    @classmethod
+    def restored(cls, mean: torch.Tensor, components: torch.Tensor) -> PCA2:
+        pca = cls.__new__(cls)
+        pca.mean, pca.components = mean, components
+        return pca
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) @ self.components.T
@@ -93,6 +102,17 @@ class FeatureProbe:
         self.tsne = tsne
         self.pca: PCA2 | None = None
         self.ref_grams: dict[str, torch.Tensor] = {}
+
+    def state_dict(self) -> dict:
+        """The fixed references, on the CPU: the PCA axes and each layer's centred Gram matrix (N × N, float64)."""
+        pca = [self.pca.mean.cpu(), self.pca.components.cpu()] if self.pca is not None else None
+        return {"pca": pca, "grams": {name: g.cpu() for name, g in self.ref_grams.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.labels.device
+        pca = state["pca"]
+        self.pca = PCA2.restored(pca[0].to(device), pca[1].to(device)) if pca is not None else None
+        self.ref_grams = {name: g.to(device) for name, g in state["grams"].items()}
 
     def measure(
         self, feats: torch.Tensor, logits: torch.Tensor, reps: dict[str, torch.Tensor]

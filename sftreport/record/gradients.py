@@ -26,13 +26,15 @@ FOLD = 64  # samples kept as rows before they are folded into the epoch's sums (
 
 
 class GradientProbe:
-    def __init__(self, model: nn.Module, every: int):
+    def __init__(self, model: nn.Module, every: int, steps_done: int = 0):
+        """`steps_done`: optimizer steps taken before this probe (a resumed run's), so that the same steps
+        are sampled as in a run never interrupted."""
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.every = every
         self.sharded = is_sharded(model)
-        self._steps_seen = 0
+        self._steps_seen = steps_done
         self._flat: FlatBuffer | None = None  # CPU only: the gradients copied for an accurate sum of squares
         self._reset()
 

@@ -19,6 +19,23 @@ and writes the run directory. With sharded parameters (FSDP2's `fully_shard`) ev
 its own shards of the weights and gradients and the statistics are combined across processes (see
 record/sharded.py); the probe set's forward passes run on every process, as the sharded forward needs,
 and `val_data` must give every process the same number of batches.
+
+Resuming from a checkpoint continues the same run directory:
+
+    model.load_state_dict(ckpt["model"]); optimizer.load_state_dict(ckpt["optimizer"])  # your checkpoint
+    rec = Recorder(model, probe=probe, val_data=val_loader, run_dir="runs/mine", resume_after=ckpt["epoch"])
+    for epoch in range(ckpt["epoch"], epochs): ...  # as above
+
+`resume_after`: the epoch at whose end the checkpoint was saved (the model must hold those weights). Epoch 0
+is not recorded again; the next `epoch_end` records epoch `resume_after + 1`, and every measure keeps its
+reference from the run's start: the relative change is from the pretrained weights W₀, histogram bins, CKA
+and the PCA axes are those fixed at epoch 0 (kept in RUN_DIR/reference.pt, see record/reference.py; W₀ is
+weights/epoch_000.pt, which save_weights "none" does not keep: such a run cannot be resumed).
+Lines of epochs after `resume_after` (recorded after that checkpoint, by a fit that went on and then
+stopped) are moved to epochs.superseded.jsonl, not deleted, and the run's status says so; run.json's
+status is "running" again until `finish`. `resume_step`: the optimizer steps done when the checkpoint was
+saved, if it was saved mid-epoch (default: the step recorded with epoch `resume_after`; under torchrun, give
+it to every process).
 """
 
 from __future__ import annotations
@@ -47,6 +64,14 @@ from sftreport.record.evaluation import all_reduce_sum, evaluate, logits_of
 from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
 from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
+from sftreport.record.reference import (
+    check_identity,
+    identity,
+    load_reference,
+    load_weights_file,
+    new_run_id,
+    save_reference,
+)
 from sftreport.record.saved_weights import WeightSaver
 from sftreport.record.sharded import full, full_state_dict, is_sharded, reshard, type_name
 from sftreport.record.weights import WeightProbe
@@ -62,7 +87,7 @@ from sftreport.schema import (
     StepPoint,
     Timing,
 )
-from sftreport.store import RunWriter
+from sftreport.store import SUPERSEDED_FILE, RunWriter, read_run, recorded_steps
 
 IMAGE_SAMPLES = 2  # probe images whose feature maps are drawn
 IMAGE_DEPTHS = 3  # probed modules (early, middle, late) whose feature maps are drawn
@@ -197,11 +222,15 @@ class Recorder:
         loss_fn: Callable = F.cross_entropy,
         autocast: Callable = nullcontext,
         writer: bool = True,
+        resume_after: int | None = None,
+        resume_step: int | None = None,
     ):
         """`probe`: a fixed batch of inputs and labels; `val_data`: (inputs, targets) batches to evaluate on at
         every epoch end; `new_params`: names of the parameters your new head added; `head`: the classifier
         module (default: the last Linear or Conv2d); `run`: what to call the run and how it was set up;
-        `writer`: False on every process but one under torchrun (that one runs the probes and writes)."""
+        `writer`: False on every process but one under torchrun (that one runs the probes and writes);
+        `resume_after`, `resume_step`: continue the run in `run_dir` from a checkpoint (see the module's
+        docstring) instead of starting one."""
         self.model = model
         self.options = options or RecordOptions()
         self.run = run or RunDescription()
@@ -234,15 +263,32 @@ class Recorder:
         act_modules = self.options.activations or default_modules(model, self.head)
         check_modules(model, act_modules)
         if run_dir is None:
+            if resume_after is not None:
+                raise UserError("resume_after needs the run_dir of the run to continue")
             run_dir = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S-recorder")
-        self.writer = RunWriter(Path(run_dir)) if writer else None  # only once the arguments are known good
+        self.run_dir = Path(run_dir)
+        self.run_id: str | None = None  # the writing process's: names the run in reference.pt and checkpoints
+        self._identity = identity(
+            list(model.named_parameters()), self.probe_x, self.probe_y, self.options.hist_bins, act_modules
+        )
+        # only once the arguments are known good
+        self.writer = RunWriter(self.run_dir, resume=resume_after is not None) if writer else None
+        reference: dict | None = None
+        if resume_after is not None and self.sharded:
+            raise UserError("resuming a run whose parameters are sharded (FSDP) is not supported yet: start a new run")
+        if resume_after is not None:  # every check before anything in the run directory changes
+            self.epoch, self.global_step = resume_after, resume_step or 0
+            if self.writer is not None:
+                reference = self._check_resume(resume_after, resume_step)
+        self._prior_s = 0.0  # time the run took before it was resumed
+        self._resume_note = ""
         self.probes: _Probes | None = None
         self.saver: WeightSaver | None = None
         if self.options.enabled and (self.writer is not None or self.sharded):
             writes = self.writer is not None
             self.probes = _Probes(
                 weights=WeightProbe(model, self.new_params, self.options.hist_bins),
-                grads=GradientProbe(model, self.options.grad_every),
+                grads=GradientProbe(model, self.options.grad_every, steps_done=self.global_step),
                 activations=ActivationProbe(
                     act_modules, self.options.hist_bins, self._image_modules(model, act_modules), IMAGE_SAMPLES
                 )
@@ -259,11 +305,17 @@ class Recorder:
 
         self.last: EpochSnapshot | None = None  # the latest snapshot recorded
         self.info: RunInfo | None = None  # the writing process's run.json
+        if resume_after is not None:
+            if self.writer is not None:
+                assert reference is not None
+                self._resume(reference, resume_after)
+            return
         sample = self.probe_x[:2]
         # a sharded forward is a collective: every process describes the model, the writer keeps it
         architecture = describe(model, sample, self.new_params) if self.writer is not None or self.sharded else None
         if self.writer is not None:
             assert architecture is not None
+            self.run_id = new_run_id()
             d = self.run
             self.info = RunInfo(
                 name=d.name,
@@ -289,6 +341,88 @@ class Recorder:
             )
             self.writer.write_run(self.info)
         self._record_epoch(first=True)
+
+    # ------------------------------------------------------------------ resuming
+
+    def _save_reference(self, weights_file: str | None) -> None:
+        """reference.pt (see record/reference.py): written once, at epoch 0, before its line."""
+        assert self.writer is not None
+        state: dict = {"run_id": self.run_id, "identity": self._identity}
+        if self.probes is not None:
+            assert self.probes.activations is not None and self.probes.features is not None, "the writer's"
+            state["probes"] = {
+                # W₀ is epoch 0's saved weights (kept unless save_weights is "none"): not stored twice
+                "weights": {"file": weights_file} if weights_file else None,
+                "activations": self.probes.activations.state_dict(),
+                "features": self.probes.features.state_dict(),
+                "map_channels": self._map_channels,
+            }
+        save_reference(self.writer, state)
+
+    def _check_resume(self, after: int, step: int | None) -> dict:
+        """Everything a resume needs, checked before the run directory is touched: the run recorded epoch
+        `after`, its reference fits this model and probe set. Sets the step to continue from."""
+        root = self.run_dir
+        steps = recorded_steps(root)
+        if after not in steps:
+            held = f"epochs 0–{max(steps)}" if steps else "no epoch"
+            raise UserError(f"cannot continue the run in {root} after epoch {after}: it recorded {held}")
+        if step is not None and step < steps[after]:
+            raise UserError(
+                f"cannot continue the run in {root} at step {step}: its epoch {after} ended at step {steps[after]}"
+            )
+        self.global_step = steps[after] if step is None else step
+        reference = load_reference(root)
+        check_identity(reference["identity"], self._identity, root)
+        probes = reference.get("probes")
+        if self.options.enabled:
+            if probes is None:
+                raise UserError(f"cannot continue the run in {root} with probes: it was recorded without them")
+            if probes["weights"] is None:
+                raise UserError(
+                    f"cannot continue the run in {root}: it kept no pretrained weights to measure from "
+                    "(it was recorded with save_weights='none')"
+                )
+            probes["weights"] = load_weights_file(root, probes["weights"]["file"])
+        return reference
+
+    def _resume(self, reference: dict, after: int) -> None:
+        """Continue the checked run: restore the probes' references, move later lines aside, mark it running."""
+        writer = self.writer
+        assert writer is not None
+        self.run_id = reference["run_id"]
+        if self.probes is not None:
+            assert self.probes.activations is not None and self.probes.features is not None, "the writer's"
+            saved = reference["probes"]
+            self.probes.weights.load_state_dict(saved["weights"])
+            self.probes.activations.load_state_dict(saved["activations"])
+            self.probes.features.load_state_dict(saved["features"])
+            self._map_channels = saved["map_channels"]
+        moved = writer.supersede_after(after)
+        run = read_run(writer.root)
+        if self.saver is not None:
+            self.saver.resume(run.epochs, moved)
+        self.last = run.epochs[-1]
+        self._prior_s = sum(e.timing.train_s + e.timing.eval_s + e.timing.record_s for e in run.epochs)
+        info = run.info
+        notes = [f"resumed from a checkpoint after epoch {after}"]
+        if self.global_step > self.last.step:
+            notes.append(f"at step {self.global_step}, within epoch {after + 1} (its training metrics cover the rest)")
+        if moved:
+            span = f"epochs {moved[0]}–{moved[-1]} recorded" if len(moved) > 1 else f"epoch {moved[0]} recorded"
+            verb = "were" if len(moved) > 1 else "was"
+            notes.append(f"{span} after that checkpoint {verb} moved to {SUPERSEDED_FILE}")
+        if info.status != "running":
+            notes.append(
+                f"previous status: {info.status}" + (f" ({info.status_detail[:200]})" if info.status_detail else "")
+            )
+        self._resume_note = "; ".join(notes)
+        info.status, info.status_detail, info.finished_at, info.duration_s = "running", self._resume_note, None, None
+        if self.run.planned_epochs is not None:
+            info.planned_epochs = self.run.planned_epochs
+        self.planned_epochs = info.planned_epochs
+        self.info = info
+        writer.write_run(info)
 
     # ------------------------------------------------------------------ per step
 
@@ -375,13 +509,17 @@ class Recorder:
         if self.saver is not None:
             snap.weights_file = self.saver.save(self.model, epoch, snap.val.accuracy if snap.val else None, state)
             probes["save_weights"] = time.perf_counter() - saved
+        if first and self.writer is not None:
+            saved = time.perf_counter()
+            self._save_reference(snap.weights_file)
+            probes["reference"] = time.perf_counter() - saved
         t2 = time.perf_counter()
         snap.timing = Timing(
             train_s=0.0 if first else train_s,
             eval_s=t1 - t0,
             record_s=t2 - t1,
             probes=probes,
-            samples_per_s=None if first or train_s <= 0 else self._global_count / train_s,
+            samples_per_s=None if first or train_s <= 0 or not self._global_count else self._global_count / train_s,
         )
         if self.writer:
             self.writer.append_epoch(snap)
@@ -561,9 +699,9 @@ class Recorder:
         if writer is None or info is None:  # not the writing process (both exist on it, neither elsewhere)
             return []
         info.status = status
-        info.status_detail = detail
+        info.status_detail = "; ".join(x for x in (detail, self._resume_note) if x)
         info.finished_at = _now()
-        info.duration_s = time.perf_counter() - self._started
+        info.duration_s = self._prior_s + time.perf_counter() - self._started
         try:
             writer.write_run(info)
         except StorageError:

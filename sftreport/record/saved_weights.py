@@ -10,7 +10,8 @@ report can be recomputed from them, and runs can be compared or diffed weight by
 A file is a `torch.save`d state_dict of CPU tensors: `torch.load(path, weights_only=True)` reads it, and
 `sftreport run --weights path` starts from it. Each is written atomically and fsync'ed; a file that a newer
 one supersedes is removed only after the newer epoch's line is in epochs.jsonl (`prune`), so the run
-directory always holds the weights of a recorded epoch.
+directory always holds the weights of a recorded epoch. When a run resumes from a checkpoint, the files of
+the epochs it supersedes are renamed `epoch_NNN.superseded.pt` (`resume`), not overwritten.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from sftreport.errors import StorageError, one_line
+from sftreport.schema import EpochSnapshot
 from sftreport.store import RunWriter
 
 WEIGHTS_DIR = "weights"
@@ -40,6 +42,18 @@ class WeightSaver:
         self.kept: int | None = None  # the latest (or best) epoch kept besides epoch 0
         self.best: float | None = None
         self._superseded: int | None = None  # removed once the epoch replacing it is recorded
+
+    def resume(self, kept: list[EpochSnapshot], superseded: list[int]) -> None:
+        """Continue after the `kept` epochs of a resumed run: the latest (or best) file kept stays the one the
+        next save supersedes; the files of the `superseded` epochs are renamed out of the way."""
+        for epoch in superseded:
+            path = self.writer.root / weights_file(epoch)
+            if path.exists():
+                path.replace(path.with_suffix(".superseded.pt"))
+        for snap in kept:
+            if snap.epoch > 0 and snap.weights_file and (self.writer.root / snap.weights_file).exists():
+                self.kept = snap.epoch  # saved only when better in mode best: the latest is the best so far
+                self.best = snap.val.accuracy if snap.val is not None else self.best
 
     def save(
         self, model: nn.Module, epoch: int, accuracy: float | None, state: dict[str, torch.Tensor] | None = None

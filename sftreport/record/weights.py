@@ -8,6 +8,9 @@ histogram. All statistics of all tensors come back to the host in one transfer p
 Sharded parameters (FSDP2): the buffers hold this process's shards, and the statistics are combined
 across processes once per epoch end (see sharded.py), so they are those of the whole tensors; every
 process must then call `measure` and `after_step`.
+
+A resumed run restores W₀ (`load_state_dict`) instead of taking the model as it is: the relative change is
+always measured from the pretrained weights, and the histogram bins fixed from them come out the same.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from sftreport.errors import UserError
 from sftreport.record.sharded import is_sharded, locals_of, merge_across, range_across, sum_across
 from sftreport.record.stats import (
     BinSpec,
@@ -63,6 +67,27 @@ class WeightProbe:
             self._update = torch.stack([sum_of_squares_(self.scratch), self._before_sq], dim=1)
 
     @torch.no_grad()
+    def load_state_dict(self, reference: dict[str, torch.Tensor]) -> None:
+        """Restore W₀ from the model's state_dict as it was at epoch 0, for a run that resumes from a checkpoint:
+        the model's weights are those at an epoch end, so the next step's update is measured as after any
+        epoch end."""
+        for name, view in zip(self.names, self.ref.views):
+            saved = reference.get(name)
+            if saved is None or saved.numel() != view.numel():
+                found = "missing" if saved is None else f"of {saved.numel():,} values, not {view.numel():,}"
+                raise UserError(f"the run's reference weights do not fit this model: {name} is {found}")
+            view.copy_(saved.reshape(-1))
+        self.spec = None  # bins and ‖W₀‖² follow from the restored W₀ at the next measure
+        self._moments_before_update(self.now.load(self._locals()))
+        self._awaiting_update, self._update = True, None
+
+    def _moments_before_update(self, now: FlatBuffer) -> torch.Tensor:
+        """The moments of the weights at an epoch end, keeping Σ W² for the next step's update-to-weight ratio."""
+        mom = moments(now, self.scratch)
+        self._before_sq = mom[:, 2] + mom[:, 0] * mom[:, 1] ** 2
+        return mom
+
+    @torch.no_grad()
     def measure(self) -> list[WeightStat]:
         now, scratch = self.now.load(self._locals()), self.scratch
         if self.spec is None:  # fixed once, from the reference weights: bins and ‖W₀‖²
@@ -72,8 +97,7 @@ class WeightProbe:
             self.spec = BinSpec.around(mins.tolist(), maxs.tolist(), self.bins)
             torch._foreach_copy_(scratch.views, self.ref.views)
             self._ref_sq = sum_of_squares_(scratch)
-        mom = moments(now, scratch)
-        self._before_sq = mom[:, 2] + mom[:, 0] * mom[:, 1] ** 2  # Σ W², for the next epoch's first update
+        mom = self._moments_before_update(now)  # Σ W², for the next epoch's first update
         torch.sub(now.buf, self.ref.buf, out=scratch.buf)  # exact where it matters: W_t close to W_0
         diff_sq = sum_of_squares_(scratch)
         update = self._update
