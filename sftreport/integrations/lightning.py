@@ -54,9 +54,11 @@ except ImportError:  # pragma: no cover - exercised in a process without Lightni
 
 from sftreport.config import RecordOptions
 from sftreport.errors import UserError
+from sftreport.integrations.sharing import RankShare
 from sftreport.record.gradients import skipped_by_scaler
 from sftreport.record.recorder import Recorder, RunDescription, dataset_size
 from sftreport.record.reference import load_reference
+from sftreport.record.sharded import is_sharded
 from sftreport.schema import RunStatus
 from sftreport.store import check_output_path, check_run_dir_free, recorded_steps
 
@@ -167,7 +169,8 @@ class SFTReport(pl.Callback):
             run.planned_epochs = trainer.max_epochs
         val_data = self.val_data
         if val_data is not None and trainer.world_size > 1:
-            val_data = _RankShare(val_data, trainer.global_rank, trainer.world_size)
+            # a sharded model's forward is a collective: then every process runs as many batches
+            val_data = RankShare(val_data, trainer.global_rank, trainer.world_size, equal=is_sharded(pl_module))
         return Recorder(
             pl_module,
             probe=self.probe,
@@ -350,19 +353,6 @@ class SFTReport(pl.Callback):
         else:
             status, detail = "failed", f"{type(exception).__name__} in epoch {rec.epoch + 1}: {exception}"
         rec.finish(status=status, detail=detail[:500], out=self.out)
-
-
-class _RankShare:
-    """Every `world`-th batch of the validation data, from the `rank`-th: the recorder's evaluation sums its
-    counts over the processes, so each batch must be evaluated by exactly one of them. (Each process still
-    reads every batch and skips the others': the user's DataLoader is used as given.)"""
-
-    def __init__(self, data: Iterable, rank: int, world: int):
-        self.data, self.rank, self.world = data, rank, world
-        self.dataset = getattr(data, "dataset", None)  # its size, for run.json
-
-    def __iter__(self):
-        return (b for i, b in enumerate(self.data) if i % self.world == self.rank)
 
 
 def _batch_size(batch: Any) -> int:

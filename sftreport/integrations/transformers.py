@@ -58,8 +58,10 @@ except ImportError:  # pragma: no cover - exercised in a process without transfo
 
 from sftreport.config import RecordOptions
 from sftreport.errors import UserError
+from sftreport.integrations.sharing import RankShare
 from sftreport.record.gradients import skipped_by_scaler
 from sftreport.record.recorder import Recorder, RunDescription, dataset_size, environment
+from sftreport.record.sharded import is_sharded
 from sftreport.schema import RunStatus
 from sftreport.store import check_output_path, check_run_dir_free
 
@@ -87,19 +89,16 @@ class EvalBatches:
             data = DataLoader(data, batch_size=batch_size, collate_fn=collate_fn)  # type: ignore[arg-type]
         self.data, self.inputs, self.labels = data, inputs, labels
         self.dataset = getattr(data, "dataset", None)  # its size, for run.json
-        self.rank, self.world = 0, 1
+        self.share_of: RankShare | None = None
 
-    def share(self, rank: int, world: int) -> EvalBatches:
-        """Every `world`-th batch from the `rank`-th: the recorder's evaluation sums its counts over the
-        processes, so each batch must be evaluated by exactly one of them."""
+    def share(self, rank: int, world: int, equal: bool = False) -> EvalBatches:
+        """This process's share of the batches under torchrun (see integrations/sharing.py)."""
         part = copy.copy(self)
-        part.rank, part.world = rank, world
+        part.share_of = RankShare(self.data, rank, world, equal)
         return part
 
     def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
-        for i, batch in enumerate(self.data):
-            if i % self.world != self.rank:
-                continue
+        for batch in self.share_of if self.share_of is not None else self.data:
             if isinstance(batch, Mapping):
                 if self.inputs not in batch or self.labels not in batch:
                     raise UserError(
@@ -179,7 +178,7 @@ class SFTReportCallback(TrainerCallback):
             precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
             run.environment = environment(next(model.parameters()).device, precision, world)
         if isinstance(val_data, EvalBatches) and world > 1:
-            val_data = val_data.share(torch.distributed.get_rank(), world)
+            val_data = val_data.share(torch.distributed.get_rank(), world, equal=is_sharded(model))
         with _isolated_rng():  # evaluating draws from the global generator (a DataLoader iterator's seed)
             rec = Recorder(
                 model,
