@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from helpers.lightning_module import BATCH, Finetune, digits
 from lightning.pytorch.callbacks import ModelCheckpoint
+from support import record_differences
 from torch.utils.data import DataLoader
 
 from sftreport.config import RecordOptions
@@ -577,3 +578,49 @@ def test_a_checkpoint_loaded_by_validate_does_not_make_a_later_fit_resume(tmp_pa
     trainer(callbacks=[cb]).fit(Finetune(), DataLoader(train, batch_size=BATCH))
     assert [e.epoch for e in read_run(tmp_path / "new").epochs] == [0, 1, 2]
     assert (uninterrupted / "run" / EPOCHS_FILE).read_bytes() == before
+
+
+def test_an_fsdp2_fit_records_every_number_of_the_same_fit_in_one_process(tmp_path: Path):
+    """Lightning's ModelParallelStrategy with fully_shard (FSDP2) over 2 CPU processes, against the same linear
+    probe in one process (tests/helpers/lightning_fsdp.py): every recorded number equal to 1e-5, counts
+    exactly; the second process's empty validation batch lets it join the writer's sharded forwards."""
+    script = Path(__file__).parent / "helpers" / "lightning_fsdp.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(script.parent), *sys.path])}
+    for name, devices in (("one", "1"), ("fsdp", "2")):
+        r = subprocess.run(
+            [sys.executable, str(script), str(tmp_path / name), devices],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+    one, fsdp = (
+        [json.loads(line) for line in (tmp_path / n / "epochs.jsonl").read_text().splitlines()] for n in ("one", "fsdp")
+    )
+    assert [e["epoch"] for e in fsdp] == [0, 1, 2]
+    assert record_differences(one, fsdp) == []
+    run = read_run(tmp_path / "fsdp")
+    assert run.info.environment.sharding == "fsdp" and run.info.environment.world_size == 2
+    assert all(e.val is not None and e.val.count == 64 for e in run.epochs)
+    assert [g.samples for g in run.epochs[-1].gradients] == [3, 3]  # the head's weight and bias, every step
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fsdp", "fsdp.html", "one", "one.html"]
+
+
+def test_lightnings_fsdp1_strategy_is_refused_in_one_line_at_fit_start(tmp_path: Path):
+    """Lightning runs FSDPStrategy on GPUs only, so the callback's fit start is called here by hand with it."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    _, val = digits()
+    cb = SFTReport(probe=(val.tensors[0][:8], val.tensors[1][:8]), run_dir=tmp_path / "run")
+    with pytest.raises(UserError) as e:
+        cb.on_fit_start(SimpleNamespace(strategy=FSDPStrategy(), ckpt_path=None), Finetune())  # type: ignore[arg-type]
+    assert str(e.value) == (
+        "SFTReport cannot read parameters under Lightning's FSDPStrategy (FSDP1 flattens the parameters into "
+        "per-process shards that are not DTensors); sharded training is recorded under ModelParallelStrategy with "
+        "fully_shard (FSDP2)"
+    )
+    assert not (tmp_path / "run").exists() and cb.recorder is None

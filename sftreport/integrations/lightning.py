@@ -62,6 +62,12 @@ from sftreport.record.sharded import is_sharded
 from sftreport.schema import RunStatus
 from sftreport.store import check_output_path, check_run_dir_free, recorded_steps
 
+# strategies whose parameters the recorder cannot read as whole tensors or as DTensor shards
+_UNREAD_STRATEGIES = {
+    "FSDPStrategy": "FSDP1 flattens the parameters into per-process shards that are not DTensors",
+    "DeepSpeedStrategy": "DeepSpeed partitions the parameters itself",
+}
+
 
 class SFTReport(pl.Callback):
     def __init__(
@@ -135,6 +141,12 @@ class SFTReport(pl.Callback):
         resume = self._restored if trainer.ckpt_path is not None else None
         self._state, self._resuming, self._restored = {}, None, None
         self._replayed_end_at = None
+        unread = next((c.__name__ for c in type(trainer.strategy).__mro__ if c.__name__ in _UNREAD_STRATEGIES), None)
+        if unread:  # every process sees the same strategy: each refuses on its own
+            raise UserError(
+                f"SFTReport cannot read parameters under Lightning's {unread} ({_UNREAD_STRATEGIES[unread]}); "
+                "sharded training is recorded under ModelParallelStrategy with fully_shard (FSDP2)"
+            )
         # what only rank 0 checks (its report files, its run directory) is agreed by every rank before any
         # collective, so a refusal ends every process instead of leaving the others waiting in the first one
         refusal: Exception | None = None

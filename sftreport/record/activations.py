@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sftreport.errors import UserError
-from sftreport.record.sharded import type_name
+from sftreport.record.sharded import plain_class, type_name
 from sftreport.record.stats import (
     BinGrid,
     BinSpec,
@@ -51,7 +51,7 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
         len(with_params) == 1
         and not any(True for _ in model.parameters(recurse=False))
         and head.startswith(with_params[0][0] + ".")
-        and type(with_params[0][1]) not in _CONTAINERS
+        and plain_class(with_params[0][1]) not in _CONTAINERS
     ):
         name, inner = with_params[0]
         return [f"{name}.{n}" for n in default_modules(inner, head[len(name) + 1 :])]
@@ -62,7 +62,7 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
         two-module branches of an Inception block."""
         for c in m.children():
             kids = list(c.children())
-            if type(c) in _CONTAINERS and len(kids) >= 3 and len({type(k) for k in kids}) == 1:
+            if plain_class(c) in _CONTAINERS and len(kids) >= 3 and len({plain_class(k) for k in kids}) == 1:
                 return True
         return False
 
@@ -71,7 +71,7 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
             full = f"{prefix}.{name}" if prefix else name
             if full == head or isinstance(child, _SKIP):
                 continue
-            if type(child) in _CONTAINERS:
+            if plain_class(child) in _CONTAINERS:
                 walk(full, child, True)
             elif in_container:
                 blocks.append(full)
@@ -94,7 +94,7 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
             for n, m in model.named_children()
             if order[n] < first
             and not blocks[0].startswith(n + ".")
-            and type(m) not in _CONTAINERS
+            and plain_class(m) not in _CONTAINERS
             and not isinstance(m, _SKIP)
         ]
         stem = tops[-1] if tops else None

@@ -32,12 +32,16 @@ def is_sharded(model: nn.Module) -> bool:
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def type_name(module: object) -> str:
-    """The class name a user knows: `fully_shard` swaps a module's class for a subclass named FSDP<Name>."""
+def plain_class(module: object) -> type:
+    """The class a user wrote: `fully_shard` swaps a module's class for a subclass named FSDP<Name>."""
     cls = type(module)
     if cls.__name__.startswith("FSDP") and any(b.__name__ == "FSDPModule" for b in cls.__mro__):
         cls = next(b for b in cls.__mro__[1:] if b.__name__ != "FSDPModule" and not b.__name__.startswith("FSDP"))
-    return cls.__name__
+    return cls
+
+
+def type_name(module: object) -> str:
+    return plain_class(module).__name__
 
 
 def reshard(model: nn.Module) -> None:
