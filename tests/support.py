@@ -143,35 +143,38 @@ def activation_pass(model, modules: list[str], first, later=None, bins: int = 8,
     return probe.collect()
 
 
-def record_differences(one: list[dict], two: list[dict]) -> list[tuple]:
-    """Where two runs' epochs.jsonl records differ (timings and file names aside): floats beyond 1e-5
-    relative, anything else (counts, histogram bins, names, lengths) at all."""
+def record_differences(
+    one: list, two: list, rel: float = 1e-5, abs_tol: float = 1e-9, skip: tuple[str, ...] = ("timing", "weights_file")
+) -> list[tuple]:
+    """Where two runs' epoch records (epochs.jsonl lines as dicts, or EpochSnapshots) differ, the fields in
+    `skip` aside: floats beyond `rel` relative (or `abs_tol`), anything else (counts, histogram bins, names,
+    lengths) at all. NaN equals NaN."""
     out: list = []
     if len(one) != len(two):
         return [("epochs", len(one), len(two))]
     for a, b in zip(one, two):
-        _differences(a, b, f"epoch {a['epoch']}", out)
+        a, b = (x if isinstance(x, dict) else x.model_dump() for x in (a, b))
+        _differences(a, b, f"epoch {a['epoch']}", out, rel, abs_tol, tuple(f".{k}" for k in skip))
     return out
 
 
-def _differences(a, b, path: str, out: list) -> None:
-    """Every place where two stored records differ: floats beyond 1e-5 relative, anything else at all."""
-    if path.endswith((".timing", ".weights_file")):
+def _differences(a, b, path: str, out: list, rel: float, abs_tol: float, skip: tuple[str, ...]) -> None:
+    if skip and path.endswith(skip):
         return
     if isinstance(a, dict) and isinstance(b, dict):
         if a.keys() != b.keys():
             out.append((path, sorted(a.keys() ^ b.keys())))
             return
         for k in a:
-            _differences(a[k], b[k], f"{path}.{k}", out)
+            _differences(a[k], b[k], f"{path}.{k}", out, rel, abs_tol, skip)
     elif isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             out.append((path, len(a), len(b)))
             return
         for i, (u, v) in enumerate(zip(a, b)):
-            _differences(u, v, f"{path}[{i}]", out)
-    elif isinstance(a, float) or isinstance(b, float):
-        if not (math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9) or (math.isnan(a) and math.isnan(b))):
+            _differences(u, v, f"{path}[{i}]", out, rel, abs_tol, skip)
+    elif isinstance(a, float) and isinstance(b, float):
+        if not (math.isclose(a, b, rel_tol=rel, abs_tol=abs_tol) or (math.isnan(a) and math.isnan(b))):
             out.append((path, a, b))
-    elif a != b:  # integers (counts, histogram bins), strings, booleans: exactly
+    elif a != b:  # integers (counts, histogram bins), strings, booleans, a float against anything else
         out.append((path, a, b))

@@ -413,28 +413,6 @@ def uninterrupted(tmp_path_factory) -> Path:
     return root
 
 
-def _numbers(snap: EpochSnapshot) -> dict:
-    d = snap.model_dump()
-    del d["timing"]
-    return d
-
-
-def _assert_same(a, b, where: str = "") -> None:
-    """Equal, floats to 1e-6 relative."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float):
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-12, nan_ok=True), where
-    else:
-        assert a == b, where
-
-
 def test_a_fit_resumed_from_a_checkpoint_continues_its_run_as_if_never_interrupted(tmp_path: Path, uninterrupted):
     """A fit of 3 epochs fails in epoch 2; a new Trainer resumes it from epoch 1's checkpoint: one run directory
     with epochs 0–3 whose every number (the relative change from the original W₀, histograms, updates,
@@ -448,8 +426,7 @@ def test_a_fit_resumed_from_a_checkpoint_continues_its_run_as_if_never_interrupt
     assert cb.recorder is None and cb.state_dict()["epoch"] == 3
     once, twice = read_run(uninterrupted / "run"), read_run(tmp_path / "run")
     assert [e.epoch for e in twice.epochs] == [0, 1, 2, 3] and [e.step for e in twice.epochs] == [0, 4, 8, 12]
-    for a, b in zip(once.epochs, twice.epochs, strict=True):
-        _assert_same(_numbers(a), _numbers(b), f"epoch {a.epoch}")
+    assert record_differences(once.epochs, twice.epochs, rel=1e-6, abs_tol=1e-12, skip=("timing",)) == []
     w0 = {s.name: s.ref_sq for s in once.epochs[0].weights}
     assert all(s.ref_sq == w0[s.name] and s.diff_sq > 0 and s.update_sq for s in twice.epochs[2].weights)
     for name in sorted(p.name for p in (uninterrupted / "run" / "assets").iterdir()):
@@ -478,8 +455,8 @@ def test_a_resume_from_an_earlier_checkpoint_moves_the_later_epochs_aside(tmp_pa
     assert (spy_dir / SUPERSEDED_FILE).read_bytes() == b"".join(lines[2:])
     run = read_run(spy_dir)
     assert [e.epoch for e in run.epochs] == [0, 1, 2, 3]
-    for old, new in zip([EpochSnapshot.model_validate_json(x) for x in lines[2:]], run.epochs[2:], strict=True):
-        _assert_same(_numbers(old), _numbers(new), f"epoch {old.epoch}")
+    old = [EpochSnapshot.model_validate_json(x) for x in lines[2:]]
+    assert record_differences(old, run.epochs[2:], rel=1e-6, abs_tol=1e-12, skip=("timing",)) == []
     assert run.info.status == "completed" and run.info.status_detail == (
         "resumed from a checkpoint after epoch 1; epochs 2–3 recorded after that checkpoint were moved to "
         "epochs.superseded.jsonl; previous status: completed"

@@ -5,13 +5,13 @@ are moved aside, not lost; a run that cannot be continued is refused in one line
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from support import record_differences
 from torch import nn
 
 from sftreport.config import RecordOptions
@@ -86,28 +86,6 @@ def _restart(
     return running
 
 
-def _numbers(snap: EpochSnapshot) -> dict:
-    d = snap.model_dump()
-    del d["timing"]
-    return d
-
-
-def _assert_same(a, b, where: str = "") -> None:
-    """Equal, floats to 1e-6 relative (the resumed run computes the same things in the same order)."""
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, list):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_same(x, y, f"{where}[{i}]")
-    elif isinstance(a, float) and not (math.isnan(a) and math.isnan(b)):
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-12), where
-    else:
-        assert a == b or (a != a and b != b), where
-
-
 @pytest.mark.parametrize("save_weights", ["last", "every"])
 def test_a_resumed_loop_records_what_the_uninterrupted_loop_records(tmp_path: Path, save_weights: str):
     _start(tmp_path / "once", 3, save_weights)
@@ -119,8 +97,7 @@ def test_a_resumed_loop_records_what_the_uninterrupted_loop_records(tmp_path: Pa
     )
     once, twice = read_run(tmp_path / "once"), read_run(tmp_path / "twice")
     assert [e.epoch for e in twice.epochs] == [0, 1, 2, 3] and [e.step for e in twice.epochs] == [0, 3, 6, 9]
-    for a, b in zip(once.epochs, twice.epochs, strict=True):
-        _assert_same(_numbers(a), _numbers(b), f"epoch {a.epoch}")
+    assert record_differences(once.epochs, twice.epochs, rel=1e-6, abs_tol=1e-12, skip=("timing",)) == []
     last = twice.epochs[-1]
     assert all(w.update_sq is not None for w in last.weights) and last.cka and last.images is not None
     assert twice.info.status == "completed" and twice.info.planned_epochs == 3
@@ -167,8 +144,8 @@ def test_lines_recorded_after_the_checkpoint_are_moved_aside_and_recorded_again(
     run = read_run(run_dir)
     assert [e.epoch for e in run.epochs] == [0, 1, 2, 3]
     moved = [EpochSnapshot.model_validate_json(line) for line in lines[2:]]
-    for a, b in zip(moved, run.epochs[2:], strict=True):  # the same training again: the same numbers
-        _assert_same(_numbers(a), _numbers(b), f"epoch {a.epoch}")
+    # the same training again: the same numbers
+    assert record_differences(moved, run.epochs[2:], rel=1e-6, abs_tol=1e-12, skip=("timing",)) == []
     assert run.info.status_detail.startswith("stopped by hand; resumed from a checkpoint after epoch 1; epochs 2–3")
     assert sorted(p.name for p in (run_dir / "weights").iterdir()) == [
         "epoch_000.pt",
