@@ -49,9 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = r.add_argument
     a("--config", type=Path, metavar="FILE.toml", help="TOML file with the same fields; flags override it")
     a("--name", help="run name shown in the report")
-    a("--model", help="torchvision classification model (resnet50, vit_b_16, ...) or digits_resnet (default)")
+    a(
+        "--model",
+        help="torchvision classification model (resnet50, vit_b_16, ...), or sftreport's own: digits_resnet "
+        "(default), digits_lstm, digits_transformer",
+    )
     a("--weights", help="none | torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | path to a state_dict file")
-    a("--dataset", help="digits (default) | cifar10 | imagefolder")
+    a("--dataset", help="digits (default) | digits-seq (the same, as sequences of rows) | cifar10 | imagefolder")
     a("--data-root", type=Path, metavar="DIR", help="cifar10: DIR/cifar-10-batches-py; imagefolder: DIR/train, DIR/val")
     a("--download", action="store_const", const=True, help="let torchvision download CIFAR-10 into --data-root")
     a("--image-size", type=int, metavar="PX", help="input side in pixels (default: the dataset's own; 224 for ViT)")
@@ -109,7 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of a run directory's files")
 
-    t = sub.add_parser("pretrain", help="rebuild the embedded default's pretrained checkpoint (digits 0-4)")
+    t = sub.add_parser("pretrain", help="rebuild an embedded model's pretrained checkpoint (digits 0-4)")
+    t.add_argument(
+        "--model",
+        default="digits_resnet",
+        choices=["digits_resnet", "digits_lstm", "digits_transformer"],
+        help="which embedded model (default digits_resnet)",
+    )
     t.add_argument("--out", type=Path, help="where to write it (default: inside the installed package)")
     t.add_argument("--epochs", type=_positive_int, default=30)
     t.add_argument("--seed", type=int, default=0)
@@ -177,11 +187,12 @@ def cmd_schema(ns: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(ns: argparse.Namespace) -> int:
-    from sftreport.train.pretrain import PACKAGE_WEIGHTS, pretrain_digits
+    from sftreport.train.models import EMBEDDED
+    from sftreport.train.pretrain import WEIGHTS_DIR, pretrain_digits
 
-    out = ns.out or PACKAGE_WEIGHTS
+    out = ns.out or WEIGHTS_DIR / EMBEDDED[ns.model].weights_file(ns.model)
     check_output_path(out)
-    pretrain_digits(out, epochs=ns.epochs, seed=ns.seed)
+    pretrain_digits(out, epochs=ns.epochs, seed=ns.seed, model_name=ns.model)
     return ExitCode.COMPLETED
 
 

@@ -10,11 +10,17 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sftreport.errors import UserError, validation_message
 
 DEFAULT_MODEL = "digits_resnet"
+# what a model is fine-tuned with unless the config says otherwise: the sequence models learn slowly with
+# SGD at 0.01 (the LSTM reaches 74 % on digits 5–9 in 10 epochs, 98.7 % with AdamW at 0.003; measured)
+MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits_lstm": {"optimizer": "adamw", "lr": 0.003},
+    "digits_transformer": {"optimizer": "adamw", "lr": 0.003},
+}
 REPORT_FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md"}  # extension -> format
 _STRATEGY = re.compile(r"^(full|linear-probe|freeze-until:[A-Za-z0-9_.]+)$")
 
@@ -45,12 +51,15 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     name: str | None = Field(None, description="run name shown in the report")
-    model: str = Field(DEFAULT_MODEL, description="torchvision classification model name, or digits_resnet")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="torchvision classification model name, or digits_resnet, digits_lstm, digits_transformer",
+    )
     weights: str = Field(
         "DEFAULT",
         description="none | a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | a path to a state_dict file",
     )
-    dataset: Literal["digits", "cifar10", "imagefolder"] = "digits"
+    dataset: Literal["digits", "digits-seq", "cifar10", "imagefolder"] = "digits"
     data_root: Path | None = None
     download: bool = Field(False, description="let torchvision download CIFAR-10 into data_root")
     image_size: int | None = Field(
@@ -81,6 +90,13 @@ class RunConfig(BaseModel):
     run_dir: Path | None = None
     quiet: bool = False
     record: RecordOptions = Field(default_factory=RecordOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("model") in MODEL_DEFAULTS:
+            data = {**MODEL_DEFAULTS[data["model"]], **data}
+        return data
 
     @field_validator("strategy")
     @classmethod

@@ -196,16 +196,18 @@ def load_cifar10(root: Path, download: bool) -> tuple[ImageTensors, ImageTensors
 
 def load_data(cfg: RunConfig, default_size: int | None) -> DataBundle:
     """The dataset named by the config, with its probe set chosen."""
-    if cfg.dataset == "digits":
+    if cfg.dataset in ("digits", "digits-seq"):
         train, val = load_digits_split(DIGITS_TARGET_CLASSES)
+        sequences = cfg.dataset == "digits-seq"
         bundle = DataBundle(
-            "digits",
+            cfg.dataset,
             [str(c) for c in DIGITS_TARGET_CLASSES],
-            cfg.image_size or default_size or 32,
+            cfg.image_size or default_size or (8 if sequences else 32),
             train,
             val,
             hflip=False,
-            source="scikit-learn's bundled handwritten digits (8×8), classes 5–9",
+            source="scikit-learn's bundled handwritten digits (8×8), classes 5–9"
+            + (", read as sequences of 8 rows of 8 pixels" if sequences else ""),
         )
     elif cfg.dataset == "cifar10":
         if cfg.data_root is None:

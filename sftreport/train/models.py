@@ -20,9 +20,31 @@ from torch import nn
 from sftreport.errors import UserError, one_line
 from sftreport.record.architecture import classifier_head
 from sftreport.train.digits_resnet import DigitsResNet
+from sftreport.train.digits_seq import DigitsLSTM, DigitsTransformer
 
 DIGITS_MODEL = "digits_resnet"
-DIGITS_WEIGHTS_FILE = "digits_resnet_0to4.pt"  # shipped inside the package, made by `sftreport pretrain`
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model sftreport pretrains itself on digits 0–4 (`sftreport pretrain --model NAME`) and ships."""
+
+    build: type[nn.Module]
+    image_size: int  # the input side it reads
+    what: str  # how it reads the digits, in words
+
+    def weights_file(self, name: str) -> str:
+        return f"{name}_0to4.pt"  # inside the package, in sftreport/train/weights/
+
+
+EMBEDDED = {
+    DIGITS_MODEL: EmbeddedModel(DigitsResNet, 32, "a small ResNet"),
+    "digits_lstm": EmbeddedModel(DigitsLSTM, 8, "a 2-layer LSTM reading each image's 8 rows as time steps"),
+    "digits_transformer": EmbeddedModel(
+        DigitsTransformer, 8, "a 3-layer Transformer encoder reading each image's 8 rows as tokens"
+    ),
+}
+DIGITS_WEIGHTS_FILE = EMBEDDED[DIGITS_MODEL].weights_file(DIGITS_MODEL)
 
 
 @dataclass
@@ -35,21 +57,21 @@ class ModelBundle:
 
 def default_image_size(name: str) -> int | None:
     """The input side a model needs whatever the dataset (None: the dataset's own size works)."""
-    if name == DIGITS_MODEL:
-        return 32
+    if name in EMBEDDED:
+        return EMBEDDED[name].image_size
     return 224 if name.startswith(("vit_", "swin", "maxvit")) else None
 
 
 def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
-    if name == DIGITS_MODEL:
-        model: nn.Module = DigitsResNet()
+    if name in EMBEDDED:
+        model: nn.Module = EMBEDDED[name].build()
     else:
         import torchvision  # a second to import: only for the models that need it
 
         if name not in torchvision.models.list_models(module=torchvision.models):
             raise UserError(
                 f"unknown model {name!r}: use a torchvision classification model "
-                f"(e.g. resnet50, vit_b_16) or {DIGITS_MODEL}"
+                f"(e.g. resnet50, vit_b_16) or one of sftreport's own: {', '.join(EMBEDDED)}"
             )
         kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
         model = torchvision.models.get_model(name, weights=None, **kwargs)
@@ -85,16 +107,16 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
     path = Path(weights).expanduser()
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.exists() or "/" in weights:
         return _load_file(path), f"file {path}"
-    if name == DIGITS_MODEL:
+    if name in EMBEDDED:
         if weights.upper() != "DEFAULT":
-            raise UserError(
-                f"{DIGITS_MODEL} has one set of weights, DEFAULT (or none, or a file path), not {weights!r}"
-            )
-        ref = resources.files("sftreport.train").joinpath("weights", DIGITS_WEIGHTS_FILE)
+            raise UserError(f"{name} has one set of weights, DEFAULT (or none, or a file path), not {weights!r}")
+        ref = resources.files("sftreport.train").joinpath("weights", EMBEDDED[name].weights_file(name))
         with resources.as_file(ref) as p:
             if not p.exists():
-                raise UserError(f"the embedded weights {p} are missing: rebuild them with `sftreport pretrain`")
-            return _load_file(p), "sftreport's digits_resnet, pretrained on digits 0–4"
+                raise UserError(
+                    f"the embedded weights {p} are missing: rebuild them with `sftreport pretrain --model {name}`"
+                )
+            return _load_file(p), f"sftreport's {name}, pretrained on digits 0–4"
     import torchvision
 
     try:

@@ -1,8 +1,9 @@
-"""Pretraining of the embedded default's model: DigitsResNet on digits 0–4 (the source task).
+"""Pretraining of the embedded models (digits_resnet, digits_lstm, digits_transformer) on digits 0–4, the
+source task.
 
-`sftreport pretrain` rebuilds the checkpoint shipped in sftreport/train/weights/ from scratch, on the
-CPU, deterministically (fixed seed, single thread order of the in-memory pipeline). The default run then
-fine-tunes it on digits 5–9 with a new head: real transfer learning on data that ships with scikit-learn.
+`sftreport pretrain [--model NAME]` rebuilds a checkpoint shipped in sftreport/train/weights/ from scratch,
+on the CPU, deterministically (fixed seed, single thread order of the in-memory pipeline). The runs then
+fine-tune it on digits 5–9 with a new head: real transfer learning on data that ships with scikit-learn.
 """
 
 from __future__ import annotations
@@ -14,24 +15,35 @@ import torch.nn.functional as F
 
 from sftreport.record.evaluation import evaluate
 from sftreport.train.data import DIGITS_SOURCE_CLASSES, DevicePipeline, TrainBatches, load_digits_split
-from sftreport.train.digits_resnet import DigitsResNet
-from sftreport.train.models import DIGITS_WEIGHTS_FILE
+from sftreport.train.models import DIGITS_MODEL, EMBEDDED
 from sftreport.train.optim import make_optimizer, make_schedule
 
-PACKAGE_WEIGHTS = Path(__file__).parent / "weights" / DIGITS_WEIGHTS_FILE
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+PACKAGE_WEIGHTS = WEIGHTS_DIR / EMBEDDED[DIGITS_MODEL].weights_file(DIGITS_MODEL)
+# the optimizer each model learns well with from scratch (SGD suits the ResNet, AdamW the sequence models)
+RECIPES = {DIGITS_MODEL: ("sgd", 0.05), "digits_lstm": ("adamw", 0.01), "digits_transformer": ("adamw", 0.003)}
 
 
 def pretrain_digits(
-    out: Path = PACKAGE_WEIGHTS, epochs: int = 30, seed: int = 0, lr: float = 0.05, batch_size: int = 64, log=print
+    out: Path | None = None,
+    epochs: int = 30,
+    seed: int = 0,
+    batch_size: int = 64,
+    log=print,
+    model_name: str = DIGITS_MODEL,
 ) -> float:
-    """Train from scratch on digits 0–4, save the state_dict to `out`; return validation accuracy."""
+    """Train `model_name` from scratch on digits 0–4, save the state_dict to `out` (default: the package's
+    copy); return the validation accuracy."""
+    out = out or WEIGHTS_DIR / EMBEDDED[model_name].weights_file(model_name)
     torch.manual_seed(seed)
     device = torch.device("cpu")
     train_data, val_data = load_digits_split(DIGITS_SOURCE_CLASSES)
-    model = DigitsResNet(num_classes=len(DIGITS_SOURCE_CLASSES))
-    pipeline = DevicePipeline(device, 32, hflip=False, channels_last=False)
+    embedded = EMBEDDED[model_name]
+    model = embedded.build(num_classes=len(DIGITS_SOURCE_CLASSES))
+    pipeline = DevicePipeline(device, embedded.image_size, hflip=False, channels_last=False)
     batches = TrainBatches(train_data, batch_size, seed, 0, 1, device, None, None)
-    optimizer = make_optimizer(model.parameters(), "sgd", lr, momentum=0.9, weight_decay=5e-4)
+    kind, lr = RECIPES[model_name]
+    optimizer = make_optimizer(model.parameters(), kind, lr, momentum=0.9, weight_decay=5e-4)
     schedule = make_schedule(optimizer, "cosine", epochs * len(batches))
     val = [(pipeline.eval_batch(val_data.images), val_data.labels)]
     for epoch in range(1, epochs + 1):
