@@ -201,6 +201,28 @@ class Architecture(_Model):
 # --------------------------------------------------------------------------- per-epoch probes
 
 
+class GateStat(_Model):
+    """One gate's rows of a recurrent weight (LSTM: input, forget, cell, output; GRU: reset, update, new)."""
+
+    gate: str
+    diff_sq: NonNegative = Field(description="sum of (W_t - W_0)^2 over the gate's rows")
+    ref_sq: NonNegative = Field(description="sum of W_0^2 over the gate's rows")
+    update_sq: NonNegative | None = None
+    before_update_sq: NonNegative | None = None
+
+    @property
+    def rel_change(self) -> float:
+        if self.ref_sq == 0:
+            return 0.0 if self.diff_sq == 0 else math.inf
+        return math.sqrt(self.diff_sq / self.ref_sq)
+
+    @property
+    def update_ratio(self) -> float | None:
+        if self.update_sq is None or not self.before_update_sq:
+            return None
+        return math.sqrt(self.update_sq / self.before_update_sq)
+
+
 class WeightStat(_Model):
     name: str = Field(description="parameter name")
     module: str
@@ -213,6 +235,7 @@ class WeightStat(_Model):
     ref_sq: NonNegative = Field(description="sum of W_0^2")
     update_sq: NonNegative | None = Field(None, description="sum of (one optimizer step's update)^2")
     before_update_sq: NonNegative | None = Field(None, description="sum of W^2 before that step")
+    gates: list[GateStat] = Field([], description="a recurrent layer's weight or bias, split by gate")
 
     @model_validator(mode="after")
     def _sizes(self) -> WeightStat:
@@ -318,6 +341,39 @@ class Features(_Model):
     probe_accuracy: FractionOrNaN = Field(description="accuracy of the model's predictions on the probe set")
 
 
+class GateSaturation(_Model):
+    """How often a recurrent layer's gates sit in the flat tails of their nonlinearity over the probe
+    sequences (every sample and time step): sigmoid gates below 0.03 or above 0.97, tanh beyond ±0.97."""
+
+    module: str
+    layer: Count
+    direction: Literal["forward", "reverse"] = "forward"
+    gate: str = Field(description="input, forget, cell, output, cell state (LSTM); reset, update, new (GRU)")
+    saturated: Fraction
+    mean: float = Field(description="mean activation of the gate")
+
+
+class HiddenStates(_Model):
+    """A recurrent layer's hidden state over time for one probe sequence (the top layer, forward direction)."""
+
+    module: str
+    sample: Count = Field(description="index into the probe set")
+    values: list[list[float]] = Field(description="time steps × units")
+
+
+class AttentionStat(_Model):
+    """One attention head over the probe set: the entropy of its attention distributions (nats, averaged
+    over samples and queries) and how far its attention moved from the pretrained model's."""
+
+    module: str
+    head: Count
+    entropy: NonNegative
+    max_entropy: NonNegative = Field(description="log of the number of keys: the entropy of uniform attention")
+    change: Fraction | None = Field(
+        None, description="total variation distance to the pretrained model's attention, mean over samples and queries"
+    )
+
+
 class CKA(_Model):
     module: str
     value: FractionOrNaN = Field(description="linear CKA between the representation now and in the pretrained model")
@@ -404,6 +460,9 @@ class EpochSnapshot(_Versioned):
     activations: list[ActivationStat] = []
     features: Features | None = None
     cka: list[CKA] = []
+    gate_saturation: list[GateSaturation] = []
+    hidden_states: list[HiddenStates] = Field([], description="at the epochs whose images are kept")
+    attention: list[AttentionStat] = []
     images: Images | None = None
     weights_file: str | None = Field(
         None,

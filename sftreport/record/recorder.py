@@ -60,10 +60,12 @@ from sftreport.config import RecordOptions
 from sftreport.errors import StorageError, UserError, one_line
 from sftreport.record.activations import ActivationProbe, check_modules, default_modules
 from sftreport.record.architecture import classifier_head, describe
+from sftreport.record.attention import AttentionProbe, attention_modules
 from sftreport.record.evaluation import all_reduce_sum, evaluate, logits_of
 from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
 from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
+from sftreport.record.recurrent import RecurrentProbe, recurrent_modules
 from sftreport.record.reference import (
     check_identity,
     identity,
@@ -204,6 +206,8 @@ class _Probes:
     grads: GradientProbe
     activations: ActivationProbe | None
     features: FeatureProbe | None
+    recurrent: RecurrentProbe | None = None  # LSTM/GRU gates over the probe sequences (the model has them)
+    attention: AttentionProbe | None = None  # multi-head attention entropy and change (the model has it)
 
 
 class Recorder:
@@ -297,6 +301,11 @@ class Recorder:
                 features=FeatureProbe(self.head, self.probe_y, self.num_classes, self.options.knn_k, self.options.tsne)
                 if writes
                 else None,
+                # the recurrent probe runs its modules again on the writer alone: not under sharding
+                recurrent=RecurrentProbe(recurrent_modules(model))
+                if writes and not self.sharded and recurrent_modules(model)
+                else None,
+                attention=AttentionProbe(attention_modules(model)) if writes and attention_modules(model) else None,
             )
         if self.options.enabled and self.writer is not None:
             self.saver = WeightSaver(self.writer, self.options.save_weights)
@@ -355,6 +364,7 @@ class Recorder:
                 "weights": {"file": weights_file} if weights_file else None,
                 "activations": self.probes.activations.state_dict(),
                 "features": self.probes.features.state_dict(),
+                "attention": self.probes.attention.state_dict() if self.probes.attention else {},
                 "map_channels": self._map_channels,
             }
         save_reference(self.writer, state)
@@ -397,6 +407,8 @@ class Recorder:
             self.probes.weights.load_state_dict(saved["weights"])
             self.probes.activations.load_state_dict(saved["activations"])
             self.probes.features.load_state_dict(saved["features"])
+            if self.probes.attention is not None:  # a run recorded before attention was probed has none
+                self.probes.attention.load_state_dict(saved.get("attention", {}))
             self._map_channels = saved["map_channels"]
         moved = writer.supersede_after(after)
         run = read_run(writer.root)
@@ -607,9 +619,21 @@ class Recorder:
             if first:  # histogram ranges come from the pretrained model's activations
                 self._probe_pass(probes.activations, want_hist=False, want_reps=False)
                 probes.activations.fix_bins()
-            feats, logits = self._probe_pass(probes.activations, want_hist=True, want_reps=True)
+            with (
+                probes.recurrent.hooks(self.model) if probes.recurrent else nullcontext(),
+                probes.attention.hooks(self.model) if probes.attention else nullcontext(),
+            ):
+                feats, logits = self._probe_pass(probes.activations, want_hist=True, want_reps=True)
             snap.activations, reps, maps = probes.activations.collect()
             lap("activations")
+            if probes.recurrent is not None:
+                snap.gate_saturation, snap.hidden_states = probes.recurrent.collect(
+                    self.model, want_hidden=self._want_images(snap.epoch)
+                )
+                lap("recurrent")
+            if probes.attention is not None:
+                snap.attention = probes.attention.collect(first)
+                lap("attention")
             snap.features, snap.cka = probes.features.measure(feats, logits, reps)
             lap("features")
             if self._want_images(snap.epoch):

@@ -9,6 +9,10 @@ Sharded parameters (FSDP2): the buffers hold this process's shards, and the stat
 across processes once per epoch end (see sharded.py), so they are those of the whole tensors; every
 process must then call `measure` and `after_step`.
 
+Recurrent layers' weights hold their gates' rows stacked (see recurrent.py): their sums of squares are
+also split by gate, from the same squared buffers (a row-block sum each), so that the relative change and
+the update ratio of every gate come at almost no cost (not under sharding, whose shards cut across gates).
+
 A resumed run restores W₀ (`load_state_dict`) instead of taking the model as it is: the relative change is
 always measured from the pretrained weights, and the histogram bins fixed from them come out the same.
 """
@@ -19,6 +23,7 @@ import torch
 from torch import nn
 
 from sftreport.errors import UserError
+from sftreport.record.recurrent import gate_rows
 from sftreport.record.sharded import is_sharded, locals_of, merge_across, range_across, sum_across
 from sftreport.record.stats import (
     BinSpec,
@@ -29,7 +34,7 @@ from sftreport.record.stats import (
     stats_from_rows,
     sum_of_squares_,
 )
-from sftreport.schema import WeightStat
+from sftreport.schema import GateStat, WeightStat
 
 
 class WeightProbe:
@@ -48,6 +53,17 @@ class WeightProbe:
         self.spec: BinSpec | None = None
         self._update: torch.Tensor | None = None  # (T, 2): update_sq, before_sq of one step
         self._awaiting_update = False
+        gates = {} if self.sharded else gate_rows(model)
+        self._gated = [(i, gates[n]) for i, n in enumerate(self.names) if n in gates]  # (tensor, its gates)
+        self._gate_update: torch.Tensor | None = None  # (G, 2) like _update, per gate
+        self._gate_before_sq: torch.Tensor | None = None
+        self._gate_ref_sq: torch.Tensor | None = None
+
+    def _gate_sums(self, squared: FlatBuffer) -> torch.Tensor | None:
+        """(G,) float64 sums of a squared buffer over each gate's rows, gates of all recurrent tensors in order."""
+        if not self._gated:
+            return None
+        return torch.cat([squared.views[i].view(len(g), -1).double().sum(1) for i, g in self._gated])
 
     def _locals(self) -> list[torch.Tensor]:
         """The tensors this process holds: each parameter's own shard when sharded, else the parameter."""
@@ -65,6 +81,9 @@ class WeightProbe:
             self.scratch.load(self._locals())
             self.scratch.buf.sub_(self.now.buf)
             self._update = torch.stack([sum_of_squares_(self.scratch), self._before_sq], dim=1)
+            gate_update = self._gate_sums(self.scratch)
+            if gate_update is not None and self._gate_before_sq is not None:
+                self._gate_update = torch.stack([gate_update, self._gate_before_sq], dim=1)
 
     @torch.no_grad()
     def load_state_dict(self, reference: dict[str, torch.Tensor]) -> None:
@@ -85,6 +104,10 @@ class WeightProbe:
         """The moments of the weights at an epoch end, keeping Σ W² for the next step's update-to-weight ratio."""
         mom = moments(now, self.scratch)
         self._before_sq = mom[:, 2] + mom[:, 0] * mom[:, 1] ** 2
+        if self._gated:
+            self._gate_before_sq = torch.cat(
+                [now.views[i].view(len(g), -1).double().square().sum(1) for i, g in self._gated]
+            )
         return mom
 
     @torch.no_grad()
@@ -97,9 +120,11 @@ class WeightProbe:
             self.spec = BinSpec.around(mins.tolist(), maxs.tolist(), self.bins)
             torch._foreach_copy_(scratch.views, self.ref.views)
             self._ref_sq = sum_of_squares_(scratch)
+            self._gate_ref_sq = self._gate_sums(scratch)
         mom = self._moments_before_update(now)  # Σ W², for the next epoch's first update
         torch.sub(now.buf, self.ref.buf, out=scratch.buf)  # exact where it matters: W_t close to W_0
         diff_sq = sum_of_squares_(scratch)
+        gate_diff = self._gate_sums(scratch)
         update = self._update
         sums = torch.cat([diff_sq[:, None], self._ref_sq[:, None]] + ([update] if update is not None else []), dim=1)
         if self.sharded:  # this process's min/max decide which of its shards need clamping; then combine
@@ -112,7 +137,8 @@ class WeightProbe:
             rows = torch.cat([mom, sums], dim=1).tolist()
             counts = histogram_counts(now, scratch, self.spec, [r[3] for r in rows], [r[4] for r in rows])
         hists = self.spec.histograms(counts.tolist())
-        self._awaiting_update, self._update = True, None
+        gates = self._gate_stats(gate_diff, self._gate_update if update is not None else None)
+        self._awaiting_update, self._update, self._gate_update = True, None, None
         out = []
         for i, (name, p) in enumerate(zip(self.names, self.params)):
             row = rows[i]
@@ -129,6 +155,31 @@ class WeightProbe:
                     ref_sq=row[7],
                     update_sq=row[8] if update is not None else None,
                     before_update_sq=row[9] if update is not None else None,
+                    gates=gates.get(i, []),
                 )
             )
+        return out
+
+    def _gate_stats(self, diff: torch.Tensor | None, update: torch.Tensor | None) -> dict[int, list[GateStat]]:
+        """Per recurrent tensor (by index), its gates' sums (one host transfer for all of them)."""
+        if diff is None or self._gate_ref_sq is None:
+            return {}
+        columns = [diff, self._gate_ref_sq] + ([update[:, 0], update[:, 1]] if update is not None else [])
+        rows = torch.stack(columns, dim=1).tolist()
+        out: dict[int, list[GateStat]] = {}
+        k = 0
+        for i, names in self._gated:
+            out[i] = []
+            for gate in names:
+                r = rows[k]
+                k += 1
+                out[i].append(
+                    GateStat(
+                        gate=gate,
+                        diff_sq=r[0],
+                        ref_sq=r[1],
+                        update_sq=r[2] if update is not None else None,
+                        before_update_sq=r[3] if update is not None else None,
+                    )
+                )
         return out
