@@ -519,6 +519,69 @@ class RunFrames:
         return pd.DataFrame(rows, columns=["epoch", "sample", "x", "y", "ci", "class"])
 
     @cached_property
+    def gates(self) -> pd.DataFrame:
+        """Recurrent weights split by gate: relative change and one step's update ratio per epoch."""
+        rows = [
+            {
+                "epoch": e.epoch,
+                "tensor": w.name,
+                "gate": g.gate,
+                "rel_change": num(g.rel_change),
+                "update_ratio": num(g.update_ratio),
+            }
+            for e in self.epochs
+            for w in e.weights
+            for g in w.gates
+        ]
+        return pd.DataFrame(rows, columns=["epoch", "tensor", "gate", "rel_change", "update_ratio"])
+
+    @cached_property
+    def gate_saturation(self) -> pd.DataFrame:
+        rows = [
+            {
+                "epoch": e.epoch,
+                "layer": f"{s.module} layer {s.layer}" + (" (reverse)" if s.direction == "reverse" else ""),
+                "gate": s.gate,
+                "saturated": s.saturated,
+                "mean": s.mean,
+            }
+            for e in self.epochs
+            for s in e.gate_saturation
+        ]
+        return pd.DataFrame(rows, columns=["epoch", "layer", "gate", "saturated", "mean"])
+
+    def hidden_states(self, sample: int) -> pd.DataFrame:
+        """One probe sequence's hidden state over time (time step × unit) at every epoch that kept it."""
+        rows = [
+            {"epoch": e.epoch, "module": h.module, "t": t, "unit": u, "value": v}
+            for e in self.epochs
+            for h in e.hidden_states
+            if h.sample == sample
+            for t, step in enumerate(h.values)
+            for u, v in enumerate(step)
+        ]
+        return pd.DataFrame(rows, columns=["epoch", "module", "t", "unit", "value"])
+
+    @cached_property
+    def attention(self) -> pd.DataFrame:
+        """Attention entropy (as a share of uniform attention's) and change per head, layers in network order."""
+        rows = [
+            {
+                "epoch": e.epoch,
+                "layer": a.module,
+                "head": a.head,
+                "entropy": a.entropy,
+                "entropy_share": a.entropy / a.max_entropy if a.max_entropy > 0 else NAN,
+                "change": num(a.change),
+                "order": self._order(a.module, i),
+            }
+            for e in self.epochs
+            for i, a in enumerate(e.attention)
+        ]
+        df = pd.DataFrame(rows, columns=["epoch", "layer", "head", "entropy", "entropy_share", "change", "order"])
+        return df.sort_values(["order", "head", "epoch"], kind="stable").reset_index(drop=True)
+
+    @cached_property
     def cka(self) -> pd.DataFrame:
         rows = []
         seen: dict[str, int] = {}

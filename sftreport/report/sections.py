@@ -16,7 +16,7 @@ import pandas as pd
 
 import sftreport
 from sftreport.errors import UserError
-from sftreport.report import charts, fmt, thresholds
+from sftreport.report import charts, charts_sequence, fmt, thresholds
 from sftreport.report.findings import derive_findings
 from sftreport.report.frames import RunFrames, choose_epochs
 from sftreport.report.model import (
@@ -599,6 +599,19 @@ class _Builder:
                 )
             )
         sec.blocks += blocks
+        gates = frames.gates
+        if not gates.empty and gates["epoch"].max() > 0:
+            sec.blocks.append(
+                self.chart(
+                    "gates",
+                    "Recurrent gates: what moved",
+                    "An LSTM's or GRU's weights hold one block of rows per gate (LSTM: input, forget, cell, output; "
+                    "GRU: reset, update, new). Left: each gate's relative change ‖Wₜ−W₀‖/‖W₀‖ from the "
+                    f"{self.start} at the last epoch; right: the update-to-weight ratio of that epoch's first step "
+                    "(log colour scale).",
+                    charts_sequence.gate_change(gates, (profile.panel - 320) // 2),
+                )
+            )
         return sec
 
     def grad_total(self) -> ChartBlock:
@@ -702,14 +715,69 @@ class _Builder:
                         ),
                     )
                 )
+        sec.blocks += self.sequence_blocks()
         sec.blocks.append(self.feature_maps())
         return sec
+
+    def sequence_blocks(self) -> list[Block]:
+        """Recurrent gate saturation, hidden states over time and attention heads, where the model has them."""
+        frames, profile = self.frames, self.profile
+        blocks: list[Block] = []
+        sat = frames.gate_saturation
+        if not sat.empty:
+            blocks.append(
+                self.chart(
+                    "gate-saturation",
+                    "Recurrent gate saturation",
+                    "Share of each gate's values in the flat tails of its nonlinearity over every probe sequence and "
+                    "time step: a sigmoid gate below 3 % or above 97 %, a tanh (the cell candidate, the cell state) "
+                    "beyond ±0.97. Saturated gates pass almost no gradient. Recomputed step by step from the layer's "
+                    "own input and weights, and checked against its output.",
+                    charts_sequence.gate_saturation(sat, profile.full),
+                )
+            )
+        hidden = frames.hidden_states(0)
+        kept = sorted(hidden["epoch"].unique().tolist())
+        if kept:
+            pair = [kept[0], kept[-1]] if len(kept) > 1 else kept
+            labels = [f"epoch {e}" + (f" ({self.start.split()[0]})" if e == 0 else "") for e in pair]
+            blocks.append(
+                self.chart(
+                    "hidden-states",
+                    "Hidden state over time, before and after",
+                    f"The top recurrent layer's hidden units (rows) at every time step (columns) for the first probe "
+                    f"sequence (class {frames.class_name(self.probe_label(0))}): epoch {pair[0]} against epoch {pair[-1]}.",
+                    charts_sequence.hidden_state_pair(hidden, pair, labels, (profile.panel - 120) // 2),
+                )
+            )
+        att = frames.attention
+        if not att.empty:
+            first, last = int(att["epoch"].min()), int(att["epoch"].max())
+            blocks.append(
+                self.chart(
+                    "attention",
+                    "Attention heads: entropy and change",
+                    "For every attention layer (rows) and head (columns) on the probe set: the entropy of its attention "
+                    "over the keys as a share of uniform attention's (100 %: attends everywhere alike; low: attends to "
+                    f"few tokens), at epoch {first} and epoch {last}, and the total-variation distance between its "
+                    f"attention at epoch {last} and at epoch {first} on the same queries (first 4 probe samples).",
+                    charts_sequence.attention_heads(att, first, last, (profile.panel - 320) // 3),
+                )
+            )
+        return blocks
+
+    def probe_label(self, sample: int) -> int:
+        probe = self.frames.run.info.probe
+        labels = probe.labels if probe is not None else []
+        return labels[sample] if sample < len(labels) else -1
 
     def feature_maps(self) -> Block:
         shots = [
             (e.epoch, e.images.feature_maps) for e in self.frames.image_epochs() if e.images and e.images.feature_maps
         ]
         if not shots:
+            if not self.frames.hidden_states(0).empty or not self.frames.attention.empty:
+                return Note("No layer outputs image-shaped (channels × height × width): no feature maps to draw.")
             return Note("No feature-map images were recorded.")
         cols = [shots[0]] if len(shots) == 1 else [shots[0], shots[-1]]
         keys = list(dict.fromkeys((m.module, m.sample) for _, maps in cols for m in maps))
