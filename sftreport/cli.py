@@ -51,11 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--name", help="run name shown in the report")
     a(
         "--model",
-        help="torchvision classification model (resnet50, vit_b_16, ...), or sftreport's own: digits_resnet "
-        "(default), digits_lstm, digits_transformer",
+        help="torchvision classification model (resnet50, vit_b_16, ...), sftreport's own: digits_resnet "
+        "(default), digits_lstm, digits_transformer, or hf:MODEL_ID (a Hugging Face text classifier, hub id or "
+        "local directory)",
     )
     a("--weights", help="none | torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | path to a state_dict file")
-    a("--dataset", help="digits (default) | digits-seq (the same, as sequences of rows) | cifar10 | imagefolder")
+    a(
+        "--dataset",
+        help="digits (default) | digits-seq (the same, as sequences of rows) | cifar10 | imagefolder | "
+        "text (DIR/train.jsonl and DIR/val.jsonl, or .csv; with --model hf:MODEL_ID)",
+    )
     a("--data-root", type=Path, metavar="DIR", help="cifar10: DIR/cifar-10-batches-py; imagefolder: DIR/train, DIR/val")
     a("--download", action="store_const", const=True, help="let torchvision download CIFAR-10 into --data-root")
     a("--image-size", type=int, metavar="PX", help="input side in pixels (default: the dataset's own; 224 for ViT)")

@@ -21,6 +21,7 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits_lstm": {"optimizer": "adamw", "lr": 0.003},
     "digits_transformer": {"optimizer": "adamw", "lr": 0.003},
 }
+HF_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 5e-5}  # the usual for fine-tuning a pretrained BERT
 REPORT_FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md"}  # extension -> format
 _STRATEGY = re.compile(r"^(full|linear-probe|freeze-until:[A-Za-z0-9_.]+)$")
 
@@ -59,7 +60,7 @@ class RunConfig(BaseModel):
         "DEFAULT",
         description="none | a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | a path to a state_dict file",
     )
-    dataset: Literal["digits", "digits-seq", "cifar10", "imagefolder"] = "digits"
+    dataset: Literal["digits", "digits-seq", "cifar10", "imagefolder", "text"] = "digits"
     data_root: Path | None = None
     download: bool = Field(False, description="let torchvision download CIFAR-10 into data_root")
     image_size: int | None = Field(
@@ -96,6 +97,8 @@ class RunConfig(BaseModel):
     def _model_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("model") in MODEL_DEFAULTS:
             data = {**MODEL_DEFAULTS[data["model"]], **data}
+        elif isinstance(data, dict) and str(data.get("model", "")).startswith("hf:"):
+            data = {**HF_DEFAULTS, **data}
         return data
 
     @field_validator("strategy")
@@ -116,6 +119,10 @@ class RunConfig(BaseModel):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
+        if v.startswith("hf:"):  # a Hugging Face hub id or a local directory
+            if len(v) == 3:
+                raise ValueError("hf: needs a model id or a directory after it (hf:MODEL_ID)")
+            return v
         if not re.fullmatch(r"[A-Za-z0-9_]+", v):
             raise ValueError("is not a model name")
         return v

@@ -485,9 +485,10 @@ class DatasetInfo(_Model):
     classes: list[str]
     train_size: Count
     val_size: Count
-    image_size: Count
+    image_size: Count = Field(description="the input side in pixels; for text, the sequence length in tokens")
     channels: Count = 3
     source: str = Field("", description="where the data came from, in words")
+    modality: Literal["images", "text"] = "images"
 
 
 class ProbeInfo(_Model):

@@ -57,12 +57,16 @@ def default_modules(model: nn.Module, head: str) -> list[str]:
         return [f"{name}.{n}" for n in default_modules(inner, head[len(name) + 1 :])]
     blocks: list[str] = []
 
-    def holds_block_list(m: nn.Module) -> bool:
-        """A direct child container of three or more modules of one type (ViT's Encoder.layers), not the
-        two-module branches of an Inception block."""
+    def holds_block_list(m: nn.Module, depth: int = 3) -> bool:
+        """A container of three or more modules of one type among its children (ViT's Encoder.layers), or
+        a few modules further down (Hugging Face's BertModel.encoder.layer); not the two-module branches of
+        an Inception block."""
         for c in m.children():
             kids = list(c.children())
-            if plain_class(c) in _CONTAINERS and len(kids) >= 3 and len({plain_class(k) for k in kids}) == 1:
+            if plain_class(c) in _CONTAINERS:
+                if len(kids) >= 3 and len({plain_class(k) for k in kids}) == 1:
+                    return True
+            elif depth > 1 and holds_block_list(c, depth - 1):
                 return True
         return False
 

@@ -1,5 +1,6 @@
 """Attention probe: per multi-head attention module (nn.MultiheadAttention: torchvision's ViT,
-nn.TransformerEncoder) and per head, over the probe set, the entropy of the attention distributions and
+nn.TransformerEncoder; Hugging Face's `*SelfAttention` modules loaded with eager attention, which return
+their weights) and per head, over the probe set, the entropy of the attention distributions and
 how far they moved from the pretrained model's.
 
 The modules are asked for their per-head weights during the probe pass (a pre-hook sets
@@ -10,6 +11,10 @@ total variation distance ½ Σ |p − p₀| to the pretrained model's attention 
 over the queries of the first `CHANGE_SAMPLES` probe samples (0: the same distributions; 1: disjoint).
 Entropies are summed per chunk inside the hook, so memory does not grow with the probe set; only those
 few samples' maps are kept (a ViT-B/16 keeps 4 × 12 heads × 197² per layer).
+
+Padded text: when the model exposes the batch's padding mask (`padding_mask`, (N, S), true for real tokens,
+as sftreport's TextClassifier does), only real tokens' queries count, and a query's uniform entropy is the
+log of its number of real keys.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ CHANGE_SAMPLES = 4  # probe samples whose attention maps are compared with the p
 
 
 def attention_modules(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if issubclass(plain_class(m), nn.MultiheadAttention)]
+    return [
+        n
+        for n, m in model.named_modules()
+        if issubclass(plain_class(m), nn.MultiheadAttention) or type(m).__name__.endswith("SelfAttention")
+    ]
 
 
 class AttentionProbe:
@@ -35,17 +44,26 @@ class AttentionProbe:
         self.modules = modules
         self.reference: dict[str, torch.Tensor] = {}  # the pretrained model's maps (CHANGE_SAMPLES, heads, L, S)
         self._entropy: dict[str, torch.Tensor] = {}  # per head: entropies summed over samples and queries
-        self._rows: dict[str, int] = {}  # (sample, query) rows summed
+        self._rows: dict[str, float] = {}  # (sample, query) rows summed
         self._maps: dict[str, list[torch.Tensor]] = {}
-        self._keys: dict[str, int] = {}
+        self._max: dict[str, float] = {}  # Σ over counted queries of log(the query's real keys)
 
     @contextmanager
     def hooks(self, model: nn.Module):
-        self._entropy, self._rows, self._maps, self._keys = {}, {}, {n: [] for n in self.modules}, {}
+        self._entropy, self._rows, self._maps, self._max = {}, {}, {n: [] for n in self.modules}, {}
         handles = []
 
         def ask(module, args, kwargs):
             return args, {**kwargs, "need_weights": True, "average_attn_weights": False}
+
+        def query_weights(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            """(N, 1, L) weight of each query (1, or 0 for padding) and (N, 1, L) log of its real keys."""
+            mask = getattr(model, "padding_mask", None)
+            n, _, length, keys = p.shape
+            if isinstance(mask, torch.Tensor) and mask.shape == (n, keys) and length == keys:
+                real = mask.to(p.device, torch.float32)
+                return real[:, None, :], real.sum(-1).clamp_min(1).log()[:, None, None].expand(n, 1, length)
+            return p.new_ones(n, 1, length), p.new_full((n, 1, length), math.log(keys))
 
         def make(name: str):
             def keep(module, args, kwargs, output):
@@ -53,13 +71,18 @@ class AttentionProbe:
                 if not (isinstance(weights, torch.Tensor) and weights.dim() == 4):
                     return
                 p = weights.detach().float()  # (N, heads, L, S)
-                entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).sum(dim=(0, 2))
+                counted, log_keys = query_weights(p)
+                entropy = (-(p * p.clamp_min(1e-30).log()).sum(-1) * counted).sum(dim=(0, 2))
                 self._entropy[name] = self._entropy.get(name, 0) + entropy
-                self._rows[name] = self._rows.get(name, 0) + p.shape[0] * p.shape[2]
-                self._keys[name] = p.shape[-1]
+                self._rows[name] = self._rows.get(name, 0) + float(counted.sum())
+                self._max[name] = self._max.get(name, 0.0) + float((log_keys * counted).sum())
                 kept = sum(len(m) for m in self._maps[name])
                 if kept < CHANGE_SAMPLES:
-                    self._maps[name].append(p[: CHANGE_SAMPLES - kept].clone())
+                    self._maps[name].append(
+                        torch.cat([p, counted[..., None].expand(-1, p.shape[1], -1, 1)], dim=-1)[
+                            : CHANGE_SAMPLES - kept
+                        ].clone()
+                    )
 
             return keep
 
@@ -84,22 +107,25 @@ class AttentionProbe:
         """The pass's statistics; the first pass (the pretrained model) becomes the reference."""
         out = []
         for name, total in self._entropy.items():
-            entropy = total / self._rows[name]  # (heads,)
-            p = torch.cat(self._maps[name])
+            rows_counted = max(self._rows[name], 1.0)
+            entropy = total / rows_counted  # (heads,)
+            kept = torch.cat(self._maps[name])  # the maps, with each query's weight as a last column
+            p, counted = kept[..., :-1], kept[..., -1]
             if first:
                 self.reference[name] = p
             ref = self.reference.get(name)
-            change = (
-                0.5 * (p - ref).abs().sum(-1).mean(dim=(0, 2)) if ref is not None and ref.shape == p.shape else None
-            )
-            max_entropy = math.log(self._keys[name])
+            change = None
+            if ref is not None and ref.shape == p.shape:
+                tv = 0.5 * (p - ref).abs().sum(-1)  # (n, heads, L)
+                change = (tv * counted).sum(dim=(0, 2)) / counted.sum(dim=(0, 2)).clamp_min(1)
+            max_entropy = self._max[name] / rows_counted
             rows = entropy.tolist()
             changes = change.clamp(0, 1).tolist() if change is not None else [None] * len(rows)
             for head, (e, c) in enumerate(zip(rows, changes)):
                 out.append(
                     AttentionStat(module=name, head=head, entropy=max(0.0, e), max_entropy=max_entropy, change=c)
                 )
-        self._entropy, self._rows, self._maps = {}, {}, {}
+        self._entropy, self._rows, self._maps, self._max = {}, {}, {}, {}
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -148,15 +148,19 @@ class _Builder:
         counted = [
             f"{fmt.integer(n)} {what}" for n, what in ((ds.train_size, "training"), (ds.val_size, "validation")) if n
         ]
-        sizes = " / ".join(counted) + " images, " if counted else ""
+        unit, shape = (
+            ("texts", f"at most {ds.image_size} tokens")
+            if ds.modality == "text"
+            else ("images", f"{ds.image_size}×{ds.image_size} px")
+        )
+        sizes = " / ".join(counted) + f" {unit}, " if counted else ""
         weights = info.weights + (" — trained from scratch, nothing pretrained" if self.frames.from_scratch else "")
         items = [
             ("Run", info.name),
             ("Status", info.status + (f": {info.status_detail}" if info.status_detail else "")),
             (
                 "Dataset",
-                f"{ds.name}: {len(ds.classes)} classes, {sizes}{ds.image_size}×{ds.image_size} px"
-                + (f" ({ds.source})" if ds.source else ""),
+                f"{ds.name}: {len(ds.classes)} classes, {sizes}{shape}" + (f" ({ds.source})" if ds.source else ""),
             ),
             ("Model", info.model),
             ("Pretrained weights", weights),

@@ -73,7 +73,7 @@ def csv_data(df):
     import pandas as pd
 
     out: dict[str, pd.Series] = {}
-    parse: dict[str, str | None] = {}  # Vega's parse type per column; None: leave the text as it is
+    parse: dict[str, str] = {}  # Vega's parse type per column
     for c in df.columns:
         col = df[c]
         if pd.api.types.is_bool_dtype(col):
@@ -81,7 +81,9 @@ def csv_data(df):
         elif pd.api.types.is_numeric_dtype(col):
             out[c], parse[c] = col.replace([np.inf, -np.inf], np.nan), "number"
         elif col.map(lambda v: v is None or isinstance(v, str) or (isinstance(v, float) and v != v)).all():
-            out[c], parse[c] = col, None  # text stays text
+            # text stays text; "string", not null: a null reached Vega unfiltered, and failed there ("Illegal
+            # format pattern"), when two views shared one dataset (a confusion matrix equal at both epochs)
+            out[c], parse[c] = col, "string"
         else:
             return None
     text = pd.DataFrame(out, index=df.index).to_csv(

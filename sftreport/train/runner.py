@@ -26,7 +26,7 @@ from sftreport.record.gradients import skipped_by_scaler
 from sftreport.record.recorder import Recorder, RunDescription, check_forward, environment
 from sftreport.schema import DatasetInfo, EpochSnapshot, RunStatus
 from sftreport.store import check_run_dir_free
-from sftreport.train import distributed
+from sftreport.train import distributed, hf
 from sftreport.train.data import DevicePipeline, ImageTensors, TrainBatches, eval_batches, load_data
 from sftreport.train.models import apply_strategy, build_model, default_image_size, set_train_mode
 from sftreport.train.optim import make_optimizer, make_schedule
@@ -86,7 +86,16 @@ class _Diverged(Exception):
 class EvalData:
     """Re-iterable validation batches of this process, prepared on the device."""
 
-    def __init__(self, data, pipeline: DevicePipeline, batch: int, ctx, workers, device, equal_batches: bool = False):
+    def __init__(
+        self,
+        data,
+        pipeline: DevicePipeline | hf.TokenPipeline,
+        batch: int,
+        ctx,
+        workers,
+        device,
+        equal_batches: bool = False,
+    ):
         self.data, self.pipeline, self.batch, self.ctx, self.workers, self.device = (
             data,
             pipeline,
@@ -137,8 +146,12 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         )
 
     # ---- data and model
-    data = load_data(cfg, default_image_size(cfg.model))
-    bundle = build_model(cfg.model, cfg.weights, data.num_classes)
+    text = cfg.dataset == "text" or cfg.model.startswith(hf.PREFIX)
+    if text:  # the tokenizer comes with the model, and the head's classes with the data
+        data, bundle = hf.load_text_task(cfg)
+    else:
+        data = load_data(cfg, default_image_size(cfg.model))
+        bundle = build_model(cfg.model, cfg.weights, data.num_classes)
     frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
     check_modules(bundle.model, cfg.record.activations or [])  # before anything is printed or written
     use_amp = cfg.amp and device.type == "cuda"
@@ -146,9 +159,11 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         torch.backends.cudnn.benchmark = True
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     model = bundle.model.to(device)
-    if use_amp:
+    if use_amp and not text:
         model = model.to(memory_format=torch.channels_last)
-    pipeline = DevicePipeline(device, data.image_size, data.hflip, channels_last=use_amp)
+    pipeline = (
+        hf.TokenPipeline(device) if text else DevicePipeline(device, data.image_size, data.hflip, channels_last=use_amp)
+    )
     train = TrainBatches(
         data.train, cfg.batch_size, cfg.seed, ctx.rank, ctx.world_size, device, cfg.workers, cfg.max_steps_per_epoch
     )
@@ -215,6 +230,7 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                     val_size=len(data.val),
                     image_size=data.image_size,
                     source=data.source,
+                    modality="text" if text else "images",
                 ),
                 environment=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size),
             ),

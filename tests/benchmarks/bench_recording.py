@@ -2,6 +2,7 @@
 
     python tests/benchmarks/bench_recording.py            # default run + resnet50 (a few minutes on 2 CPU cores)
     python tests/benchmarks/bench_recording.py --quick    # smaller resnet50 probe set
+    python tests/benchmarks/bench_recording.py --sequence # an LSTM and a BERT-base-size encoder instead
 
 Prints a Markdown table (the README holds the latest one). Targets: all probes together at most
 2 % of a CIFAR-10-size ResNet-50 epoch; the weight and gradient statistics alone at most 0.08 s per epoch end
@@ -176,16 +177,93 @@ def tensorboard_rows(model: torch.nn.Module, ours: float) -> list[tuple[str, str
     ]
 
 
+class _LSTMClassifier(torch.nn.Module):
+    def __init__(self, features: int, hidden: int, classes: int):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(features, hidden, num_layers=2, batch_first=True)
+        self.fc = torch.nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc(self.lstm(x)[0][:, -1])
+
+
+class _EncoderClassifier(torch.nn.Module):
+    """BERT-base's size: 30,522-token embedding, 12 layers of width 768, 12 heads, 3,072 feed-forward."""
+
+    def __init__(self, classes: int, vocab: int = 30522, width: int = 768, layers: int = 12):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        block = torch.nn.TransformerEncoderLayer(width, 12, 4 * width, dropout=0.1, batch_first=True)
+        self.encoder = torch.nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.fc = torch.nn.Linear(width, classes)
+
+    def forward(self, x):
+        return self.fc(self.encoder(self.embed(x)).mean(dim=1))
+
+
+def sequence_rows(probe_size: int) -> list[tuple[str, str]]:
+    """An LSTM and a BERT-base-size encoder with random weights: weight + gradient statistics per epoch end,
+    every probe at an epoch end, and the share of it the recurrent and attention probes take."""
+    rows = []
+    cases = [
+        ("2-layer LSTM, 512 units (3.3 M parameters), sequences of 50 × 64", _LSTMClassifier(64, 512, 10),
+         lambda n: torch.randn(n, 50, 64), "recurrent"),
+        ("BERT-base-size encoder (110 M parameters), 128 tokens", _EncoderClassifier(10),
+         lambda n: torch.randint(0, 30522, (n, 128)), "attention"),
+    ]  # fmt: skip
+    for what, model, inputs, part in cases:
+        torch.manual_seed(0)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+        x, y = inputs(8), torch.randint(0, 10, (8,))
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        wprobe = WeightProbe(model, set(), bins=32)
+        wprobe.measure()
+        gprobe = GradientProbe(model, every=1)
+        times = []
+        for _ in range(4):
+            gprobe.maybe_sample()
+            t = time.perf_counter()
+            wprobe.measure()
+            gprobe.collect()
+            times.append(time.perf_counter() - t)
+        wg = statistics.median(times[1:])
+        with tempfile.TemporaryDirectory() as tmp:
+            rec = Recorder(
+                model,
+                probe=(inputs(probe_size), torch.arange(probe_size) % 10),
+                run_dir=Path(tmp) / "r",
+                head="fc",
+                options=RecordOptions(image_every=0, save_weights="none"),
+            )
+            rec.step(loss.detach())
+            snap = rec.epoch_end()
+        params = sum(p.numel() for p in model.parameters())
+        rows += [
+            (f"{what}: weight + gradient statistics per epoch end", f"{wg:.3f} s ({params / 1e6:.1f} M values)"),
+            (
+                f"{what}: all probes at an epoch end (probe set {probe_size})",
+                f"{snap.timing.record_s:.2f} s, of which the {part} probe {snap.timing.probes.get(part, 0):.3f} s",
+            ),
+        ]
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="probe set of 64 instead of 256 for resnet50")
     ap.add_argument("--skip-default", action="store_true")
+    ap.add_argument("--sequence", action="store_true", help="only the sequence models (LSTM, BERT-base-size encoder)")
     a = ap.parse_args()
     rows: list[tuple[str, str]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        if not a.skip_default:
-            rows += default_run_rows(Path(tmp))
-    rows += resnet50_rows(probe_size=64 if a.quick else 256, batch=8, steps=3)
+    if a.sequence:
+        rows += sequence_rows(probe_size=16 if a.quick else 64)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            if not a.skip_default:
+                rows += default_run_rows(Path(tmp))
+        rows += resnet50_rows(probe_size=64 if a.quick else 256, batch=8, steps=3)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print("| measurement | result |\n|---|---|")
     for k, v in rows:

@@ -342,7 +342,7 @@ def test_chart_data_travels_as_csv_and_draws_the_same():
     data = spec["data"]  # Altair keeps the text in the top-level datasets, named
     assert data["format"] == {
         "type": "csv",
-        "parse": {"cls": None, "v": "number", "n": "number", "ok": "boolean", "w": "number"},
+        "parse": {"cls": "string", "v": "number", "n": "number", "ok": "boolean", "w": "number"},
     }
     text = spec["datasets"][data["name"]]
     assert text.splitlines()[0] == "cls,v,n,ok,w"
@@ -355,3 +355,19 @@ def test_chart_data_travels_as_csv_and_draws_the_same():
     plain = json.loads(json.dumps(plain).replace("Infinity", "null").replace("NaN", "null"))
     norm = lambda svg: re.sub(r"gradient_\d+", "gradient", svg)  # noqa: E731
     assert norm(vlc.vegalite_to_svg(spec)) == norm(vlc.vegalite_to_svg(plain))
+
+
+def test_two_views_sharing_one_dataset_draw():
+    """A confusion matrix equal at both epochs (a model that predicts one class throughout): Altair gives the
+    two panels one dataset, and its text columns' parse must reach Vega as a type it knows."""
+    import pandas as pd
+    import vl_convert as vlc
+
+    from sftreport.report import charts
+    from sftreport.report.vega import chart_spec
+
+    df = pd.DataFrame({"true": ["neg", "neg", "pos", "pos"], "pred": ["neg", "pos", "neg", "pos"]})
+    df["count"], df["share"] = [20, 0, 12, 0], [1.0, 0.0, 1.0, 0.0]
+    spec = chart_spec(charts.confusion_pair([("epoch 0", df), ("epoch 4", df)], ["neg", "pos"], 200))
+    assert len(spec["datasets"]) == 1
+    assert "<svg" in vlc.vegalite_to_svg(spec)
