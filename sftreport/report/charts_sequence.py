@@ -134,7 +134,7 @@ def attention_heads(df: pd.DataFrame, first: int, last: int, width: int) -> alt.
                 x=alt.X("head:O", title="head", scale=alt.Scale(domain=heads), axis=alt.Axis(labelAngle=0)),
                 y=alt.Y(
                     "layer:N",
-                    title="layer" if labels else None,
+                    title=None,
                     sort=layers,
                     axis=alt.Axis(labels=labels, ticks=False, labelFontSize=label_font(len(layers)), labelLimit=220),
                 ),
