@@ -374,6 +374,16 @@ class AttentionStat(_Model):
     )
 
 
+class TokenChange(_Model):
+    """One token's row of a text model's input embedding: how far it moved from the pretrained one."""
+
+    token_id: Count
+    token: str
+    rel_change: NonNegative = Field(description="‖e_t − e_0‖ / ‖e_0‖ of the token's embedding row")
+    norm: NonNegative = Field(description="‖e_t‖")
+    ref_norm: NonNegative = Field(description="‖e_0‖")
+
+
 class CKA(_Model):
     module: str
     value: FractionOrNaN = Field(description="linear CKA between the representation now and in the pretrained model")
@@ -463,6 +473,7 @@ class EpochSnapshot(_Versioned):
     gate_saturation: list[GateSaturation] = []
     hidden_states: list[HiddenStates] = Field([], description="at the epochs whose images are kept")
     attention: list[AttentionStat] = []
+    tokens: list[TokenChange] = Field([], description="the input embedding's most moved tokens (text models)")
     images: Images | None = None
     weights_file: str | None = Field(
         None,

@@ -55,7 +55,13 @@ def test_a_tiny_bert_is_fine_tuned_and_reported(tmp_path: Path, bert: Path):
     ]
     assert len(last.attention) == 3 * 2 and all(0 < a.entropy <= a.max_entropy + 1e-6 for a in last.attention)
     assert all(a.change == 0 for a in first.attention) and any(a.change > 0 for a in last.attention)
+    # the embedding rows that moved most are the words that carry the label
+    from tiny_bert import NEGATIVE, POSITIVE
+
+    top = [t.token for t in last.tokens[:10]]
+    assert len(last.tokens) == 20 and sum(t in POSITIVE + NEGATIVE for t in top) >= 8, top
     html = (tmp_path / "r.html").read_text()
+    assert '"tokens"' in html
     assert "96 training / 32 validation texts, at most 16 tokens" in html and '"attention"' in html
 
 
@@ -109,3 +115,39 @@ def test_bad_text_input_is_one_line_and_exit_2(tmp_path: Path, bert: Path):
     assert r.returncode == 0, r.stderr
     assert "4 of 24 texts truncated to 16 tokens" in read_run(tmp_path / "long-run").info.dataset.source
     assert os.path.isdir(bert)
+
+
+def test_moved_tokens_are_the_rows_that_changed_most_by_hand():
+    import torch
+    from torch import nn
+
+    from sftreport.record.tokens import moved_tokens, token_embedding
+    from sftreport.record.weights import WeightProbe
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(6, 4)
+            self.fc = nn.Linear(4, 2)
+            self.token_embedding, self.token_names = "embed", ["[PAD]", "a", "b", "c", "d", "e"]
+
+    torch.manual_seed(0)
+    model = Tiny()
+    e0 = model.embed.weight.detach().double().clone()
+    probe = WeightProbe(model, set(), bins=8)
+    probe.measure()
+    with torch.no_grad():
+        model.embed.weight[2] *= 3  # row b: relative change 2
+        model.embed.weight[4] += 0.5 * model.embed.weight[4].norm() / 2  # row d: 0.5 / 2 · ‖d‖ per entry × 2
+    probe.measure()
+    param, names = token_embedding(model)
+    got = moved_tokens(probe, param, names, top=3)
+    now = model.embed.weight.detach().double()
+    expected = ((now - e0).norm(dim=1) / e0.norm(dim=1)).tolist()
+    assert [t.token for t in got][:2] == ["b", "d"] and got[2].rel_change == 0.0
+    assert got[0].rel_change == pytest.approx(2.0, rel=1e-6) and got[1].rel_change == pytest.approx(
+        expected[4], rel=1e-6
+    )
+    assert got[0].norm == pytest.approx(float(now[2].norm()), rel=1e-6) and got[0].ref_norm == pytest.approx(
+        float(e0[2].norm()), rel=1e-6
+    )

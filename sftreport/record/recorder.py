@@ -76,6 +76,7 @@ from sftreport.record.reference import (
 )
 from sftreport.record.saved_weights import WeightSaver
 from sftreport.record.sharded import full, full_state_dict, is_sharded, reshard, type_name
+from sftreport.record.tokens import moved_tokens, token_embedding
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import (
     DatasetInfo,
@@ -607,6 +608,10 @@ class Recorder:
         try:
             snap.weights = probes.weights.measure()
             lap("weights")
+            embedding = token_embedding(self.model)
+            if embedding is not None and probes.activations is not None:  # the writer's (the rows of its buffers)
+                snap.tokens = moved_tokens(probes.weights, *embedding)
+                lap("tokens")
             snap.gradients = probes.grads.collect()
             lap("gradients")
             if probes.activations is None or probes.features is None:

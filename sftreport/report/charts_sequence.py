@@ -169,3 +169,23 @@ def attention_heads(df: pd.DataFrame, first: int, last: int, width: int) -> alt.
             ),
         ]
     )
+
+
+def moved_tokens(df: pd.DataFrame, width: int) -> alt.Chart:
+    """The most moved tokens' embedding rows: relative change, one bar each, most moved on top."""
+    order = df.sort_values("rel_change", ascending=False)["token"].tolist()
+    return (
+        alt.Chart(df)
+        .mark_bar(color="#1f77b4")
+        .encode(
+            y=alt.Y("token:N", title="token (#id)", sort=order, axis=alt.Axis(labelLimit=200)),
+            x=alt.X("rel_change:Q", title="‖eₜ − e₀‖ / ‖e₀‖ of the token's embedding", axis=alt.Axis(format="~g")),
+            tooltip=[
+                alt.Tooltip("token:N"),
+                alt.Tooltip("rel_change:Q", title="relative change", format=".3g"),
+                alt.Tooltip("ref_norm:Q", title="norm, pretrained", format=".3g"),
+                alt.Tooltip("norm:Q", title="norm, now", format=".3g"),
+            ],
+        )
+        .properties(width=width, height=alt.Step(row_step(len(order)) + 4))
+    )

@@ -536,6 +536,24 @@ class RunFrames:
         return pd.DataFrame(rows, columns=["epoch", "tensor", "gate", "rel_change", "update_ratio"])
 
     @cached_property
+    def tokens(self) -> pd.DataFrame:
+        """The last epoch's most moved input-embedding rows of a text model, most moved first."""
+        last = next((e for e in reversed(self.epochs) if e.tokens), None)
+        rows = []
+        if last is not None:
+            for t in last.tokens:
+                rows.append(
+                    {
+                        "epoch": last.epoch,
+                        "token": f"{t.token} (#{t.token_id})",
+                        "rel_change": t.rel_change,
+                        "norm": t.norm,
+                        "ref_norm": t.ref_norm,
+                    }
+                )
+        return pd.DataFrame(rows, columns=["epoch", "token", "rel_change", "norm", "ref_norm"])
+
+    @cached_property
     def gate_saturation(self) -> pd.DataFrame:
         rows = [
             {

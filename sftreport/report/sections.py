@@ -616,6 +616,18 @@ class _Builder:
                     charts_sequence.gate_change(gates, (profile.panel - 320) // 2),
                 )
             )
+        tokens = frames.tokens
+        if not tokens.empty:
+            sec.blocks.append(
+                self.chart(
+                    "tokens",
+                    "Most moved token embeddings",
+                    f"The {len(tokens)} tokens whose input-embedding rows moved most from the {self.start}'s by "
+                    f"epoch {int(tokens['epoch'].iloc[0])}, as the relative change of the row (tokens the data never "
+                    "holds do not move, except through weight decay).",
+                    charts_sequence.moved_tokens(tokens, profile.full - 220),
+                )
+            )
         return sec
 
     def grad_total(self) -> ChartBlock:

@@ -22,10 +22,15 @@ PREFIX = "hf:"
 
 
 class TextClassifier(nn.Module):
-    def __init__(self, net: nn.Module, pad_id: int):
+    def __init__(self, net: nn.Module, pad_id: int, token_names: list[str] | None = None):
         super().__init__()
         self.net = net
         self.pad_id = pad_id
+        # the vocabulary, by id: the recorder names the input embedding's rows with it (most moved tokens)
+        self.token_names = token_names or []
+        get = getattr(net, "get_input_embeddings", None)
+        embeddings = get() if callable(get) else None
+        self.token_embedding = next((n for n, m in self.named_modules() if m is embeddings), None)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # kept for the attention probe: which tokens are real (its averages leave padding out)
@@ -71,7 +76,8 @@ def load_hf(model_id: str, num_classes: int, max_tokens: int) -> HFBundle:
     if tokenizer.pad_token_id is None:
         raise UserError(f"{PREFIX}{model_id}: its tokenizer has no padding token")
     new = {f"net.{k}" for k in (*info.get("missing_keys", ()), *(m[0] for m in info.get("mismatched_keys", ())))}
-    model = TextClassifier(net, tokenizer.pad_token_id)
+    vocabulary = [str(t) for t in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))]
+    model = TextClassifier(net, tokenizer.pad_token_id, vocabulary)
     names = {n for n, _ in model.named_parameters()}
     new &= names
     limit = getattr(net.config, "max_position_embeddings", None) or max_tokens
