@@ -57,6 +57,33 @@ def test_saturation_of_hand_set_gates():
     assert len(hidden) == 2 and len(hidden[0].values) == 6 and len(hidden[0].values[0]) == 4
 
 
+def test_a_saturated_tanh_is_counted():
+    """Cell-candidate bias +10: tanh(10) > 0.97 everywhere (the cell candidate saturated); input gate
+    sigmoid(10) ≈ 1, forget gate sigmoid(0) = 0.5 (not saturated); the cell state grows as
+    c_t = 0.5·c_{t−1} + 1·1 → 2 − 2^(1−t), so tanh(c) passes 0.97 (c > 2.09) never: 0; a GRU whose new-gate
+    bias is −10 has tanh(−10) saturated likewise."""
+    lstm = nn.LSTM(2, 3, batch_first=True)
+    with torch.no_grad():
+        for p in lstm.parameters():
+            p.zero_()
+        lstm.bias_ih_l0.copy_(torch.tensor([10.0] * 3 + [0.0] * 3 + [10.0] * 3 + [0.0] * 3))
+    gru = nn.GRU(2, 3, batch_first=True)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.zero_()
+        gru.bias_ih_l0[6:].fill_(-10.0)
+    for module, expected in (
+        (lstm, {"input": 1.0, "forget": 0.0, "cell": 1.0, "output": 0.0, "cell state": 0.0}),
+        (gru, {"reset": 0.0, "update": 0.0, "new": 1.0}),
+    ):
+        model = nn.Sequential(module)
+        probe = RecurrentProbe(["0"])
+        with probe.hooks(model), torch.no_grad():
+            model(torch.randn(4, 5, 2))
+        saturation, _ = probe.collect(model, want_hidden=False)
+        assert {s.gate: s.saturated for s in saturation} == expected
+
+
 def test_a_module_given_an_initial_state_or_a_projection_is_not_recomputed():
     proj = nn.Sequential(nn.LSTM(3, 4, proj_size=2, batch_first=True))
     probe = RecurrentProbe(["0"])
