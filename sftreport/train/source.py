@@ -80,14 +80,13 @@ def source_data(
     found = [t for t in targets if t is not None]
     if len(set(found)) != len(found):
         raise UserError(f"--source-data {folder}: two class folders name the same class of the pretrained head")
-    names = list(images.classes)
-    return (
-        images,
-        names,
-        found,
-        f"{len(names)} of the pretrained head's {head.classes} classes",
-        f"ImageFolder at {folder}",
-    )
+    # shown by the head's own class name, with the folder's where it differs ("goldfish (n01443537)")
+    names = [
+        c if head.categories is None or head.categories[t] == c else f"{head.categories[t]} ({c})"
+        for c, t in zip(images.classes, found)
+    ]
+    task = "ImageNet-1k" if head.imagenet else "the pretrained head's task"
+    return images, names, found, f"{task}, {len(names)} of its {head.classes} classes", f"ImageFolder at {folder}"
 
 
 def source_task(model: str, weights: str, folder: Path | None, head: SourceHead | None, batches) -> SourceTask | None:
