@@ -233,7 +233,7 @@ def forgetting_rule(frames: RunFrames) -> list[Finding]:
     low = s.loc[s["source_accuracy"].idxmin()]
     low_txt = (
         f" It was lowest at epoch {int(low['epoch'])} ({fmt.pct(low['source_accuracy'])})."
-        if float(low["source_accuracy"]) < a1
+        if int(low["epoch"]) != 0 and float(low["source_accuracy"]) < a1  # a dip below where it ended
         else ""
     )
     head = (
