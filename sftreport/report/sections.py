@@ -716,18 +716,18 @@ class _Builder:
         last = int(a["epoch"].max())
         rows = []
         for r in a[a["epoch"] == last].itertuples():
-            top = r.sv[:3]
+            top = r.sv[:2]
             rows.append(
                 [
                     Cell(r.layer, cls="mono"),
-                    Cell(f"{r.type} {fmt.shape(r.shape)}"),
+                    Cell(fmt.shape(r.shape), title=r.type),
                     Cell(str(r.r)),
                     Cell(fmt.change(r.rel_change)),
                     Cell(fmt.sci(r.update_ratio) if fmt.finite(r.update_ratio) else "–"),
                     Cell(str(r.rank)),
                     Cell(f"{r.stable_rank:.2f}" if fmt.finite(r.stable_rank) else "–"),
                     Cell(fmt.pct(r.top1) if fmt.finite(r.top1) else "–"),
-                    Cell(", ".join(f"{v:.3g}" for v in top) if top else "–", cls="mono"),
+                    Cell(", ".join(f"{v:.2g}" for v in top) if top else "–", cls="mono"),
                 ]
             )
         return TableBlock(
@@ -736,17 +736,17 @@ class _Builder:
             "ΔW = W_eff,t − W_eff,0 with W_eff = W_base + (α/r)·B·A: its relative size ‖ΔW‖/‖W₀‖, one optimizer step's "
             f"{UPDATE_RATIO_DEF.split(' of ')[0]} of the effective weight, and the spectrum of ΔW: its rank (at most r "
             "from peft's start, B = 0, while the base weight is frozen), its stable rank ‖ΔW‖²_F/σ₁² (1: one direction), the share of ‖ΔW‖² in "
-            "its largest direction and the largest singular values.",
+            "its largest direction and its two largest singular values.",
             [
                 "layer",
-                "base layer",
+                "weight",
                 "r",
                 "‖ΔW‖/‖W₀‖",
                 "update ratio",
                 "rank of ΔW",
                 "stable rank",
                 "top direction",
-                "σ₁, σ₂, σ₃",
+                "σ₁, σ₂",
             ],
             rows,
             numeric=[False, False, True, True, True, True, True, True, False],

@@ -258,4 +258,4 @@ def test_lora_summary_architecture_and_adapters_table():
     blocks = {getattr(b, "id", None): b for s in report.sections for b in s.blocks}
     table = blocks["adapters"]
     assert table.title.endswith("(epoch 1)")
-    assert [c.text for c in table.rows[0]] == ["l", "Linear 2×2", "2", "15%", "1.0e-02", "1", "1.00", "100.0%", "0.3"]
+    assert [c.text for c in table.rows[0]] == ["l", "2×2", "2", "15%", "1.0e-02", "1", "1.00", "100.0%", "0.3"]
