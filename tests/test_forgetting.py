@@ -1,6 +1,7 @@
 """Forgetting of the source task: the pretrained head kept aside and evaluated with the backbone at every epoch.
 Known answers: a toy model whose predictions are set by hand; the embedded default's source accuracy
-recomputed from its shipped checkpoint and the run's saved weights; a torchvision model whose pretrained
+recomputed from its shipped checkpoint and the run's saved weights (`digits_source_accuracy`, used by the
+lp-ft run of test_strategies.py, which runs the embedded default); a torchvision model whose pretrained
 head (in a weights file written here) predicts one class for every image; the folder names that are and
 are not classes of the pretrained head."""
 
@@ -86,7 +87,7 @@ def test_a_source_task_that_does_not_fit_its_head_is_refused():
 # --------------------------------------------------------------------------- the embedded default
 
 
-def _digits_source_accuracy(state: dict, fc: dict) -> float:
+def digits_source_accuracy(state: dict, fc: dict) -> float:
     """The backbone of `state` with the pretrained head `fc` on the held-out digits 0–4, computed here: the
     images as the pipeline feeds them (grey to RGB, 8 → 32 px bilinear, ImageNet normalisation)."""
     from sftreport.train.data import DIGITS_SOURCE_CLASSES, load_digits_split
@@ -103,48 +104,6 @@ def _digits_source_accuracy(state: dict, fc: dict) -> float:
     with torch.no_grad():
         pred = model((x - mean) / std).argmax(1)
     return (pred == held_out.labels).double().mean().item()
-
-
-@pytest.mark.slow
-def test_the_embedded_default_measures_digits_0_to_4_at_every_epoch(tmp_path: Path):
-    from sftreport.train.models import DIGITS_WEIGHTS_FILE
-
-    r = cli(
-        "run",
-        "--epochs",
-        "2",
-        "--lr",
-        "0.3",  # high enough to forget
-        "--max-steps-per-epoch",
-        "4",
-        "--probe-size",
-        "16",
-        "--quiet",
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--out",
-        str(tmp_path / "r.md"),
-        cwd=tmp_path,
-    )
-    assert r.returncode == 0, r.stderr
-    run = read_run(tmp_path / "run")
-    task = run.info.source_task
-    assert task is not None and task.name == "digits 0–4" and task.classes == ["0", "1", "2", "3", "4"]
-    assert task.head == "fc" and task.head_classes == 5 and not task.other and task.image_size == 32
-    assert all(e.source is not None and e.source.count == task.size for e in run.epochs)
-    shipped = torch.load(
-        Path(__import__("sftreport.train", fromlist=["x"]).__file__).parent / "weights" / DIGITS_WEIGHTS_FILE,
-        weights_only=True,
-    )
-    fc = {k: v for k, v in shipped.items() if k.startswith("fc.")}
-    w0 = torch.load(tmp_path / "run" / run.epochs[0].weights_file, weights_only=True)
-    last = run.epochs[-1]
-    w2 = torch.load(tmp_path / "run" / last.weights_file, weights_only=True)
-    assert run.epochs[0].source.accuracy == pytest.approx(_digits_source_accuracy(w0, fc), abs=1e-12)
-    assert last.source.accuracy == pytest.approx(_digits_source_accuracy(w2, fc), abs=1e-12)
-    assert last.source.accuracy < run.epochs[0].source.accuracy  # at lr 0.3 it forgets
-    md = (tmp_path / "r.md").read_text()
-    assert "| Source task | digits 0–4, pretrained head kept aside:" in md
 
 
 # --------------------------------------------------------------------------- torchvision models, --source-data

@@ -322,7 +322,12 @@ def test_the_own_loop_recorder_measures_a_model_the_user_wrapped_with_peft(tmp_p
 
 
 @pytest.mark.slow
-def test_lp_ft_with_lr_decay_end_to_end(tmp_path: Path):
+def test_lp_ft_with_lr_decay_end_to_end_and_the_default_s_source_task(tmp_path: Path):
+    """The embedded default: also its source task, digits 0–4, recomputed at epochs 0 and 3."""
+    from test_forgetting import digits_source_accuracy
+
+    from sftreport.train.models import DIGITS_WEIGHTS_FILE
+
     r = cli(
         "run",
         "--strategy",
@@ -332,9 +337,9 @@ def test_lp_ft_with_lr_decay_end_to_end(tmp_path: Path):
         "--lp-epochs",
         "1",
         "--lr-decay",
-        "0.5",
+        "0.9",
         "--lr",
-        "0.02",
+        "0.5",  # high enough to forget the source task once every layer trains
         "--max-steps-per-epoch",
         "3",
         "--batch-size",
@@ -346,14 +351,16 @@ def test_lp_ft_with_lr_decay_end_to_end(tmp_path: Path):
         str(tmp_path / "run"),
         "--out",
         str(tmp_path / "r.html"),
+        "--out",
+        str(tmp_path / "r.md"),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     run = read_run(tmp_path / "run")
     t = run.info.training
-    assert t is not None and t.lp_epochs == 1 and t.lr_decay == 0.5
+    assert t is not None and t.lp_epochs == 1 and t.lr_decay == 0.9
     assert [(g.name, g.lr) for g in t.param_groups] == [
-        (name, 0.02 * 0.5**k)
+        (name, 0.5 * 0.9**k)
         for k, name in enumerate(["fc", "layer4.0", "layer3.0", "layer2.0", "layer1.0", "conv1, bn1 (stem)"])
     ]
     e1, e2, e3 = run.epochs[1:]
@@ -365,12 +372,34 @@ def test_lp_ft_with_lr_decay_end_to_end(tmp_path: Path):
     assert all(w.trainable for w in e2.weights) and {g.name for g in e2.gradients} == {w.name for w in e2.weights}
     assert next(w for w in e2.weights if w.name == "layer1.0.conv1.weight").diff_sq > 0
     # the schedule restarts at the switch: the second phase's first step runs at the head's full learning rate
-    assert e2.steps[0].lr == pytest.approx(0.02) and e1.steps[-1].lr < 0.02
+    assert e2.steps[0].lr == pytest.approx(0.5) and e1.steps[-1].lr < 0.5
     assert e3.steps[-1].lr < e2.steps[0].lr
     html = (tmp_path / "r.html").read_text()
     assert "lp-ft: linear probe for epochs 1–1 (only the new head trained), then every layer from epoch 2" in html
     assert "linear probe until epoch 1, then every layer trains" in html  # the switch's rule on the charts
     assert "Learning rate per parameter group" in html
+
+    task = run.info.source_task
+    assert task is not None and task.name == "digits 0–4" and task.classes == ["0", "1", "2", "3", "4"]
+    assert task.head == "fc" and task.head_classes == 5 and not task.other and task.image_size == 32
+    assert all(e.source is not None and e.source.count == task.size for e in run.epochs)
+    from sklearn.datasets import load_digits
+
+    per_class = np.bincount(load_digits().target)[:5]  # the held-out quarter of each of digits 0–4
+    assert task.size == sum(round(n * 0.25) for n in per_class) == 225
+    import sftreport.train
+
+    shipped = torch.load(Path(sftreport.train.__file__).parent / "weights" / DIGITS_WEIGHTS_FILE, weights_only=True)
+    fc = {k: v for k, v in shipped.items() if k.startswith("fc.")}
+    for e in (run.epochs[0], e3):
+        state = torch.load(tmp_path / "run" / e.weights_file, weights_only=True)
+        assert e.source.accuracy == pytest.approx(digits_source_accuracy(state, fc), abs=1e-12)
+    # the linear probe cannot change the backbone, so the source task is kept; full fine-tuning at 0.5 forgets it
+    assert run.epochs[1].source.accuracy == run.epochs[0].source.accuracy
+    assert e3.source.accuracy < run.epochs[0].source.accuracy - 0.05
+    md = (tmp_path / "r.md").read_text()
+    assert "| Source task | digits 0–4, pretrained head kept aside:" in md
+    assert "**warning**: Fine-tuning forgot part of the source task: digits 0–4 accuracy fell" in md
 
 
 @pytest.mark.slow
