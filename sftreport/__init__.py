@@ -7,7 +7,7 @@ into HTML, PDF or Markdown reports. Both are imported lazily so that rendering n
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["Recorder", "RunDescription", "__version__", "render"]
+__all__ = ["Recorder", "RunDescription", "SourceTask", "__version__", "render"]
 
 
 def __getattr__(name: str):
@@ -15,6 +15,10 @@ def __getattr__(name: str):
         from sftreport.record import recorder
 
         return getattr(recorder, name)
+    if name == "SourceTask":
+        from sftreport.record.source_task import SourceTask
+
+        return SourceTask
     if name == "render":
         from sftreport.report.render import render_run
 

@@ -64,7 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data-root", type=Path, metavar="DIR", help="cifar10: DIR/cifar-10-batches-py; imagefolder: DIR/train, DIR/val")
     a("--download", action="store_const", const=True, help="let torchvision download CIFAR-10 into --data-root")
     a("--image-size", type=int, metavar="PX", help="input side in pixels (default: the dataset's own; 224 for ViT)")
-    a("--strategy", help="full (default) | linear-probe | freeze-until:MODULE")
+    a("--strategy", help="full (default) | linear-probe | freeze-until:MODULE | lp-ft | lora:RANK")
+    a("--lp-epochs", type=int, metavar="N", help="lp-ft: epochs of linear probing first (default: half the epochs)")
+    a("--lr-decay", type=float, metavar="F", help="layer-wise learning-rate decay: block k below the head gets lr·F^k")
+    a(
+        "--lora-targets",
+        type=_csv,
+        metavar="M1,M2",
+        help="lora: modules to adapt (default: every Linear and Conv2d but the head)",
+    )
+    a("--lora-alpha", type=float, metavar="A", help="lora: B·A is scaled by A / RANK (default: RANK)")
+    a(
+        "--source-data",
+        type=Path,
+        metavar="DIR",
+        help="ImageFolder of the pretrained head's classes: measure forgetting of the source task every epoch",
+    )
     a("--epochs", type=int)
     a("--batch-size", type=int)
     a("--lr", type=float)

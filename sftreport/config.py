@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sftreport.errors import UserError, validation_message
 
@@ -23,7 +23,8 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 HF_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 5e-5}  # the usual for fine-tuning a pretrained BERT
 REPORT_FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md"}  # extension -> format
-_STRATEGY = re.compile(r"^(full|linear-probe|freeze-until:[A-Za-z0-9_.]+)$")
+_STRATEGY = re.compile(r"^(full|linear-probe|lp-ft|freeze-until:[A-Za-z0-9_.]+|lora:.*)$")
+STRATEGY_HELP = "full | linear-probe | freeze-until:MODULE | lp-ft | lora:RANK"
 
 
 class RecordOptions(BaseModel):
@@ -69,8 +70,29 @@ class RunConfig(BaseModel):
         le=1024,
         description="input side in pixels; default: the dataset's own (224 for ImageFolder and ViT)",
     )
-    strategy: str = Field("full", description="full | linear-probe | freeze-until:MODULE")
+    strategy: str = Field("full", description=STRATEGY_HELP)
+    source_data: Path | None = Field(
+        None,
+        description="ImageFolder of the pretrained head's classes: measures forgetting of the source task "
+        "(the embedded default measures digits 0–4 without it)",
+    )
     epochs: int = Field(10, ge=1, le=10_000)
+    lp_epochs: int | None = Field(
+        None,
+        ge=1,
+        validate_default=True,
+        description="lp-ft: epochs of linear probing before every layer trains (default: half the epochs)",
+    )
+    lr_decay: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="layer-wise learning-rate decay: the head gets lr, each block below it lr·F^depth",
+    )
+    lora_targets: list[str] | None = Field(
+        None, description="lora: the modules to adapt (default: every Linear and Conv2d but the head)"
+    )
+    lora_alpha: float | None = Field(None, gt=0, description="lora: B·A is scaled by alpha / rank (default: the rank)")
     batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(0.01, gt=0)
     optimizer: Literal["sgd", "adamw"] = "sgd"
@@ -105,8 +127,43 @@ class RunConfig(BaseModel):
     @classmethod
     def _strategy(cls, v: str) -> str:
         if not _STRATEGY.match(v):
-            raise ValueError("must be full, linear-probe or freeze-until:MODULE")
+            raise ValueError("must be full, linear-probe, freeze-until:MODULE, lp-ft or lora:RANK")
+        if v.startswith("lora:"):
+            rank = v.removeprefix("lora:")
+            if not rank.isdigit() or int(rank) < 1:
+                raise ValueError(f"lora's rank must be a whole number of at least 1, not {rank!r}")
         return v
+
+    @field_validator("lp_epochs")
+    @classmethod
+    def _lp_epochs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        strategy, epochs = info.data.get("strategy"), info.data.get("epochs")
+        if strategy is None or epochs is None:  # already refused
+            return v
+        if strategy != "lp-ft":
+            if v is not None:
+                raise ValueError(f"only --strategy lp-ft has a linear-probe phase, not {strategy}")
+            return v
+        lp = v if v is not None else epochs // 2
+        if not 1 <= lp < epochs:
+            raise ValueError(
+                f"lp-ft needs at least one epoch of linear probing and one of full fine-tuning: {lp} of {epochs} epochs"
+            )
+        return lp
+
+    @field_validator("lora_targets", "lora_alpha")
+    @classmethod
+    def _lora_only(cls, v: Any, info: ValidationInfo) -> Any:
+        strategy = info.data.get("strategy")
+        if v is not None and strategy is not None and not strategy.startswith("lora:"):
+            raise ValueError(f"only --strategy lora:RANK adapts modules, not {strategy}")
+        if info.field_name == "lora_targets" and v is not None and not v:
+            raise ValueError("name at least one module")
+        return v
+
+    @property
+    def lora_rank(self) -> int | None:
+        return int(self.strategy.removeprefix("lora:")) if self.strategy.startswith("lora:") else None
 
     @field_validator("out")
     @classmethod

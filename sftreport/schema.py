@@ -11,16 +11,21 @@ versions (see `TensorStats._from_v1`).
 Version history:
   1  TensorStats stored `sum` and `sum_sq` (variance lost when |mean| >> std).
   2  TensorStats stores `mean` and `m2`, the centred sum of squares; histograms hold bin-exact counts.
+  3  New, optional (versions 1 and 2 read as before): the source task's evaluation (`EpochSnapshot.source`,
+     `RunInfo.source_task`), the effective-weight change of LoRA-adapted layers (`EpochSnapshot.adapters`,
+     `ModuleInfo.adapter`) and how the strategy trained (`RunInfo.training`: lp-ft's switch, per-group
+     learning rates, LoRA's settings).
 """
 
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _not_negative(v: float) -> float:
@@ -169,6 +174,11 @@ class ModuleInfo(_Model):
     params: int = Field(ge=0, description="parameters owned directly by this module")
     trainable: int = Field(ge=0, description="of `params`, how many require grad")
     new: int = Field(ge=0, description="of `params`, how many were not loaded from pretrained weights")
+    adapter: str | None = Field(
+        None,
+        description="an adapter this module is or belongs to, in words: 'LoRA r=8, α=16' on an adapted layer, "
+        "'LoRA A' / 'LoRA B' on its low-rank factors (None: not an adapter)",
+    )
 
 
 class BlockSummary(_Model):
@@ -279,6 +289,81 @@ class GradStat(_Model):
     def mean_norm(self) -> float:
         finite = self.samples - self.nonfinite
         return self.norm_sum / finite if finite > 0 else math.nan
+
+
+SPECTRUM_TOP = 16  # singular values of a weight change kept per layer
+
+
+class Spectrum(_Model):
+    """The singular values of a weight change ΔW, taken as a matrix (a convolution's kernel flattened per
+    output channel: out × in·kh·kw). `energy` is ‖ΔW‖²_F, the sum of every squared singular value, so the
+    share of the change in its top directions and the stable rank follow from what is stored even when
+    only the largest values are listed."""
+
+    singular_values: list[NonNegative] = Field(
+        description=f"the largest singular values of ΔW, largest first (at most {SPECTRUM_TOP})"
+    )
+    energy: NonNegative = Field(description="‖ΔW‖²_F: the sum of all squared singular values, listed or not")
+    rank: Count = Field(
+        description="numerical rank of ΔW: singular values above σ₁·max(m, n)·ε(float64), numpy's matrix_rank rule"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Spectrum:
+        sv = self.singular_values
+        if any(a < b for a, b in pairwise(sv)):
+            raise ValueError("singular values must be listed largest first")
+        listed = sum(v * v for v in sv)
+        if listed > self.energy * (1 + 1e-6) + 1e-300:  # NaN compares false: a diverged change passes
+            raise ValueError(f"the listed singular values hold more energy ({listed}) than ΔW has ({self.energy})")
+        return self
+
+    def top_share(self, k: int = 1) -> float:
+        """The share of ‖ΔW‖² in its k largest directions (NaN when nothing changed)."""
+        if not self.energy:
+            return math.nan
+        return sum(v * v for v in self.singular_values[:k]) / self.energy
+
+    @property
+    def stable_rank(self) -> float:
+        """‖ΔW‖²_F / σ₁²: an effective rank between 1 (one direction) and the rank (all directions equal);
+        NaN when nothing changed."""
+        if not self.singular_values or not self.singular_values[0]:
+            return math.nan
+        return self.energy / self.singular_values[0] ** 2
+
+
+class AdapterStat(_Model):
+    """A LoRA-adapted layer (peft's LoRA): its effective weight W = W_base + (α/r)·B·A, the weight the layer
+    computes with, measured against the effective weight at epoch 0, in the same mergeable sums as
+    WeightStat. The factors A and B are new parameters; W_base stays frozen unless made trainable."""
+
+    module: str = Field(description="the adapted layer, e.g. 'layer1.0.conv1' (peft's layer wrapping the base layer)")
+    type: str = Field(description="the base layer's type (Linear, Conv2d, ...)")
+    shape: list[int] = Field(description="shape of the base weight")
+    rank: int = Field(ge=1, description="r (summed over the active adapters)")
+    alpha: float = Field(description="lora_alpha (of the first active adapter)")
+    scaling: float = Field(description="the factor peft applies to B·A: α/r (α/√r with rsLoRA)")
+    diff_sq: NonNegative = Field(description="‖W_t − W_0‖² of the effective weight")
+    ref_sq: NonNegative = Field(description="‖W_0‖² of the effective weight at epoch 0")
+    update_sq: NonNegative | None = Field(
+        None, description="‖change of the effective weight in the epoch's first optimizer step‖²"
+    )
+    before_update_sq: NonNegative | None = Field(None, description="‖effective weight before that step‖²")
+    spectrum: Spectrum = Field(description="singular values of W_t − W_0 (of rank at most 2r while W_base is frozen)")
+
+    @property
+    def rel_change(self) -> float:
+        """‖W_t − W_0‖ / ‖W_0‖ of the effective weight."""
+        if self.ref_sq == 0:
+            return 0.0 if self.diff_sq == 0 else math.inf
+        return math.sqrt(self.diff_sq / self.ref_sq)
+
+    @property
+    def update_ratio(self) -> float | None:
+        if self.update_sq is None or not self.before_update_sq:
+            return None
+        return math.sqrt(self.update_sq / self.before_update_sq)
 
 
 class ActivationStat(_Model):
@@ -480,6 +565,15 @@ class EpochSnapshot(_Versioned):
         description="this epoch's saved weights, relative to the run directory "
         "(a later epoch's may have replaced them: see --save-weights)",
     )
+    source: Evaluation | None = Field(
+        None,
+        description="the source task (RunInfo.source_task): the model's backbone as it is now with the pretrained "
+        "head kept aside, on held-out data of the task it was pretrained for. Forgetting is epoch 0's "
+        "source accuracy minus a later epoch's",
+    )
+    adapters: list[AdapterStat] = Field(
+        [], description="LoRA-adapted layers: the change of their effective weight W_base + (α/r)·B·A"
+    )
     timing: Timing = Timing()
     logged: dict[str, float] = Field(
         {},
@@ -511,6 +605,62 @@ class ProbeInfo(_Model):
         if self.size != len(self.labels):
             raise ValueError(f"probe size {self.size} but {len(self.labels)} labels")
         return self
+
+
+class SourceTaskInfo(_Model):
+    """The task the model was pretrained for, measured at every epoch with the pretrained head kept aside
+    (EpochSnapshot.source)."""
+
+    name: str = Field(description="the source task in words, e.g. 'digits 0–4'")
+    classes: list[str] = Field(
+        description="rows and columns of each epoch's source confusion matrix: the source classes with images, "
+        "then, when `other`, one column for predictions of the pretrained head's other classes"
+    )
+    other: bool = Field(
+        False, description="the last class collects predictions of head classes that have no images here"
+    )
+    head: str = Field(description="the model's head module whose input the kept-aside pretrained head reads")
+    head_classes: Count = Field(description="outputs of the pretrained head")
+    size: Count = Field(description="images evaluated")
+    image_size: Count
+    source: str = Field("", description="where the data came from, in words")
+
+    @model_validator(mode="after")
+    def _classes(self) -> SourceTaskInfo:
+        if len(self.classes) < (2 if self.other else 1):
+            raise ValueError("the source task needs at least one class with images")
+        return self
+
+
+class ParamGroupInfo(_Model):
+    """One optimizer parameter group of a run with layer-wise learning-rate decay."""
+
+    name: str = Field(description="what the group holds: the head, a block (e.g. 'layer4.0'), or 'stem'")
+    depth: Count = Field(description="blocks below the head: 0 for the head, its learning rate × decay^depth")
+    lr: NonNegative = Field(description="the group's peak learning rate (the schedule scales it per step)")
+    params: Count = Field(description="trainable parameters in the group")
+
+
+class LoRAInfo(_Model):
+    rank: int = Field(ge=1, description="r")
+    alpha: float = Field(gt=0, description="lora_alpha: B·A is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, le=1)
+    targets: list[str] = Field(description="the adapted modules")
+    params: Count = Field(description="adapter parameters (every A and B)")
+
+
+class TrainingInfo(_Model):
+    """How the strategy trained, beyond the configuration: what the report marks and the appendix lists."""
+
+    lp_epochs: Count | None = Field(
+        None,
+        description="lp-ft: epochs 1..lp_epochs trained the new head alone (linear probe); from epoch "
+        "lp_epochs + 1 every parameter trained, with the optimizer and its schedule rebuilt",
+    )
+    lr_decay: float | None = Field(None, gt=0, le=1, description="layer-wise learning-rate decay factor")
+    param_groups: list[ParamGroupInfo] = Field([], description="the optimizer's groups, head first")
+    lora: LoRAInfo | None = None
+    schedule: str = Field("", description="how the learning-rate schedule ran, in words")
 
 
 class Environment(_Model):
@@ -547,6 +697,10 @@ class RunInfo(_Versioned):
     architecture: Architecture | None = None
     probe: ProbeInfo | None = None
     planned_epochs: Count | None = None
+    source_task: SourceTaskInfo | None = Field(
+        None, description="the task the model was pretrained for, measured at every epoch (EpochSnapshot.source)"
+    )
+    training: TrainingInfo | None = Field(None, description="lp-ft's switch, per-group learning rates, LoRA")
 
     @model_validator(mode="after")
     def _probe_labels(self) -> RunInfo:

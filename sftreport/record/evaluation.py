@@ -54,8 +54,12 @@ def evaluate(
     device: torch.device,
     loss_fn: Callable = F.cross_entropy,
     autocast: Callable = nullcontext,
+    buckets: torch.Tensor | None = None,
 ) -> Evaluation:
-    """`data` yields (inputs, targets) ready for the model. The model's train/eval mode is restored."""
+    """`data` yields (inputs, targets) ready for the model. The model's train/eval mode is restored.
+    `buckets`: the confusion-matrix class (0..num_classes-1) of each of the model's outputs, for a model
+    with more outputs than the classes evaluated; targets and predictions are counted in their bucket
+    (the loss and the predictions still use every output)."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -69,6 +73,8 @@ def evaluate(
             logits = logits.float()
             loss_sum += loss_fn(logits, y, reduction="sum").double()
             pred = logits.argmax(dim=1)
+            if buckets is not None:
+                y, pred = buckets[y], buckets[pred]
             confusion += count_bins(y * num_classes + pred, num_classes * num_classes)
     finally:
         model.train(was_training)

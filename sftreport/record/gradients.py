@@ -29,14 +29,24 @@ class GradientProbe:
     def __init__(self, model: nn.Module, every: int, steps_done: int = 0):
         """`steps_done`: optimizer steps taken before this probe (a resumed run's), so that the same steps
         are sampled as in a run never interrupted."""
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.names = [n for n, _ in named]
-        self.params = [p for _, p in named]
+        self._target(model)
         self.every = every
         self.sharded = is_sharded(model)
         self._steps_seen = steps_done
-        self._flat: FlatBuffer | None = None  # CPU only: the gradients copied for an accurate sum of squares
         self._reset()
+
+    def _target(self, model: nn.Module) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = [n for n, _ in named]
+        self.params = [p for _, p in named]
+        self._flat: FlatBuffer | None = None  # CPU only: the gradients copied for an accurate sum of squares
+
+    def retarget(self, model: nn.Module) -> None:
+        """Sample the parameters that train now (which ones changed: lp-ft's second phase). Between epochs:
+        the epoch's samples must all be of one set."""
+        if self._rows or self._acc is not None:
+            raise RuntimeError("the trainable parameters can change only between epoch_end() and the next step")
+        self._target(model)
 
     def _reset(self) -> None:
         self._sampled = False  # whether this epoch has had a sample yet

@@ -65,6 +65,7 @@ from sftreport.record.evaluation import all_reduce_sum, evaluate, logits_of
 from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
 from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
+from sftreport.record.lora import AdapterProbe, lora_layers, mark_adapters
 from sftreport.record.recurrent import RecurrentProbe, recurrent_modules
 from sftreport.record.reference import (
     check_identity,
@@ -76,6 +77,7 @@ from sftreport.record.reference import (
 )
 from sftreport.record.saved_weights import WeightSaver
 from sftreport.record.sharded import full, full_state_dict, is_sharded, reshard, type_name
+from sftreport.record.source_task import SourceTask, evaluate_source
 from sftreport.record.tokens import moved_tokens, token_embedding
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import (
@@ -89,6 +91,7 @@ from sftreport.schema import (
     RunStatus,
     StepPoint,
     Timing,
+    TrainingInfo,
 )
 from sftreport.store import SUPERSEDED_FILE, RunWriter, read_run, recorded_steps
 
@@ -195,6 +198,7 @@ class RunDescription:
     config: dict = field(default_factory=dict)  # the configuration as given, shown in the appendix
     dataset: DatasetInfo | None = None
     environment: Environment | None = None
+    training: TrainingInfo | None = None  # lp-ft's switch, per-group learning rates, LoRA's settings
 
 
 @dataclass
@@ -209,6 +213,7 @@ class _Probes:
     features: FeatureProbe | None
     recurrent: RecurrentProbe | None = None  # LSTM/GRU gates over the probe sequences (the model has them)
     attention: AttentionProbe | None = None  # multi-head attention entropy and change (the model has it)
+    adapters: AdapterProbe | None = None  # LoRA layers' effective weights (the writer's; not when sharded)
 
 
 class Recorder:
@@ -229,13 +234,18 @@ class Recorder:
         writer: bool = True,
         resume_after: int | None = None,
         resume_step: int | None = None,
+        source: SourceTask | None = None,
     ):
         """`probe`: a fixed batch of inputs and labels; `val_data`: (inputs, targets) batches to evaluate on at
         every epoch end; `new_params`: names of the parameters your new head added; `head`: the classifier
         module (default: the last Linear or Conv2d); `run`: what to call the run and how it was set up;
         `writer`: False on every process but one under torchrun (that one runs the probes and writes);
         `resume_after`, `resume_step`: continue the run in `run_dir` from a checkpoint (see the module's
-        docstring) instead of starting one."""
+        docstring) instead of starting one; `source`: the task the model was pretrained for, with its
+        pretrained head kept aside, measured at every epoch end (forgetting; see record/source_task.py).
+
+        A model with peft's LoRA layers (`get_peft_model`, `inject_adapter_in_model`) is measured by the
+        effective weight of each adapted layer, W_base + (α/r)·B·A (record/lora.py)."""
         self.model = model
         self.options = options or RecordOptions()
         self.run = run or RunDescription()
@@ -256,6 +266,9 @@ class Recorder:
                 f"found {int(self.probe_y.min())}..{int(self.probe_y.max())}"
             )
         self.new_params = set(new_params)
+        self.source = source
+        if source is not None:
+            check_modules(model, [self.head])
         if self.sharded:  # check_forward left the root's parameters gathered: the probes need the shards
             reshard(model)
         self.loss_fn, self.autocast = loss_fn, autocast
@@ -308,6 +321,8 @@ class Recorder:
                 else None,
                 attention=AttentionProbe(attention_modules(model)) if writes and attention_modules(model) else None,
             )
+            if writes and not self.sharded and lora_layers(model):
+                self.probes.adapters = AdapterProbe(model, self.probes.weights) or None
         if self.options.enabled and self.writer is not None:
             self.saver = WeightSaver(self.writer, self.options.save_weights)
         self._map_channels: dict[str, list[int]] = {}
@@ -323,6 +338,8 @@ class Recorder:
         sample = self.probe_x[:2]
         # a sharded forward is a collective: every process describes the model, the writer keeps it
         architecture = describe(model, sample, self.new_params) if self.writer is not None or self.sharded else None
+        if architecture is not None:
+            architecture = mark_adapters(architecture, model)
         if self.writer is not None:
             assert architecture is not None
             self.run_id = new_run_id()
@@ -348,6 +365,8 @@ class Recorder:
                 architecture=architecture,
                 probe=ProbeInfo(labels=self.probe_y.tolist(), size=len(self.probe_y)),
                 planned_epochs=d.planned_epochs,
+                source_task=source.info(self.head, dataset_size(source.data)) if source is not None else None,
+                training=d.training,
             )
             self.writer.write_run(self.info)
         self._record_epoch(first=True)
@@ -484,6 +503,14 @@ class Recorder:
         """Once per optimizer step, after it: the epoch's first step measures its update-to-weight ratio."""
         if self.probes is not None:
             self.probes.weights.after_step(skipped)
+            if self.probes.adapters is not None:
+                self.probes.adapters.after_step(skipped)
+
+    def trainable_changed(self) -> None:
+        """Call between `epoch_end()` and the next step when you change which parameters train (lp-ft's
+        second phase unfreezes the backbone): gradients are then sampled for the new set."""
+        if self.probes is not None:
+            self.probes.grads.retarget(self.model)
 
     def _reset_epoch(self) -> None:
         self._step_losses: list[torch.Tensor] = []
@@ -513,6 +540,12 @@ class Recorder:
         t0 = time.perf_counter()
         if self.val_data is not None:
             snap.val = evaluate(self.model, self.val_data, self.num_classes, self.device, self.loss_fn, self.autocast)
+        if self.source is not None:
+            snap.source = evaluate_source(self.model, self.head, self.source, self.device, self.loss_fn, self.autocast)
+            task = self.info.source_task if self.info is not None else None
+            if first and self.writer is not None and task is not None and task.size != snap.source.count:
+                task.size = snap.source.count  # the images evaluated (a loader does not always tell beforehand)
+                self.writer.write_run(self.info)  # type: ignore[arg-type]
         t1 = time.perf_counter()
         probes = self._run_probes(self.probes, snap, first) if self.probes is not None else {}
         saved = time.perf_counter()
@@ -612,6 +645,9 @@ class Recorder:
             if embedding is not None and probes.activations is not None:  # the writer's (the rows of its buffers)
                 snap.tokens = moved_tokens(probes.weights, *embedding)
                 lap("tokens")
+            if probes.adapters is not None:
+                snap.adapters = probes.adapters.measure()
+                lap("adapters")
             snap.gradients = probes.grads.collect()
             lap("gradients")
             if probes.activations is None or probes.features is None:
@@ -660,6 +696,11 @@ class Recorder:
                 self.model(self.probe_x[start : start + batch])
 
     def _filters_weight(self) -> torch.Tensor:
+        adapters = self.probes.adapters if self.probes is not None else None
+        if adapters is not None and self._filters_module and self._filters_module.endswith(".base_layer"):
+            effective = adapters.effective_weight(self._filters_module.removesuffix(".base_layer"))
+            if effective is not None:  # a LoRA-adapted first layer: the filters it computes with
+                return effective
         weight = self.model.get_submodule(self._filters_module).weight  # type: ignore[arg-type]
         assert isinstance(weight, torch.Tensor), "first_conv names a Conv2d"
         return weight

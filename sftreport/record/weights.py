@@ -42,6 +42,7 @@ class WeightProbe:
         named = list(model.named_parameters())
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
+        self.index = {n: i for i, n in enumerate(self.names)}
         self.new = new_params
         self.bins = bins
         self.sharded = is_sharded(model)
@@ -68,6 +69,16 @@ class WeightProbe:
     def _locals(self) -> list[torch.Tensor]:
         """The tensors this process holds: each parameter's own shard when sharded, else the parameter."""
         return locals_of(self.params) if self.sharded else list(self.params)
+
+    def reference(self, name: str) -> torch.Tensor:
+        """Parameter `name` as it was at epoch 0 (W₀; restored on resume). Not for sharded parameters."""
+        i = self.index[name]
+        return self.ref.views[i].view(self.params[i].shape)
+
+    def at_epoch_end(self, name: str) -> torch.Tensor:
+        """Parameter `name` as it was at the latest epoch end measured. Not for sharded parameters."""
+        i = self.index[name]
+        return self.now.views[i].view(self.params[i].shape)
 
     def after_step(self, skipped: torch.Tensor | None = None) -> None:
         """Called after an optimizer step. The first step after an epoch end measures that step's update

@@ -119,8 +119,31 @@ def class_legend(classes: list[str]) -> alt.Legend | None:
 
 # --------------------------------------------------------------------------- training
 
+SWITCH = "#555555"  # lp-ft's switch from the linear probe to full fine-tuning
+SOURCE = "#8c564b"  # the source task's accuracy (forgetting)
 
-def loss_curves(epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: int = 260) -> Layered:
+
+def switch_rule(x: float, field: str) -> alt.Chart:
+    """lp-ft's switch: a dashed vertical rule at the end of the last linear-probe epoch, on an epoch axis
+    whose field is `field` (the rule shares the chart's x scale)."""
+    df = pd.DataFrame({field: [x], "what": [f"lp-ft: linear probe until epoch {x:g}, then every layer trains"]})
+    return (
+        alt.Chart(df)
+        .mark_rule(color=SWITCH, strokeWidth=1.5, strokeDash=[6, 4])
+        .encode(x=alt.X(f"{field}:Q", title="epoch"), tooltip=[alt.Tooltip("what:N", title="lp-ft")])
+    )
+
+
+def with_switch(chart, switch: float | None, field: str):
+    """`chart` with lp-ft's switch drawn on it (the chart itself when there is none)."""
+    if switch is None:
+        return chart
+    return alt.layer(chart, switch_rule(switch, field))
+
+
+def loss_curves(
+    epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: int = 260, switch: float | None = None
+) -> Layered:
     """Training loss per step (thin) and per epoch, validation loss per epoch, on one epoch axis."""
     series = ["training loss, per step", "training loss, epoch mean", "validation loss"]
     colors = [TRAIN_STEP, TRAIN, VAL]
@@ -154,10 +177,11 @@ def loss_curves(epochs: pd.DataFrame, steps: pd.DataFrame, width: int, height: i
     base = alt.Chart().encode(x=x, y=y, color=color, tooltip=tips)
     step_line = base.transform_filter(alt.datum.series == series[0]).mark_line(strokeWidth=1, opacity=0.8)
     epoch_line = base.transform_filter(alt.datum.series != series[0]).mark_line(strokeWidth=2.2, point=True)
-    return alt.layer(step_line, epoch_line, data=df, width=width, height=height)
+    layers = [step_line, epoch_line] + ([switch_rule(switch, "x")] if switch is not None else [])
+    return alt.layer(*layers, data=df, width=width, height=height)
 
 
-def accuracy_curves(epochs: pd.DataFrame, width: int, height: int = 240) -> alt.Chart:
+def accuracy_curves(epochs: pd.DataFrame, width: int, height: int = 240, switch: float | None = None):
     series = ["training accuracy", "validation accuracy"]
     rows = []
     for r in epochs.itertuples():
@@ -166,7 +190,7 @@ def accuracy_curves(epochs: pd.DataFrame, width: int, height: int = 240) -> alt.
         if not math.isnan(r.val_accuracy):
             rows.append({"series": series[1], "epoch": r.epoch, "accuracy": r.val_accuracy})
     df = pd.DataFrame(rows, columns=["series", "epoch", "accuracy"])
-    return (
+    chart = (
         alt.Chart(df)
         .mark_line(point=True, strokeWidth=2.2)
         .encode(
@@ -182,14 +206,17 @@ def accuracy_curves(epochs: pd.DataFrame, width: int, height: int = 240) -> alt.
         )
         .properties(width=width, height=height)
     )
+    return with_switch(chart, switch, "epoch")
 
 
-def learning_rate(steps: pd.DataFrame, epochs: pd.DataFrame, width: int, height: int = 160) -> alt.Chart:
+def learning_rate(
+    steps: pd.DataFrame, epochs: pd.DataFrame, width: int, height: int = 160, switch: float | None = None
+):
     """Learning rate per step when the steps carry it, else per epoch."""
     df = steps[["x", "lr", "step", "epoch"]].dropna(subset=["lr"]) if not steps.empty else steps
     if df.empty:
         df = epochs[["epoch", "lr", "step"]].dropna(subset=["lr"]).assign(x=lambda d: d["epoch"])
-    return (
+    chart = (
         alt.Chart(df)
         .mark_line(color="#4c78a8", strokeWidth=2, interpolate="step-after")
         .encode(
@@ -203,6 +230,51 @@ def learning_rate(steps: pd.DataFrame, epochs: pd.DataFrame, width: int, height:
         )
         .properties(width=width, height=height)
     )
+    return with_switch(chart, switch, "x")
+
+
+def forgetting_curves(df: pd.DataFrame, width: int, height: int = 240, switch: float | None = None) -> Layered:
+    """Source-task accuracy (the backbone with its pretrained head kept aside) next to the target task's
+    validation accuracy per epoch; a dashed line marks how far the source accuracy may fall from epoch 0's
+    before the report calls it forgetting."""
+    series = ["source task, pretrained head", "target task, validation"]
+    rows = []
+    for r in df.itertuples():
+        rows.append({"series": series[0], "epoch": r.epoch, "accuracy": r.source_accuracy})
+        if not math.isnan(r.val_accuracy):
+            rows.append({"series": series[1], "epoch": r.epoch, "accuracy": r.val_accuracy})
+    data = pd.DataFrame(rows, columns=["series", "epoch", "accuracy"])
+    x = alt.X("epoch:Q", title="epoch", axis=epoch_axis(df["epoch"]))
+    lines = (
+        alt.Chart(data)
+        .mark_line(point=True, strokeWidth=2.2)
+        .encode(
+            x=x,
+            y=alt.Y("accuracy:Q", title="accuracy (%)", axis=alt.Axis(format="%"), scale=alt.Scale(zero=False)),
+            color=alt.Color(
+                "series:N",
+                title=None,
+                scale=alt.Scale(domain=series, range=[SOURCE, VAL]),
+                legend=alt.Legend(**LEGEND_BOTTOM),
+            ),
+            tooltip=[alt.Tooltip("series:N"), alt.Tooltip("epoch:Q"), alt.Tooltip("accuracy:Q", format=".2%")],
+        )
+    )
+    layers: list[Any] = [lines]
+    first = df[df["epoch"] == 0]
+    if not first.empty:
+        limit = float(first["source_accuracy"].iloc[0]) - thresholds.FORGETTING_DROP
+        line = pd.DataFrame(
+            {"accuracy": [limit], "what": [f"epoch 0's source accuracy − {thresholds.FORGETTING_DROP * 100:g} points"]}
+        )
+        layers.append(
+            alt.Chart(line)
+            .mark_rule(color=SOURCE, strokeDash=[3, 3], opacity=0.7)
+            .encode(y=alt.Y("accuracy:Q"), tooltip=[alt.Tooltip("what:N", title="forgetting threshold")])
+        )
+    if switch is not None:
+        layers.append(switch_rule(switch, "epoch"))
+    return alt.layer(*layers, width=width, height=height)
 
 
 def logged_metrics(df: pd.DataFrame, epochs: pd.Series, width: int, height: int = 160) -> alt.FacetChart:
@@ -233,7 +305,9 @@ def confusion_pair(
     panel = max(120, min(360, (width - 60 * len(frames)) // max(1, len(frames)) - 70))
     charts = []
     for title, df in frames:
-        df = df[["true", "pred", "count", "share"]]
+        # the panel's title in its data: two identical matrices (a model whose predictions did not change)
+        # would otherwise become one shared dataset, whose text columns Vega then refuses to parse
+        df = df[["true", "pred", "count", "share"]].assign(panel=title)
         base = alt.Chart().encode(
             x=alt.X(
                 "pred:N",

@@ -16,6 +16,7 @@ from sftreport.report.thresholds import (
     DEAD_GROWTH,
     EXPLODE_FACTOR,
     FAR_FACTOR,
+    FORGETTING_DROP,
     OVERFIT_RISE,
     OVERFIT_TRAIN_FALL,
     OVERWRITTEN,
@@ -216,6 +217,58 @@ def val_loss_rule(frames: RunFrames) -> list[Finding]:
     ]
 
 
+def forgetting_rule(frames: RunFrames) -> list[Finding]:
+    """The source task (what the model was pretrained for, measured with its pretrained head kept aside):
+    its accuracy at the last epoch against epoch 0's. A fall of more than FORGETTING_DROP is forgetting (a
+    fall exactly on the threshold is not; accuracies are ratios of image counts, so 1e-9 below one image's
+    share separates "on" from "above" without rounding noise)."""
+    s = frames.source
+    if len(s) < 2 or int(s["epoch"].iloc[0]) != 0:
+        return []
+    first, last = s.iloc[0], s.iloc[-1]
+    task = frames.info.source_task
+    name = task.name if task is not None else "the source task"
+    a0, a1 = float(first["source_accuracy"]), float(last["source_accuracy"])
+    drop = a0 - a1
+    low = s.loc[s["source_accuracy"].idxmin()]
+    low_txt = (
+        f" It was lowest at epoch {int(low['epoch'])} ({fmt.pct(low['source_accuracy'])})."
+        if int(low["epoch"]) != 0 and float(low["source_accuracy"]) < a1  # a dip below where it ended
+        else ""
+    )
+    head = (
+        f"the pretrained {task.head_classes}-class head, kept aside, on {fmt.integer(task.size)} held-out images"
+        if task is not None
+        else "the pretrained head, kept aside"
+    )
+    evidence = (
+        f"Accuracy on {name} of the backbone as it is at each epoch with {head}: {fmt.pct(a0)} at epoch 0, "
+        f"{fmt.pct(a1)} at epoch {int(last['epoch'])} ({fmt.points(a1 - a0)}).{low_txt} Forgetting is a fall of more "
+        f"than {FORGETTING_DROP * 100:g} points."
+    )
+    if drop - FORGETTING_DROP > 1e-9:
+        return [
+            Finding(
+                "forgetting",
+                "warning",
+                f"Fine-tuning forgot part of the source task: {name} accuracy fell {fmt.points(-drop)[1:]} "
+                f"({fmt.pct(a0)} → {fmt.pct(a1)})",
+                evidence + " Lower learning rates for the pretrained layers (--lr-decay), lp-ft or LoRA usually "
+                "keep more of it.",
+                "training",
+            )
+        ]
+    return [
+        Finding(
+            "forgetting",
+            "good",
+            f"The source task was kept: {name} accuracy {fmt.pct(a0)} → {fmt.pct(a1)}",
+            evidence,
+            "training",
+        )
+    ]
+
+
 def overfitting_rule(frames: RunFrames) -> list[Finding]:
     t = frames.epoch_table
     t = t[(t["epoch"] > 0) & t["val_loss"].apply(fmt.finite) & t["train_loss"].apply(fmt.finite)]
@@ -305,8 +358,9 @@ def moved_layers_rule(frames: RunFrames) -> list[Finding]:
     most = [f"{r.layer} ({fmt.change(r.rel_change)})" for r in ranked.head(MOVED_SHOWN).itertuples()]
     least = [f"{r.layer} ({fmt.change(r.rel_change)})" for r in ranked.tail(MOVED_SHOWN).iloc[::-1].itertuples()]
     med = median(pre["rel_change"].tolist())
+    lora = " (of a LoRA-adapted layer, its effective weight W_base + (α/r)·B·A)" if w["adapter"].any() else ""
     evidence = (
-        f"Relative change ‖Wₜ−W₀‖/‖W₀‖ of the pretrained layers at epoch {epoch}: most moved "
+        f"Relative change ‖Wₜ−W₀‖/‖W₀‖{lora} of the pretrained layers at epoch {epoch}: most moved "
         f"{', '.join(most)}; least moved {', '.join(least) if len(pre) > MOVED_SHOWN else '–'}; "
         f"median {fmt.change(med)} over {len(pre)} layers.{head_txt}{frozen_txt}"
     )
@@ -563,6 +617,7 @@ RULES = [
     dropped_write_rule,
     nonfinite_loss_rule,
     accuracy_rule,
+    forgetting_rule,
     val_loss_rule,
     overfitting_rule,
     gradients_rule,

@@ -8,6 +8,11 @@ exact numbers, and the charts' data is rounded to the digits a chart can show wh
 A "layer" is a module that owns parameters (for weights and gradients) or a probed module call (for
 activations), in network order. Per-layer numbers merge the layer's parameter tensors exactly from the
 stored sums: ‖Wₜ−W₀‖/‖W₀‖ = sqrt(Σ diff² / Σ ref²), update ratio = sqrt(Σ update² / Σ W²).
+
+A LoRA-adapted layer (peft's: `layer1.0.conv1` holding `base_layer`, `lora_A.default`, `lora_B.default`) is
+one layer, named as in the model without adapters: its weight is the effective weight W_base + (α/r)·B·A
+(the recorder's AdapterStat), its other tensors (a frozen bias) merge in as usual, and its gradient norm is
+that of its factors A and B. So a LoRA run lines up, layer by layer, with a run that trained the weights.
 """
 
 from __future__ import annotations
@@ -19,10 +24,11 @@ from functools import cached_property
 
 import pandas as pd
 
-from sftreport.schema import EpochSnapshot, Evaluation, Histogram
+from sftreport.schema import AdapterStat, EpochSnapshot, Evaluation, Histogram
 from sftreport.store import Run
 
 NAN = math.nan
+LORA_PARTS = {"base_layer", "lora_A", "lora_B", "lora_dropout", "lora_embedding_A", "lora_embedding_B"}
 
 
 @dataclass(frozen=True)
@@ -178,6 +184,28 @@ class RunFrames:
         return merged.reset_index(drop=True)[["epoch", "x", "step", "loss", "lr"]]
 
     @cached_property
+    def source(self) -> pd.DataFrame:
+        """Per epoch with a source-task evaluation: its accuracy and loss, and the target task's validation
+        accuracy beside it (the forgetting curve)."""
+        rows = [
+            {
+                "epoch": e.epoch,
+                "source_accuracy": e.source.accuracy,
+                "source_loss": e.source.loss,
+                "val_accuracy": num(e.val.accuracy) if e.val else NAN,
+            }
+            for e in self.epochs
+            if e.source is not None
+        ]
+        return pd.DataFrame(rows, columns=["epoch", "source_accuracy", "source_loss", "val_accuracy"])
+
+    @property
+    def lp_switch(self) -> int | None:
+        """lp-ft: the last linear-probe epoch (every layer trained from the next one), else None."""
+        t = self.info.training
+        return t.lp_epochs if t is not None else None
+
+    @cached_property
     def has_val(self) -> bool:
         return any(e.val is not None for e in self.epochs)
 
@@ -261,16 +289,34 @@ class RunFrames:
         return self.module_order.get(name, 1e6 + fallback)
 
     @cached_property
+    def adapted(self) -> set[str]:
+        """The LoRA-adapted layers whose effective weights were recorded."""
+        return {a.module for e in self.epochs for a in e.adapters}
+
+    def fold(self, module: str) -> str:
+        """The adapted layer a LoRA part belongs to (`layer1.0.conv1.lora_A.default` → `layer1.0.conv1`),
+        else the module itself."""
+        if not self.adapted:
+            return module
+        parts = module.split(".")
+        for k in range(len(parts) - 1, 0, -1):
+            if parts[k] in LORA_PARTS and ".".join(parts[:k]) in self.adapted:
+                return ".".join(parts[:k])
+        return module
+
+    @cached_property
     def layer_weights(self) -> pd.DataFrame:
         """Per layer (module owning parameters) and epoch: relative change, update ratio, sizes."""
         rows = []
         seen: dict[str, int] = {}
         for e in self.epochs:
             agg: dict[str, dict] = {}
+            adapters = {x.module: x for x in e.adapters}
             for w in e.weights:
-                seen.setdefault(w.module, len(seen))
+                module = self.fold(w.module) if adapters else w.module
+                seen.setdefault(module, len(seen))
                 a = agg.setdefault(
-                    w.module,
+                    module,
                     {
                         "diff": 0.0,
                         "ref": 0.0,
@@ -282,20 +328,28 @@ class RunFrames:
                         "new": 0,
                         "matrix": False,
                         "finite": True,
+                        "adapter": module in adapters,
                     },
                 )
                 n = math.prod(w.shape) if w.shape else 1
-                a["diff"] += w.diff_sq
-                a["ref"] += w.ref_sq
                 a["params"] += n
                 a["trainable"] += n if w.trainable else 0
-                a["new"] += n if w.new else 0
+                a["new"] += n if w.new and module not in adapters else 0
                 a["matrix"] = a["matrix"] or len(w.shape) >= 2
                 a["finite"] = a["finite"] and math.isfinite(w.stats.m2)
+                if module in adapters and (
+                    w.name == f"{module}.base_layer.weight" or ".lora_" in w.name[len(module) :]
+                ):
+                    continue  # the effective weight (below) stands for the base weight and the factors
+                a["diff"] += w.diff_sq
+                a["ref"] += w.ref_sq
                 if w.update_sq is not None and w.before_update_sq is not None:
                     a["upd"] += w.update_sq
                     a["before"] += w.before_update_sq
                     a["has_upd"] = True
+            for module, x in adapters.items():
+                if module in agg:
+                    _add_effective(agg[module], x)
             for module, a in agg.items():
                 ratio = _ratio(a["upd"], a["before"]) if a["has_upd"] and a["before"] > 0 else NAN
                 mtype = self.module_type.get(module, "")
@@ -314,6 +368,7 @@ class RunFrames:
                         "update_ratio": ratio,
                         "matrix": a["matrix"],
                         "finite": a["finite"],
+                        "adapter": a["adapter"],
                     }
                 )
         df = pd.DataFrame(
@@ -332,6 +387,7 @@ class RunFrames:
                 "update_ratio",
                 "matrix",
                 "finite",
+                "adapter",
             ],
         )
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
@@ -345,8 +401,9 @@ class RunFrames:
         for e in self.epochs:
             agg: dict[str, dict] = {}
             for g in e.gradients:
-                seen.setdefault(g.module, len(seen))
-                a = agg.setdefault(g.module, {"sq": 0.0, "max": 0.0, "nonfinite": 0, "samples": 0, "nan": False})
+                module = self.fold(g.module)
+                seen.setdefault(module, len(seen))
+                a = agg.setdefault(module, {"sq": 0.0, "max": 0.0, "nonfinite": 0, "samples": 0, "nan": False})
                 m = g.mean_norm
                 if math.isfinite(m):
                     a["sq"] += m * m
@@ -393,6 +450,34 @@ class RunFrames:
             )
         return pd.DataFrame(rows, columns=["epoch", "norm", "max_norm", "nonfinite", "samples"])
 
+    @cached_property
+    def adapters(self) -> pd.DataFrame:
+        """Per LoRA-adapted layer and epoch: the effective weight's change and the spectrum of that change."""
+        rows: list[dict] = []
+        for e in self.epochs:
+            for a in e.adapters:
+                sp = a.spectrum
+                rows.append(
+                    {
+                        "layer": a.module,
+                        "epoch": e.epoch,
+                        "order": self._order(a.module, len(rows)),
+                        "type": a.type,
+                        "shape": a.shape,
+                        "r": a.rank,
+                        "alpha": a.alpha,
+                        "rel_change": a.rel_change,
+                        "update_ratio": num(a.update_ratio),
+                        "rank": sp.rank,
+                        "stable_rank": sp.stable_rank,
+                        "top1": sp.top_share(1),
+                        "sv": list(sp.singular_values),
+                    }
+                )
+        cols = ["layer", "epoch", "order", "type", "shape", "r", "alpha", "rel_change", "update_ratio", "rank"]
+        df = pd.DataFrame(rows, columns=cols + ["stable_rank", "top1", "sv"])
+        return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
+
     def weight_tensors(self) -> list[str]:
         """Parameter names of the first snapshot with weights, in network order."""
         for e in self.epochs:
@@ -404,10 +489,12 @@ class RunFrames:
         """Weight matrices worth a histogram, in network order: with room for six, the first, middle and
         last pretrained layer, the pretrained layer that moved most and the new head's (two); with room for
         three, the first pretrained layer, the one that moved most (else the last) and the head."""
-        names = self.weight_tensors()
+        names = [n for n in self.weight_tensors() if ".lora_" not in n]  # LoRA's factors: not weights of a layer
         if not names:
             return []
-        shapes = next({w.name: (w.module, len(w.shape)) for w in e.weights} for e in self.epochs if e.weights)
+        shapes = next(
+            {w.name: (self.fold(w.module), len(w.shape)) for w in e.weights} for e in self.epochs if e.weights
+        )
         mats = [n for n in names if shapes[n][1] >= 2] or names
         w = self.layer_weights
         new_mods = set(w[w["new"]]["module"])
@@ -683,3 +770,13 @@ def _hist_rows(h: Histogram, extra: dict) -> list[dict]:
 
 def _finite(v) -> bool:
     return v is not None and isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _add_effective(a: dict, x: AdapterStat) -> None:
+    """An adapted layer's effective weight into its aggregated sums (as one tensor of the layer)."""
+    a["diff"] += x.diff_sq
+    a["ref"] += x.ref_sq
+    if x.update_sq is not None and x.before_update_sq is not None:
+        a["upd"] += x.update_sq
+        a["before"] += x.before_update_sq
+        a["has_upd"] = True

@@ -35,13 +35,37 @@ from sftreport.report.model import (
 )
 from sftreport.report.profile import PROFILES, Profile
 from sftreport.report.vega import chart_spec
-from sftreport.schema import SCHEMA_VERSION, Architecture
+from sftreport.schema import SCHEMA_VERSION, Architecture, RunInfo
 from sftreport.store import Run
 
 STRATEGIES = {
     "full": "full: every layer trained",
     "linear-probe": "linear probe: only the new head trained, the pretrained layers frozen",
 }
+
+
+def strategy_text(info: RunInfo) -> str:
+    """The strategy in words, with what run.json's `training` adds (lp-ft's switch, LoRA, per-group rates)."""
+    t, name = info.training, info.strategy
+    text = STRATEGIES.get(name, name)
+    if t is not None and t.lp_epochs is not None:
+        text = (
+            f"lp-ft: linear probe for epochs 1–{t.lp_epochs} (only the new head trained), then every layer "
+            f"from epoch {t.lp_epochs + 1}"
+        )
+    if t is not None and t.lora is not None:
+        lo = t.lora
+        text = (
+            f"LoRA r={lo.rank}, α={lo.alpha:g} on {len(lo.targets)} layer{'s' if len(lo.targets) != 1 else ''} "
+            f"({fmt.integer(lo.params)} adapter parameters): the pretrained weights frozen, the new head trained "
+            "in full"
+        )
+    if t is not None and t.lr_decay is not None:
+        groups = t.param_groups
+        span = f" (head {fmt.num(groups[0].lr)} … {fmt.num(groups[-1].lr)})" if len(groups) > 1 else ""
+        text += f"; layer-wise learning-rate decay ×{t.lr_decay:g} per block{span}"
+    return text
+
 
 # what the recorder measures, said once for every caption that shows it
 CKA_POOLING = (
@@ -164,9 +188,10 @@ class _Builder:
             ),
             ("Model", info.model),
             ("Pretrained weights", weights),
-            ("Strategy", STRATEGIES.get(info.strategy, info.strategy)),
+            ("Strategy", strategy_text(info)),
             ("Training", _hyperparameters(info.config) or "–"),
             ("Validation accuracy", acc),
+            *self.source_summary(),
             ("Best epoch", f"{h.best_epoch} ({fmt.pct(h.best_acc)})" if h.best_epoch is not None else "–"),
             ("Epochs", f"{h.epochs_done}{planned}"),
             ("Duration", fmt.duration(h.duration_s) if h.duration_s is not None else "–"),
@@ -179,6 +204,18 @@ class _Builder:
         ]
         return KeyValues(id="summary-table", title="Run", items=items)
 
+    def source_summary(self) -> list[tuple[str, str]]:
+        """The source task's accuracy before and after (forgetting), when it was measured."""
+        task, s = self.info.source_task, self.frames.source
+        if task is None or s.empty:
+            return []
+        a0, a1 = float(s["source_accuracy"].iloc[0]), float(s["source_accuracy"].iloc[-1])
+        e0, e1 = int(s["epoch"].iloc[0]), int(s["epoch"].iloc[-1])
+        acc = f"{fmt.pct(a0)} at epoch {e0}" + (
+            f" → {fmt.pct(a1)} at epoch {e1} ({fmt.points(a1 - a0)})" if e1 != e0 else ""
+        )
+        return [("Source task", f"{task.name}, pretrained head kept aside: {acc}")]
+
     # ------------------------------------------------------------------ training
 
     def training(self) -> Section:
@@ -190,6 +227,13 @@ class _Builder:
             "and for the classes that fine-tuning helped least.",
         )
         t = frames.epoch_table
+        switch = frames.lp_switch
+        marked = (
+            f" The dashed vertical line marks lp-ft's switch: the new head alone trained until epoch {switch}, "
+            "every layer after it."
+            if switch is not None
+            else ""
+        )
         if not frames.trained:
             sec.blocks.append(Note(f"Only the {self.start} (epoch 0) was recorded: no training curves yet."))
         else:
@@ -207,8 +251,8 @@ class _Builder:
                     "loss",
                     "Loss",
                     "Training loss per optimizer step (light) and per epoch, and validation loss per "
-                    "epoch, on one epoch axis. Gaps are NaN or infinite values." + thinned,
-                    charts.loss_curves(t, steps, profile.full, profile.line_h),
+                    "epoch, on one epoch axis. Gaps are NaN or infinite values." + thinned + marked,
+                    charts.loss_curves(t, steps, profile.full, profile.line_h, switch=switch),
                 )
             )
             if t["train_accuracy"].notna().any() or t["val_accuracy"].notna().any():
@@ -217,17 +261,27 @@ class _Builder:
                         "accuracy",
                         "Accuracy",
                         "Training accuracy (on the batches as trained) and validation accuracy "
-                        f"per epoch; epoch 0 is the {self.start} with its new head.",
-                        charts.accuracy_curves(t, profile.full, profile.line_h),
+                        f"per epoch; epoch 0 is the {self.start} with its new head." + marked,
+                        charts.accuracy_curves(t, profile.full, profile.line_h, switch=switch),
                     )
                 )
+            forgetting = self.forgetting(switch)
+            if forgetting is not None:
+                sec.blocks.append(forgetting)
             if steps["lr"].notna().any() or t["lr"].notna().any():
                 sec.blocks.append(
                     self.chart(
                         "lr",
                         "Learning rate",
-                        "The learning rate the optimizer used at each step.",
-                        charts.learning_rate(steps, t, profile.full, profile.small_h),
+                        "The learning rate the optimizer used at each step"
+                        + (
+                            " (the head's; every other group's is the head's × its decay factor, see the appendix)"
+                            if frames.info.training is not None and frames.info.training.lr_decay is not None
+                            else ""
+                        )
+                        + "."
+                        + (" lp-ft restarts the schedule at its switch (dashed line)." if switch is not None else ""),
+                        charts.learning_rate(steps, t, profile.full, profile.small_h, switch=switch),
                     )
                 )
         logged = frames.logged
@@ -280,8 +334,30 @@ class _Builder:
         sec.blocks.append(self.epoch_table())
         return sec
 
+    def forgetting(self, switch: int | None) -> ChartBlock | None:
+        task, s = self.info.source_task, self.frames.source
+        if task is None or s.empty or self.frames.from_scratch:
+            return None
+        other = (
+            f" A prediction of one of the head's other {task.head_classes - len(task.classes) + 1} classes counts as wrong."
+            if task.other
+            else ""
+        )
+        return self.chart(
+            "forgetting",
+            f"Forgetting of the source task ({task.name})",
+            f"Accuracy on the task the model was pretrained for: the backbone as it is at each epoch with the "
+            f"pretrained {task.head_classes}-class head kept aside, on {fmt.integer(task.size)} held-out images"
+            f"{f' ({task.source})' if task.source else ''}, next to the target task's validation accuracy.{other} "
+            f"The dashed horizontal line is {thresholds.FORGETTING_DROP * 100:g} points below epoch 0's source "
+            "accuracy: falling below it is reported as forgetting."
+            + (" The dashed vertical line marks lp-ft's switch." if switch is not None else ""),
+            charts.forgetting_curves(s, self.profile.full, self.profile.line_h, switch=switch),
+        )
+
     def epoch_table(self) -> TableBlock:
         rows = []
+        source = self.info.source_task is not None and any(e.source is not None for e in self.frames.epochs)
         for e in self.frames.epochs:  # the snapshots themselves: None (not measured) shows as –, NaN as NaN
             v = e.val
             rows.append(
@@ -292,17 +368,24 @@ class _Builder:
                     Cell(fmt.pct(e.train_accuracy)),
                     Cell(fmt.num(v.loss, 4) if v else "–"),
                     Cell(fmt.pct(v.accuracy) if v else "–"),
+                ]
+                + ([Cell(fmt.pct(e.source.accuracy) if e.source else "–")] if source else [])
+                + [
                     Cell(fmt.num(e.lr, 3)),
                     Cell(fmt.duration(e.timing.train_s) if e.timing.train_s else "–"),
                 ]
             )
+        columns = ["epoch", "steps", "train loss", "train acc.", "val. loss", "val. acc."]
+        columns += ["source acc."] if source else []
+        columns += ["learning rate", "train time"]
         return TableBlock(
             "epochs",
             "Per epoch",
-            "The numbers behind the curves (NaN: not a number).",
-            ["epoch", "steps", "train loss", "train acc.", "val. loss", "val. acc.", "learning rate", "train time"],
+            "The numbers behind the curves (NaN: not a number)."
+            + (" Source acc.: the source task's accuracy with the pretrained head kept aside." if source else ""),
+            columns,
             rows,
-            numeric=[True] * 8,
+            numeric=[True] * len(columns),
             scroll=self.profile.interactive and len(rows) > 30,
         )
 
@@ -336,7 +419,8 @@ class _Builder:
                     ),
                     ("Frozen", fmt.integer(frozen)),
                     ("New (not pretrained)", f"{fmt.integer(arch.new_params)}"),
-                    ("Strategy", STRATEGIES.get(self.info.strategy, self.info.strategy)),
+                    ("Strategy", strategy_text(self.info)),
+                    *self.adapter_totals(arch),
                 ],
             )
         )
@@ -368,8 +452,21 @@ class _Builder:
         sec.blocks.append(self.layer_table(arch))
         return sec
 
+    def adapter_totals(self, arch: Architecture) -> list[tuple[str, str]]:
+        adapted = [m for m in arch.modules if m.adapter and m.adapter.startswith("LoRA r=")]
+        if not adapted:
+            return []
+        factors = sum(m.params for m in arch.modules if m.adapter in ("LoRA A", "LoRA B"))
+        return [
+            (
+                "Adapters",
+                f"LoRA on {len(adapted)} layer{'s' if len(adapted) != 1 else ''}: {fmt.integer(factors)} parameters "
+                "in their factors A and B (new, trained); each adapted layer computes with W_base + (α/r)·B·A",
+            )
+        ]
+
     def replaced(self, arch: Architecture) -> Block:
-        new = [m for m in arch.modules if m.new > 0]
+        new = [m for m in arch.modules if m.new > 0 and not m.adapter]  # LoRA's factors are in the layer table
         if not new:
             return Note("No new layers: every parameter was loaded from the pretrained weights.")
         if self.frames.from_scratch:
@@ -412,14 +509,14 @@ class _Builder:
                     t[1] += m.trainable
                     t[2] += m.new
         depth = self.profile.layer_table_depth
-        keep = mods if depth is None else [m for m in mods if m.depth <= depth or m.new > 0]
+        keep = mods if depth is None else [m for m in mods if m.depth <= depth or (m.new > 0 and not m.adapter)]
         rows = []
         for m in keep:
             params, trainable, new = totals[m.name]
             rows.append(
                 [
                     Cell(m.name or "(model)", cls=f"mono d{min(m.depth, 6)}"),
-                    Cell(m.type),
+                    Cell(m.type + (f" · {m.adapter}" if m.adapter else "")),
                     Cell(fmt.shape(m.output_shape)),
                     Cell(fmt.integer(params) if params else "–"),
                     _share_cell(trainable, params, "trainable", "frozen"),
@@ -486,6 +583,12 @@ class _Builder:
         rel_cap = (
             f"‖Wₜ−W₀‖ / ‖W₀‖ per layer (rows, network order) and epoch, log colour scale: how far each "
             f"layer's weights are from {ref}. Grey cells did not change (frozen)."
+            + (
+                " A LoRA-adapted layer is measured by its effective weight W_base + (α/r)·B·A, the weight it "
+                "computes with."
+                if not frames.adapters.empty
+                else ""
+            )
         )
         grad_cap = (
             "Gradient L2 norm per layer and epoch: the root of the summed squares of the mean norms of the "
@@ -602,6 +705,9 @@ class _Builder:
                     charts.update_ratio(hu, frames.layers_in_order(hu), profile.heat),
                 )
             )
+        adapters = self.adapters_table()
+        if adapters is not None:
+            blocks.insert(1, adapters)
         sec.blocks += blocks
         gates = frames.gates
         if not gates.empty and gates["epoch"].max() > 0:
@@ -629,6 +735,52 @@ class _Builder:
                 )
             )
         return sec
+
+    def adapters_table(self) -> TableBlock | None:
+        """LoRA-adapted layers at the last epoch: how far the effective weight moved, and the shape of that
+        change (its spectrum)."""
+        a = self.frames.adapters
+        if a.empty:
+            return None
+        last = int(a["epoch"].max())
+        rows = []
+        for r in a[a["epoch"] == last].itertuples():
+            top = r.sv[:2]
+            rows.append(
+                [
+                    Cell(r.layer, cls="mono"),
+                    Cell(fmt.shape(r.shape), title=r.type),
+                    Cell(str(r.r)),
+                    Cell(fmt.change(r.rel_change)),
+                    Cell(fmt.sci(r.update_ratio) if fmt.finite(r.update_ratio) else "–"),
+                    Cell(str(r.rank)),
+                    Cell(f"{r.stable_rank:.2f}" if fmt.finite(r.stable_rank) else "–"),
+                    Cell(fmt.pct(r.top1) if fmt.finite(r.top1) else "–"),
+                    Cell(", ".join(f"{v:.2g}" for v in top) if top else "–", cls="mono"),
+                ]
+            )
+        return TableBlock(
+            "adapters",
+            f"LoRA adapters: the change of each adapted layer's effective weight (epoch {last})",
+            "ΔW = W_eff,t − W_eff,0 with W_eff = W_base + (α/r)·B·A: its relative size ‖ΔW‖/‖W₀‖, one optimizer step's "
+            f"{UPDATE_RATIO_DEF.split(' of ')[0]} of the effective weight, and the spectrum of ΔW: its rank (at most r "
+            "from peft's start, B = 0, while the base weight is frozen), its stable rank ‖ΔW‖²_F/σ₁² (1: one direction), the share of ‖ΔW‖² in "
+            "its largest direction and its two largest singular values.",
+            [
+                "layer",
+                "weight",
+                "r",
+                "‖ΔW‖/‖W₀‖",
+                "update ratio",
+                "rank of ΔW",
+                "stable rank",
+                "top direction",
+                "σ₁, σ₂",
+            ],
+            rows,
+            numeric=[False, False, True, True, True, True, True, True, False],
+            scroll=self.profile.interactive and len(rows) > self.profile.scroll_rows,
+        )
 
     def grad_total(self) -> ChartBlock:
         return self.chart(
@@ -665,7 +817,13 @@ class _Builder:
             f"Weight histograms, {self.start.split()[0]} vs now",
             f"Distribution of the values of chosen weight tensors ({which}); grey area: epoch 0, lines: later "
             "epochs. Bins are fixed per tensor from its epoch-0 range widened by 10 %; red bars at the edges hold "
-            f"the values that moved outside it (their share is in the tooltip).{thinned}",
+            f"the values that moved outside it (their share is in the tooltip).{thinned}"
+            + (
+                " A LoRA-adapted layer's tensor here is its frozen base weight, unchanged by design: the change of "
+                "its effective weight is in the LoRA table above."
+                if not frames.adapters.empty
+                else ""
+            ),
             charts.histograms(
                 df,
                 "tensor",
@@ -1010,6 +1168,25 @@ class _Builder:
         if saved:
             items.append(("Saved weights", ", ".join(f"weights/{n}" for n in saved)))
         sec.blocks.append(KeyValues("environment", "Environment", items))
+        training = info.training
+        if training is not None and training.param_groups:
+            sec.blocks.append(
+                TableBlock(
+                    "param-groups",
+                    "Learning rate per parameter group",
+                    f"Layer-wise learning-rate decay ×{fmt.num(training.lr_decay)} per block below the head: the "
+                    "peak learning rate of each optimizer group (the schedule scales them all alike)."
+                    + (f" {training.schedule[0].upper()}{training.schedule[1:]}." if training.schedule else ""),
+                    ["group", "blocks below the head", "learning rate", "parameters"],
+                    [
+                        [Cell(g.name, cls="mono"), Cell(str(g.depth)), Cell(fmt.num(g.lr)), Cell(fmt.integer(g.params))]
+                        for g in training.param_groups
+                    ],
+                    numeric=[False, True, True, True],
+                )
+            )
+        elif training is not None and training.schedule:
+            sec.blocks.append(Note(f"Learning-rate schedule: {training.schedule}."))
         rows = []
         for e in self.frames.epochs:
             t = e.timing

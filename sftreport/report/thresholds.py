@@ -11,6 +11,9 @@ from __future__ import annotations
 ACC_CHANGE = 0.005  # accuracy changes smaller than half a point count as unchanged
 PEAK_DROP = 0.05  # the last epoch 5 points below the best: the run lost what it had gained
 
+# forgetting of the source task (the backbone with its pretrained head kept aside)
+FORGETTING_DROP = 0.05  # source accuracy more than 5 points below epoch 0's: the run forgot part of it
+
 # losses
 OVERFIT_RISE = 0.05  # validation loss at the end at least 5% above its minimum ...
 OVERFIT_TRAIN_FALL = 0.01  # ... while training loss fell at least 1% more after that minimum

@@ -8,9 +8,10 @@ ones; every other parameter must be found in the weights, or the load fails with
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from sftreport.errors import UserError, one_line
 from sftreport.record.architecture import classifier_head
 from sftreport.train.digits_resnet import DigitsResNet
 from sftreport.train.digits_seq import DigitsLSTM, DigitsTransformer
+from sftreport.train.imagenet import IMAGENET_CLASSES, imagenet_categories
+from sftreport.train.strategies import frozen_modules
 
 DIGITS_MODEL = "digits_resnet"
 
@@ -48,11 +51,24 @@ DIGITS_WEIGHTS_FILE = EMBEDDED[DIGITS_MODEL].weights_file(DIGITS_MODEL)
 
 
 @dataclass
+class SourceHead:
+    """The pretrained classifier head, kept aside when the new one replaced it: with the backbone it measures
+    the task the model was pretrained for (forgetting)."""
+
+    module: nn.Module
+    classes: int  # its outputs
+    categories: list[str] | None  # the name of each output when the weights say (torchvision's meta)
+    image_size: int  # the input side the weights were trained at
+    imagenet: bool = False  # outputs in ImageNet-1k's order (synset ids name them too)
+
+
+@dataclass
 class ModelBundle:
     model: nn.Module
     head: str  # name of the classifier module that was replaced
     new_params: set[str]  # parameter names not loaded from pretrained weights
     weights: str  # what was loaded, in words
+    source_head: SourceHead | None = field(default=None)  # None: no pretrained head in the weights
 
 
 def default_image_size(name: str) -> int | None:
@@ -75,13 +91,38 @@ def build_model(name: str, weights: str, num_classes: int) -> ModelBundle:
             )
         kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
         model = torchvision.models.get_model(name, weights=None, **kwargs)
+    original = copy.deepcopy(model.get_submodule(classifier_head(model)))
     head = replace_head(model, num_classes)
     new = {n for n, _ in model.named_parameters() if n == head or n.startswith(head + ".")}
-    state, described = _pretrained_state(name, weights)
+    state, described, meta = _pretrained_state(name, weights)
     if state is None:
         return ModelBundle(model, head, {n for n, _ in model.named_parameters()}, described)
     _load_backbone(model, state, head, described)
-    return ModelBundle(model, head, new, described)
+    return ModelBundle(model, head, new, described, _source_head(original, state, head, name, meta))
+
+
+def _source_head(
+    original: nn.Module, state: dict[str, torch.Tensor], head: str, name: str, meta: dict
+) -> SourceHead | None:
+    """The pretrained head from the weights (None when they hold none that fits the model's own head)."""
+    own = {k: v for k, v in state.items() if k.startswith(head + ".")}
+    expected = original.state_dict()
+    tensors = {k.removeprefix(head + "."): v for k, v in own.items()}
+    if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+        return None
+    original.load_state_dict(tensors)
+    original.requires_grad_(False)
+    classes = int(getattr(original, "out_features", 0) or getattr(original, "out_channels", 0))
+    categories = meta.get("categories")
+    if name in EMBEDDED and meta.get("embedded"):
+        categories = [str(c) for c in range(classes)]
+    imagenet = classes == IMAGENET_CLASSES and (categories is None or categories == imagenet_categories())
+    if categories is None and imagenet:  # a weights file with a 1000-class head: torchvision's ImageNet order
+        categories = imagenet_categories()
+    size = meta.get("image_size") or (EMBEDDED[name].image_size if name in EMBEDDED else 224)
+    return SourceHead(
+        original, classes, categories if categories and len(categories) == classes else None, size, imagenet
+    )
 
 
 def replace_head(model: nn.Module, num_classes: int) -> str:
@@ -101,12 +142,14 @@ def replace_head(model: nn.Module, num_classes: int) -> str:
     return name
 
 
-def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] | None, str, dict]:
+    """The weights' state_dict, what they are in words, and what is known of their head: `categories` (a
+    torchvision weights enum's class names), `image_size` (the size it was trained at), `embedded`."""
     if weights.lower() == "none":
-        return None, "none (random initialisation)"
+        return None, "none (random initialisation)", {}
     path = Path(weights).expanduser()
     if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.exists() or "/" in weights:
-        return _load_file(path), f"file {path}"
+        return _load_file(path), f"file {path}", {}
     if name in EMBEDDED:
         if weights.upper() != "DEFAULT":
             raise UserError(f"{name} has one set of weights, DEFAULT (or none, or a file path), not {weights!r}")
@@ -116,7 +159,7 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
                 raise UserError(
                     f"the embedded weights {p} are missing: rebuild them with `sftreport pretrain --model {name}`"
                 )
-            return _load_file(p), f"sftreport's {name}, pretrained on digits 0–4"
+            return _load_file(p), f"sftreport's {name}, pretrained on digits 0–4", {"embedded": True}
     import torchvision
 
     try:
@@ -130,7 +173,9 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
         with contextlib.redirect_stdout(notice):
             state = w.get_state_dict(progress=False, check_hash=False)
         sys.stderr.write(notice.getvalue())
-        return state, f"torchvision {type(w).__name__}.{w.name}"
+        crop = getattr(w.transforms(), "crop_size", None)
+        meta = {"categories": w.meta.get("categories"), "image_size": int(crop[0]) if crop else None}
+        return state, f"torchvision {type(w).__name__}.{w.name}", meta
     except Exception as e:
         raise UserError(
             f"cannot download {type(w).__name__}.{w.name} ({type(e).__name__}: {e}); with no network, "
@@ -199,11 +244,7 @@ def apply_strategy(model: nn.Module, strategy: str, head: str) -> list[str]:
         frozen_until = max(owned)
     for i, (_, p) in enumerate(model.named_parameters()):
         p.requires_grad_(i > frozen_until)
-    return [
-        n
-        for n, m in model.named_modules()
-        if n and any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters())
-    ]
+    return frozen_modules(model)
 
 
 def set_train_mode(model: nn.Module, frozen_modules: list[str]) -> None:

@@ -9,8 +9,13 @@ import torch
 
 
 def make_optimizer(
-    params: Iterable[torch.nn.Parameter], name: str, lr: float, momentum: float = 0.9, weight_decay: float = 0.0
+    params: Iterable[torch.nn.Parameter] | list[dict],
+    name: str,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
+    """`params`: the parameters, or parameter groups (dicts with "params" and their own "lr")."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)

@@ -6,6 +6,7 @@ The loop is a plain PyTorch loop; everything sftreport measures goes through the
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
@@ -24,13 +25,15 @@ from sftreport.errors import ExitCode, StorageError, UserError, one_line
 from sftreport.record.activations import check_modules, default_modules
 from sftreport.record.gradients import skipped_by_scaler
 from sftreport.record.recorder import Recorder, RunDescription, check_forward, environment
-from sftreport.schema import DatasetInfo, EpochSnapshot, RunStatus
+from sftreport.schema import DatasetInfo, EpochSnapshot, RunStatus, TrainingInfo
 from sftreport.store import check_run_dir_free
 from sftreport.train import distributed, hf
 from sftreport.train.data import DevicePipeline, ImageTensors, TrainBatches, eval_batches, load_data
 from sftreport.train.models import apply_strategy, build_model, default_image_size, set_train_mode
 from sftreport.train.optim import make_optimizer, make_schedule
 from sftreport.train.progress import Progress
+from sftreport.train.source import source_task
+from sftreport.train.strategies import apply_lora, frozen_modules, optimizer_groups, param_groups, unfreeze_all
 
 CHECK_EVERY = 20  # the loss is checked for NaN (and, under torchrun, ranks agree on stopping) this often
 
@@ -95,6 +98,7 @@ class EvalData:
         workers,
         device,
         equal_batches: bool = False,
+        relabel: list[int] | None = None,
     ):
         self.data, self.pipeline, self.batch, self.ctx, self.workers, self.device = (
             data,
@@ -105,12 +109,15 @@ class EvalData:
             device,
         )
         self.equal_batches = equal_batches
+        # the label each class index stands for (the source task's: an output of the pretrained head)
+        self.relabel = torch.tensor(relabel, device=device) if relabel is not None else None
 
     def __iter__(self):
         for x, y in eval_batches(
             self.data, self.batch, self.ctx.rank, self.ctx.world_size, self.workers, self.device, self.equal_batches
         ):
-            yield self.pipeline.eval_batch(x), y.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            yield self.pipeline.eval_batch(x), (self.relabel[y] if self.relabel is not None else y)
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -144,6 +151,8 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
             "--shard fsdp shards the model across the processes of a torchrun job, and this is one process: "
             "start it with torchrun --nproc-per-node N (N ≥ 2)"
         )
+    if cfg.shard == "fsdp" and (cfg.strategy == "lp-ft" or cfg.lora_rank is not None):
+        raise UserError(f"--strategy {cfg.strategy} under --shard fsdp is not supported yet: use DDP (--shard none)")
 
     # ---- data and model
     text = cfg.dataset == "text" or cfg.model.startswith(hf.PREFIX)
@@ -152,7 +161,13 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     else:
         data = load_data(cfg, default_image_size(cfg.model))
         bundle = build_model(cfg.model, cfg.weights, data.num_classes)
-    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    training = TrainingInfo(lp_epochs=cfg.lp_epochs, lr_decay=cfg.lr_decay)
+    if cfg.lora_rank is not None:
+        training.lora, adapters = apply_lora(bundle.model, cfg.lora_rank, cfg.lora_alpha, bundle.head, cfg.lora_targets)
+        bundle.new_params |= adapters
+        frozen = frozen_modules(bundle.model)
+    else:  # lp-ft starts as a linear probe
+        frozen = apply_strategy(bundle.model, "linear-probe" if cfg.strategy == "lp-ft" else cfg.strategy, bundle.head)
     check_modules(bundle.model, cfg.record.activations or [])  # before anything is printed or written
     use_amp = cfg.amp and device.type == "cuda"
     if device.type == "cuda":  # fixed input sizes: let cuDNN pick the fastest kernels once per shape
@@ -174,6 +189,14 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
     probe = (pipeline.eval_batch(data.probe.images), data.probe.labels.to(device))
     check_forward(model, probe[0][:2])  # the model runs on these inputs: checked before anything is printed
 
+    def source_batches(images, size: int, targets: list[int]) -> EvalData:
+        if isinstance(images, ImageTensors):
+            images = ImageTensors(images.images.to(device), images.labels.to(device))
+        source_pipeline = DevicePipeline(device, size, hflip=False, channels_last=use_amp)
+        return EvalData(images, source_pipeline, cfg.batch_size, ctx, cfg.workers, device, cfg.shard == "fsdp", targets)
+
+    source = source_task(cfg.model, cfg.weights, cfg.source_data, bundle.source_head, source_batches)
+
     train_model = model
     if ctx.enabled:
         if device.type == "cuda":  # CPU has no SyncBatchNorm; see README on what that changes
@@ -181,13 +204,26 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
         if cfg.shard == "fsdp":  # in place: the parameters become DTensors, each process holding its shards
             distributed.fully_shard_blocks(model, default_modules(model, bundle.head))
         else:
-            train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+            train_model = _ddp(model, device)
 
-    # ---- optimizer and schedule (per step)
-    optimizer = make_optimizer(
-        [p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
-    )
-    schedule = make_schedule(optimizer, cfg.scheduler, cfg.epochs * len(train))
+    # ---- optimizer and schedule (per step); lp-ft rebuilds both for its second phase
+    def optimizer_and_schedule(epochs: int):
+        groups = param_groups(model, bundle.head, cfg.lr, cfg.lr_decay)
+        built = make_optimizer(optimizer_groups(groups), cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+        return built, make_schedule(built, cfg.scheduler, epochs * len(train)), groups
+
+    lp_epochs = cfg.lp_epochs if cfg.strategy == "lp-ft" else None
+    optimizer, schedule, groups = optimizer_and_schedule(lp_epochs or cfg.epochs)
+    if cfg.lr_decay is not None and lp_epochs is None:
+        training.param_groups = [g.info for g in groups]
+    if lp_epochs is not None:
+        training.schedule = (
+            f"{cfg.scheduler} over the {lp_epochs} linear-probe epochs, then the optimizer rebuilt over every "
+            f"parameter and the {cfg.scheduler} schedule restarted over the {cfg.epochs - lp_epochs} remaining epochs"
+        )
+        if cfg.lr_decay is not None:  # the groups of the second phase, when every block trains
+            with _all_trainable(model):
+                training.param_groups = [g.info for g in param_groups(model, bundle.head, cfg.lr, cfg.lr_decay)]
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
 
     def autocast():
@@ -216,6 +252,7 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
             options=cfg.record,
             autocast=autocast,
             writer=ctx.is_main,
+            source=source,
             run=RunDescription(
                 name=cfg.resolved_name(),
                 model=cfg.model,
@@ -233,13 +270,22 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                     modality="text" if text else "images",
                 ),
                 environment=environment(device, str(amp_dtype).split(".")[-1] if use_amp else "fp32", ctx.world_size),
+                training=training if training.model_dump(exclude_defaults=True) else None,
             ),
         )
         if rec.last is not None and rec.last.val is not None:
-            progress.message(f"epoch 0: val loss {rec.last.val.loss:.4f} acc {rec.last.val.accuracy:.1%}")
+            source_txt = f", source task acc {rec.last.source.accuracy:.1%}" if rec.last.source is not None else ""
+            progress.message(f"epoch 0: val loss {rec.last.val.loss:.4f} acc {rec.last.val.accuracy:.1%}{source_txt}")
 
         try:
             for epoch in range(1, cfg.epochs + 1):
+                if lp_epochs is not None and epoch == lp_epochs + 1:  # lp-ft: every layer trains from now on
+                    frozen = unfreeze_all(model)
+                    optimizer, schedule, _ = optimizer_and_schedule(cfg.epochs - lp_epochs)
+                    if ctx.enabled:  # DDP reduces the gradients of the parameters that trained when it was built
+                        train_model = _ddp(model, device)
+                    rec.trainable_changed()
+                    progress.message(f"epoch {epoch}: linear probe done, every layer trains from now on")
                 set_train_mode(model, frozen)
                 progress.start_epoch(epoch)
                 for step, (x, y, aug) in enumerate(train.epoch(epoch, data.hflip), 1):
@@ -340,6 +386,25 @@ def _epoch_line(epoch: int, epochs: int, snap: EpochSnapshot) -> str:
         parts.append(f"acc {snap.train_accuracy:.1%}")
     if snap.val is not None:
         parts.append(f"| val loss {snap.val.loss:.4f} acc {snap.val.accuracy:.1%}")
+    if snap.source is not None:
+        parts.append(f"| source acc {snap.source.accuracy:.1%}")
     t = snap.timing
     parts.append(f"| {t.train_s:.1f} s train, {t.eval_s:.1f} s eval, {t.record_s:.2f} s probes")
     return "  ".join(parts)
+
+
+def _ddp(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def _all_trainable(model: torch.nn.Module):
+    """Every parameter trainable while inside (to describe lp-ft's second phase in advance)."""
+    was = [p.requires_grad for p in model.parameters()]
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        yield
+    finally:
+        for p, w in zip(model.parameters(), was):
+            p.requires_grad_(w)

@@ -302,6 +302,7 @@ def test_layer_weights_merge_tensors_of_a_layer_exactly_and_follow_network_order
                 "update_ratio": "nan",
                 "matrix": False,
                 "finite": True,
+                "adapter": False,
             },
             {
                 "layer": "a",
@@ -317,6 +318,7 @@ def test_layer_weights_merge_tensors_of_a_layer_exactly_and_follow_network_order
                 "update_ratio": math.sqrt(0.04 / 2.0),
                 "matrix": True,
                 "finite": True,
+                "adapter": False,
             },
             {
                 "layer": "x",
@@ -332,6 +334,7 @@ def test_layer_weights_merge_tensors_of_a_layer_exactly_and_follow_network_order
                 "update_ratio": "nan",
                 "matrix": False,
                 "finite": False,
+                "adapter": False,
             },
             {
                 "layer": "y",
@@ -347,6 +350,7 @@ def test_layer_weights_merge_tensors_of_a_layer_exactly_and_follow_network_order
                 "update_ratio": "nan",  # measured, but against a zero weight norm
                 "matrix": False,
                 "finite": True,
+                "adapter": False,
             },
         ],
     )
