@@ -34,6 +34,7 @@ from sftreport.report.model import (
     TableBlock,
 )
 from sftreport.report.profile import PROFILES, Profile
+from sftreport.report.spectrum import run_spectrum_blocks
 from sftreport.report.vega import chart_spec
 from sftreport.schema import SCHEMA_VERSION, Architecture
 from sftreport.store import Run
@@ -599,6 +600,7 @@ class _Builder:
                 )
             )
         sec.blocks += blocks
+        sec.blocks += run_spectrum_blocks(frames, self.chart, profile.full)
         return sec
 
     def grad_total(self) -> ChartBlock:
