@@ -1,4 +1,4 @@
-"""The command line: `sftreport run | render | schema | pretrain` (also `python -m sftreport`).
+"""The command line: `sftreport run | render | schema | pretrain | compare | diff | check` (also `python -m sftreport`).
 
 Bad input (a flag, a config value, a dataset, a weights file, a run directory) ends with one line on
 stderr and exit code 2, never a traceback; a disk that refuses a write, with one line and exit code 1
@@ -113,7 +113,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="where to write it (default: inside the installed package)")
     t.add_argument("--epochs", type=_positive_int, default=30)
     t.add_argument("--seed", type=int, default=0)
+    add_decision_commands(sub)
     return p
+
+
+# --------------------------------------------------------------------------- compare | diff | check
+
+
+def add_decision_commands(sub) -> None:
+    """The commands that help decide between fine-tuning choices: compare runs, diff checkpoints, gate CI."""
+    c = sub.add_parser(
+        "compare",
+        help="compare runs side by side in one report (no torch needed)",
+        description="Compare fine-tuning runs (the same model and dataset) side by side in one report.",
+    )
+    c.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    c.add_argument(
+        "--out",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="report file (.html, .pdf, .md); repeatable (default: compare.html)",
+    )
+    c.add_argument(
+        "--label", action="append", metavar="NAME", help="a run's name in the report: one per run, in their order"
+    )
+    c.add_argument("--allow-mixed", action="store_true", help="compare runs of different models or datasets anyway")
 
 
 _RECORD_FLAGS = {
@@ -169,6 +194,14 @@ def cmd_render(ns: argparse.Namespace) -> int:
     return ExitCode.COMPLETED
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from sftreport.report.compare import compare_runs
+
+    for path in compare_runs(ns.run_dirs, ns.out or [Path("compare.html")], ns.label, ns.allow_mixed):
+        print(f"report: {path}")
+    return ExitCode.COMPLETED
+
+
 def cmd_schema(ns: argparse.Namespace) -> int:
     from sftreport.schema import json_schema
 
@@ -183,6 +216,9 @@ def cmd_pretrain(ns: argparse.Namespace) -> int:
     check_output_path(out)
     pretrain_digits(out, epochs=ns.epochs, seed=ns.seed)
     return ExitCode.COMPLETED
+
+
+DECISION_COMMANDS = {"compare": cmd_compare}
 
 
 @contextlib.contextmanager
@@ -226,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with kept_warnings():  # warnings of a run that fails before its directory exists go nowhere
             ns = build_parser().parse_args(argv)
-            return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](
-                ns
-            )
+            commands = {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}
+            commands.update(DECISION_COMMANDS)
+            return commands[ns.command](ns)
     except UserError as e:
         print(f"{prefix}: error: {one_line(e, limit=2000)}", file=sys.stderr)
         return ExitCode.BAD_INPUT

@@ -27,6 +27,11 @@ VANISHED = 1e-12  # a trainable layer whose gradient norm stays below this got n
 # activations
 DEAD_GROWTH = 0.05  # dead-channel fraction up by at least 5 points between first and last epoch
 
+# comparing runs (compare_findings.py)
+COMPARE_ACC_SAME = 0.01  # final validation accuracies within 1 point count as the same; further apart, a difference
+COMPARE_CHANGE_FACTOR = 2.0  # "changed the backbone N× less": the other run's backbone change at least 2× this one's
+COMPARE_CKA_GAP = 0.2  # a layer's CKA to the pretrained model 0.2 lower in one run than another: its features drifted
+
 
 def band_text() -> str:
     """The update-ratio band as the report writes it, e.g. '1e-04 … 1e-02'."""
