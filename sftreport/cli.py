@@ -140,6 +140,34 @@ def add_decision_commands(sub) -> None:
     )
     c.add_argument("--allow-mixed", action="store_true", help="compare runs of different models or datasets anyway")
 
+    d = sub.add_parser(
+        "diff",
+        help="report what changed between two checkpoints (state_dict files), with no training",
+        description="What changed from BASE to TUNED: relative change and the spectrum of the change per layer; "
+        "with --dataset also accuracy, activations and CKA.",
+    )
+    d.add_argument("base", type=Path, metavar="BASE", help="state_dict file of the model before (e.g. pretrained)")
+    d.add_argument("tuned", type=Path, metavar="TUNED", help="state_dict file of the model after (fine-tuned)")
+    d.add_argument("--model", required=True, help="torchvision classification model (resnet50, ...) or digits_resnet")
+    d.add_argument(
+        "--out",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="report file (.html, .pdf, .md); repeatable (default: diff.html)",
+    )
+    d.add_argument("--dataset", help="digits | cifar10 | imagefolder: measure both models on its validation split")
+    d.add_argument(
+        "--data-root", type=Path, metavar="DIR", help="cifar10: DIR/cifar-10-batches-py; imagefolder: DIR/val"
+    )
+    d.add_argument("--image-size", type=int, metavar="PX", help="input side in pixels (default: the dataset's own)")
+    d.add_argument(
+        "--probe-size", type=_positive_int, default=256, help="validation images in the probe set (default 256)"
+    )
+    d.add_argument("--batch-size", type=_positive_int, default=64)
+    d.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | mps")
+    d.add_argument("--run-dir", type=Path, metavar="DIR", help="keep the measurements as a run directory here")
+
 
 _RECORD_FLAGS = {
     "record_enabled": "enabled",
@@ -218,7 +246,29 @@ def cmd_pretrain(ns: argparse.Namespace) -> int:
     return ExitCode.COMPLETED
 
 
-DECISION_COMMANDS = {"compare": cmd_compare}
+def cmd_diff(ns: argparse.Namespace) -> int:
+    from sftreport.diff import diff_checkpoints  # imports torch
+
+    with kept_warnings():
+        written = diff_checkpoints(
+            ns.base,
+            ns.tuned,
+            ns.model,
+            ns.out or [Path("diff.html")],
+            dataset=ns.dataset,
+            data_root=ns.data_root,
+            image_size=ns.image_size,
+            probe_size=ns.probe_size,
+            batch_size=ns.batch_size,
+            device=ns.device,
+            run_dir=ns.run_dir,
+        )
+    for path in written:
+        print(f"report: {path}")
+    return ExitCode.COMPLETED
+
+
+DECISION_COMMANDS = {"compare": cmd_compare, "diff": cmd_diff}
 
 
 @contextlib.contextmanager

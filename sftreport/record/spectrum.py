@@ -12,7 +12,7 @@ convolution's output channels by everything that feeds one of them) and summaris
   change and r for r equal singular values. Singular values below σ₁ · max(out, in·k·k) · ε (ε of
   float32, numpy's `matrix_rank` tolerance) are rounding noise of a rank-deficient matrix and count as 0.
 
-A matrix small enough (`EXACT_FLOPS`) gets its full spectrum (`torch.linalg.svdvals`). A larger one gets
+A matrix small enough (`EXACT_FLOPS`: the default model's every matrix, resnet50's up to layer2) gets its full spectrum (`torch.linalg.svdvals`). A larger one gets
 its top `TOP + OVERSAMPLE` values by randomized SVD (`torch.svd_lowrank`, `NITER` power iterations, a fixed
 seed); its effective rank is then estimated with the rest of the energy, ‖ΔW‖²_F − Σ computed σᵢ², spread
 evenly over the remaining directions. That estimate is exact when the change has at most that many
@@ -29,7 +29,7 @@ import torch
 from sftreport.schema import LayerSpectrum, Spectrum
 
 TOP = 8  # singular values kept per layer
-EXACT_FLOPS = 1.3e9  # full spectrum when out · in·k·k · min(out, in·k·k) is at most this (resnet50's 3×3 convs)
+EXACT_FLOPS = 3e7  # full spectrum when out · in·k·k · min(out, in·k·k) is at most this (a 128×128×3×3 conv)
 OVERSAMPLE = 8  # extra directions the randomized SVD computes beyond TOP
 NITER = 4  # its power iterations (accurate top values for the decaying spectra of real changes)
 EPS32 = float(torch.finfo(torch.float32).eps)

@@ -138,7 +138,7 @@ def layer_dots(
         alt.Chart()
         .transform_filter("!datum.unchanged")
         .mark_circle(size=34, opacity=0.95)
-        .encode(y=y, yOffset=offset, x=x, color=run_color(labels), tooltip=tips)
+        .encode(y=y, yOffset=offset, x=x, color=run_color(labels, legend=runs > 1), tooltip=tips)
     )
     layers_.append(moved)
     if log and zero_note and bool(df["unchanged"].any()):
