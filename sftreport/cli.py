@@ -168,6 +168,31 @@ def add_decision_commands(sub) -> None:
     d.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | mps")
     d.add_argument("--run-dir", type=Path, metavar="DIR", help="keep the measurements as a run directory here")
 
+    from sftreport.check import fraction
+
+    k = sub.add_parser(
+        "check",
+        help="CI gate: exit 1 when a run's findings or thresholds fail (no torch needed)",
+        description="Exit 1 with the failing findings one line each, 0 when the run passes.",
+    )
+    k.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    k.add_argument(
+        "--fail-on",
+        choices=["error", "warning"],
+        default="error",
+        help="error (default): fail on alerts (divergence, NaN, exploding gradients, ...); warning: on warnings too",
+    )
+    k.add_argument("--min-accuracy", type=fraction, metavar="X", help="fail below this final validation accuracy (0.9)")
+    k.add_argument(
+        "--max-forgetting",
+        type=fraction,
+        metavar="Y",
+        help="fail when the source-task accuracy fell more than this (0.05)",
+    )
+    k.add_argument(
+        "--summary", type=Path, metavar="FILE.md", help="write the verdict and the run's summary as Markdown"
+    )
+
 
 _RECORD_FLAGS = {
     "record_enabled": "enabled",
@@ -268,7 +293,20 @@ def cmd_diff(ns: argparse.Namespace) -> int:
     return ExitCode.COMPLETED
 
 
-DECISION_COMMANDS = {"compare": cmd_compare, "diff": cmd_diff}
+def cmd_check(ns: argparse.Namespace) -> int:
+    from sftreport.check import check_run
+
+    v = check_run(ns.run_dir, ns.fail_on, ns.min_accuracy, ns.max_forgetting, ns.summary)
+    if v.run.dropped:
+        print(f"{_prefix()}: warning: {v.run.dropped}", file=sys.stderr)
+    for line in v.failures:
+        print(line)
+    what = "; ".join(v.checked)
+    print(f"check {'passed' if v.passed else 'failed'}: {ns.run_dir} ({what}; {len(v.failures)} failing)")
+    return v.exit_code
+
+
+DECISION_COMMANDS = {"compare": cmd_compare, "diff": cmd_diff, "check": cmd_check}
 
 
 @contextlib.contextmanager

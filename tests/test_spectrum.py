@@ -14,11 +14,11 @@ from pydantic import ValidationError
 from torch import nn
 
 from sftreport.record.recorder import Recorder
-from sftreport.record.spectrum import EPS32, effective_rank, layer_spectrum, spectrum
+from sftreport.record.spectrum import EPS32, effective_rank, geometric_tail, layer_spectrum, spectrum
 from sftreport.schema import LayerSpectrum
 from sftreport.store import read_run
 
-BOTH = pytest.mark.parametrize("exact_flops", [math.inf, 0.0], ids=["full", "randomized"])
+BOTH = pytest.mark.parametrize("full_flops", [math.inf, 0.0], ids=["full", "randomized"])
 
 
 def roy_vetterli(sigma) -> float:
@@ -38,13 +38,13 @@ def built(sigma: list[float], rows: int, cols: int, seed: int = 0) -> torch.Tens
 
 
 @BOTH
-def test_a_rank_one_change_has_effective_rank_one_and_all_energy_in_one_direction(exact_flops):
+def test_a_rank_one_change_has_effective_rank_one_and_all_energy_in_one_direction(full_flops):
     g = torch.Generator().manual_seed(3)
     w0 = torch.randn(24, 8, 3, 3, generator=g)
     u, v = torch.randn(24, generator=g, dtype=torch.float64), torch.randn(72, generator=g, dtype=torch.float64)
     w1 = w0 + torch.outer(u, v).reshape(24, 8, 3, 3).float()  # rank 1 as (out, in·k·k), not as a 4-D tensor
-    s = layer_spectrum("block.conv.weight", w0, w1, exact_flops=exact_flops)
-    assert s.exact == (exact_flops > 0)
+    s = layer_spectrum("block.conv.weight", w0, w1, full_flops=full_flops)
+    assert s.exact == (full_flops > 0)
     assert s.effective_rank == pytest.approx(1.0, abs=1e-9)
     assert s.energy_top(1) == pytest.approx(1.0, abs=1e-5)
     assert s.singular_values[0] == pytest.approx(float(u.norm() * v.norm()), rel=1e-5)
@@ -56,10 +56,10 @@ def test_a_rank_one_change_has_effective_rank_one_and_all_energy_in_one_directio
 
 
 @BOTH
-def test_a_change_with_known_singular_values_gives_those_values(exact_flops):
+def test_a_change_with_known_singular_values_gives_those_values(full_flops):
     sigma = [9.0, 4.5, 3.0, 1.25, 0.5, 0.125]
     delta = built(sigma, 40, 90).float()
-    s = layer_spectrum("fc.weight", torch.zeros(40, 90), delta, exact_flops=exact_flops)
+    s = layer_spectrum("fc.weight", torch.zeros(40, 90), delta, full_flops=full_flops)
     assert s.singular_values[: len(sigma)] == pytest.approx(sigma, rel=2e-5)
     assert s.singular_values[len(sigma) :] == [0.0, 0.0]
     assert s.effective_rank == pytest.approx(roy_vetterli(sigma), rel=1e-5)
@@ -69,22 +69,29 @@ def test_a_change_with_known_singular_values_gives_those_values(exact_flops):
     assert s.energy_top(8) == pytest.approx(1.0, rel=1e-5)
 
 
-def test_effective_rank_of_equal_values_is_their_count_and_the_estimate_is_exact_for_a_flat_tail():
+def test_effective_rank_of_equal_values_is_their_count_and_the_tail_is_exact_when_flat():
     assert effective_rank([2.0] * 7) == pytest.approx(7.0, rel=1e-12)
     assert effective_rank([3.0, 0.0, 0.0]) == 1.0
     assert effective_rank([]) is None and effective_rank([0.0]) is None
-    assert effective_rank([5.0, 1.0], rest_energy=4.0, rest_count=4) == pytest.approx(roy_vetterli([5, 1, 1, 1, 1, 1]))
-    # a scaled orthogonal matrix: every singular value 3; the randomized route computes 16 of 64 and spreads the rest
+    assert geometric_tail(1.0, 4.0, 4) == [1.0] * 4  # only a flat tail holds that much
+    tail = geometric_tail(2.0, 4 * (0.5 + 0.25 + 0.125), 3)  # σ² = 4·ρʲ with ρ = ½
+    assert tail == pytest.approx([math.sqrt(2), 1.0, math.sqrt(0.5)], rel=1e-12)
+    assert geometric_tail(2.0, 0.0, 3) == [] and geometric_tail(2.0, 1.0, 0) == []
+    # a scaled orthogonal matrix: every singular value 3; the randomized route computes 16 of 64 and continues them
     q, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((64, 64)))
     delta = torch.from_numpy(3 * q).float()
     full = layer_spectrum("w", torch.zeros(64, 64), delta)
-    rand = layer_spectrum("w", torch.zeros(64, 64), delta, exact_flops=0)
+    rand = layer_spectrum("w", torch.zeros(64, 64), delta, full_flops=0)
     assert full.exact and not rand.exact
     assert full.effective_rank == pytest.approx(64.0, rel=1e-5)
     assert rand.effective_rank == pytest.approx(64.0, rel=1e-4)
     assert full.energy_top(8) == pytest.approx(8 / 64, rel=1e-5)
+    # a geometric spectrum σᵢ² = 0.8ⁱ: the randomized route's top 32 continued geometrically are the exact tail
+    geo = [0.8 ** (i / 2) for i in range(64)]
+    rand_geo = layer_spectrum("w", torch.zeros(64, 100), built(geo, 64, 100).float(), full_flops=0)
+    assert rand_geo.effective_rank == pytest.approx(roy_vetterli(geo), rel=1e-4)
     # a tall matrix (rows > columns) has as many directions as columns
-    tall = layer_spectrum("w", torch.zeros(96, 48), built([3.0] * 48, 96, 48).float(), exact_flops=0)
+    tall = layer_spectrum("w", torch.zeros(96, 48), built([3.0] * 48, 96, 48).float(), full_flops=0)
     assert tall.rank == 48 and tall.effective_rank == pytest.approx(48.0, rel=1e-4)
 
 
@@ -119,9 +126,9 @@ def test_the_randomized_route_leaves_the_callers_random_numbers_alone_and_repeat
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    one = layer_spectrum("w", torch.zeros(80, 70), delta, exact_flops=0)
+    one = layer_spectrum("w", torch.zeros(80, 70), delta, full_flops=0)
     assert torch.equal(torch.rand(3), expected)
-    two = layer_spectrum("w", torch.zeros(80, 70), delta, exact_flops=0)
+    two = layer_spectrum("w", torch.zeros(80, 70), delta, full_flops=0)
     assert one.singular_values == two.singular_values and one.effective_rank == two.effective_rank
 
 
