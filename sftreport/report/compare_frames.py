@@ -236,6 +236,8 @@ class CompareFrames:
         parts = []
         for m in self.members:
             df = df_of(m.frames)
+            if df.empty:
+                continue
             df = df[(df["epoch"] > 0) & df[value].notna() & df[value].apply(lambda v: math.isfinite(v) and v > 0)]
             if df.empty:
                 continue

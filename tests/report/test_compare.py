@@ -361,3 +361,50 @@ def test_compare_end_to_end(run_dirs, tmp_path, visit):
     v = visit(out / "c.html")
     assert v.charts == 6 and v.drawn == v.charts, v.chart_errors
     assert v.errors == [] and v.requests == []
+
+
+@pytest.mark.browser
+def test_compare_and_diff_pages_are_valid_html_and_accessible(run_dirs, tmp_path, browser):
+    """vnu.jar finds no error and axe-core no serious or critical violation in a comparison and a diff page (the
+    diff rendered from a two-epoch run directory, as `sftreport diff` measures one)."""
+    import subprocess
+
+    from report_support import AXE_JS, VNU_JAR, require
+    from test_validity import axe_violations
+
+    from sftreport.report.diff import render_diff
+    from sftreport.store import RunWriter, read_run
+
+    pages = compare_runs([run_dirs["full"], run_dirs["probe"]], [tmp_path / "compare.html"])
+    two = build_run(tmp_path / "two", epochs=1)
+    run = read_run(two)
+    run.info.config = {"diff": {"base": "a.pt", "tuned": "b.pt", "replaced": []}}
+    RunWriter(two, resume=True).write_run(run.info)
+    pages += render_diff(two, [tmp_path / "diff.html"])
+    java = shutil.which("java")
+    require(java is not None, "java (Debian: default-jre-headless)")
+    require(VNU_JAR.is_file(), f"{VNU_JAR} (npm package vnu-jar)")
+    proc = subprocess.run(
+        [java, "-jar", str(VNU_JAR), "--errors-only", *map(str, pages)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr[-3000:]
+    require(AXE_JS.is_file(), f"{AXE_JS} (npm package axe-core)")
+    for page in pages:
+        bad = [v for v in axe_violations(browser, page) if v["impact"] in ("serious", "critical")]
+        assert bad == [], (page.name, bad)
+
+
+def test_runs_with_little_or_broken_data_still_compare(tmp_path):
+    """Only epoch 0, probes off, a diverged run with NaN everywhere, no validation: a report with notes, no error."""
+    dirs = [
+        build_run(tmp_path / "only0", epochs=0),
+        build_run(tmp_path / "noprobes", epochs=2, probes=False),
+        build_run(tmp_path / "diverged", epochs=3, status="diverged", diverge_at=2, nonfinite_at=2),
+        build_run(tmp_path / "noval", epochs=2, val=False),
+    ]
+    out = compare_runs(dirs, [tmp_path / "edge.html", tmp_path / "edge.md"])
+    html = out[0].read_text()
+    assert spec_blob(html)  # charts of whatever the runs have, all JSON-clean (no NaN)
+    md = out[1].read_text()
+    assert "| status | completed | completed | diverged | completed |" in md
+    assert "The run diverged after 3 epochs" in md
