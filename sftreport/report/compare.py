@@ -30,7 +30,7 @@ from sftreport.report.model import Block, Cell, ChartBlock, KeyValues, Medium, N
 from sftreport.report.profile import PROFILES, Profile
 from sftreport.report.render import altair_unchecked, check_outputs, gc_paused
 from sftreport.report.sections import CKA_POOLING, STRATEGIES, UPDATE_RATIO_DEF
-from sftreport.report.spectrum import DEFINITION
+from sftreport.report.spectrum import RANK_DEFINITION
 from sftreport.report.vega import chart_spec
 from sftreport.schema import SCHEMA_VERSION
 from sftreport.store import read_run
@@ -371,7 +371,7 @@ class _Builder:
                 self.chart(
                     "spectrum",
                     "Effective rank of the change per weight matrix",
-                    f"{DEFINITION} Low: the run changed that matrix along few directions. Matrices a run left "
+                    f"{RANK_DEFINITION}. Low: the run changed that matrix along few directions. Matrices a run left "
                     "unchanged have no dot." + (f" Not measured in: {', '.join(missing)}." if missing else ""),
                     cc.layer_dots(
                         s,

@@ -33,11 +33,12 @@ COLUMNS = [
     "exact",
 ]
 
-DEFINITION = (
+RANK_DEFINITION = (
     "ΔW = Wₜ − W₀ of each weight matrix, reshaped to (output channels, inputs × kernel): its effective rank is "
     "Roy & Vetterli's exp(entropy) of the normalised singular values (1 for a change in one direction, up to "
-    "min(out, in·k·k)), and the energy share is the part of ‖ΔW‖² in the top directions."
+    "min(out, in·k·k))"
 )
+DEFINITION = RANK_DEFINITION + ", and the energy share is the part of ‖ΔW‖² in the top directions."
 
 
 def label(name: str) -> str:
