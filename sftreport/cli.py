@@ -1,4 +1,4 @@
-"""The command line: `sftreport run | render | schema | pretrain` (also `python -m sftreport`).
+"""The command line: `sftreport run | render | schema | pretrain | compare | diff | check` (also `python -m sftreport`).
 
 Bad input (a flag, a config value, a dataset, a weights file, a run directory) ends with one line on
 stderr and exit code 2, never a traceback; a disk that refuses a write, with one line and exit code 1
@@ -143,7 +143,85 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", type=Path, help="where to write it (default: inside the installed package)")
     t.add_argument("--epochs", type=_positive_int, default=30)
     t.add_argument("--seed", type=int, default=0)
+    add_decision_commands(sub)
     return p
+
+
+# --------------------------------------------------------------------------- compare | diff | check
+
+
+def add_decision_commands(sub) -> None:
+    """The commands that help decide between fine-tuning choices: compare runs, diff checkpoints, gate CI."""
+    c = sub.add_parser(
+        "compare",
+        help="compare runs side by side in one report (no torch needed)",
+        description="Compare fine-tuning runs (the same model and dataset) side by side in one report.",
+    )
+    c.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    c.add_argument(
+        "--out",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="report file (.html, .pdf, .md); repeatable (default: compare.html)",
+    )
+    c.add_argument(
+        "--label", action="append", metavar="NAME", help="a run's name in the report: one per run, in their order"
+    )
+    c.add_argument("--allow-mixed", action="store_true", help="compare runs of different models or datasets anyway")
+
+    d = sub.add_parser(
+        "diff",
+        help="report what changed between two checkpoints (state_dict files), with no training",
+        description="What changed from BASE to TUNED: relative change and the spectrum of the change per layer; "
+        "with --dataset also accuracy, activations and CKA.",
+    )
+    d.add_argument("base", type=Path, metavar="BASE", help="state_dict file of the model before (e.g. pretrained)")
+    d.add_argument("tuned", type=Path, metavar="TUNED", help="state_dict file of the model after (fine-tuned)")
+    d.add_argument("--model", required=True, help="torchvision classification model (resnet50, ...) or digits_resnet")
+    d.add_argument(
+        "--out",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="report file (.html, .pdf, .md); repeatable (default: diff.html)",
+    )
+    d.add_argument("--dataset", help="digits | cifar10 | imagefolder: measure both models on its validation split")
+    d.add_argument(
+        "--data-root", type=Path, metavar="DIR", help="cifar10: DIR/cifar-10-batches-py; imagefolder: DIR/val"
+    )
+    d.add_argument("--image-size", type=int, metavar="PX", help="input side in pixels (default: the dataset's own)")
+    d.add_argument(
+        "--probe-size", type=_positive_int, default=256, help="validation images in the probe set (default 256)"
+    )
+    d.add_argument("--batch-size", type=_positive_int, default=64)
+    d.add_argument("--device", default="auto", help="auto (default) | cpu | cuda | mps")
+    d.add_argument("--run-dir", type=Path, metavar="DIR", help="keep the measurements as a run directory here")
+
+    from sftreport.check import fraction
+
+    k = sub.add_parser(
+        "check",
+        help="CI gate: exit 1 when a run's findings or thresholds fail (no torch needed)",
+        description="Exit 1 with the failing findings one line each, 0 when the run passes.",
+    )
+    k.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    k.add_argument(
+        "--fail-on",
+        choices=["error", "warning"],
+        default="error",
+        help="error (default): fail on alerts (divergence, NaN, exploding gradients, ...); warning: on warnings too",
+    )
+    k.add_argument("--min-accuracy", type=fraction, metavar="X", help="fail below this final validation accuracy (0.9)")
+    k.add_argument(
+        "--max-forgetting",
+        type=fraction,
+        metavar="Y",
+        help="fail when the source-task accuracy fell more than this (0.05)",
+    )
+    k.add_argument(
+        "--summary", type=Path, metavar="FILE.md", help="write the verdict and the run's summary as Markdown"
+    )
 
 
 _RECORD_FLAGS = {
@@ -199,6 +277,14 @@ def cmd_render(ns: argparse.Namespace) -> int:
     return ExitCode.COMPLETED
 
 
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from sftreport.report.compare import compare_runs
+
+    for path in compare_runs(ns.run_dirs, ns.out or [Path("compare.html")], ns.label, ns.allow_mixed):
+        print(f"report: {path}")
+    return ExitCode.COMPLETED
+
+
 def cmd_schema(ns: argparse.Namespace) -> int:
     from sftreport.schema import json_schema
 
@@ -214,6 +300,44 @@ def cmd_pretrain(ns: argparse.Namespace) -> int:
     check_output_path(out)
     pretrain_digits(out, epochs=ns.epochs, seed=ns.seed, model_name=ns.model)
     return ExitCode.COMPLETED
+
+
+def cmd_diff(ns: argparse.Namespace) -> int:
+    from sftreport.diff import diff_checkpoints  # imports torch
+
+    with kept_warnings():
+        written = diff_checkpoints(
+            ns.base,
+            ns.tuned,
+            ns.model,
+            ns.out or [Path("diff.html")],
+            dataset=ns.dataset,
+            data_root=ns.data_root,
+            image_size=ns.image_size,
+            probe_size=ns.probe_size,
+            batch_size=ns.batch_size,
+            device=ns.device,
+            run_dir=ns.run_dir,
+        )
+    for path in written:
+        print(f"report: {path}")
+    return ExitCode.COMPLETED
+
+
+def cmd_check(ns: argparse.Namespace) -> int:
+    from sftreport.check import check_run
+
+    v = check_run(ns.run_dir, ns.fail_on, ns.min_accuracy, ns.max_forgetting, ns.summary)
+    if v.run.dropped:
+        print(f"{_prefix()}: warning: {v.run.dropped}", file=sys.stderr)
+    for line in v.failures:
+        print(line)
+    what = "; ".join(v.checked)
+    print(f"check {'passed' if v.passed else 'failed'}: {ns.run_dir} ({what}; {len(v.failures)} failing)")
+    return v.exit_code
+
+
+DECISION_COMMANDS = {"compare": cmd_compare, "diff": cmd_diff, "check": cmd_check}
 
 
 @contextlib.contextmanager
@@ -257,9 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with kept_warnings():  # warnings of a run that fails before its directory exists go nowhere
             ns = build_parser().parse_args(argv)
-            return {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}[ns.command](
-                ns
-            )
+            commands = {"run": cmd_run, "render": cmd_render, "schema": cmd_schema, "pretrain": cmd_pretrain}
+            commands.update(DECISION_COMMANDS)
+            return commands[ns.command](ns)
     except UserError as e:
         print(f"{prefix}: error: {one_line(e, limit=2000)}", file=sys.stderr)
         return ExitCode.BAD_INPUT

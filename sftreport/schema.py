@@ -19,6 +19,7 @@ Version history:
 
 from __future__ import annotations
 
+import itertools
 import math
 from itertools import pairwise
 from typing import Annotated, Any, Literal
@@ -294,7 +295,7 @@ class GradStat(_Model):
 SPECTRUM_TOP = 16  # singular values of a weight change kept per layer
 
 
-class Spectrum(_Model):
+class AdapterSpectrum(_Model):
     """The singular values of a weight change ΔW, taken as a matrix (a convolution's kernel flattened per
     output channel: out × in·kh·kw). `energy` is ‖ΔW‖²_F, the sum of every squared singular value, so the
     share of the change in its top directions and the stable rank follow from what is stored even when
@@ -309,7 +310,7 @@ class Spectrum(_Model):
     )
 
     @model_validator(mode="after")
-    def _ordered(self) -> Spectrum:
+    def _ordered(self) -> AdapterSpectrum:
         sv = self.singular_values
         if any(a < b for a, b in pairwise(sv)):
             raise ValueError("singular values must be listed largest first")
@@ -350,7 +351,9 @@ class AdapterStat(_Model):
         None, description="‖change of the effective weight in the epoch's first optimizer step‖²"
     )
     before_update_sq: NonNegative | None = Field(None, description="‖effective weight before that step‖²")
-    spectrum: Spectrum = Field(description="singular values of W_t − W_0 (of rank at most 2r while W_base is frozen)")
+    spectrum: AdapterSpectrum = Field(
+        description="singular values of W_t − W_0 (of rank at most 2r while W_base is frozen)"
+    )
 
     @property
     def rel_change(self) -> float:
@@ -582,6 +585,65 @@ class EpochSnapshot(_Versioned):
     )
 
 
+# --------------------------------------------------------------------------- the spectrum of a change
+
+
+class LayerSpectrum(_Model):
+    """The singular spectrum of one weight tensor's change ΔW = W₁ − W₀, reshaped to a matrix (out, in·k·k):
+    how many directions the change has, and how much of it lies in the top ones (sftreport.record.spectrum)."""
+
+    name: str = Field(description="parameter name")
+    module: str
+    shape: list[int]
+    new: bool = Field(False, description="not in the pretrained weights: compared with its initialisation")
+    rank: Count = Field(description="min(out, in·k·k): the most directions a change of this shape can have")
+    diff_sq: NonNegative = Field(description="‖ΔW‖²_F, the sum of the squared changes (exact)")
+    ref_sq: NonNegative = Field(description="‖W₀‖²_F")
+    singular_values: list[NonNegative] = Field(
+        [], description="the largest singular values of ΔW, descending (none when ΔW is zero or not finite)"
+    )
+    effective_rank: float | None = Field(
+        None,
+        description="entropy effective rank of Roy & Vetterli (2007): exp(−Σ pᵢ log pᵢ), pᵢ = σᵢ / Σⱼ σⱼ over every "
+        "singular value; None when ΔW is zero or not finite",
+    )
+    exact: bool = Field(True, description="full spectrum (svdvals); False: randomized top values (svd_lowrank)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LayerSpectrum:
+        s = self.singular_values
+        if len(s) > self.rank:
+            raise ValueError(f"{self.name}: {len(s)} singular values for a rank of at most {self.rank}")
+        if any(a < b for a, b in itertools.pairwise(s)):
+            raise ValueError(f"{self.name}: singular values are not in descending order")
+        if math.isfinite(self.diff_sq) and sum(v * v for v in s) > self.diff_sq * (1 + 1e-3) + 1e-30:
+            raise ValueError(f"{self.name}: the singular values hold more energy than ‖ΔW‖²")
+        er = self.effective_rank
+        if er is not None and not (1 - 1e-6 <= er <= max(1, self.rank) * (1 + 1e-6)):
+            raise ValueError(f"{self.name}: effective rank {er} is outside 1…{self.rank}")
+        return self
+
+    def energy_top(self, k: int) -> float:
+        """Share of ‖ΔW‖²_F in the top `k` directions (NaN when ΔW is zero or not finite)."""
+        if not self.singular_values or not self.diff_sq or not math.isfinite(self.diff_sq):
+            return math.nan
+        return min(1.0, sum(v * v for v in self.singular_values[:k]) / self.diff_sq)
+
+    @property
+    def rel_change(self) -> float:
+        if self.ref_sq == 0:
+            return 0.0 if self.diff_sq == 0 else math.inf
+        return math.sqrt(self.diff_sq / self.ref_sq)
+
+
+class Spectrum(_Model):
+    """The spectrum of every weight matrix's change from the pretrained weights, at one epoch."""
+
+    epoch: int = Field(ge=0, description="the epoch whose weights were measured against epoch 0's")
+    top: Count = Field(description="singular values kept per layer, at most")
+    layers: list[LayerSpectrum]
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -701,6 +763,9 @@ class RunInfo(_Versioned):
         None, description="the task the model was pretrained for, measured at every epoch (EpochSnapshot.source)"
     )
     training: TrainingInfo | None = Field(None, description="lp-ft's switch, per-group learning rates, LoRA")
+    spectrum: Spectrum | None = Field(
+        None, description="the spectrum of each weight matrix's change at the last epoch (written by finish)"
+    )
 
     @model_validator(mode="after")
     def _probe_labels(self) -> RunInfo:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from sftreport.record.weights import WeightProbe
-from sftreport.schema import SPECTRUM_TOP, AdapterStat, Architecture, Spectrum
+from sftreport.schema import SPECTRUM_TOP, AdapterSpectrum, AdapterStat, Architecture
 
 EPS64 = torch.finfo(torch.float64).eps
 
@@ -100,13 +100,15 @@ def singular_values_of_product(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return torch.linalg.svdvals(r1 @ r2.T)
 
 
-def spectrum(sv: torch.Tensor, shape: tuple[int, int]) -> Spectrum:
-    """A Spectrum from all of a matrix's singular values (any order)."""
+def spectrum(sv: torch.Tensor, shape: tuple[int, int]) -> AdapterSpectrum:
+    """An AdapterSpectrum from all of a matrix's singular values (any order)."""
     values = sorted(sv.double().tolist(), reverse=True)
     top = values[0] if values else 0.0
     tol = top * max(shape) * EPS64
     rank = sum(1 for x in values if x > tol) if top > 0 else 0
-    return Spectrum(singular_values=values[: min(rank, SPECTRUM_TOP)], energy=sum(x * x for x in values), rank=rank)
+    return AdapterSpectrum(
+        singular_values=values[: min(rank, SPECTRUM_TOP)], energy=sum(x * x for x in values), rank=rank
+    )
 
 
 class AdapterProbe:

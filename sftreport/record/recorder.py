@@ -78,6 +78,7 @@ from sftreport.record.reference import (
 from sftreport.record.saved_weights import WeightSaver
 from sftreport.record.sharded import full, full_state_dict, is_sharded, reshard, type_name
 from sftreport.record.source_task import SourceTask, evaluate_source
+from sftreport.record.spectrum import spectrum
 from sftreport.record.tokens import moved_tokens, token_embedding
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import (
@@ -89,6 +90,7 @@ from sftreport.schema import (
     ProbeInfo,
     RunInfo,
     RunStatus,
+    Spectrum,
     StepPoint,
     Timing,
     TrainingInfo,
@@ -770,6 +772,7 @@ class Recorder:
             return []
         info.status = status
         info.status_detail = "; ".join(x for x in (detail, self._resume_note) if x)
+        info.spectrum = self._spectrum()
         info.finished_at = _now()
         info.duration_s = self._prior_s + time.perf_counter() - self._started
         try:
@@ -778,6 +781,17 @@ class Recorder:
             self.render(out)
             raise
         return self.render(out)
+
+    def _spectrum(self) -> Spectrum | None:
+        """The spectrum of each weight matrix's change from W₀ at the last recorded epoch (record/spectrum.py),
+        measured when the model still holds that epoch's weights: not after a run stopped mid-epoch, nor for
+        sharded parameters (each process holds a part of every matrix)."""
+        last, probes = self.last, self.probes
+        if probes is None or self.sharded or last is None or last.epoch == 0 or self.global_step != last.step:
+            return None
+        w = probes.weights
+        pairs = ((n, ref.view(p.shape), p, n in w.new) for n, ref, p in zip(w.names, w.ref.views, w.params))
+        return spectrum(last.epoch, pairs)
 
     def render(self, out: str | Path | Iterable[str | Path]) -> list[Path]:
         """Render report files (the format follows each extension) from the epochs on disk and the run's

@@ -34,6 +34,7 @@ from sftreport.report.model import (
     TableBlock,
 )
 from sftreport.report.profile import PROFILES, Profile
+from sftreport.report.spectrum import run_spectrum_blocks
 from sftreport.report.vega import chart_spec
 from sftreport.schema import SCHEMA_VERSION, Architecture, RunInfo
 from sftreport.store import Run
@@ -734,6 +735,7 @@ class _Builder:
                     charts_sequence.moved_tokens(tokens, profile.full - 220),
                 )
             )
+        sec.blocks += run_spectrum_blocks(frames, self.chart, profile.full)
         return sec
 
     def adapters_table(self) -> TableBlock | None:

@@ -30,6 +30,15 @@ VANISHED = 1e-12  # a trainable layer whose gradient norm stays below this got n
 # activations
 DEAD_GROWTH = 0.05  # dead-channel fraction up by at least 5 points between first and last epoch
 
+# comparing runs (compare_findings.py)
+COMPARE_ACC_SAME = 0.01  # final validation accuracies within 1 point count as the same; further apart, a difference
+COMPARE_CHANGE_FACTOR = 2.0  # "changed the backbone N× less": the other run's backbone change at least 2× this one's
+COMPARE_CKA_GAP = 0.2  # a layer's CKA to the pretrained model 0.2 lower in one run than another: its features drifted
+
+# the diff of two checkpoints (report/diff.py)
+DIFF_LOW_RANK_ENERGY = 0.9  # a weight matrix's change with 90 % of its energy in its top directions is low-rank ...
+DIFF_LOW_RANK_MIN = 32  # ... when the matrix has room for more than 32 directions (fewer hold 90 % in 8 trivially)
+
 
 def band_text() -> str:
     """The update-ratio band as the report writes it, e.g. '1e-04 … 1e-02'."""

@@ -17,11 +17,11 @@ from sftreport.report.sections import build_report, strategy_text
 from sftreport.report.thresholds import FORGETTING_DROP
 from sftreport.report.vega import chart_spec
 from sftreport.schema import (
+    AdapterSpectrum,
     AdapterStat,
     LoRAInfo,
     ParamGroupInfo,
     SourceTaskInfo,
-    Spectrum,
     TrainingInfo,
 )
 
@@ -181,7 +181,7 @@ def _adapter(module: str, diff: float, ref: float, update=None, before=None, sv=
         ref_sq=ref,
         update_sq=update,
         before_update_sq=before,
-        spectrum=Spectrum(singular_values=list(sv), energy=diff, rank=rank),
+        spectrum=AdapterSpectrum(singular_values=list(sv), energy=diff, rank=rank),
     )
 
 
