@@ -94,3 +94,53 @@ def top_channels(maps: torch.Tensor, n: int = MAP_CHANNELS) -> list[int]:
     """The channels most active (mean |x|) over the image samples: chosen once, on the pretrained model."""
     score = maps.float().abs().mean(dim=(0, 2, 3))
     return score.topk(min(n, score.numel())).indices.sort().values.tolist()
+
+
+MASK_TILE = 128
+# class colours for mask overlays (Tableau 10); class 0 (background) is left uncoloured, void (255) grey
+MASK_COLOURS = np.array(
+    [
+        [0, 0, 0],
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [227, 119, 194],
+        [188, 189, 34],
+        [23, 190, 207],
+    ],
+    dtype=np.float32,
+)
+
+
+def mask_colour(c: int) -> str:
+    """The overlay colour of class `c` as #rrggbb (the report's legend uses the same)."""
+    row = MASK_COLOURS[1 + (c - 1) % (len(MASK_COLOURS) - 1)] if c else MASK_COLOURS[0]
+    r, g, b = (int(v) for v in row)
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def _overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Classes painted over the grey image at 60 % opacity; background shows the image, void is grey."""
+    grey = rgb.mean(axis=2, keepdims=True).repeat(3, axis=2).astype(np.float32)
+    idx = np.where(mask > 0, 1 + (mask.astype(np.int64) - 1) % (len(MASK_COLOURS) - 1), 0)
+    colour = MASK_COLOURS[idx]
+    paint = (mask > 0) & (mask != 255)
+    out = np.where(paint[..., None], 0.4 * grey + 0.6 * colour, grey)
+    out = np.where((mask == 255)[..., None], 160.0, out)
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def mask_panel(image: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, num_classes: int) -> bytes:
+    """One probe image (C, H, W, normalised), its ground-truth mask and the predicted mask over it -> PNG of
+    three tiles side by side: image, ground truth, prediction."""
+    img = image.float().cpu()
+    img = img if img.shape[0] == 3 else img.expand(3, -1, -1)
+    lo, hi = img.min(), img.max()
+    rgb = ((img - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    t, p = target.cpu().numpy(), pred.cpu().numpy()
+    tiles = [_resize_nearest(x, MASK_TILE) for x in (rgb, _overlay(rgb, t), _overlay(rgb, p))]
+    return png_bytes(_grid(np.stack(tiles), cols=3))

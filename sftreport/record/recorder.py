@@ -64,7 +64,7 @@ from sftreport.record.attention import AttentionProbe, attention_modules
 from sftreport.record.evaluation import all_reduce_sum, evaluate, logits_of
 from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
-from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
+from sftreport.record.images import feature_map_strip, filter_grid, first_conv, mask_panel, top_channels
 from sftreport.record.recurrent import RecurrentProbe, recurrent_modules
 from sftreport.record.reference import (
     check_identity,
@@ -75,6 +75,7 @@ from sftreport.record.reference import (
     save_reference,
 )
 from sftreport.record.saved_weights import WeightSaver
+from sftreport.record.segmentation_eval import SegmentationTask
 from sftreport.record.sharded import full, full_state_dict, is_sharded, reshard, type_name
 from sftreport.record.tokens import moved_tokens, token_embedding
 from sftreport.record.weights import WeightProbe
@@ -84,6 +85,7 @@ from sftreport.schema import (
     EpochSnapshot,
     FeatureMapImage,
     Images,
+    MaskImage,
     ProbeInfo,
     RunInfo,
     RunStatus,
@@ -138,7 +140,7 @@ def environment(device: torch.device, precision: str = "fp32", world_size: int |
 
 
 @torch.no_grad()
-def check_forward(model: nn.Module, x: torch.Tensor) -> int:
+def check_forward(model: nn.Module, x: torch.Tensor, dims: int = 2) -> int:
     """One forward pass of a couple of inputs: the model must run on them (a bad image size is the user's
     to fix, said in one line), and the logits' width is the class count. Train/eval mode is restored."""
     was_training = model.training
@@ -152,6 +154,13 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> int:
     finally:
         model.train(was_training)
     out = getattr(out, "logits", out)  # a Hugging Face model's output object carries them as .logits
+    if dims == 4:  # per-pixel logits, or torchvision's segmentation dict {"out": ...}
+        out = out.get("out") if isinstance(out, dict) else out
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            raise UserError(
+                f"{type(model).__name__} must return per-pixel logits (batch, classes, H, W) or {{'out': ...}}"
+            )
+        return out.shape[1]
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise UserError(
             f"{type(model).__name__} must return logits of shape (batch, classes), or an object with them as .logits"
@@ -229,13 +238,15 @@ class Recorder:
         writer: bool = True,
         resume_after: int | None = None,
         resume_step: int | None = None,
+        task: SegmentationTask | None = None,
     ):
         """`probe`: a fixed batch of inputs and labels; `val_data`: (inputs, targets) batches to evaluate on at
         every epoch end; `new_params`: names of the parameters your new head added; `head`: the classifier
         module (default: the last Linear or Conv2d); `run`: what to call the run and how it was set up;
         `writer`: False on every process but one under torchrun (that one runs the probes and writes);
         `resume_after`, `resume_step`: continue the run in `run_dir` from a checkpoint (see the module's
-        docstring) instead of starting one."""
+        docstring) instead of starting one; `task`: None for a classifier, a SegmentationTask for per-pixel
+        logits (the probe's targets are then masks, its evaluation and feature view the task's)."""
         self.model = model
         self.options = options or RecordOptions()
         self.run = run or RunDescription()
@@ -243,11 +254,18 @@ class Recorder:
         reshard(model)  # FSDP2 units gathered by an earlier forward: sharded again (nothing for other models)
         self.sharded = is_sharded(model)  # FSDP2: every process takes part in the probes' collectives
         self.probe_x, self.probe_y = probe[0].to(self.device), probe[1].to(self.device).long()
+        self.task = task
+        self.probe_masks: torch.Tensor | None = None
+        if task is not None:  # the probe's targets are masks: each image's label is the task's
+            problem = task.check_targets(self.probe_y)
+            if problem:
+                raise UserError(f"probe masks: {problem}")
+            self.probe_masks, self.probe_y = self.probe_y, task.probe_labels(self.probe_y)
         if len(self.probe_y) < 2:
             raise UserError(f"the probe set needs at least 2 samples, got {len(self.probe_y)}")
         self.val_data = val_data
         self.head = head or classifier_head(model)
-        logits_width = check_forward(model, self.probe_x[:2])
+        logits_width = check_forward(model, self.probe_x[:2], dims=4 if task is not None else 2)
         self.num_classes = len(class_names) if class_names else logits_width
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         if int(self.probe_y.min()) < 0 or int(self.probe_y.max()) >= self.num_classes:
@@ -467,6 +485,12 @@ class Recorder:
         leaves the device. `samples`: the batch's size when no targets are given (default 1)."""
         self.global_step += 1
         n = len(targets) if targets is not None else (samples or 1)
+        if self.task is not None and logits is not None and targets is not None:  # pixels, not images
+            correct, labelled = self.task.correct(logits, targets)
+            self._correct += correct
+            self._acc_count += labelled
+            self._with_acc = True
+            logits = targets = None
         self._step_losses.append(loss.detach())  # summed at the epoch end: no work per step beyond this
         self._step_sizes.append(n)
         self._step_lrs.append(lr)
@@ -491,6 +515,7 @@ class Recorder:
         self._step_lrs: list[float | None] = []
         self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self._count = 0
+        self._acc_count = torch.zeros((), dtype=torch.int64, device=self.device)  # labelled pixels (segmentation)
         self._with_acc = False
         self._epoch_started = time.perf_counter()
 
@@ -511,7 +536,9 @@ class Recorder:
         if not first:
             self._train_metrics(snap, lr)
         t0 = time.perf_counter()
-        if self.val_data is not None:
+        if self.val_data is not None and self.task is not None:
+            snap.val = self.task.evaluate(self.model, self.val_data, self.device, self.autocast)
+        elif self.val_data is not None:
             snap.val = evaluate(self.model, self.val_data, self.num_classes, self.device, self.loss_fn, self.autocast)
         t1 = time.perf_counter()
         probes = self._run_probes(self.probes, snap, first) if self.probes is not None else {}
@@ -562,15 +589,17 @@ class Recorder:
                 (losses * sizes).sum().reshape(1),
                 self._correct.double().reshape(1),
                 torch.tensor([float(self._count)], dtype=torch.float64, device=self.device),
+                self._acc_count.double().reshape(1),
                 losses,
             ]
         )
         sums = all_reduce_sum(packed).tolist()
         loss_sum, correct, count = sums[0], sums[1], sums[2]
-        step_losses = [v / world for v in sums[3:]]
+        acc_count = sums[3] if self.task is not None else count
+        step_losses = [v / world for v in sums[4:]]
         self._global_count = count
         snap.train_loss = loss_sum / count if count else None
-        snap.train_accuracy = correct / count if count and self._with_acc else None
+        snap.train_accuracy = correct / acc_count if acc_count and self._with_acc else None
         snap.lr = lr if lr is not None else next((x for x in reversed(self._step_lrs) if x is not None), None)
         snap.steps = self._bucket_steps(step_losses)
 
@@ -672,14 +701,19 @@ class Recorder:
         batch = self._probe_batch()
         with (
             activations.hooks(self.model, want_hist, want_reps) as next_chunk,
-            capture_head_input(self.model, self.head, feats),
+            capture_head_input(self.model, self.head, feats, flatten=self.task is None),
             self.autocast(),
         ):
             for start in range(0, len(self.probe_x), batch):
                 out = self.model(self.probe_x[start : start + batch])
                 logits.append(logits_of(out).float())
                 next_chunk()
-        return torch.cat(feats), torch.cat(logits)
+        if self.task is None:
+            return torch.cat(feats), torch.cat(logits)
+        assert self.probe_masks is not None
+        pixel_logits = torch.cat(logits)
+        self._probe_pred = pixel_logits[:IMAGE_SAMPLES].argmax(dim=1)  # drawn by _images
+        return self.task.probe_view(torch.cat(feats), pixel_logits, self.probe_masks, self.probe_y)
 
     # ------------------------------------------------------------------ images
 
@@ -714,6 +748,10 @@ class Recorder:
                 safe = module.replace("#", "_")
                 path = writer.write_asset(f"fmap_{safe}_s{i}_{tag}.png", png)
                 images.feature_maps.append(FeatureMapImage(module=module, sample=i, path=path, channels=len(channels)))
+        if self.probe_masks is not None and getattr(self, "_probe_pred", None) is not None:
+            for i in range(min(IMAGE_SAMPLES, len(self.probe_x))):
+                png = mask_panel(self.probe_x[i], self.probe_masks[i], self._probe_pred[i], self.num_classes)
+                images.masks.append(MaskImage(sample=i, path=writer.write_asset(f"mask_s{i}_{tag}.png", png)))
         return images
 
     # ------------------------------------------------------------------ the end
