@@ -180,6 +180,16 @@ def test_recorder_records_a_segmentation_run_that_numpy_confirms(tmp_path):
     assert [m.sample for m in masks] == [0, 1] and all((tmp_path / "run" / m.path).is_file() for m in masks)
     with Image.open(tmp_path / "run" / masks[0].path) as im:
         assert im.height == 128 and im.width > 3 * 128
+    html, md = (tmp_path / "r.html").read_text(), (tmp_path / "r.md").read_text()
+    for text in (
+        "mIoU before",
+        "Per-class IoU, before vs after",
+        "Predicted masks, before and after",
+        "Pixel confusion",
+    ):
+        assert text in html, text
+    assert "val. accuracy before" not in html and "numbers are image counts" not in html
+    assert "| Validation mIoU |" in md and "| Validation accuracy |" not in md
 
 
 def test_recorder_refuses_probe_masks_with_labels_beyond_the_classes(tmp_path):
@@ -281,6 +291,6 @@ def test_cli_runs_the_embedded_segmentation_default(tmp_path):
     e0, e1 = run.epochs
     assert isinstance(e0.val, SegmentationEvaluation) and e0.val.images == 120
     assert e1.val.miou != e0.val.miou
-    assert (tmp_path / "r.html").stat().st_size > 10_000
+    assert "mIoU" in (tmp_path / "r.html").read_text()
     lines = (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["val"]["task"] == "segment"

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sftreport.palette import MASK_COLOURS as PALETTE
+
 MAX_FILTERS = 64
 FILTER_TILE = 24  # pixels per filter cell
 MAP_TILE = 48
@@ -97,29 +99,8 @@ def top_channels(maps: torch.Tensor, n: int = MAP_CHANNELS) -> list[int]:
 
 
 MASK_TILE = 128
-# class colours for mask overlays (Tableau 10); class 0 (background) is left uncoloured, void (255) grey
-MASK_COLOURS = np.array(
-    [
-        [0, 0, 0],
-        [31, 119, 180],
-        [255, 127, 14],
-        [44, 160, 44],
-        [214, 39, 40],
-        [148, 103, 189],
-        [140, 86, 75],
-        [227, 119, 194],
-        [188, 189, 34],
-        [23, 190, 207],
-    ],
-    dtype=np.float32,
-)
-
-
-def mask_colour(c: int) -> str:
-    """The overlay colour of class `c` as #rrggbb (the report's legend uses the same)."""
-    row = MASK_COLOURS[1 + (c - 1) % (len(MASK_COLOURS) - 1)] if c else MASK_COLOURS[0]
-    r, g, b = (int(v) for v in row)
-    return f"#{r:02x}{g:02x}{b:02x}"
+# row 0: background (not painted); rows 1..: the class colours of sftreport.palette
+MASK_COLOURS = np.array([[0, 0, 0]] + [rgb for _, rgb in PALETTE], dtype=np.float32)
 
 
 def _overlay(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -91,7 +91,6 @@ def dominant_class(masks: torch.Tensor, num_classes: int) -> torch.Tensor:
     valid = (flat != IGNORE) & (flat > 0)
     counts = torch.zeros(n, num_classes, dtype=torch.long, device=masks.device)
     counts.scatter_add_(1, torch.where(valid, flat, 0), valid.long())
-    counts[:, 0] = 0
     best = counts.argmax(dim=1)
     return torch.where(counts.amax(dim=1) > 0, best, 0)
 

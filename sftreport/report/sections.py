@@ -16,7 +16,7 @@ import pandas as pd
 
 import sftreport
 from sftreport.errors import UserError
-from sftreport.report import charts, charts_sequence, fmt, thresholds
+from sftreport.report import charts, charts_sequence, fmt, sections_segmentation, thresholds
 from sftreport.report.findings import derive_findings
 from sftreport.report.frames import RunFrames, choose_epochs
 from sftreport.report.model import (
@@ -59,7 +59,7 @@ def build_report(
     b = _Builder(run, frames, PROFILES[medium], on_chart)
     headline = b.headline()
     sections = [b.training(), b.architecture(), b.parameters(), b.activations(), b.features(), b.appendix()]
-    return Report(
+    report = Report(
         medium=medium,
         title=f"Fine-tuning report: {run.info.name}",
         headline=headline,
@@ -69,6 +69,9 @@ def build_report(
         schema_version=SCHEMA_VERSION,
         sftreport_version=sftreport.__version__,
     )
+    if sections_segmentation.is_segmentation(run):  # mIoU, per-class IoU, masks: see that module
+        sections_segmentation.adapt(report, b)
+    return report
 
 
 class _Builder:
