@@ -217,7 +217,7 @@ def _voc_palette() -> list[int]:
     return pal
 
 
-def make_voc(root: Path, sizes=((40, 30), (36, 36), (30, 40))) -> Path:
+def make_voc(root: Path, sizes=((40, 30), (36, 36), (30, 40), (40, 40))) -> Path:
     (root / "JPEGImages").mkdir(parents=True)
     (root / "SegmentationClass").mkdir()
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
@@ -234,13 +234,13 @@ def make_voc(root: Path, sizes=((40, 30), (36, 36), (30, 40))) -> Path:
         m.save(root / "SegmentationClass" / f"{name}.png")
         names.append(name)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(names[:2]) + "\n")
-    (root / "ImageSets" / "Segmentation" / "val.txt").write_text(names[2] + "\n")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(names[2:]) + "\n")
     return root
 
 
 def test_voc_loader_reads_the_palette_masks(tmp_path):
     data = load_voc(make_voc(tmp_path / "voc"), 32)
-    assert data.train_x.shape == (2, 3, 32, 32) and data.val_y.shape == (1, 32, 32)
+    assert data.train_x.shape == (2, 3, 32, 32) and data.val_y.shape == (2, 32, 32)
     assert len(data.classes) == 21 and data.classes[15] == "person"
     assert set(data.train_y.unique().tolist()) == {0, 15, 255}
 
@@ -294,3 +294,36 @@ def test_cli_runs_the_embedded_segmentation_default(tmp_path):
     assert "mIoU" in (tmp_path / "r.html").read_text()
     lines = (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["val"]["task"] == "segment"
+
+
+def test_cli_fine_tunes_on_a_voc_tree(tmp_path):
+    root = make_voc(tmp_path / "voc")
+    r = _cli(
+        "--dataset", "voc-seg", "--data-root", str(root), "--image-size", "32", "--epochs", "1",
+        "--run-dir", "run", "--out", "r.md", "--quiet", cwd=tmp_path,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    run = read_run(tmp_path / "run")
+    assert run.info.dataset.name == "voc-seg" and len(run.info.dataset.classes) == 21
+    v = run.epochs[0].val
+    assert isinstance(v, SegmentationEvaluation) and v.images == 2
+    # the void outline row is not counted: 2 images of 32×32 less their void pixels
+    assert 0 < v.count < 2 * 32 * 32
+    assert "| Validation mIoU |" in (tmp_path / "r.md").read_text()
+
+
+def test_torchvision_segmenters_get_a_tensor_fed_head_and_record(tmp_path):
+    from sftreport.train.segmentation import build_segmenter
+
+    seg = build_segmenter("lraspp_mobilenet_v3_large", "none", 6)
+    assert seg.head == "classifier.high_classifier"  # LRASPPHead itself takes a dict of features
+    x = torch.randn(4, 3, 64, 64)
+    y = torch.zeros(4, 64, 64, dtype=torch.long)
+    y[:, 10:30, 10:30] = 3
+    rec = Recorder(
+        seg.model, probe=(x, y), val_data=[(x, y)], run_dir=tmp_path / "run", head=seg.head,
+        new_params=seg.new_params, task=SegmentationTask(6),
+    )  # fmt: skip
+    assert rec.last is not None and rec.last.val.images == 4 and rec.last.features is not None
+    with pytest.raises(UserError, match="'resnet18' is not a segmentation model"):
+        build_segmenter("resnet18", "none", 6)

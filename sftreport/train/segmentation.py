@@ -228,7 +228,10 @@ def build_segmenter(name: str, weights: str, num_classes: int) -> SegModel:
     if weights.lower() != "none" and not Path(weights).expanduser().is_file():
         raise UserError(f"{name}: --weights none or a state_dict file (torchvision's pretrained weights: not yet)")
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
-    head = "classifier"
+    # the last convolution of the new classifier (LRASPP's head takes a dict of features: its high_classifier)
+    head = next(
+        n for n, m in reversed(list(model.named_modules())) if n.startswith("classifier.") and isinstance(m, nn.Conv2d)
+    )
     if weights.lower() == "none":
         return SegModel(model, head, {n for n, _ in model.named_parameters()}, "none (random initialisation)")
     state, described = _pretrained_state(name, weights)
