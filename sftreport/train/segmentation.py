@@ -318,7 +318,7 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
             options=cfg.record,
             task=SegmentationTask(len(data.classes)),
             run=RunDescription(
-                name=cfg.resolved_name(),
+                name=cfg.name or f"{cfg.model} segmenting {data.name}",
                 model=cfg.model,
                 weights=bundle.weights,
                 strategy=cfg.strategy,
