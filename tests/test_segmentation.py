@@ -327,3 +327,36 @@ def test_torchvision_segmenters_get_a_tensor_fed_head_and_record(tmp_path):
     assert rec.last is not None and rec.last.val.images == 4 and rec.last.features is not None
     with pytest.raises(UserError, match="'resnet18' is not a segmentation model"):
         build_segmenter("resnet18", "none", 6)
+
+
+def test_torchvision_segmenter_weights_file_gets_new_heads_for_the_classes(tmp_path):
+    import torchvision
+
+    from sftreport.train.segmentation import build_segmenter
+
+    voc = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=21)
+    torch.save(voc.state_dict(), tmp_path / "voc.pt")
+    seg = build_segmenter("lraspp_mobilenet_v3_large", str(tmp_path / "voc.pt"), 6)
+    assert seg.new_params == {f"classifier.{c}_classifier.{p}" for c in ("low", "high") for p in ("weight", "bias")}
+    mine, theirs = seg.model.state_dict(), voc.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine if not k.startswith(("classifier.low", "classifier.high")))
+    assert mine["classifier.high_classifier.weight"].shape[0] == 6
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match=r"do not fit lraspp_mobilenet_v3_large: missing \d+ \(e\.g\. backbone"):
+        build_segmenter("lraspp_mobilenet_v3_large", str(tmp_path / "other.pt"), 6)
+
+
+def test_digit_segmenter_loads_the_shipped_backbone_and_linear_probe_trains_only_the_new_head():
+    from sftreport.train.models import _pretrained_state, apply_strategy
+    from sftreport.train.segmentation import build_segmenter
+
+    seg = build_segmenter("digits_resnet", "DEFAULT", 6)
+    state, _ = _pretrained_state("digits_resnet", "DEFAULT")
+    mine = seg.model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in state.items() if not k.startswith("fc."))
+    assert seg.new_params == {n for n, _ in seg.model.named_parameters() if n.startswith("head.")}
+    apply_strategy(seg.model, "linear-probe", seg.head)
+    assert {n for n, p in seg.model.named_parameters() if p.requires_grad} == seg.new_params
+    apply_strategy(seg.model, "freeze-until:layer3", seg.head)
+    trained = {n.split(".")[0] for n, p in seg.model.named_parameters() if p.requires_grad}
+    assert trained == {"layer4", "head"}

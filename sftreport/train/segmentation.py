@@ -225,19 +225,39 @@ def build_segmenter(name: str, weights: str, num_classes: int) -> SegModel:
 
     if name not in torchvision.models.list_models(module=torchvision.models.segmentation):
         raise UserError(f"unknown segmentation model {name!r}: one of torchvision's fcn_*, deeplabv3_*, lraspp_*")
-    if weights.lower() != "none" and not Path(weights).expanduser().is_file():
-        raise UserError(f"{name}: --weights none or a state_dict file (torchvision's pretrained weights: not yet)")
     model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
-    # the last convolution of the new classifier (LRASPP's head takes a dict of features: its high_classifier)
-    head = next(
-        n for n, m in reversed(list(model.named_modules())) if n.startswith("classifier.") and isinstance(m, nn.Conv2d)
-    )
+    # the new heads: the classifier's convolutions that produce the classes (LRASPP has two, low and high);
+    # the last one is the recorder's head (LRASPP's head module itself takes a dict of features)
+    heads = [
+        n
+        for n, m in model.named_modules()
+        if n.startswith("classifier.") and isinstance(m, nn.Conv2d) and m.out_channels == num_classes
+    ]
+    owned = [n for n, _ in model.named_parameters()]
+    new = {n for n in owned if any(n.startswith(h + ".") for h in heads)}
     if weights.lower() == "none":
-        return SegModel(model, head, {n for n, _ in model.named_parameters()}, "none (random initialisation)")
+        return SegModel(model, heads[-1], set(owned), "none (random initialisation)")
     state, described = _pretrained_state(name, weights)
     assert state is not None
-    model.load_state_dict(state)
-    return SegModel(model, head, set(), described)
+    # the pretrained classes' heads and the auxiliary classifier (not built here) are left out
+    body = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("aux_classifier.") and not any(k.startswith(h + ".") for h in heads)
+    }
+    own = model.state_dict()
+    missing = [k for k in own if k not in body and not any(k.startswith(h + ".") for h in heads)]
+    unexpected = [k for k in body if k not in own]
+    wrong = [k for k in body if k in own and body[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{what} {len(keys)} (e.g. {keys[0]})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise UserError(f"weights {described} do not fit {name}: {detail}")
+    model.load_state_dict(body, strict=False)
+    return SegModel(model, heads[-1], new, described)
 
 
 # --------------------------------------------------------------------------- the loop
