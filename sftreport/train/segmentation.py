@@ -65,13 +65,25 @@ def digit_canvases(digits: torch.Tensor, labels: torch.Tensor, n: int, seed: int
     """`n` canvases (N, 3, 64, 64) uint8 and masks (N, 64, 64) uint8 from 8×8 digits (values 0..255) with
     labels 0..k−1: mask value label+1 where the upscaled stroke is at least 30 % bright, 255 (void) on its
     faint edge (5–30 %), 0 elsewhere. Deterministic in `seed`."""
+    x, masks, _ = digit_scenes(digits, labels, n, seed)
+    return x, masks
+
+
+def digit_scenes(
+    digits: torch.Tensor, labels: torch.Tensor, n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """digit_canvases' canvases and masks, and each canvas's objects: boxes (M, 4) float x0, y0, x1, y1 in
+    pixels (the tight box of the stroke's pixels at least 30 % bright, x1 and y1 exclusive) and labels (M,)
+    label+1 (0 is the background)."""
     g = torch.Generator().manual_seed(seed)
     canvases = torch.zeros(n, CANVAS, CANVAS)
     masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.uint8)
+    objects = []
     cell = CANVAS // 2
     for i in range(n):
         present = torch.rand(4, generator=g) < 0.6
         present[torch.randint(4, (1,), generator=g)] = True  # at least one digit
+        boxes, classes = [], []
         for q in present.nonzero().flatten().tolist():
             j = int(torch.randint(len(digits), (1,), generator=g))
             size = int(torch.randint(20, 29, (1,), generator=g))
@@ -84,7 +96,15 @@ def digit_canvases(digits: torch.Tensor, labels: torch.Tensor, n: int, seed: int
             m[up > 0.05] = IGNORE
             m[up >= 0.3] = int(labels[j]) + 1
             masks[i, y0 : y0 + size, x0 : x0 + size] = m
-    return (canvases * 255).round().to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1).contiguous(), masks
+            ys, xs = (up >= 0.3).nonzero(as_tuple=True)
+            if len(ys):
+                boxes.append([x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1])
+                classes.append(int(labels[j]) + 1)
+        objects.append(
+            (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(classes, dtype=torch.long))
+        )
+    x = (canvases * 255).round().to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return x, masks, objects
 
 
 def load_digit_canvases() -> SegData:
