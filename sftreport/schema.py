@@ -466,13 +466,28 @@ class SegmentationEvaluation(Evaluation):
         return self
 
 
+class DetectionEvaluation(_Model):
+    """Object detection, by COCO's evaluation (pycocotools through torchmetrics): mAP over IoU thresholds
+    .50:.05:.95, at .50 and at .75, and AP per class (None where the class has no ground-truth box)."""
+
+    task: Literal["detect"] = "detect"
+    images: Count
+    objects: Count = Field(description="ground-truth boxes")
+    map: FractionOrNaN = Field(description="mAP@[.5:.95]; NaN without any ground-truth box")
+    map_50: FractionOrNaN
+    map_75: FractionOrNaN
+    ap_per_class: list[FractionOrNaN | None] = Field(description="AP@[.5:.95] by class index (0: background, None)")
+
+
 def _task_of(v: Any) -> str:
     """Old runs (and classifiers) carry no `task`: classification."""
     return (v.get("task") if isinstance(v, dict) else getattr(v, "task", None)) or "classify"
 
 
 AnyEvaluation = Annotated[
-    Annotated[Evaluation, Tag("classify")] | Annotated[SegmentationEvaluation, Tag("segment")],
+    Annotated[Evaluation, Tag("classify")]
+    | Annotated[SegmentationEvaluation, Tag("segment")]
+    | Annotated[DetectionEvaluation, Tag("detect")],
     Discriminator(_task_of),
 ]
 
