@@ -468,7 +468,8 @@ class SegmentationEvaluation(Evaluation):
 
 class DetectionEvaluation(_Model):
     """Object detection, by COCO's evaluation (pycocotools through torchmetrics): mAP over IoU thresholds
-    .50:.05:.95, at .50 and at .75, and AP per class (None where the class has no ground-truth box)."""
+    .50:.05:.95, at .50 and at .75, and AP per class (None where the class has no ground-truth box).
+    Not yet in EpochSnapshot.val's union: it joins it with the detector's run and report."""
 
     task: Literal["detect"] = "detect"
     images: Count
@@ -485,9 +486,7 @@ def _task_of(v: Any) -> str:
 
 
 AnyEvaluation = Annotated[
-    Annotated[Evaluation, Tag("classify")]
-    | Annotated[SegmentationEvaluation, Tag("segment")]
-    | Annotated[DetectionEvaluation, Tag("detect")],
+    Annotated[Evaluation, Tag("classify")] | Annotated[SegmentationEvaluation, Tag("segment")],
     Discriminator(_task_of),
 ]
 

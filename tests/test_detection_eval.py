@@ -1,6 +1,6 @@
 """Detection evaluation against values known by hand: perfect detections give mAP 1.0; one detection at IoU
 0.62 counts at the thresholds .50, .55, .60 of the ten (mAP 0.3, mAP@.5 1, mAP@.75 0); a class without
-ground truth has no AP; the schema reads the detection line back."""
+ground truth has no AP; the schema reads the evaluation back."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sftreport.record.detection_eval import score_detections
-from sftreport.schema import DetectionEvaluation, EpochSnapshot
+from sftreport.schema import DetectionEvaluation
 
 T = torch.tensor
 
@@ -44,8 +44,8 @@ def test_one_detection_at_iou_0_62_counts_at_three_of_ten_thresholds():
 def test_no_ground_truth_is_nan_and_the_line_reads_back():
     e = score_detections([_pred([[0, 0, 5, 5]], [1], [0.5])], [_target([], [])], 2)
     assert math.isnan(e.map) and e.objects == 0
-    again = EpochSnapshot.model_validate_json(EpochSnapshot(epoch=0, step=0, val=e).model_dump_json())
-    assert isinstance(again.val, DetectionEvaluation)
+    again = DetectionEvaluation.model_validate_json(e.model_dump_json())
+    assert again.task == "detect" and math.isnan(again.map)
 
 
 def test_boxes_are_read_as_corners_not_as_width_and_height():
