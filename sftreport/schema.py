@@ -408,6 +408,7 @@ class Images(_Model):
     filters_module: str | None = None
     feature_maps: list[FeatureMapImage] = []
     masks: list[MaskImage] = Field([], description="segmentation: predicted mask next to the ground truth")
+    detections: list[MaskImage] = Field([], description="detection: predicted boxes next to the ground truth")
 
 
 class Evaluation(_Model):
@@ -468,8 +469,7 @@ class SegmentationEvaluation(Evaluation):
 
 class DetectionEvaluation(_Model):
     """Object detection, by COCO's evaluation (pycocotools through torchmetrics): mAP over IoU thresholds
-    .50:.05:.95, at .50 and at .75, and AP per class (None where the class has no ground-truth box).
-    Not yet in EpochSnapshot.val's union: it joins it with the detector's run and report."""
+    .50:.05:.95, at .50 and at .75, and AP per class (None where the class has no ground-truth box)."""
 
     task: Literal["detect"] = "detect"
     images: Count
@@ -479,6 +479,21 @@ class DetectionEvaluation(_Model):
     map_75: FractionOrNaN
     ap_per_class: list[FractionOrNaN | None] = Field(description="AP@[.5:.95] by class index (0: background, None)")
 
+    # what code written for classifiers reads of every evaluation (ranking epochs, the loss curves)
+    @property
+    def accuracy(self) -> float:
+        """The main metric, mAP@[.5:.95], where epochs are ranked."""
+        return self.map
+
+    @property
+    def loss(self) -> float:
+        """Not measured: a torchvision detector computes its losses only in training mode."""
+        return math.nan
+
+    @property
+    def count(self) -> int:
+        return self.images
+
 
 def _task_of(v: Any) -> str:
     """Old runs (and classifiers) carry no `task`: classification."""
@@ -486,7 +501,9 @@ def _task_of(v: Any) -> str:
 
 
 AnyEvaluation = Annotated[
-    Annotated[Evaluation, Tag("classify")] | Annotated[SegmentationEvaluation, Tag("segment")],
+    Annotated[Evaluation, Tag("classify")]
+    | Annotated[SegmentationEvaluation, Tag("segment")]
+    | Annotated[DetectionEvaluation, Tag("detect")],
     Discriminator(_task_of),
 ]
 

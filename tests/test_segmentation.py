@@ -195,7 +195,7 @@ def test_recorder_records_a_segmentation_run_that_numpy_confirms(tmp_path):
 def test_recorder_refuses_probe_masks_with_labels_beyond_the_classes(tmp_path):
     vx, vy = _seg_data(4, 1)
     vy[0, 3, 3] = 7
-    with pytest.raises(UserError, match=r"mask labels must be 0\.\.2 or 255"):
+    with pytest.raises(UserError, match=r"probe targets: mask labels must be 0\.\.2 or 255"):
         Recorder(TinySeg(), probe=(vx, vy), run_dir=tmp_path / "r", head="head", task=SegmentationTask(3))
 
 

@@ -50,6 +50,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ from sftreport.record.attention import AttentionProbe, attention_modules
 from sftreport.record.evaluation import all_reduce_sum, evaluate, logits_of
 from sftreport.record.features import FeatureProbe, capture_head_input
 from sftreport.record.gradients import GradientProbe
-from sftreport.record.images import feature_map_strip, filter_grid, first_conv, mask_panel, top_channels
+from sftreport.record.images import feature_map_strip, filter_grid, first_conv, top_channels
 from sftreport.record.recurrent import RecurrentProbe, recurrent_modules
 from sftreport.record.reference import (
     check_identity,
@@ -75,8 +76,8 @@ from sftreport.record.reference import (
     save_reference,
 )
 from sftreport.record.saved_weights import WeightSaver
-from sftreport.record.segmentation_eval import SegmentationTask
 from sftreport.record.sharded import full, full_state_dict, is_sharded, reshard, type_name
+from sftreport.record.task import Task
 from sftreport.record.tokens import moved_tokens, token_embedding
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import (
@@ -238,7 +239,7 @@ class Recorder:
         writer: bool = True,
         resume_after: int | None = None,
         resume_step: int | None = None,
-        task: SegmentationTask | None = None,
+        task: Task | None = None,
     ):
         """`probe`: a fixed batch of inputs and labels; `val_data`: (inputs, targets) batches to evaluate on at
         every epoch end; `new_params`: names of the parameters your new head added; `head`: the classifier
@@ -253,19 +254,22 @@ class Recorder:
         self.device = next(model.parameters()).device
         reshard(model)  # FSDP2 units gathered by an earlier forward: sharded again (nothing for other models)
         self.sharded = is_sharded(model)  # FSDP2: every process takes part in the probes' collectives
-        self.probe_x, self.probe_y = probe[0].to(self.device), probe[1].to(self.device).long()
+        self.probe_x = probe[0].to(self.device)
         self.task = task
-        self.probe_masks: torch.Tensor | None = None
-        if task is not None:  # the probe's targets are masks: each image's label is the task's
-            problem = task.check_targets(self.probe_y)
+        self.probe_targets: Any = None  # a task's targets (masks, boxes); the feature probe gets one label each
+        if task is None:
+            self.probe_y = probe[1].to(self.device).long()
+        else:
+            self.probe_targets = task.targets_to(probe[1], self.device)
+            problem = task.check_targets(self.probe_targets)
             if problem:
-                raise UserError(f"probe masks: {problem}")
-            self.probe_masks, self.probe_y = self.probe_y, task.probe_labels(self.probe_y)
+                raise UserError(f"probe targets: {problem}")
+            self.probe_y = task.probe_labels(self.probe_targets)
         if len(self.probe_y) < 2:
             raise UserError(f"the probe set needs at least 2 samples, got {len(self.probe_y)}")
         self.val_data = val_data
         self.head = head or classifier_head(model)
-        logits_width = check_forward(model, self.probe_x[:2], dims=4 if task is not None else 2)
+        logits_width = task.check_forward(model, self.probe_x[:2]) if task else check_forward(model, self.probe_x[:2])
         self.num_classes = len(class_names) if class_names else logits_width
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         if int(self.probe_y.min()) < 0 or int(self.probe_y.max()) >= self.num_classes:
@@ -486,10 +490,11 @@ class Recorder:
         self.global_step += 1
         n = len(targets) if targets is not None else (samples or 1)
         if self.task is not None and logits is not None and targets is not None:  # pixels, not images
-            correct, labelled = self.task.correct(logits, targets)
-            self._correct += correct
-            self._acc_count += labelled
-            self._with_acc = True
+            counted = self.task.correct(logits, targets)
+            if counted is not None:
+                self._correct += counted[0]
+                self._acc_count += counted[1]
+                self._with_acc = True
             logits = targets = None
         self._step_losses.append(loss.detach())  # summed at the epoch end: no work per step beyond this
         self._step_sizes.append(n)
@@ -698,6 +703,7 @@ class Recorder:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         feats: list[torch.Tensor] = []
         logits = []
+        outs = []
         batch = self._probe_batch()
         with (
             activations.hooks(self.model, want_hist, want_reps) as next_chunk,
@@ -706,14 +712,14 @@ class Recorder:
         ):
             for start in range(0, len(self.probe_x), batch):
                 out = self.model(self.probe_x[start : start + batch])
-                logits.append(logits_of(out).float())
+                if self.task is None:
+                    logits.append(logits_of(out).float())
+                else:
+                    outs.append(out)
                 next_chunk()
         if self.task is None:
             return torch.cat(feats), torch.cat(logits)
-        assert self.probe_masks is not None
-        pixel_logits = torch.cat(logits)
-        self._probe_pred = pixel_logits[:IMAGE_SAMPLES].argmax(dim=1)  # drawn by _images
-        return self.task.probe_view(torch.cat(feats), pixel_logits, self.probe_masks, self.probe_y)
+        return self.task.probe_view(self.model, self.probe_x, feats, outs, self.probe_targets, self.probe_y)
 
     # ------------------------------------------------------------------ images
 
@@ -748,10 +754,11 @@ class Recorder:
                 safe = module.replace("#", "_")
                 path = writer.write_asset(f"fmap_{safe}_s{i}_{tag}.png", png)
                 images.feature_maps.append(FeatureMapImage(module=module, sample=i, path=path, channels=len(channels)))
-        if self.probe_masks is not None and getattr(self, "_probe_pred", None) is not None:
-            for i in range(min(IMAGE_SAMPLES, len(self.probe_x))):
-                png = mask_panel(self.probe_x[i], self.probe_masks[i], self._probe_pred[i], self.num_classes)
-                images.masks.append(MaskImage(sample=i, path=writer.write_asset(f"mask_s{i}_{tag}.png", png)))
+        if self.task is not None:  # the probe images' predictions next to their targets
+            shown = images.masks if self.task.name == "segment" else images.detections
+            for i, png in self.task.pictures(self.probe_x, self.probe_targets, IMAGE_SAMPLES):
+                path = writer.write_asset(f"{self.task.name}_s{i}_{tag}.png", png)
+                shown.append(MaskImage(sample=i, path=path))
         return images
 
     # ------------------------------------------------------------------ the end

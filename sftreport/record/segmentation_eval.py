@@ -99,13 +99,13 @@ class SegmentationTask:
     """The Recorder's strategy for per-pixel logits (see the module's docstring)."""
 
     name = "segment"
-    logits_dims = 4
 
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
+        self._pred: torch.Tensor | None = None  # the probe pass's predicted masks, drawn by `pictures`
 
-    def evaluate(self, model, data, device, autocast=nullcontext) -> SegmentationEvaluation:
-        return evaluate_segmentation(model, data, self.num_classes, device, autocast=autocast)
+    def targets_to(self, targets: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return targets.to(device).long()
 
     def check_targets(self, targets: torch.Tensor) -> str | None:
         bad = (targets != IGNORE) & ((targets < 0) | (targets >= self.num_classes))
@@ -116,20 +116,44 @@ class SegmentationTask:
     def probe_labels(self, masks: torch.Tensor) -> torch.Tensor:
         return dominant_class(masks, self.num_classes)
 
+    def check_forward(self, model: nn.Module, x: torch.Tensor) -> int:
+        from sftreport.record.recorder import check_forward
+
+        return check_forward(model, x, dims=4)
+
+    def evaluate(self, model, data, device, autocast=nullcontext) -> SegmentationEvaluation:
+        return evaluate_segmentation(model, data, self.num_classes, device, autocast=autocast)
+
     def correct(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Correct pixels and labelled pixels of a training batch (on the device)."""
         keep = targets != IGNORE
         return ((logits.detach().argmax(dim=1) == targets) & keep).sum(), keep.sum()
 
     def probe_view(
-        self, feats: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self, model: nn.Module, x: torch.Tensor, feats: list[torch.Tensor], outs: list, masks: torch.Tensor,
+        labels: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Per image: the head's input (N, C, h, w) and the logits (N, K, H, W) averaged over the pixels of
         the image's dominant class (all pixels when it has none at the feature map's resolution)."""
-        sel = (masks == labels.view(-1, 1, 1)).float().unsqueeze(1)  # (N, 1, H, W)
-        pooled_logits = (logits * sel).sum(dim=(2, 3)) / sel.sum(dim=(2, 3)).clamp(min=1)
-        if feats.dim() == 4:
-            small = F.interpolate(sel, size=feats.shape[-2:], mode="area")
-            small = torch.where(small.sum(dim=(2, 3), keepdim=True) > 0, small, torch.ones_like(small))
-            feats = (feats * small).sum(dim=(2, 3)) / small.sum(dim=(2, 3))
-        return feats, pooled_logits
+        logits = torch.cat([logits_of(o).float() for o in outs])
+        self._pred = logits.argmax(dim=1)
+        return pooled_view(torch.cat(feats), logits, masks, labels)
+
+    def pictures(self, x: torch.Tensor, masks: torch.Tensor, n: int) -> list[tuple[int, bytes]]:
+        from sftreport.record.images import mask_panel
+
+        if self._pred is None:
+            return []
+        return [(i, mask_panel(x[i], masks[i], self._pred[i], self.num_classes)) for i in range(min(n, len(x)))]
+
+
+def pooled_view(
+    feats: torch.Tensor, logits: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    sel = (masks == labels.view(-1, 1, 1)).float().unsqueeze(1)  # (N, 1, H, W)
+    pooled_logits = (logits * sel).sum(dim=(2, 3)) / sel.sum(dim=(2, 3)).clamp(min=1)
+    if feats.dim() == 4:
+        small = F.interpolate(sel, size=feats.shape[-2:], mode="area")
+        small = torch.where(small.sum(dim=(2, 3), keepdim=True) > 0, small, torch.ones_like(small))
+        feats = (feats * small).sum(dim=(2, 3)) / small.sum(dim=(2, 3))
+    return feats, pooled_logits

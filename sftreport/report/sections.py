@@ -249,6 +249,9 @@ class _Builder:
         if first is None or last is None:
             sec.blocks.append(Note("No validation set was evaluated: no confusion matrix or per-class accuracy."))
             return sec
+        if first.eval.task == "detect":  # no confusion matrix: per-class AP and boxes (sections_segmentation)
+            sec.blocks.append(self.epoch_table())
+            return sec
         pairs = [
             (
                 f"epoch {first.epoch} ({'initial' if frames.from_scratch else 'pretrained'})"
