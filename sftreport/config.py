@@ -62,10 +62,11 @@ class RunConfig(BaseModel):
         "DEFAULT",
         description="none | a torchvision weights name (DEFAULT, IMAGENET1K_V2, ...) | a path to a state_dict file",
     )
-    task: Literal["classify", "segment"] = Field(
-        "classify", description="classify | segment (follows from a segmentation model or dataset)"
+    task: Literal["classify", "segment", "detect"] = Field(
+        "classify",
+        description="classify | segment | detect (follows from a segmentation or detection model or dataset)",
     )
-    dataset: Literal["digits", "digits-seq", "cifar10", "imagefolder", "text", "voc-seg"] = "digits"
+    dataset: Literal["digits", "digits-seq", "cifar10", "imagefolder", "text", "voc-seg", "coco"] = "digits"
     data_root: Path | None = None
     download: bool = Field(False, description="let torchvision download CIFAR-10 into data_root")
     image_size: int | None = Field(
@@ -112,6 +113,8 @@ class RunConfig(BaseModel):
     def _task(self) -> RunConfig:
         if self.dataset == "voc-seg" or self.model.startswith(("fcn_", "deeplabv3_", "lraspp_")):
             self.task = "segment"
+        elif self.dataset == "coco" or self.model.startswith(("fasterrcnn_", "retinanet_", "fcos_", "ssd")):
+            self.task = "detect"
         return self
 
     @field_validator("strategy")

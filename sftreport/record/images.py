@@ -125,3 +125,30 @@ def mask_panel(image: torch.Tensor, target: torch.Tensor, pred: torch.Tensor, nu
     t, p = target.cpu().numpy(), pred.cpu().numpy()
     tiles = [_resize_nearest(x, MASK_TILE) for x in (rgb, _overlay(rgb, t), _overlay(rgb, p))]
     return png_bytes(_grid(np.stack(tiles), cols=3))
+
+
+@torch.no_grad()
+def box_panel(image: torch.Tensor, target: dict, pred: dict, names: list[str], tile: int = 192) -> bytes:
+    """One probe image with its ground-truth boxes (left) and the predicted boxes with label and score
+    (right), each class in its mask colour -> PNG of two tiles."""
+    from PIL import Image, ImageDraw
+
+    img = image.float().cpu()
+    img = img if img.shape[0] == 3 else img.expand(3, -1, -1)
+    lo, hi = img.min(), img.max()
+    rgb = ((img - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    scale = tile / rgb.shape[1]
+    tiles = []
+    for boxes in (target, pred):
+        im = Image.fromarray(_resize_nearest(rgb, tile)).convert("RGB")
+        draw = ImageDraw.Draw(im)
+        scores = boxes.get("scores")
+        for j, (b, c) in enumerate(zip(boxes["boxes"].cpu().tolist(), boxes["labels"].cpu().tolist())):
+            colour = tuple(int(v) for v in MASK_COLOURS[1 + (int(c) - 1) % (len(MASK_COLOURS) - 1)])
+            x0, y0, x1, y1 = (v * scale for v in b)
+            draw.rectangle([x0, y0, x1, y1], outline=colour, width=2)
+            name = names[int(c)] if 0 <= int(c) < len(names) else str(c)
+            text = name if scores is None else f"{name} {float(scores[j]):.2f}"
+            draw.text((x0 + 2, max(y0 - 11, 0)), text, fill=colour)
+        tiles.append(np.array(im))
+    return png_bytes(_grid(np.stack(tiles), cols=2))

@@ -226,7 +226,7 @@ class Recorder:
         self,
         model: nn.Module,
         *,
-        probe: tuple[torch.Tensor, torch.Tensor],
+        probe: tuple[torch.Tensor, Any],
         val_data: Iterable | None = None,
         run_dir: str | Path | None = None,
         class_names: list[str] | None = None,

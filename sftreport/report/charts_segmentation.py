@@ -8,7 +8,7 @@ import pandas as pd
 from sftreport.report.charts import FINETUNED, LEGEND_BOTTOM, PRETRAINED, Layered, _resolve_color, label_font, row_step
 
 
-def per_class_iou(df: pd.DataFrame, classes: list[str], width: int) -> Layered:
+def per_class_iou(df: pd.DataFrame, classes: list[str], width: int, title: str = "IoU") -> Layered:
     """Dumbbell: each class's IoU (columns class, which, iou) for the pretrained and the fine-tuned model."""
     whiches = list(dict.fromkeys(df["which"]))
     colors = [PRETRAINED, FINETUNED][: len(whiches)]
@@ -23,14 +23,14 @@ def per_class_iou(df: pd.DataFrame, classes: list[str], width: int) -> Layered:
     rule = (
         alt.Chart()
         .mark_rule(color="#bbbbbb", strokeWidth=2)
-        .encode(y=y, x=alt.X("min(iou):Q", title="IoU", axis=xaxis, scale=xscale), x2=alt.X2("max(iou)"))
+        .encode(y=y, x=alt.X("min(iou):Q", title=title, axis=xaxis, scale=xscale), x2=alt.X2("max(iou)"))
     )
     pts = (
         alt.Chart()
         .mark_circle(size=70, opacity=1)
         .encode(
             y=y,
-            x=alt.X("iou:Q", title="IoU", axis=xaxis, scale=xscale),
+            x=alt.X("iou:Q", title=title, axis=xaxis, scale=xscale),
             color=alt.Color(
                 "which:N", title=None, scale=alt.Scale(domain=whiches, range=colors), legend=alt.Legend(**LEGEND_BOTTOM)
             ),

@@ -16,7 +16,7 @@ import pandas as pd
 
 import sftreport
 from sftreport.errors import UserError
-from sftreport.report import charts, charts_sequence, fmt, sections_segmentation, thresholds
+from sftreport.report import charts, charts_sequence, fmt, sections_detection, sections_segmentation, thresholds
 from sftreport.report.findings import derive_findings
 from sftreport.report.frames import RunFrames, choose_epochs
 from sftreport.report.model import (
@@ -71,6 +71,8 @@ def build_report(
     )
     if sections_segmentation.is_segmentation(run):  # mIoU, per-class IoU, masks: see that module
         sections_segmentation.adapt(report, b)
+    elif sections_detection.is_detection(run):  # mAP, AP per class, boxes: see that module
+        sections_detection.adapt(report, b)
     return report
 
 

@@ -4,20 +4,34 @@ Targets are torchvision's detection format: per image a dict of `boxes` (M, 4) f
 pixels of the (resized) image and `labels` (M,) int64, 1..K (0 is the background, as torchvision's
 detectors count). Images without objects have empty boxes.
 
-Not yet: a detector, its fine-tuning loop and its evaluation (see README, "Segmentation (and detection)").
+The embedded detector (`sftreport run --task detect`): torchvision's Faster R-CNN on the shipped
+`digits_resnet`'s stem and stages 1–3 (stride 8, pretrained on digits 0–4; its layer4 and classifier are not
+used), with a new RPN and box head, fine-tuned to find digits 5–9 on the digit scenes. torchvision's
+fasterrcnn_* models run with --weights none.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from sftreport.config import RunConfig
 from sftreport.errors import UserError, one_line
-from sftreport.train.data import DIGITS_TARGET_CLASSES, load_digits_split
+from sftreport.record.detection_eval import DetectionTask
+from sftreport.record.recorder import Recorder, RunDescription, environment
+from sftreport.schema import DatasetInfo, RunStatus
+from sftreport.train.data import DIGITS_TARGET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, load_digits_split
+from sftreport.train.digits_resnet import DigitsResNet
+from sftreport.train.models import _pretrained_state, apply_strategy, set_train_mode
+from sftreport.train.progress import Progress
 from sftreport.train.segmentation import digit_scenes
 
 Target = dict[str, torch.Tensor]
@@ -145,3 +159,220 @@ def load_coco(root: Path | None, size: int | None) -> DetData:
     return DetData(
         "coco", ["background", *(names[c] for c in ids)], tx, ty, vx, vy, f"COCO detection in {root}", clipped, notes
     )
+
+
+# --------------------------------------------------------------------------- the detector
+
+
+class DigitsBody(nn.Module):
+    """digits_resnet's stem and stages 1–3 (the same module names and weights): features at stride 8."""
+
+    out_channels = 64
+
+    def __init__(self):
+        super().__init__()
+        r = DigitsResNet()
+        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
+        self.layer1, self.layer2, self.layer3 = r.layer1, r.layer2, r.layer3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer3(self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))))
+
+
+@dataclass
+class DetModel:
+    model: nn.Module
+    head: str
+    new_params: set[str]
+    weights: str
+    activations: list[str]
+
+
+HEAD = "roi_heads.box_predictor.cls_score"
+
+
+def build_detector(name: str, weights: str, num_classes: int, size: int) -> DetModel:
+    import torchvision
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if name == "digits_resnet":
+        body = DigitsBody()
+        model = FasterRCNN(
+            body,
+            min_size=size,
+            max_size=size,
+            image_mean=list(IMAGENET_MEAN),
+            image_std=list(IMAGENET_STD),
+            rpn_anchor_generator=AnchorGenerator(((12, 20, 28),), ((0.5, 1.0, 2.0),)),
+            box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
+            box_head=TwoMLPHead(body.out_channels * 49, 256),
+            box_predictor=FastRCNNPredictor(256, num_classes),
+            rpn_pre_nms_top_n_train=300,
+            rpn_post_nms_top_n_train=100,
+            rpn_pre_nms_top_n_test=150,
+            rpn_post_nms_top_n_test=50,
+            rpn_batch_size_per_image=64,
+            box_batch_size_per_image=64,
+            box_detections_per_img=20,
+        )
+        acts = ["backbone.maxpool", "backbone.layer1.0", "backbone.layer2.0", "backbone.layer3.0"]
+        owned = {n for n, _ in model.named_parameters()}
+        new = {n for n in owned if not n.startswith("backbone.")}
+        state, described = _pretrained_state(name, weights)
+        if state is None:
+            return DetModel(model, HEAD, owned, described, acts)
+        own = model.state_dict()
+        state = {f"backbone.{k}": v for k, v in state.items() if f"backbone.{k}" in own}
+        missing = [k for k in own if k.startswith("backbone.") and k not in state]
+        wrong = [k for k in state if state[k].shape != own[k].shape]
+        if missing or wrong:
+            raise UserError(f"weights {described} do not fit the digit detector's backbone: {(missing + wrong)[0]}")
+        model.load_state_dict(state, strict=False)  # the new parts: rpn.*, roi_heads.*
+        return DetModel(model, HEAD, new, described, acts)
+    if not name.startswith("fasterrcnn_"):
+        raise UserError(
+            f"--task detect: {name!r} is not a detector this version fine-tunes: digits_resnet (its backbone "
+            "under a Faster R-CNN) or torchvision's fasterrcnn_* with --weights none"
+        )
+    if weights.lower() != "none":
+        raise UserError(f"{name}: --weights none (torchvision's pretrained detectors: not yet)")
+    model = torchvision.models.get_model(
+        name, weights=None, weights_backbone=None, num_classes=num_classes, min_size=size, max_size=size
+    )
+    owned = {n for n, _ in model.named_parameters()}
+    return DetModel(model, HEAD, owned, "none (random initialisation)", ["backbone.body"])
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Batches:
+    """Re-iterable (images as floats in [0, 1], targets) batches on the device; the detector normalises."""
+
+    def __init__(self, x: torch.Tensor, y: list[Target], batch: int, device: torch.device):
+        self.x, self.y, self.batch, self.device = x, y, batch, device
+
+    def __iter__(self):
+        for s in range(0, len(self.x), self.batch):
+            x = self.x[s : s + self.batch].to(self.device).float().div(255)
+            yield x, [{k: v.to(self.device) for k, v in t.items()} for t in self.y[s : s + self.batch]]
+
+
+def load_det_data(cfg: RunConfig) -> DetData:
+    if cfg.dataset == "coco":
+        return load_coco(cfg.data_root, cfg.image_size)
+    if cfg.dataset == "digits":
+        return load_digit_scenes()
+    raise UserError(f"--task detect: dataset {cfg.dataset!r} has no boxes: use digits (scenes) or coco")
+
+
+def run_detection(cfg: RunConfig, ctx, device: torch.device):
+    """sftreport run --task detect: one process, no AMP; the same outcome, run directory and report."""
+    from sftreport.store import check_run_dir_free
+    from sftreport.train.optim import make_optimizer, make_schedule
+    from sftreport.train.runner import RunOutcome, StopRequest, _epoch_line, _finish, default_run_dir
+
+    if ctx.enabled:
+        raise UserError("--task detect runs in one process for now (not under torchrun)")
+    torch.manual_seed(cfg.seed)
+    run_dir = cfg.run_dir or default_run_dir(cfg)
+    check_run_dir_free(run_dir)
+    data = load_det_data(cfg)
+    bundle = build_detector(cfg.model, cfg.weights, len(data.classes), data.train_x.shape[-1])
+    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    model = bundle.model.to(device)
+    n_probe = min(cfg.record.probe_size, len(data.val_x))
+    probe = (data.val_x[:n_probe].to(device).float().div(255), data.val_y[:n_probe])
+    steps = math.ceil(len(data.train_x) / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    optimizer = make_optimizer(
+        [p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
+    )
+    schedule = make_schedule(optimizer, cfg.scheduler, cfg.epochs * steps)
+    options = (
+        cfg.record if cfg.record.activations else cfg.record.model_copy(update={"activations": bundle.activations})
+    )
+    status: RunStatus = "completed"
+    detail, unexpected, bad_input = "", False, None
+    with Progress(cfg.epochs, steps, enabled=not cfg.quiet) as progress, StopRequest() as stop:
+        progress.message(
+            f"{cfg.model} ({bundle.weights}) detecting in {data.name}: {len(data.train_x)} train / "
+            f"{len(data.val_x)} val images at {data.train_x.shape[-1]} px, {len(data.classes) - 1} classes, "
+            f"{cfg.strategy}" + "".join(f"; {n}" for n in data.notes)
+        )
+        progress.message("epoch 0: measuring the pretrained model")
+        rec = Recorder(
+            model,
+            probe=probe,
+            val_data=_Batches(data.val_x, data.val_y, cfg.batch_size, device),
+            run_dir=run_dir,
+            class_names=data.classes,
+            new_params=bundle.new_params,
+            head=bundle.head,
+            options=options,
+            task=DetectionTask(len(data.classes), data.classes),
+            run=RunDescription(
+                name=cfg.name or f"{cfg.model} detecting in {data.name}",
+                model=cfg.model,
+                weights=bundle.weights,
+                strategy=cfg.strategy,
+                planned_epochs=cfg.epochs,
+                config=cfg.model_dump(mode="json"),
+                dataset=DatasetInfo(
+                    name=data.name,
+                    classes=data.classes,
+                    train_size=len(data.train_x),
+                    val_size=len(data.val_x),
+                    image_size=int(data.train_x.shape[-1]),
+                    source=data.source + "".join(f"; {n}" for n in data.notes),
+                ),
+                environment=environment(device, "fp32", 1),
+            ),
+        )
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                set_train_mode(model, frozen)
+                progress.start_epoch(epoch)
+                g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+                order = torch.randperm(len(data.train_x), generator=g)
+                for step in range(1, steps + 1):
+                    idx = order[(step - 1) * cfg.batch_size : step * cfg.batch_size].tolist()
+                    x = data.train_x[idx].to(device).float().div(255)
+                    y = [{k: v.to(device) for k, v in data.train_y[i].items()} for i in idx]
+                    losses = model(list(x), y)
+                    loss = sum(losses.values())
+                    assert isinstance(loss, torch.Tensor)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    rec.step(loss, lr=float(schedule.get_last_lr()[0]))
+                    schedule.step()
+                    value = loss.item() if progress.due() else None
+                    if value is not None and not math.isfinite(value):
+                        raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}")
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    progress.update(step, step * cfg.batch_size, value)
+                snap = rec.epoch_end()
+                line = _epoch_line(epoch, cfg.epochs, snap).replace("| val loss nan acc ", "| val mAP ")
+                progress.end_epoch(line)
+                if snap.train_loss is not None and not math.isfinite(snap.train_loss):
+                    raise FloatingPointError(f"training loss became {snap.train_loss} in epoch {epoch}")
+        except KeyboardInterrupt:
+            status, detail = "interrupted", f"stopped after {rec.epoch} of {cfg.epochs} epochs"
+        except FloatingPointError as e:
+            status, detail = "diverged", str(e)
+        except UserError as e:
+            status, detail, bad_input = "failed", one_line(e), e
+        except Exception as e:
+            if os.environ.get("SFTREPORT_DEBUG"):
+                traceback.print_exc()
+            status, detail, unexpected = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {one_line(e)}", True
+    reports, problems = _finish(rec, ctx, cfg, run_dir, status, detail)
+    if bad_input is not None:
+        raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")
+    return RunOutcome(status, Path(run_dir), reports, detail, problems, unexpected)
