@@ -73,3 +73,18 @@ def pixel_confusion_pair(frames: list[tuple[str, pd.DataFrame]], classes: list[s
         ]
         charts.append(alt.layer(rect, *text, data=df, title=title, width=panel, height=panel))
     return alt.hconcat(*charts, spacing=30, resolve=_resolve_color("shared"))
+
+
+def metric_curves(df: pd.DataFrame, width: int, height: int, title: str) -> alt.Chart:
+    """Lines of a task's validation metrics per epoch (columns epoch, metric, value), on [0, 1]."""
+    return (
+        alt.Chart(df)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("epoch:Q", title="epoch", axis=alt.Axis(tickMinStep=1, format="d")),
+            y=alt.Y("value:Q", title=title, scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("metric:N", title=None, legend=alt.Legend(**LEGEND_BOTTOM)),
+            tooltip=[alt.Tooltip("epoch:Q"), alt.Tooltip("metric:N"), alt.Tooltip("value:Q", format=".3f")],
+        )
+        .properties(width=width, height=height)
+    )

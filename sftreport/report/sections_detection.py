@@ -25,7 +25,7 @@ def adapt(report: Report, builder: Any) -> None:
     first, last = evals[0], evals[-1]
     after = last if last[0] != first[0] else None
     h = report.headline
-    h.metric, h.metric_long = "mAP", "Validation mAP@[.5:.95]"
+    h.metric, h.metric_long = "mAP", "Validation mAP"
     h.acc_before, h.acc_after = first[1].map, after[1].map if after else None
     best = max(evals, key=lambda p: (p[1].map if p[1].map == p[1].map else -1.0, -p[0]))
     h.best_epoch, h.best_acc = best[0], best[1].map
@@ -41,7 +41,7 @@ def adapt(report: Report, builder: Any) -> None:
     for key, value in report.summary.items:
         if key == "Validation accuracy":
             items += [
-                ("Validation mAP@[.5:.95]", span(lambda e: e.map)),
+                ("Validation mAP", span(lambda e: e.map)),
                 ("Validation mAP@.5", span(lambda e: e.map_50)),
             ]
             continue
@@ -108,10 +108,21 @@ def _training(sec: Section, builder: Any, first, after) -> None:
     blocks: list = []
     for b in sec.blocks:
         if isinstance(b, ChartBlock) and b.id == "accuracy":
-            b.title = "Validation mAP@[.5:.95]"
-            b.caption = (
-                "COCO mAP@[.5:.95] on the validation set per epoch (pycocotools); epoch 0 is the pretrained "
-                "backbone with its new detection heads. No training accuracy: a detector's training is its losses."
+            rows = [
+                {"epoch": e.epoch, "metric": name, "value": get(e.val)}
+                for e in builder.run.epochs
+                if isinstance(e.val, DetectionEvaluation)
+                for name, get in (("mAP@[.5:.95]", lambda v: v.map), ("mAP@.5", lambda v: v.map_50))
+            ]
+            b = builder.chart(
+                "map",
+                "Validation mAP",
+                "COCO mAP@[.5:.95] (the mean over IoU thresholds .50 to .95) and mAP@.5 on the validation set per "
+                "epoch (pycocotools); epoch 0 is the pretrained backbone with its new detection heads. A detector's "
+                "training has no accuracy: its losses are in the chart above.",
+                charts_segmentation.metric_curves(
+                    pd.DataFrame(rows), builder.profile.full, builder.profile.line_h, "mAP on the validation set"
+                ),
             )
         if isinstance(b, ChartBlock) and b.id == "loss":
             b.caption = (
@@ -119,7 +130,7 @@ def _training(sec: Section, builder: Any, first, after) -> None:
                 "epoch. A torchvision detector gives no loss in evaluation mode: there is no validation loss."
             )
         blocks.append(b)
-        if isinstance(b, ChartBlock) and b.id == "accuracy":
+        if isinstance(b, ChartBlock) and b.id == "map":
             blocks.append(
                 builder.chart(
                     "per-class-ap",
