@@ -115,9 +115,19 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _task(self) -> RunConfig:
-        if self.dataset == "voc-seg" or self.model.startswith(("fcn_", "deeplabv3_", "lraspp_")):
+        """The task follows from a segmentation or detection model or dataset; a model of one task given the
+        data of another is refused here, before anything is loaded."""
+        segmenter = self.model.startswith(("fcn_", "deeplabv3_", "lraspp_"))
+        detector = self.model.startswith(("fasterrcnn_", "retinanet_", "fcos_", "ssd", "maskrcnn_", "keypointrcnn_"))
+        if (segmenter and self.dataset == "coco") or (detector and self.dataset == "voc-seg"):
+            model_task, data_task = ("segments", "boxes") if segmenter else ("detects", "masks")
+            raise ValueError(
+                f"model {self.model} {model_task} images, but dataset {self.dataset} holds {data_task}: "
+                "choose a model and a dataset of the same task"
+            )
+        if self.dataset == "voc-seg" or segmenter:
             self.task = "segment"
-        elif self.dataset == "coco" or self.model.startswith(("fasterrcnn_", "retinanet_", "fcos_", "ssd")):
+        elif self.dataset == "coco" or detector:
             self.task = "detect"
         return self
 

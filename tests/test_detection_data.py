@@ -90,3 +90,27 @@ def test_coco_refusals_name_the_file_and_the_annotation(tmp_path, ann, message):
     root = _tree(tmp_path / "coco", [bad])
     with pytest.raises(UserError, match=r"instances_train2017\.json: " + message):
         load_coco(root, 40)
+
+
+@pytest.mark.parametrize(
+    "model, dataset, said",
+    [
+        ("deeplabv3_mobilenet_v3_large", "coco", "segments images, but dataset coco holds boxes"),
+        ("fasterrcnn_mobilenet_v3_large_fpn", "voc-seg", "detects images, but dataset voc-seg holds masks"),
+    ],
+)
+def test_a_model_of_one_task_given_data_of_another_is_one_line(model, dataset, said):
+    from sftreport.config import build_config
+
+    with pytest.raises(UserError, match=said) as e:
+        build_config(None, {"model": model, "dataset": dataset})
+    assert "\n" not in str(e.value)
+
+
+def test_the_task_follows_from_the_model_or_the_dataset():
+    from sftreport.config import build_config
+
+    assert build_config(None, {"model": "lraspp_mobilenet_v3_large"}).task == "segment"
+    assert build_config(None, {"dataset": "coco"}).task == "detect"
+    assert build_config(None, {"dataset": "coco"}).optimizer == "adamw"  # the detection defaults
+    assert build_config(None, {}).task == "classify"
