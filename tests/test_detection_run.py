@@ -87,3 +87,20 @@ def test_cli_bad_coco_box_is_one_line_and_exit_2(tmp_path):
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
     assert len(line.splitlines()) == 1 and "instances_train2017.json: annotation 10 (image 1)" in line
+
+
+def test_torchvision_detector_records_with_its_backbone_body_probed(tmp_path):
+    from sftreport.config import RecordOptions
+    from sftreport.record.detection_eval import DetectionTask
+    from sftreport.record.recorder import Recorder
+    from sftreport.train.detection import build_detector
+
+    det = build_detector("fasterrcnn_mobilenet_v3_large_fpn", "none", 3, 128)
+    assert det.activations[0].startswith("backbone.body.") and len(det.activations) > 3
+    x = torch.rand(2, 3, 128, 128)
+    y = [{"boxes": torch.tensor([[10.0, 10.0, 60.0, 70.0]]), "labels": torch.tensor([c])} for c in (1, 2)]
+    rec = Recorder(
+        det.model, probe=(x, y), val_data=[(x, y)], run_dir=tmp_path / "run", head=det.head,
+        new_params=det.new_params, task=DetectionTask(3), options=RecordOptions(activations=det.activations),
+    )  # fmt: skip
+    assert rec.last is not None and rec.last.activations and rec.last.val.objects == 2

@@ -243,7 +243,14 @@ def build_detector(name: str, weights: str, num_classes: int, size: int) -> DetM
         name, weights=None, weights_backbone=None, num_classes=num_classes, min_size=size, max_size=size
     )
     owned = {n for n, _ in model.named_parameters()}
-    return DetModel(model, HEAD, owned, "none (random initialisation)", ["backbone.body"])
+    return DetModel(model, HEAD, owned, "none (random initialisation)", backbone_modules(model))
+
+
+def backbone_modules(model: nn.Module) -> list[str]:
+    """The probed modules of a torchvision detector: the children of its backbone's body (the body itself
+    returns a dict of feature maps, which the activation probe does not read)."""
+    body = "backbone.body" if hasattr(model.get_submodule("backbone"), "body") else "backbone"
+    return [f"{body}.{n}" for n, m in model.get_submodule(body).named_children() if any(True for _ in m.parameters())]
 
 
 # --------------------------------------------------------------------------- the loop
