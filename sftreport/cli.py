@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="digits (default) | digits-seq (the same, as sequences of rows) | cifar10 | imagefolder | "
         "text (DIR/train.jsonl and DIR/val.jsonl, or .csv; with --model hf:MODEL_ID)",
     )
+    a(
+        "--task",
+        help="classify (default) | segment (digit canvases, or --dataset voc-seg) | detect (digit scenes, or coco)",
+    )
     a("--data-root", type=Path, metavar="DIR", help="cifar10: DIR/cifar-10-batches-py; imagefolder: DIR/train, DIR/val")
     a("--download", action="store_const", const=True, help="let torchvision download CIFAR-10 into --data-root")
     a("--image-size", type=int, metavar="PX", help="input side in pixels (default: the dataset's own; 224 for ViT)")

@@ -24,7 +24,7 @@ import math
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 SCHEMA_VERSION = 3
 
@@ -484,13 +484,23 @@ class FeatureMapImage(_Model):
     channels: Count = Field(description="channels shown")
 
 
+class MaskImage(_Model):
+    """A segmentation model's prediction for one probe image: image, ground truth and predicted mask."""
+
+    sample: Count = Field(description="index into the probe set")
+    path: str
+
+
 class Images(_Model):
     filters: str | None = Field(None, description="PNG of first-layer filters, relative to the run directory")
     filters_module: str | None = None
     feature_maps: list[FeatureMapImage] = []
+    masks: list[MaskImage] = Field([], description="segmentation: predicted mask next to the ground truth")
+    detections: list[MaskImage] = Field([], description="detection: predicted boxes next to the ground truth")
 
 
 class Evaluation(_Model):
+    task: Literal["classify"] = "classify"
     loss: float
     accuracy: Fraction
     count: Count
@@ -516,6 +526,74 @@ class Evaluation(_Model):
             if (acc is None) != (total == 0) or (acc is not None and abs(acc - row[i] / total) > 1e-9):
                 raise ValueError(f"per-class accuracy of class {i} does not follow from the confusion matrix")
         return self
+
+
+class SegmentationEvaluation(Evaluation):
+    """Semantic segmentation: the confusion matrix counts pixels (rows: true class, columns: predicted),
+    pixels labelled 255 ("void") left out; accuracy is pixel accuracy, per-class accuracy each class's
+    pixel recall, and IoU_c = TP / (TP + FP + FN) of each class; mIoU averages the classes present."""
+
+    task: Literal["segment"] = "segment"  # type: ignore[assignment]
+    images: Count = Field(description="images evaluated (count is their labelled pixels)")
+    iou: list[FractionOrNaN | None] = Field(description="per class; None where the class is neither true nor predicted")
+    miou: FractionOrNaN = Field(description="mean of the defined per-class IoUs")
+
+    @model_validator(mode="after")
+    def _iou_follows(self) -> SegmentationEvaluation:
+        n = len(self.confusion)
+        if len(self.iou) != n:
+            raise ValueError(f"{len(self.iou)} IoUs for {n} classes")
+        for c, value in enumerate(self.iou):
+            tp = self.confusion[c][c]
+            union = sum(self.confusion[c]) + sum(r[c] for r in self.confusion) - tp
+            if (value is None) != (union == 0) or (value is not None and abs(value - tp / union) > 1e-9):
+                raise ValueError(f"IoU of class {c} does not follow from the confusion matrix")
+        defined = [v for v in self.iou if v is not None]
+        expected = sum(defined) / len(defined) if defined else math.nan
+        if not (math.isnan(expected) and math.isnan(self.miou)) and abs(self.miou - expected) > 1e-9:
+            raise ValueError(f"mIoU {self.miou} is not the mean of the per-class IoUs")
+        return self
+
+
+class DetectionEvaluation(_Model):
+    """Object detection, by COCO's evaluation (pycocotools through torchmetrics): mAP over IoU thresholds
+    .50:.05:.95, at .50 and at .75, and AP per class (None where the class has no ground-truth box)."""
+
+    task: Literal["detect"] = "detect"
+    images: Count
+    objects: Count = Field(description="ground-truth boxes")
+    map: FractionOrNaN = Field(description="mAP@[.5:.95]; NaN without any ground-truth box")
+    map_50: FractionOrNaN
+    map_75: FractionOrNaN
+    ap_per_class: list[FractionOrNaN | None] = Field(description="AP@[.5:.95] by class index (0: background, None)")
+
+    # what code written for classifiers reads of every evaluation (ranking epochs, the loss curves)
+    @property
+    def accuracy(self) -> float:
+        """The main metric, mAP@[.5:.95], where epochs are ranked."""
+        return self.map
+
+    @property
+    def loss(self) -> float:
+        """Not measured: a torchvision detector computes its losses only in training mode."""
+        return math.nan
+
+    @property
+    def count(self) -> int:
+        return self.images
+
+
+def _task_of(v: Any) -> str:
+    """Old runs (and classifiers) carry no `task`: classification."""
+    return (v.get("task") if isinstance(v, dict) else getattr(v, "task", None)) or "classify"
+
+
+AnyEvaluation = Annotated[
+    Annotated[Evaluation, Tag("classify")]
+    | Annotated[SegmentationEvaluation, Tag("segment")]
+    | Annotated[DetectionEvaluation, Tag("detect")],
+    Discriminator(_task_of),
+]
 
 
 class StepPoint(_Model):
@@ -551,7 +629,7 @@ class EpochSnapshot(_Versioned):
     train_loss: float | None = None
     train_accuracy: Fraction | None = None
     lr: NonNegative | None = None
-    val: Evaluation | None = None
+    val: AnyEvaluation | None = None
     steps: list[StepPoint] = []
     weights: list[WeightStat] = []
     gradients: list[GradStat] = []

@@ -28,6 +28,8 @@ def logits_of(out: object) -> torch.Tensor:
     """The logits in a model's output: the tensor itself, or the `.logits` of an output object (a Hugging
     Face model's ImageClassifierOutput); anything else is not a classifier's output."""
     logits = getattr(out, "logits", out)
+    if isinstance(logits, dict) and "out" in logits:  # torchvision's segmentation models: {"out", "aux"}
+        logits = logits["out"]
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"the model returned {type(out).__name__}, neither logits nor an object with .logits")
     return logits

@@ -20,11 +20,13 @@ from sftreport.schema import CKA, Features, Projection
 
 
 @contextmanager
-def capture_head_input(model: nn.Module, head: str, sink: list[torch.Tensor]):
-    """Append the (flattened) input of the head module to `sink` on every forward call."""
+def capture_head_input(model: nn.Module, head: str, sink: list[torch.Tensor], flatten: bool = True):
+    """Append the input of the head module (flattened per sample, unless not `flatten`) to `sink` on every
+    forward call."""
 
     def hook(module, args):
-        sink.append(args[0].detach().reshape(args[0].shape[0], -1).float())
+        x = args[0].detach()
+        sink.append((x.reshape(x.shape[0], -1) if flatten else x).float())
 
     handle = model.get_submodule(head).register_forward_pre_hook(hook)
     try:

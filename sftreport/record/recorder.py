@@ -50,6 +50,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +80,7 @@ from sftreport.record.saved_weights import WeightSaver
 from sftreport.record.sharded import full, full_state_dict, is_sharded, reshard, type_name
 from sftreport.record.source_task import SourceTask, evaluate_source
 from sftreport.record.spectrum import spectrum
+from sftreport.record.task import Task
 from sftreport.record.tokens import moved_tokens, token_embedding
 from sftreport.record.weights import WeightProbe
 from sftreport.schema import (
@@ -87,6 +89,7 @@ from sftreport.schema import (
     EpochSnapshot,
     FeatureMapImage,
     Images,
+    MaskImage,
     ProbeInfo,
     RunInfo,
     RunStatus,
@@ -143,7 +146,7 @@ def environment(device: torch.device, precision: str = "fp32", world_size: int |
 
 
 @torch.no_grad()
-def check_forward(model: nn.Module, x: torch.Tensor) -> int:
+def check_forward(model: nn.Module, x: torch.Tensor, dims: int = 2) -> int:
     """One forward pass of a couple of inputs: the model must run on them (a bad image size is the user's
     to fix, said in one line), and the logits' width is the class count. Train/eval mode is restored."""
     was_training = model.training
@@ -157,6 +160,13 @@ def check_forward(model: nn.Module, x: torch.Tensor) -> int:
     finally:
         model.train(was_training)
     out = getattr(out, "logits", out)  # a Hugging Face model's output object carries them as .logits
+    if dims == 4:  # per-pixel logits, or torchvision's segmentation dict {"out": ...}
+        out = out.get("out") if isinstance(out, dict) else out
+        if not isinstance(out, torch.Tensor) or out.dim() != 4:
+            raise UserError(
+                f"{type(model).__name__} must return per-pixel logits (batch, classes, H, W) or {{'out': ...}}"
+            )
+        return out.shape[1]
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise UserError(
             f"{type(model).__name__} must return logits of shape (batch, classes), or an object with them as .logits"
@@ -223,7 +233,7 @@ class Recorder:
         self,
         model: nn.Module,
         *,
-        probe: tuple[torch.Tensor, torch.Tensor],
+        probe: tuple[torch.Tensor, Any],
         val_data: Iterable | None = None,
         run_dir: str | Path | None = None,
         class_names: list[str] | None = None,
@@ -237,6 +247,7 @@ class Recorder:
         resume_after: int | None = None,
         resume_step: int | None = None,
         source: SourceTask | None = None,
+        task: Task | None = None,
     ):
         """`probe`: a fixed batch of inputs and labels; `val_data`: (inputs, targets) batches to evaluate on at
         every epoch end; `new_params`: names of the parameters your new head added; `head`: the classifier
@@ -244,7 +255,9 @@ class Recorder:
         `writer`: False on every process but one under torchrun (that one runs the probes and writes);
         `resume_after`, `resume_step`: continue the run in `run_dir` from a checkpoint (see the module's
         docstring) instead of starting one; `source`: the task the model was pretrained for, with its
-        pretrained head kept aside, measured at every epoch end (forgetting; see record/source_task.py).
+        pretrained head kept aside, measured at every epoch end (forgetting; see record/source_task.py);
+        `task`: None for a classifier, a SegmentationTask or DetectionTask otherwise (the probe's targets are
+        then masks or boxes, its evaluation and feature view the task's).
 
         A model with peft's LoRA layers (`get_peft_model`, `inject_adapter_in_model`) is measured by the
         effective weight of each adapted layer, W_base + (α/r)·B·A (record/lora.py)."""
@@ -254,12 +267,22 @@ class Recorder:
         self.device = next(model.parameters()).device
         reshard(model)  # FSDP2 units gathered by an earlier forward: sharded again (nothing for other models)
         self.sharded = is_sharded(model)  # FSDP2: every process takes part in the probes' collectives
-        self.probe_x, self.probe_y = probe[0].to(self.device), probe[1].to(self.device).long()
+        self.probe_x = probe[0].to(self.device)
+        self.task = task
+        self.probe_targets: Any = None  # a task's targets (masks, boxes); the feature probe gets one label each
+        if task is None:
+            self.probe_y = probe[1].to(self.device).long()
+        else:
+            self.probe_targets = task.targets_to(probe[1], self.device)
+            problem = task.check_targets(self.probe_targets)
+            if problem:
+                raise UserError(f"probe targets: {problem}")
+            self.probe_y = task.probe_labels(self.probe_targets)
         if len(self.probe_y) < 2:
             raise UserError(f"the probe set needs at least 2 samples, got {len(self.probe_y)}")
         self.val_data = val_data
         self.head = head or classifier_head(model)
-        logits_width = check_forward(model, self.probe_x[:2])
+        logits_width = task.check_forward(model, self.probe_x[:2]) if task else check_forward(model, self.probe_x[:2])
         self.num_classes = len(class_names) if class_names else logits_width
         self.class_names = class_names or [str(i) for i in range(self.num_classes)]
         if int(self.probe_y.min()) < 0 or int(self.probe_y.max()) >= self.num_classes:
@@ -488,6 +511,13 @@ class Recorder:
         leaves the device. `samples`: the batch's size when no targets are given (default 1)."""
         self.global_step += 1
         n = len(targets) if targets is not None else (samples or 1)
+        if self.task is not None and logits is not None and targets is not None:  # pixels, not images
+            counted = self.task.correct(logits, targets)
+            if counted is not None:
+                self._correct += counted[0]
+                self._acc_count += counted[1]
+                self._with_acc = True
+            logits = targets = None
         self._step_losses.append(loss.detach())  # summed at the epoch end: no work per step beyond this
         self._step_sizes.append(n)
         self._step_lrs.append(lr)
@@ -520,6 +550,7 @@ class Recorder:
         self._step_lrs: list[float | None] = []
         self._correct = torch.zeros((), dtype=torch.int64, device=self.device)
         self._count = 0
+        self._acc_count = torch.zeros((), dtype=torch.int64, device=self.device)  # labelled pixels (segmentation)
         self._with_acc = False
         self._epoch_started = time.perf_counter()
 
@@ -540,7 +571,9 @@ class Recorder:
         if not first:
             self._train_metrics(snap, lr)
         t0 = time.perf_counter()
-        if self.val_data is not None:
+        if self.val_data is not None and self.task is not None:
+            snap.val = self.task.evaluate(self.model, self.val_data, self.device, self.autocast)
+        elif self.val_data is not None:
             snap.val = evaluate(self.model, self.val_data, self.num_classes, self.device, self.loss_fn, self.autocast)
         if self.source is not None:
             snap.source = evaluate_source(self.model, self.head, self.source, self.device, self.loss_fn, self.autocast)
@@ -597,15 +630,17 @@ class Recorder:
                 (losses * sizes).sum().reshape(1),
                 self._correct.double().reshape(1),
                 torch.tensor([float(self._count)], dtype=torch.float64, device=self.device),
+                self._acc_count.double().reshape(1),
                 losses,
             ]
         )
         sums = all_reduce_sum(packed).tolist()
         loss_sum, correct, count = sums[0], sums[1], sums[2]
-        step_losses = [v / world for v in sums[3:]]
+        acc_count = sums[3] if self.task is not None else count
+        step_losses = [v / world for v in sums[4:]]
         self._global_count = count
         snap.train_loss = loss_sum / count if count else None
-        snap.train_accuracy = correct / count if count and self._with_acc else None
+        snap.train_accuracy = correct / acc_count if acc_count and self._with_acc else None
         snap.lr = lr if lr is not None else next((x for x in reversed(self._step_lrs) if x is not None), None)
         snap.steps = self._bucket_steps(step_losses)
 
@@ -712,17 +747,23 @@ class Recorder:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         feats: list[torch.Tensor] = []
         logits = []
+        outs = []
         batch = self._probe_batch()
         with (
             activations.hooks(self.model, want_hist, want_reps) as next_chunk,
-            capture_head_input(self.model, self.head, feats),
+            capture_head_input(self.model, self.head, feats, flatten=self.task is None),
             self.autocast(),
         ):
             for start in range(0, len(self.probe_x), batch):
                 out = self.model(self.probe_x[start : start + batch])
-                logits.append(logits_of(out).float())
+                if self.task is None:
+                    logits.append(logits_of(out).float())
+                else:
+                    outs.append(out)
                 next_chunk()
-        return torch.cat(feats), torch.cat(logits)
+        if self.task is None:
+            return torch.cat(feats), torch.cat(logits)
+        return self.task.probe_view(self.model, self.probe_x, feats, outs, self.probe_targets, self.probe_y)
 
     # ------------------------------------------------------------------ images
 
@@ -757,6 +798,11 @@ class Recorder:
                 safe = module.replace("#", "_")
                 path = writer.write_asset(f"fmap_{safe}_s{i}_{tag}.png", png)
                 images.feature_maps.append(FeatureMapImage(module=module, sample=i, path=path, channels=len(channels)))
+        if self.task is not None:  # the probe images' predictions next to their targets
+            shown = images.masks if self.task.name == "segment" else images.detections
+            for i, png in self.task.pictures(self.probe_x, self.probe_targets, IMAGE_SAMPLES):
+                path = writer.write_asset(f"{self.task.name}_s{i}_{tag}.png", png)
+                shown.append(MaskImage(sample=i, path=path))
         return images
 
     # ------------------------------------------------------------------ the end

@@ -26,7 +26,7 @@ from sftreport.report.render import altair_unchecked, check_outputs, gc_paused
 from sftreport.report.sections import CKA_POOLING, _Builder
 from sftreport.report.spectrum import spectrum_blocks, spectrum_frame
 from sftreport.report.thresholds import ACC_CHANGE, DIFF_LOW_RANK_ENERGY, DIFF_LOW_RANK_MIN, OVERWRITTEN
-from sftreport.schema import SCHEMA_VERSION
+from sftreport.schema import SCHEMA_VERSION, Evaluation
 from sftreport.store import Run, read_run
 
 LABEL = "TUNED vs BASE"  # the one "run" of the per-layer dot charts
@@ -300,7 +300,7 @@ class _DiffBuilder(_Builder):
                     "TUNED — not compared (there is nothing of that shape in BASE)",
                 )
             )
-        evals = {e.epoch: e.val for e in frames.epochs if e.val is not None}
+        evals = {e.epoch: e.val for e in frames.epochs if isinstance(e.val, Evaluation)}  # classifiers
         if 1 in evals:
             before = f"BASE {fmt.pct(evals[0].accuracy)} → " if 0 in evals else ""
             items.append(
@@ -402,7 +402,7 @@ class _DiffBuilder(_Builder):
             "Look for the classes fine-tuning helped or hurt, and for the layers whose representation of the same "
             "images changed most.",
         )
-        evals = {e.epoch: e.val for e in frames.epochs if e.val is not None}
+        evals = {e.epoch: e.val for e in frames.epochs if isinstance(e.val, Evaluation)}  # classifiers
         if 1 in evals:
             rows = []
             for epoch, which in ((0, "BASE"), (1, "TUNED")):

@@ -114,7 +114,7 @@ def nonfinite_loss_rule(frames: RunFrames) -> list[Finding]:
         e.epoch
         for e in frames.trained
         if (e.train_loss is not None and not fmt.finite(e.train_loss))
-        or (e.val is not None and not fmt.finite(e.val.loss))
+        or (e.val is not None and e.val.task != "detect" and not fmt.finite(e.val.loss))  # a detector has none
     ]
     steps = frames.steps
     bad_steps = steps[~steps["loss"].apply(fmt.finite)] if not steps.empty else steps

@@ -24,7 +24,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from sftreport.schema import AdapterStat, EpochSnapshot, Evaluation, Histogram
+from sftreport.schema import AdapterStat, DetectionEvaluation, EpochSnapshot, Evaluation, Histogram
 from sftreport.store import Run
 
 NAN = math.nan
@@ -36,7 +36,7 @@ class EvalPoint:
     """The validation measures of one epoch."""
 
     epoch: int
-    eval: Evaluation
+    eval: Evaluation | DetectionEvaluation  # a detector's has no confusion matrix (see sections_segmentation)
 
 
 def choose_epochs(epochs: list[int], limit: int, keep: Iterable[int] = ()) -> list[int]:
@@ -245,7 +245,7 @@ class RunFrames:
         """The confusion matrix of an evaluated epoch, one row per cell, with each cell's share of its row."""
         val = next(e.val for e in self.epochs if e.epoch == epoch and e.val is not None)
         rows = []
-        for t, row in enumerate(val.confusion):
+        for t, row in enumerate(val.confusion if isinstance(val, Evaluation) else []):
             total = sum(row)
             for p, n in enumerate(row):
                 rows.append(
@@ -271,7 +271,7 @@ class RunFrames:
             [(last, "fine-tuned" if not self.from_scratch else "trained")] if last.epoch != first.epoch else []
         )
         for point, which in pairs:
-            for i, a in enumerate(point.eval.per_class_accuracy):
+            for i, a in enumerate(point.eval.per_class_accuracy if isinstance(point.eval, Evaluation) else []):
                 rows.append(
                     {
                         "class": self.class_name(i),

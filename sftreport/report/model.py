@@ -152,6 +152,8 @@ class Headline:
     finished_at: str | None
     acc_change: float  # accuracy changes smaller than this count as unchanged (thresholds.ACC_CHANGE)
     from_scratch: bool = False  # nothing was pretrained: epoch 0 is an initialisation
+    metric: str = "val. accuracy"  # the headline metric's label (mIoU for segmentation), and in full:
+    metric_long: str = "Validation accuracy"
 
 
 @dataclass

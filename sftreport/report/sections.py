@@ -16,7 +16,7 @@ import pandas as pd
 
 import sftreport
 from sftreport.errors import UserError
-from sftreport.report import charts, charts_sequence, fmt, thresholds
+from sftreport.report import charts, charts_sequence, fmt, sections_detection, sections_segmentation, thresholds
 from sftreport.report.findings import derive_findings
 from sftreport.report.frames import RunFrames, choose_epochs
 from sftreport.report.model import (
@@ -84,7 +84,7 @@ def build_report(
     b = _Builder(run, frames, PROFILES[medium], on_chart)
     headline = b.headline()
     sections = [b.training(), b.architecture(), b.parameters(), b.activations(), b.features(), b.appendix()]
-    return Report(
+    report = Report(
         medium=medium,
         title=f"Fine-tuning report: {run.info.name}",
         headline=headline,
@@ -94,6 +94,11 @@ def build_report(
         schema_version=SCHEMA_VERSION,
         sftreport_version=sftreport.__version__,
     )
+    if sections_segmentation.is_segmentation(run):  # mIoU, per-class IoU, masks: see that module
+        sections_segmentation.adapt(report, b)
+    elif sections_detection.is_detection(run):  # mAP, AP per class, boxes: see that module
+        sections_detection.adapt(report, b)
+    return report
 
 
 class _Builder:
@@ -300,6 +305,9 @@ class _Builder:
         first, last = frames.first_eval, frames.last_eval
         if first is None or last is None:
             sec.blocks.append(Note("No validation set was evaluated: no confusion matrix or per-class accuracy."))
+            return sec
+        if first.eval.task == "detect":  # no confusion matrix: per-class AP and boxes (sections_segmentation)
+            sec.blocks.append(self.epoch_table())
             return sec
         pairs = [
             (

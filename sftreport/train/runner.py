@@ -142,6 +142,14 @@ def run(cfg: RunConfig) -> RunOutcome:
 
 
 def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> RunOutcome:
+    if cfg.task == "segment":
+        from sftreport.train.segmentation import run_segmentation
+
+        return run_segmentation(cfg, ctx, device)
+    if cfg.task == "detect":
+        from sftreport.train.detection import run_detection
+
+        return run_detection(cfg, ctx, device)
     torch.manual_seed(cfg.seed)  # the same on every rank: identical initial heads, identical shuffles
     run_dir = cfg.run_dir or default_run_dir(cfg)
     if ctx.is_main:

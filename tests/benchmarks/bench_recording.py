@@ -3,6 +3,8 @@
     python tests/benchmarks/bench_recording.py            # default run + resnet50 (a few minutes on 2 CPU cores)
     python tests/benchmarks/bench_recording.py --quick    # smaller resnet50 probe set
     python tests/benchmarks/bench_recording.py --sequence # an LSTM and a BERT-base-size encoder instead
+    python tests/benchmarks/bench_recording.py --segmentation  # deeplabv3_mobilenet_v3_large at 256 px
+    python tests/benchmarks/bench_recording.py --detection     # fasterrcnn_mobilenet_v3_large_fpn at 320 px
 
 Prints a Markdown table (the README holds the latest one). Targets: all probes together at most
 2 % of a CIFAR-10-size ResNet-50 epoch; the weight and gradient statistics alone at most 0.08 s per epoch end
@@ -250,14 +252,142 @@ def sequence_rows(probe_size: int) -> list[tuple[str, str]]:
     return rows
 
 
+def segmentation_rows(probe_size: int, size: int = 256, batch: int = 4) -> list[tuple[str, str]]:
+    """deeplabv3_mobilenet_v3_large (21 classes, random weights) at `size` px: one training step, weight +
+    gradient statistics per epoch end, every probe at an epoch end through the Recorder with the
+    segmentation task, and their share of an epoch of 5,000 images."""
+    from sftreport.record.segmentation_eval import SegmentationTask
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(
+        "deeplabv3_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=21
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = torch.randn(batch, 3, size, size), torch.randint(0, 21, (batch, size, size))
+
+    def train_step():
+        loss = F.cross_entropy(model(x)["out"], y, ignore_index=255)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    model.train()
+    step_s = timed(train_step, repeat=3)
+    epoch_s = step_s / batch * 5000
+    wprobe = WeightProbe(model, set(), bins=32)
+    wprobe.measure()
+    gprobe = GradientProbe(model, every=1)
+    times = []
+    for _ in range(5):
+        gprobe.maybe_sample()
+        t = time.perf_counter()
+        wprobe.measure()
+        gprobe.collect()
+        times.append(time.perf_counter() - t)
+    wg = statistics.median(times[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        masks = torch.randint(0, 21, (probe_size, size, size))
+        rec = Recorder(
+            model,
+            probe=(torch.randn(probe_size, 3, size, size), masks),
+            run_dir=Path(tmp) / "r",
+            head="classifier.4",
+            task=SegmentationTask(21),
+            options=RecordOptions(image_every=0, save_weights="none"),
+        )
+        loss = train_step()
+        rec.step(loss.detach())
+        snap = rec.epoch_end()
+    params = sum(p.numel() for p in model.parameters())
+    what = f"deeplabv3_mobilenet_v3_large ({params / 1e6:.1f} M parameters), {size} px"
+    return [
+        (f"{what}: one training step (batch {batch})", f"{step_s:.2f} s"),
+        (f"{what}: weight + gradient statistics per epoch end", f"{wg:.3f} s (target ≤ 0.10 s)"),
+        (f"{what}: all probes at an epoch end (probe set {probe_size})", f"{snap.timing.record_s:.2f} s"),
+        (f"{what}: probes' share of an epoch of 5,000 images", f"{snap.timing.record_s / epoch_s:.2%} (target ≤ 2 %)"),
+    ]
+
+
+def detection_rows(probe_size: int, size: int = 320, batch: int = 4) -> list[tuple[str, str]]:
+    """fasterrcnn_mobilenet_v3_large_fpn (random weights, 91 classes) at `size` px: one training step, weight +
+    gradient statistics per epoch end, every probe at an epoch end through the Recorder with the detection
+    task, and their share of an epoch of 5,000 images."""
+    from sftreport.record.detection_eval import DetectionTask
+    from sftreport.train.detection import backbone_modules
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(
+        "fasterrcnn_mobilenet_v3_large_fpn", weights=None, weights_backbone=None, num_classes=91,
+        min_size=size, max_size=size,
+    )  # fmt: skip
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+
+    def targets(n: int) -> list[dict]:
+        return [
+            {"boxes": torch.tensor([[20.0, 30.0, 120.0, 150.0]]), "labels": torch.tensor([1 + i % 90])}
+            for i in range(n)
+        ]
+
+    x = torch.rand(batch, 3, size, size)
+
+    def train_step():
+        loss = sum(model(list(x), targets(batch)).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    model.train()
+    step_s = timed(train_step, repeat=3)
+    epoch_s = step_s / batch * 5000
+    wprobe = WeightProbe(model, set(), bins=32)
+    wprobe.measure()
+    gprobe = GradientProbe(model, every=1)
+    times = []
+    for _ in range(5):
+        gprobe.maybe_sample()
+        t = time.perf_counter()
+        wprobe.measure()
+        gprobe.collect()
+        times.append(time.perf_counter() - t)
+    wg = statistics.median(times[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        rec = Recorder(
+            model,
+            probe=(torch.rand(probe_size, 3, size, size), targets(probe_size)),
+            run_dir=Path(tmp) / "r",
+            head="roi_heads.box_predictor.cls_score",
+            task=DetectionTask(91),
+            options=RecordOptions(image_every=0, save_weights="none", activations=backbone_modules(model)),
+        )
+        loss = train_step()
+        rec.step(loss.detach())
+        snap = rec.epoch_end()
+    params = sum(p.numel() for p in model.parameters())
+    what = f"fasterrcnn_mobilenet_v3_large_fpn ({params / 1e6:.1f} M parameters), {size} px"
+    return [
+        (f"{what}: one training step (batch {batch})", f"{step_s:.2f} s"),
+        (f"{what}: weight + gradient statistics per epoch end", f"{wg:.3f} s (target ≤ 0.10 s)"),
+        (f"{what}: all probes at an epoch end (probe set {probe_size})", f"{snap.timing.record_s:.2f} s"),
+        (f"{what}: probes' share of an epoch of 5,000 images", f"{snap.timing.record_s / epoch_s:.2%} (target ≤ 2 %)"),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="probe set of 64 instead of 256 for resnet50")
     ap.add_argument("--skip-default", action="store_true")
     ap.add_argument("--sequence", action="store_true", help="only the sequence models (LSTM, BERT-base-size encoder)")
+    ap.add_argument("--segmentation", action="store_true", help="only a segmenter (deeplabv3_mobilenet_v3_large)")
+    ap.add_argument("--detection", action="store_true", help="only a detector (fasterrcnn_mobilenet_v3_large_fpn)")
     a = ap.parse_args()
     rows: list[tuple[str, str]] = []
-    if a.sequence:
+    if a.detection:
+        rows += detection_rows(probe_size=8 if a.quick else 32)
+    elif a.segmentation:
+        rows += segmentation_rows(probe_size=8 if a.quick else 32)
+    elif a.sequence:
         rows += sequence_rows(probe_size=16 if a.quick else 64)
     else:
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,385 @@
+"""Object detection data: the embedded digit scenes with their boxes, and COCO detection files.
+
+Targets are torchvision's detection format: per image a dict of `boxes` (M, 4) float x0, y0, x1, y1 in
+pixels of the (resized) image and `labels` (M,) int64, 1..K (0 is the background, as torchvision's
+detectors count). Images without objects have empty boxes.
+
+The embedded detector (`sftreport run --task detect`): torchvision's Faster R-CNN on the shipped
+`digits_resnet`'s stem and stages 1–3 (stride 8, pretrained on digits 0–4; its layer4 and classifier are not
+used), with a new RPN and box head, fine-tuned to find digits 5–9 on the digit scenes. torchvision's
+fasterrcnn_* models run with --weights none.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sftreport.config import RunConfig
+from sftreport.errors import UserError, one_line
+from sftreport.record.detection_eval import DetectionTask
+from sftreport.record.recorder import Recorder, RunDescription, environment
+from sftreport.schema import DatasetInfo, RunStatus
+from sftreport.train.data import DIGITS_TARGET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, load_digits_split
+from sftreport.train.digits_resnet import DigitsResNet
+from sftreport.train.models import _pretrained_state, apply_strategy, set_train_mode
+from sftreport.train.progress import Progress
+from sftreport.train.segmentation import digit_scenes
+
+Target = dict[str, torch.Tensor]
+
+
+@dataclass
+class DetData:
+    name: str
+    classes: list[str]  # classes[0] is the background
+    train_x: torch.Tensor  # (N, 3, S, S) uint8
+    train_y: list[Target]
+    val_x: torch.Tensor
+    val_y: list[Target]
+    source: str
+    clipped: int = 0  # boxes partly outside their image, clipped to it
+    notes: list[str] = field(default_factory=list)
+
+
+def load_digit_scenes(train: int = 480, val: int = 120) -> DetData:
+    tr, va = load_digits_split(DIGITS_TARGET_CLASSES)
+    tx, _, tobj = digit_scenes(tr.images, tr.labels, train, seed=1)
+    vx, _, vobj = digit_scenes(va.images, va.labels, val, seed=2)
+    return DetData(
+        name="digit scenes",
+        classes=["background", *(str(c) for c in DIGITS_TARGET_CLASSES)],
+        train_x=tx,
+        train_y=[{"boxes": b, "labels": c} for b, c in tobj],
+        val_x=vx,
+        val_y=[{"boxes": b, "labels": c} for b, c in vobj],
+        source="64×64 canvases of scikit-learn's handwritten digits 5–9 (2–4 per canvas) with their boxes",
+    )
+
+
+# --------------------------------------------------------------------------- COCO
+
+
+def _split_file(root: Path, split: str) -> Path:
+    """ROOT/annotations/instances_<split>*.json (instances_train2017.json, instances_val.json, ...)."""
+    found = sorted((root / "annotations").glob(f"instances_{split}*.json"))
+    if not found:
+        raise UserError(f"{root / 'annotations'}: no instances_{split}*.json (COCO detection annotations)")
+    return found[0]
+
+
+def read_coco(path: Path, size: int) -> tuple[torch.Tensor, list[Target], dict[int, str], int]:
+    """One COCO instances file and its images (in ROOT/<split name>/ or ROOT/images/<split name>/, the
+    file's name after `instances_`): images resized to size×size, boxes converted from [x, y, w, h] to
+    x0, y0, x1, y1 and scaled; category ids (which may skip numbers, as COCO's do) kept as given for the
+    caller to map. Returns images, targets with raw category ids, the categories and the boxes clipped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        coco = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot read it as JSON ({one_line(e)})") from None
+    try:
+        categories = {int(c["id"]): str(c["name"]) for c in coco["categories"]}
+        images = coco["images"]
+        annotations = coco["annotations"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: not a COCO instances file (categories, images, annotations): {one_line(e)}") from None
+    split = path.stem.removeprefix("instances_")
+    root = path.parent.parent
+    folder = next((d for d in (root / split, root / "images" / split) if d.is_dir()), root / split)
+    by_image: dict[int, list[dict]] = {int(im["id"]): [] for im in images}
+    for a in annotations:
+        if int(a["image_id"]) not in by_image:
+            raise UserError(f"{path}: annotation {a.get('id')} names image {a['image_id']}, which is not in images")
+        if int(a["category_id"]) not in categories:
+            raise UserError(
+                f"{path}: annotation {a.get('id')} names category {a['category_id']}, which is not in categories"
+            )
+        by_image[int(a["image_id"])].append(a)
+    xs, targets, clipped = [], [], 0
+    for im in images:
+        file = folder / im["file_name"]
+        try:
+            with Image.open(file) as f:
+                rgb = f.convert("RGB")
+        except (OSError, UnidentifiedImageError) as e:
+            raise UserError(
+                f"{file}: cannot read the image of {path.name}'s image {im['id']} ({one_line(e)})"
+            ) from None
+        w, h = rgb.width, rgb.height
+        boxes, labels = [], []
+        for a in by_image[int(im["id"])]:
+            if a.get("iscrowd"):
+                continue
+            x, y, bw, bh = (float(v) for v in a["bbox"])
+            x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)
+            if bw <= 0 or bh <= 0 or x1 <= x0 or y1 <= y0:
+                what = "has zero area" if bw <= 0 or bh <= 0 else f"lies entirely outside its {w}×{h} image"
+                raise UserError(f"{path}: annotation {a.get('id')} (image {im['id']}): box {a['bbox']} {what}")
+            clipped += (x0, y0, x1, y1) != (x, y, x + bw, y + bh)
+            boxes.append([x0 * size / w, y0 * size / h, x1 * size / w, y1 * size / h])
+            labels.append(int(a["category_id"]))
+        xs.append(np.array(rgb.resize((size, size), Image.Resampling.BILINEAR)))
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                "labels": torch.tensor(labels, dtype=torch.long),
+            }
+        )
+    if not xs:
+        raise UserError(f"{path}: lists no image")
+    return torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).contiguous(), targets, categories, clipped
+
+
+def load_coco(root: Path | None, size: int | None) -> DetData:
+    """COCO detection: ROOT/annotations/instances_train*.json and instances_val*.json, images in the folder
+    named after each (ROOT/train2017/ or ROOT/images/train2017/); classes are the union of both files'
+    categories in id order, mapped to 1..K."""
+    if root is None:
+        raise UserError("--dataset coco needs --data-root DIR (the folder holding annotations/)")
+    size = size or 320
+    tx, ty, tcat, tclip = read_coco(_split_file(root, "train"), size)
+    vx, vy, vcat, vclip = read_coco(_split_file(root, "val"), size)
+    ids = sorted({**tcat, **vcat})
+    names = {**tcat, **vcat}
+    index = {cid: i + 1 for i, cid in enumerate(ids)}
+    for t in (*ty, *vy):
+        t["labels"] = torch.tensor([index[int(c)] for c in t["labels"]], dtype=torch.long)
+    clipped = tclip + vclip
+    notes = [f"{clipped} boxes partly outside their image were clipped to it"] if clipped else []
+    return DetData(
+        "coco", ["background", *(names[c] for c in ids)], tx, ty, vx, vy, f"COCO detection in {root}", clipped, notes
+    )
+
+
+# --------------------------------------------------------------------------- the detector
+
+
+class DigitsBody(nn.Module):
+    """digits_resnet's stem and stages 1–3 (the same module names and weights): features at stride 8."""
+
+    out_channels = 64
+
+    def __init__(self):
+        super().__init__()
+        r = DigitsResNet()
+        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
+        self.layer1, self.layer2, self.layer3 = r.layer1, r.layer2, r.layer3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer3(self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))))
+
+
+@dataclass
+class DetModel:
+    model: nn.Module
+    head: str
+    new_params: set[str]
+    weights: str
+    activations: list[str]
+
+
+HEAD = "roi_heads.box_predictor.cls_score"
+
+
+def build_detector(name: str, weights: str, num_classes: int, size: int) -> DetModel:
+    import torchvision
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.ops import MultiScaleRoIAlign
+
+    if name == "digits_resnet":
+        body = DigitsBody()
+        model = FasterRCNN(
+            body,
+            min_size=size,
+            max_size=size,
+            image_mean=list(IMAGENET_MEAN),
+            image_std=list(IMAGENET_STD),
+            rpn_anchor_generator=AnchorGenerator(((12, 20, 28),), ((0.5, 1.0, 2.0),)),
+            box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
+            box_head=TwoMLPHead(body.out_channels * 49, 256),
+            box_predictor=FastRCNNPredictor(256, num_classes),
+            rpn_pre_nms_top_n_train=300,
+            rpn_post_nms_top_n_train=100,
+            rpn_pre_nms_top_n_test=150,
+            rpn_post_nms_top_n_test=50,
+            rpn_batch_size_per_image=64,
+            box_batch_size_per_image=64,
+            box_detections_per_img=20,
+        )
+        acts = ["backbone.maxpool", "backbone.layer1.0", "backbone.layer2.0", "backbone.layer3.0"]
+        owned = {n for n, _ in model.named_parameters()}
+        new = {n for n in owned if not n.startswith("backbone.")}
+        state, described, _ = _pretrained_state(name, weights)
+        if state is None:
+            return DetModel(model, HEAD, owned, described, acts)
+        own = model.state_dict()
+        state = {f"backbone.{k}": v for k, v in state.items() if f"backbone.{k}" in own}
+        missing = [k for k in own if k.startswith("backbone.") and k not in state]
+        wrong = [k for k in state if state[k].shape != own[k].shape]
+        if missing or wrong:
+            raise UserError(f"weights {described} do not fit the digit detector's backbone: {(missing + wrong)[0]}")
+        model.load_state_dict(state, strict=False)  # the new parts: rpn.*, roi_heads.*
+        return DetModel(model, HEAD, new, described, acts)
+    if not name.startswith("fasterrcnn_"):
+        raise UserError(
+            f"--task detect: {name!r} is not a detector this version fine-tunes: digits_resnet (its backbone "
+            "under a Faster R-CNN) or torchvision's fasterrcnn_* with --weights none"
+        )
+    if weights.lower() != "none":
+        raise UserError(f"{name}: --weights none (torchvision's pretrained detectors: not yet)")
+    model = torchvision.models.get_model(
+        name, weights=None, weights_backbone=None, num_classes=num_classes, min_size=size, max_size=size
+    )
+    owned = {n for n, _ in model.named_parameters()}
+    return DetModel(model, HEAD, owned, "none (random initialisation)", backbone_modules(model))
+
+
+def backbone_modules(model: nn.Module) -> list[str]:
+    """The probed modules of a torchvision detector: the children of its backbone's body (the body itself
+    returns a dict of feature maps, which the activation probe does not read)."""
+    body = "backbone.body" if hasattr(model.get_submodule("backbone"), "body") else "backbone"
+    return [f"{body}.{n}" for n, m in model.get_submodule(body).named_children() if any(True for _ in m.parameters())]
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+class _Batches:
+    """Re-iterable (images as floats in [0, 1], targets) batches on the device; the detector normalises."""
+
+    def __init__(self, x: torch.Tensor, y: list[Target], batch: int, device: torch.device):
+        self.x, self.y, self.batch, self.device = x, y, batch, device
+
+    def __iter__(self):
+        for s in range(0, len(self.x), self.batch):
+            x = self.x[s : s + self.batch].to(self.device).float().div(255)
+            yield x, [{k: v.to(self.device) for k, v in t.items()} for t in self.y[s : s + self.batch]]
+
+
+def load_det_data(cfg: RunConfig) -> DetData:
+    if cfg.dataset == "coco":
+        return load_coco(cfg.data_root, cfg.image_size)
+    if cfg.dataset == "digits":
+        return load_digit_scenes()
+    raise UserError(f"--task detect: dataset {cfg.dataset!r} has no boxes: use digits (scenes) or coco")
+
+
+def run_detection(cfg: RunConfig, ctx, device: torch.device):
+    """sftreport run --task detect: one process, no AMP; the same outcome, run directory and report."""
+    from sftreport.store import check_run_dir_free
+    from sftreport.train.optim import make_optimizer, make_schedule
+    from sftreport.train.runner import RunOutcome, StopRequest, _epoch_line, _finish, default_run_dir
+
+    if ctx.enabled:
+        raise UserError("--task detect runs in one process for now (not under torchrun)")
+    torch.manual_seed(cfg.seed)
+    run_dir = cfg.run_dir or default_run_dir(cfg)
+    check_run_dir_free(run_dir)
+    data = load_det_data(cfg)
+    bundle = build_detector(cfg.model, cfg.weights, len(data.classes), data.train_x.shape[-1])
+    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    model = bundle.model.to(device)
+    n_probe = min(cfg.record.probe_size, len(data.val_x))
+    probe = (data.val_x[:n_probe].to(device).float().div(255), data.val_y[:n_probe])
+    steps = math.ceil(len(data.train_x) / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    optimizer = make_optimizer(
+        [p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
+    )
+    schedule = make_schedule(optimizer, cfg.scheduler, cfg.epochs * steps)
+    options = (
+        cfg.record if cfg.record.activations else cfg.record.model_copy(update={"activations": bundle.activations})
+    )
+    status: RunStatus = "completed"
+    detail, unexpected, bad_input = "", False, None
+    with Progress(cfg.epochs, steps, enabled=not cfg.quiet) as progress, StopRequest() as stop:
+        progress.message(
+            f"{cfg.model} ({bundle.weights}) detecting in {data.name}: {len(data.train_x)} train / "
+            f"{len(data.val_x)} val images at {data.train_x.shape[-1]} px, {len(data.classes) - 1} classes, "
+            f"{cfg.strategy}" + "".join(f"; {n}" for n in data.notes)
+        )
+        progress.message("epoch 0: measuring the pretrained model")
+        rec = Recorder(
+            model,
+            probe=probe,
+            val_data=_Batches(data.val_x, data.val_y, cfg.batch_size, device),
+            run_dir=run_dir,
+            class_names=data.classes,
+            new_params=bundle.new_params,
+            head=bundle.head,
+            options=options,
+            task=DetectionTask(len(data.classes), data.classes),
+            run=RunDescription(
+                name=cfg.name or f"{cfg.model} detecting in {data.name}",
+                model=cfg.model,
+                weights=bundle.weights,
+                strategy=cfg.strategy,
+                planned_epochs=cfg.epochs,
+                config=cfg.model_dump(mode="json"),
+                dataset=DatasetInfo(
+                    name=data.name,
+                    classes=data.classes,
+                    train_size=len(data.train_x),
+                    val_size=len(data.val_x),
+                    image_size=int(data.train_x.shape[-1]),
+                    source=data.source + "".join(f"; {n}" for n in data.notes),
+                ),
+                environment=environment(device, "fp32", 1),
+            ),
+        )
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                set_train_mode(model, frozen)
+                progress.start_epoch(epoch)
+                g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+                order = torch.randperm(len(data.train_x), generator=g)
+                for step in range(1, steps + 1):
+                    idx = order[(step - 1) * cfg.batch_size : step * cfg.batch_size].tolist()
+                    x = data.train_x[idx].to(device).float().div(255)
+                    y = [{k: v.to(device) for k, v in data.train_y[i].items()} for i in idx]
+                    losses = model(list(x), y)
+                    loss = sum(losses.values())
+                    assert isinstance(loss, torch.Tensor)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    rec.step(loss, lr=float(schedule.get_last_lr()[0]))
+                    schedule.step()
+                    value = loss.item() if progress.due() else None
+                    if value is not None and not math.isfinite(value):
+                        raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}")
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    progress.update(step, step * cfg.batch_size, value)
+                snap = rec.epoch_end()
+                line = _epoch_line(epoch, cfg.epochs, snap).replace("| val loss nan acc ", "| val mAP ")
+                progress.end_epoch(line)
+                if snap.train_loss is not None and not math.isfinite(snap.train_loss):
+                    raise FloatingPointError(f"training loss became {snap.train_loss} in epoch {epoch}")
+        except KeyboardInterrupt:
+            status, detail = "interrupted", f"stopped after {rec.epoch} of {cfg.epochs} epochs"
+        except FloatingPointError as e:
+            status, detail = "diverged", str(e)
+        except UserError as e:
+            status, detail, bad_input = "failed", one_line(e), e
+        except Exception as e:
+            if os.environ.get("SFTREPORT_DEBUG"):
+                traceback.print_exc()
+            status, detail, unexpected = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {one_line(e)}", True
+    reports, problems = _finish(rec, ctx, cfg, run_dir, status, detail)
+    if bad_input is not None:
+        raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")
+    return RunOutcome(status, Path(run_dir), reports, detail, problems, unexpected)

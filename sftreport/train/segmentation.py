@@ -1,0 +1,422 @@
+"""Semantic segmentation: data (digit canvases, Pascal VOC), the segmenter, and its fine-tuning loop.
+
+The embedded default (`sftreport run --task segment`) composes 64×64 canvases deterministically from
+scikit-learn's handwritten digits 5–9 (two to four digits each, at 20–28 px, one per quadrant) with
+per-pixel masks (0 background, k−4 for digit k, 255 on the faint edge of each stroke), and fine-tunes a
+segmenter built on the shipped `digits_resnet` backbone (pretrained on digits 0–4 as a classifier): its
+stem and four stages, plus a new head that upsamples layer4's features to the input with skips from
+layer1 and layer2. torchvision's segmentation models (fcn_*, deeplabv3_*, lraspp_*) run on the same data
+with `--weights none` (or a state_dict file).
+
+Everything is measured through the public Recorder, with a SegmentationTask for the evaluation (pixel
+accuracy, per-class IoU, mIoU) and the feature view.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sftreport.config import RunConfig
+from sftreport.errors import UserError, one_line
+from sftreport.record.recorder import Recorder, RunDescription, check_forward, environment
+from sftreport.record.segmentation_eval import IGNORE, SegmentationTask
+from sftreport.schema import DatasetInfo, RunStatus
+from sftreport.train.data import DIGITS_TARGET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, load_digits_split
+from sftreport.train.digits_resnet import DigitsResNet
+from sftreport.train.models import _load_backbone, _pretrained_state, apply_strategy, set_train_mode
+from sftreport.train.progress import Progress
+
+CANVAS = 64
+TORCHVISION_PREFIXES = ("fcn_", "deeplabv3_", "lraspp_")
+VOC_CLASSES = [
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+]  # fmt: skip
+
+
+@dataclass
+class SegData:
+    name: str
+    classes: list[str]
+    train_x: torch.Tensor  # (N, 3, H, W) uint8
+    train_y: torch.Tensor  # (N, H, W) uint8, 255 = void
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    source: str
+
+    @property
+    def image_size(self) -> int:
+        return int(self.train_x.shape[-1])
+
+
+# --------------------------------------------------------------------------- the embedded canvases
+
+
+def digit_canvases(digits: torch.Tensor, labels: torch.Tensor, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` canvases (N, 3, 64, 64) uint8 and masks (N, 64, 64) uint8 from 8×8 digits (values 0..255) with
+    labels 0..k−1: mask value label+1 where the upscaled stroke is at least 30 % bright, 255 (void) on its
+    faint edge (5–30 %), 0 elsewhere. Deterministic in `seed`."""
+    x, masks, _ = digit_scenes(digits, labels, n, seed)
+    return x, masks
+
+
+def digit_scenes(
+    digits: torch.Tensor, labels: torch.Tensor, n: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """digit_canvases' canvases and masks, and each canvas's objects: boxes (M, 4) float x0, y0, x1, y1 in
+    pixels (the tight box of the stroke's pixels at least 30 % bright, x1 and y1 exclusive) and labels (M,)
+    label+1 (0 is the background)."""
+    g = torch.Generator().manual_seed(seed)
+    canvases = torch.zeros(n, CANVAS, CANVAS)
+    masks = torch.zeros(n, CANVAS, CANVAS, dtype=torch.uint8)
+    objects = []
+    cell = CANVAS // 2
+    for i in range(n):
+        present = torch.rand(4, generator=g) < 0.6
+        present[torch.randint(4, (1,), generator=g)] = True  # at least one digit
+        boxes, classes = [], []
+        for q in present.nonzero().flatten().tolist():
+            j = int(torch.randint(len(digits), (1,), generator=g))
+            size = int(torch.randint(20, 29, (1,), generator=g))
+            y0 = (q // 2) * cell + int(torch.randint(cell - size + 1, (1,), generator=g))
+            x0 = (q % 2) * cell + int(torch.randint(cell - size + 1, (1,), generator=g))
+            img = digits[j].float().div(255).reshape(1, 1, 8, 8)
+            up = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)[0, 0].clamp(0, 1)
+            canvases[i, y0 : y0 + size, x0 : x0 + size] = up
+            m = torch.zeros(size, size, dtype=torch.uint8)
+            m[up > 0.05] = IGNORE
+            m[up >= 0.3] = int(labels[j]) + 1
+            masks[i, y0 : y0 + size, x0 : x0 + size] = m
+            ys, xs = (up >= 0.3).nonzero(as_tuple=True)
+            if len(ys):
+                boxes.append([x0 + int(xs.min()), y0 + int(ys.min()), x0 + int(xs.max()) + 1, y0 + int(ys.max()) + 1])
+                classes.append(int(labels[j]) + 1)
+        objects.append(
+            (torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.tensor(classes, dtype=torch.long))
+        )
+    x = (canvases * 255).round().to(torch.uint8).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
+    return x, masks, objects
+
+
+def load_digit_canvases() -> SegData:
+    train, val = load_digits_split(DIGITS_TARGET_CLASSES)
+    tx, ty = digit_canvases(train.images, train.labels, 480, seed=1)
+    vx, vy = digit_canvases(val.images, val.labels, 120, seed=2)
+    return SegData(
+        name="digit canvases",
+        classes=["background", *(str(c) for c in DIGITS_TARGET_CLASSES)],
+        train_x=tx,
+        train_y=ty,
+        val_x=vx,
+        val_y=vy,
+        source="64×64 canvases of scikit-learn's handwritten digits 5–9 (2–4 per canvas), per-pixel masks",
+    )
+
+
+# --------------------------------------------------------------------------- Pascal VOC
+
+
+def _read_voc_split(root: Path, split: str, size: int, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image, UnidentifiedImageError
+
+    listing = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    try:
+        names = [line.strip() for line in listing.read_text().splitlines()]
+    except OSError as e:
+        raise UserError(f"{listing}: cannot read the {split} split ({e.strerror})") from None
+    images, masks = [], []
+    for lineno, name in enumerate(names, 1):
+        if not name:
+            continue
+        jpg, png = root / "JPEGImages" / f"{name}.jpg", root / "SegmentationClass" / f"{name}.png"
+        for path in (jpg, png):
+            if not path.is_file():
+                raise UserError(f"{listing}, line {lineno}: {name!r} has no {path.parent.name}/{path.name}")
+        try:
+            with Image.open(jpg) as im:
+                img = im.convert("RGB")
+            with Image.open(png) as mk:
+                if mk.mode not in ("P", "L"):
+                    raise UserError(
+                        f"{png}: a VOC mask is a palette (P) or greyscale PNG of class indices, not {mk.mode}"
+                    )
+                mask = np.array(mk)
+        except (OSError, UnidentifiedImageError) as e:
+            raise UserError(f"{jpg.name if 'jpg' in str(e) else png}: cannot read it ({one_line(e)})") from None
+        if mask.shape != (img.height, img.width):
+            raise UserError(
+                f"{png}: mask is {mask.shape[1]}×{mask.shape[0]} but its image {jpg.name} is {img.width}×{img.height}"
+            )
+        bad = (mask != IGNORE) & (mask >= classes)
+        if bad.any():
+            raise UserError(
+                f"{png}: label {int(mask[bad].max())} is above the {classes} classes (0..{classes - 1}, 255 void)"
+            )
+        images.append(np.array(img.resize((size, size), Image.Resampling.BILINEAR)))
+        masks.append(np.array(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST)))
+    if not images:
+        raise UserError(f"{listing}: names no image")
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+    return x, torch.from_numpy(np.stack(masks))
+
+
+def load_voc(root: Path | None, size: int | None) -> SegData:
+    """Pascal VOC segmentation: ROOT/JPEGImages/*.jpg, ROOT/SegmentationClass/*.png (palette masks of class
+    indices, 255 void), ROOT/ImageSets/Segmentation/{train,val}.txt; 21 classes; resized to `size` (default
+    256) px squares."""
+    if root is None:
+        raise UserError("--dataset voc-seg needs --data-root DIR (the folder holding JPEGImages/)")
+    size = size or 256
+    tx, ty = _read_voc_split(root, "train", size, len(VOC_CLASSES))
+    vx, vy = _read_voc_split(root, "val", size, len(VOC_CLASSES))
+    return SegData("voc-seg", list(VOC_CLASSES), tx, ty, vx, vy, f"Pascal VOC segmentation in {root}")
+
+
+# --------------------------------------------------------------------------- the models
+
+
+class SegHead(nn.Module):
+    """New: 1×1 classifiers on layer4, layer2 and layer1, summed coarse to fine (FCN-style skips)."""
+
+    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128)):
+        super().__init__()
+        self.classifier = nn.Conv2d(widths[3], num_classes, 1)
+        self.skip2 = nn.Conv2d(widths[1], num_classes, 1)
+        self.skip1 = nn.Conv2d(widths[0], num_classes, 1)
+
+    def forward(self, l4: torch.Tensor, l2: torch.Tensor, l1: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(self.classifier(l4), size=l2.shape[-2:], mode="bilinear", align_corners=False)
+        x = F.interpolate(x + self.skip2(l2), size=l1.shape[-2:], mode="bilinear", align_corners=False)
+        return x + self.skip1(l1)
+
+
+class DigitsSegmenter(nn.Module):
+    """digits_resnet's stem and stages (the same module names and weights) and a new SegHead; returns
+    {"out": logits (N, K, H, W)} as torchvision's segmentation models do."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        r = DigitsResNet()
+        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = r.layer1, r.layer2, r.layer3, r.layer4
+        self.head = SegHead(num_classes)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        l1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        l2 = self.layer2(l1)
+        l4 = self.layer4(self.layer3(l2))
+        return {"out": F.interpolate(self.head(l4, l2, l1), size=size, mode="bilinear", align_corners=False)}
+
+
+@dataclass
+class SegModel:
+    model: nn.Module
+    head: str
+    new_params: set[str]
+    weights: str
+
+
+def build_segmenter(name: str, weights: str, num_classes: int) -> SegModel:
+    if name == "digits_resnet":
+        model: nn.Module = DigitsSegmenter(num_classes)
+        new = {n for n, _ in model.named_parameters() if n.startswith("head.")}
+        state, described, _ = _pretrained_state(name, weights)
+        if state is None:
+            return SegModel(model, "head", {n for n, _ in model.named_parameters()}, described)
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        _load_backbone(model, state, "head", described)
+        return SegModel(model, "head", new, described)
+    if not name.startswith(TORCHVISION_PREFIXES):
+        raise UserError(
+            f"--task segment: {name!r} is not a segmentation model: digits_resnet (its backbone with a new "
+            f"segmentation head) or torchvision's fcn_*, deeplabv3_*, lraspp_*"
+        )
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models.segmentation):
+        raise UserError(f"unknown segmentation model {name!r}: one of torchvision's fcn_*, deeplabv3_*, lraspp_*")
+    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
+    # the new heads: the classifier's convolutions that produce the classes (LRASPP has two, low and high);
+    # the last one is the recorder's head (LRASPP's head module itself takes a dict of features)
+    heads = [
+        n
+        for n, m in model.named_modules()
+        if n.startswith("classifier.") and isinstance(m, nn.Conv2d) and m.out_channels == num_classes
+    ]
+    owned = [n for n, _ in model.named_parameters()]
+    new = {n for n in owned if any(n.startswith(h + ".") for h in heads)}
+    if weights.lower() == "none":
+        return SegModel(model, heads[-1], set(owned), "none (random initialisation)")
+    state, described, _ = _pretrained_state(name, weights)
+    assert state is not None
+    # the pretrained classes' heads and the auxiliary classifier (not built here) are left out
+    body = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("aux_classifier.") and not any(k.startswith(h + ".") for h in heads)
+    }
+    own = model.state_dict()
+    missing = [k for k in own if k not in body and not any(k.startswith(h + ".") for h in heads)]
+    unexpected = [k for k in body if k not in own]
+    wrong = [k for k in body if k in own and body[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{what} {len(keys)} (e.g. {keys[0]})"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise UserError(f"weights {described} do not fit {name}: {detail}")
+    model.load_state_dict(body, strict=False)
+    return SegModel(model, heads[-1], new, described)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _normalise(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    return (x.to(device).float().div(255) - mean) / std
+
+
+class _Batches:
+    """Re-iterable (images, masks) batches of in-memory tensors, normalised on the device."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch: int, device: torch.device):
+        self.x, self.y, self.batch, self.device = x, y, batch, device
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.x) / self.batch)
+
+    def __iter__(self):
+        for s in range(0, len(self.x), self.batch):
+            yield _normalise(self.x[s : s + self.batch], self.device), self.y[s : s + self.batch].to(self.device).long()
+
+
+def load_seg_data(cfg: RunConfig) -> SegData:
+    if cfg.dataset == "voc-seg":
+        return load_voc(cfg.data_root, cfg.image_size)
+    if cfg.dataset == "digits":
+        return load_digit_canvases()
+    raise UserError(f"--task segment: dataset {cfg.dataset!r} has no masks: use digits (canvases) or voc-seg")
+
+
+def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
+    """sftreport run --task segment: the same outcome, run directory and report as a classifier's run
+    (one process; no AMP)."""
+    from sftreport.store import check_run_dir_free
+    from sftreport.train.runner import RunOutcome, StopRequest, _epoch_line, _finish, default_run_dir
+
+    if ctx.enabled:
+        raise UserError("--task segment runs in one process for now (not under torchrun)")
+    torch.manual_seed(cfg.seed)
+    run_dir = cfg.run_dir or default_run_dir(cfg)
+    check_run_dir_free(run_dir)
+    data = load_seg_data(cfg)
+    bundle = build_segmenter(cfg.model, cfg.weights, len(data.classes))
+    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    model = bundle.model.to(device)
+    n_probe = min(cfg.record.probe_size, len(data.val_x))
+    probe = (_normalise(data.val_x[:n_probe], device), data.val_y[:n_probe].to(device).long())
+    check_forward(model, probe[0][:2], dims=4)
+    optimizer_params = [p for p in model.parameters() if p.requires_grad]
+    from sftreport.train.optim import make_optimizer, make_schedule
+
+    steps = math.ceil(len(data.train_x) / cfg.batch_size)
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    optimizer = make_optimizer(optimizer_params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
+    schedule = make_schedule(optimizer, cfg.scheduler, cfg.epochs * steps)
+    val = _Batches(data.val_x, data.val_y, cfg.batch_size, device)
+
+    status: RunStatus = "completed"
+    detail, unexpected, bad_input = "", False, None
+    with Progress(cfg.epochs, steps, enabled=not cfg.quiet) as progress, StopRequest() as stop:
+        progress.message(
+            f"{cfg.model} ({bundle.weights}) segmenting {data.name}: {len(data.train_x)} train / "
+            f"{len(data.val_x)} val images at {data.image_size} px, {len(data.classes)} classes, {cfg.strategy}"
+        )
+        progress.message("epoch 0: measuring the pretrained model")
+        rec = Recorder(
+            model,
+            probe=probe,
+            val_data=val,
+            run_dir=run_dir,
+            class_names=data.classes,
+            new_params=bundle.new_params,
+            head=bundle.head,
+            options=cfg.record,
+            task=SegmentationTask(len(data.classes)),
+            run=RunDescription(
+                name=cfg.name or f"{cfg.model} segmenting {data.name}",
+                model=cfg.model,
+                weights=bundle.weights,
+                strategy=cfg.strategy,
+                planned_epochs=cfg.epochs,
+                config=cfg.model_dump(mode="json"),
+                dataset=DatasetInfo(
+                    name=data.name,
+                    classes=data.classes,
+                    train_size=len(data.train_x),
+                    val_size=len(data.val_x),
+                    image_size=data.image_size,
+                    source=data.source,
+                ),
+                environment=environment(device, "fp32", 1),
+            ),
+        )
+        try:
+            for epoch in range(1, cfg.epochs + 1):
+                set_train_mode(model, frozen)
+                progress.start_epoch(epoch)
+                order = torch.randperm(
+                    len(data.train_x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+                )
+                for step in range(1, steps + 1):
+                    idx = order[(step - 1) * cfg.batch_size : step * cfg.batch_size]
+                    x = _normalise(data.train_x[idx], device)
+                    y = data.train_y[idx].to(device).long()
+                    logits = model(x)["out"]
+                    loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    rec.step(loss, logits, y, lr=float(schedule.get_last_lr()[0]))
+                    schedule.step()
+                    value = loss.item() if progress.due() else None
+                    if value is not None and not math.isfinite(value):
+                        raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}")
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    progress.update(step, step * cfg.batch_size, value)
+                snap = rec.epoch_end()
+                line = _epoch_line(epoch, cfg.epochs, snap)
+                if snap.val is not None and snap.val.task == "segment":
+                    line += f"  mIoU {snap.val.miou:.3f}"
+                progress.end_epoch(line)
+                if snap.train_loss is not None and not math.isfinite(snap.train_loss):
+                    raise FloatingPointError(f"training loss became {snap.train_loss} in epoch {epoch}")
+        except KeyboardInterrupt:
+            status, detail = "interrupted", f"stopped after {rec.epoch} of {cfg.epochs} epochs"
+        except FloatingPointError as e:
+            status, detail = "diverged", str(e)
+        except UserError as e:
+            status, detail, bad_input = "failed", one_line(e), e
+        except Exception as e:
+            if os.environ.get("SFTREPORT_DEBUG"):
+                traceback.print_exc()
+            status, detail, unexpected = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {one_line(e)}", True
+    reports, problems = _finish(rec, ctx, cfg, run_dir, status, detail)
+    if bad_input is not None:
+        raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")
+    return RunOutcome(status, Path(run_dir), reports, detail, problems, unexpected)
