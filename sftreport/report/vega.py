@@ -8,9 +8,11 @@ treats as a missing value. Text inside the blob cannot close the <script> elemen
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -182,6 +184,31 @@ JPEG_QUALITY = 92  # with 4:4:4 chroma (no subsampling): text and thin lines sta
 RASTER_SCALE = 2.0
 
 
+def printable(value):
+    """Every string in a spec without control and format characters (a NUL, an escape sequence, a bidi
+    override: a damaged run's layer name) but newlines and tabs, which inline CSV needs. vl-convert's text
+    layout panicked on such a label, and its panic aborts the whole process (measured, vl-convert 1.x); a
+    browser draws them, so only static drawing is cleaned."""
+    if isinstance(value, str):
+        return _unprintable().sub("", value)
+    if isinstance(value, dict):
+        return {k: printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [printable(v) for v in value]
+    return value
+
+
+@functools.cache
+def _unprintable() -> re.Pattern[str]:
+    """Unicode's control (Cc) and format (Cf) characters, newline and tab excepted (built once, ~30 ms)."""
+    import unicodedata
+
+    chars = [chr(i) for i in range(0x10000) if unicodedata.category(chr(i)) in ("Cc", "Cf") and chr(i) not in "\n\t"]
+    chars += [chr(i) for i in (0x110BD, 0x110CD, *range(0x1BCA0, 0x1BCA4), *range(0x1D173, 0x1D17B), 0xE0001)]
+    chars += [chr(i) for i in range(0xE0020, 0xE0080)]
+    return re.compile("[" + "".join(re.escape(c) for c in chars) + "]")
+
+
 def to_static(spec: dict, fmt: str = "auto", scale: float = RASTER_SCALE) -> tuple[bytes, str]:
     """The chart drawn by vl-convert: (bytes, MIME type).
 
@@ -191,7 +218,7 @@ def to_static(spec: dict, fmt: str = "auto", scale: float = RASTER_SCALE) -> tup
     re-compresses every PNG (~50 ms per chart). `fmt`: "svg", "png", "jpeg", or "auto"."""
     import vl_convert as vlc
 
-    svg = vlc.vegalite_to_svg(static_spec(spec), allowed_base_urls=[])
+    svg = vlc.vegalite_to_svg(printable(static_spec(spec)), allowed_base_urls=[])
     if fmt == "svg" or (fmt == "auto" and svg.count("<") <= RASTER_ABOVE_ELEMENTS):
         return svg.encode("utf-8"), "image/svg+xml"
     png = vlc.svg_to_png(svg, scale=scale)

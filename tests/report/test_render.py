@@ -377,3 +377,24 @@ def test_two_views_sharing_one_dataset_draw():
     shared = json.loads(text)
     assert len(shared["datasets"]) == 1
     assert "<svg" in vlc.vegalite_to_svg(shared)
+
+
+def test_a_label_with_control_characters_is_drawn_statically_without_crashing_the_process():
+    """vl-convert's text layout panicked on a damaged run's layer name (a NUL, an escape sequence, a bidi
+    override), and a Rust panic aborts the process that drew the chart: drawn in a child process here."""
+    import subprocess
+    import sys
+
+    code = (
+        "import altair as alt, pandas as pd\n"
+        "from sftreport.report.vega import chart_spec, printable, to_static\n"
+        "label = 'layer\\x00\\x1b[31m\\u202e1'\n"
+        "df = pd.DataFrame({'layer': [label, 'b'], 'v': [1.0, 2.0]})\n"
+        "spec = chart_spec(alt.Chart(df).mark_bar().encode(y=alt.Y('layer:N', title=label), x=alt.X('v:Q')))\n"
+        "data, mime = to_static(spec, 'svg')\n"
+        "assert mime == 'image/svg+xml' and b'layer[31m1' in data, data[:200]\n"
+        "assert printable({'a': ['x\\n\\ty\\x00', 3]}) == {'a': ['x\\n\\ty', 3]}\n"
+        "print('drawn')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "drawn", r.stderr[-2000:]
