@@ -351,7 +351,7 @@ def test_digit_segmenter_loads_the_shipped_backbone_and_linear_probe_trains_only
     from sftreport.train.segmentation import build_segmenter
 
     seg = build_segmenter("digits_resnet", "DEFAULT", 6)
-    state, _ = _pretrained_state("digits_resnet", "DEFAULT")
+    state, _, _ = _pretrained_state("digits_resnet", "DEFAULT")
     mine = seg.model.state_dict()
     assert all(torch.equal(mine[k], v) for k, v in state.items() if not k.startswith("fc."))
     assert seg.new_params == {n for n, _ in seg.model.named_parameters() if n.startswith("head.")}
