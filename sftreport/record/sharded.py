@@ -13,6 +13,7 @@ Without a process group, or when no parameter is a DTensor, every function here 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 
 import torch
@@ -21,15 +22,26 @@ from torch import nn
 
 from sftreport.record.stats import merge
 
-try:
-    from torch.distributed.tensor import DTensor
-except ImportError:  # torch < 2.5 keeps it private
-    from torch.distributed._tensor import DTensor
+
+def _dtensor() -> type | None:
+    """torch's DTensor class if anything has imported it (whatever made a DTensor did), else None: importing
+    torch.distributed.tensor costs 0.6 s at every start (measured), for runs that are almost never sharded."""
+    for name in ("torch.distributed.tensor", "torch.distributed._tensor"):  # the latter before torch 2.5
+        cls = getattr(sys.modules.get(name), "DTensor", None)
+        if isinstance(cls, type):
+            return cls
+    return None
+
+
+def _is_dtensor(t: object) -> bool:
+    cls = _dtensor()
+    return cls is not None and isinstance(t, cls)
 
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether any parameter is sharded (a DTensor under FSDP2)."""
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    cls = _dtensor()
+    return cls is not None and any(isinstance(p, cls) for p in model.parameters())
 
 
 def plain_class(module: object) -> type:
@@ -56,12 +68,12 @@ def reshard(model: nn.Module) -> None:
 
 def local(t: torch.Tensor) -> torch.Tensor:
     """This process's shard of a sharded tensor (the tensor itself when it is not sharded)."""
-    return t.to_local() if isinstance(t, DTensor) else t
+    return t.to_local() if _is_dtensor(t) else t  # type: ignore[attr-defined]
 
 
 def full(t: torch.Tensor) -> torch.Tensor:
     """The whole tensor; for a sharded one a collective that every process must call."""
-    return t.full_tensor() if isinstance(t, DTensor) else t
+    return t.full_tensor() if _is_dtensor(t) else t  # type: ignore[attr-defined]
 
 
 def _active() -> bool:
