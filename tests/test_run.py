@@ -405,3 +405,18 @@ def test_a_run_from_scratch_never_speaks_of_a_pretrained_model(tmp_path: Path):
         assert any(a in hit for a in allowed), hit
     specs = re.search(r'id="sftreport-specs">(.*?)</script>', html, re.S).group(1)
     assert "pretrained" not in specs  # legends and labels of the charts
+
+
+def test_what_a_task_loops_stop_means_for_the_run():
+    """Segmentation's and detection's loops hand their exception to stop_meaning: each kind its status."""
+    from types import SimpleNamespace
+
+    from sftreport.errors import UserError
+    from sftreport.train.runner import stop_meaning
+
+    rec = SimpleNamespace(epoch=3)
+    assert stop_meaning(KeyboardInterrupt(), rec, 10) == ("interrupted", "stopped after 3 of 10 epochs", None, False)
+    assert stop_meaning(FloatingPointError("loss nan"), rec, 10) == ("diverged", "loss nan", None, False)
+    bad = UserError("image.png is unreadable")
+    assert stop_meaning(bad, rec, 10) == ("failed", "image.png is unreadable", bad, False)
+    assert stop_meaning(ValueError("boom"), rec, 10) == ("failed", "ValueError in epoch 4: boom", None, True)

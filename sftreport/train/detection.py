@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -280,7 +278,7 @@ def run_detection(cfg: RunConfig, ctx, device: torch.device):
     """sftreport run --task detect: one process, no AMP; the same outcome, run directory and report."""
     from sftreport.store import check_run_dir_free
     from sftreport.train.optim import make_optimizer, make_schedule
-    from sftreport.train.runner import RunOutcome, StopRequest, _epoch_line, _finish, default_run_dir
+    from sftreport.train.runner import StopRequest, _epoch_line, conclude, default_run_dir, stop_meaning
 
     if ctx.enabled:
         raise UserError("--task detect runs in one process for now (not under torchrun)")
@@ -369,17 +367,6 @@ def run_detection(cfg: RunConfig, ctx, device: torch.device):
                 progress.end_epoch(line)
                 if snap.train_loss is not None and not math.isfinite(snap.train_loss):
                     raise FloatingPointError(f"training loss became {snap.train_loss} in epoch {epoch}")
-        except KeyboardInterrupt:
-            status, detail = "interrupted", f"stopped after {rec.epoch} of {cfg.epochs} epochs"
-        except FloatingPointError as e:
-            status, detail = "diverged", str(e)
-        except UserError as e:
-            status, detail, bad_input = "failed", one_line(e), e
-        except Exception as e:
-            if os.environ.get("SFTREPORT_DEBUG"):
-                traceback.print_exc()
-            status, detail, unexpected = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {one_line(e)}", True
-    reports, problems = _finish(rec, ctx, cfg, run_dir, status, detail)
-    if bad_input is not None:
-        raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")
-    return RunOutcome(status, Path(run_dir), reports, detail, problems, unexpected)
+        except (KeyboardInterrupt, Exception) as e:
+            status, detail, bad_input, unexpected = stop_meaning(e, rec, cfg.epochs)
+    return conclude(rec, ctx, cfg, run_dir, status, detail, bad_input, unexpected)

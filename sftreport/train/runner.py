@@ -346,6 +346,34 @@ def _run(cfg: RunConfig, ctx: distributed.DistContext, device: torch.device) -> 
                 first = "another process of the job failed (its own message says why)"
             status, detail, unexpected = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {first}", True
 
+    return conclude(rec, ctx, cfg, run_dir, status, detail, bad_input, unexpected)
+
+
+def stop_meaning(e: BaseException, rec: Recorder, epochs: int) -> tuple[RunStatus, str, UserError | None, bool]:
+    """What an exception that ended a task's training loop means for the run (segmentation, detection):
+    (status, detail, the bad input to report after finishing, whether it was unexpected)."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted", f"stopped after {rec.epoch} of {epochs} epochs", None, False
+    if isinstance(e, FloatingPointError):
+        return "diverged", str(e), None, False
+    if isinstance(e, UserError):
+        return "failed", one_line(e), e, False
+    if os.environ.get("SFTREPORT_DEBUG"):
+        traceback.print_exc()
+    return "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {one_line(e)}", None, True
+
+
+def conclude(
+    rec: Recorder,
+    ctx,
+    cfg: RunConfig,
+    run_dir: Path,
+    status: RunStatus,
+    detail: str,
+    bad_input: UserError | None,
+    unexpected: bool,
+) -> RunOutcome:
+    """Final status and reports (see _finish); bad input met mid-run is raised after them (exit 2)."""
     reports, problems = _finish(rec, ctx, cfg, run_dir, status, detail)
     if bad_input is not None:
         raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")

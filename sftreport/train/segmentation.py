@@ -15,8 +15,6 @@ accuracy, per-class IoU, mIoU) and the feature view.
 from __future__ import annotations
 
 import math
-import os
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -315,7 +313,7 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
     """sftreport run --task segment: the same outcome, run directory and report as a classifier's run
     (one process; no AMP)."""
     from sftreport.store import check_run_dir_free
-    from sftreport.train.runner import RunOutcome, StopRequest, _epoch_line, _finish, default_run_dir
+    from sftreport.train.runner import StopRequest, _epoch_line, conclude, default_run_dir, stop_meaning
 
     if ctx.enabled:
         raise UserError("--task segment runs in one process for now (not under torchrun)")
@@ -406,17 +404,6 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
                 progress.end_epoch(line)
                 if snap.train_loss is not None and not math.isfinite(snap.train_loss):
                     raise FloatingPointError(f"training loss became {snap.train_loss} in epoch {epoch}")
-        except KeyboardInterrupt:
-            status, detail = "interrupted", f"stopped after {rec.epoch} of {cfg.epochs} epochs"
-        except FloatingPointError as e:
-            status, detail = "diverged", str(e)
-        except UserError as e:
-            status, detail, bad_input = "failed", one_line(e), e
-        except Exception as e:
-            if os.environ.get("SFTREPORT_DEBUG"):
-                traceback.print_exc()
-            status, detail, unexpected = "failed", f"{type(e).__name__} in epoch {rec.epoch + 1}: {one_line(e)}", True
-    reports, problems = _finish(rec, ctx, cfg, run_dir, status, detail)
-    if bad_input is not None:
-        raise UserError(f"{one_line(bad_input)} (run directory {run_dir} holds the {rec.epoch} finished epochs)")
-    return RunOutcome(status, Path(run_dir), reports, detail, problems, unexpected)
+        except (KeyboardInterrupt, Exception) as e:
+            status, detail, bad_input, unexpected = stop_meaning(e, rec, cfg.epochs)
+    return conclude(rec, ctx, cfg, run_dir, status, detail, bad_input, unexpected)
