@@ -190,3 +190,20 @@ def test_sequence_models_default_to_adamw_unless_told_otherwise():
     )
     told = build_config(None, {"model": "digits_transformer", "optimizer": "sgd", "lr": 0.5})
     assert (told.optimizer, told.lr) == ("sgd", 0.5)
+
+
+def test_linear_probe_trains_every_new_head_and_keeps_what_the_builder_froze():
+    """A detector has several new heads (the digit detector: RPN and ROI heads) that are not the last module;
+    linear-probe trains exactly them, and torchvision's own frozen layers stay frozen under `full`."""
+    b = build_model("resnet18", "none", num_classes=3)
+    heads = {n for n, _ in b.model.named_parameters() if n.startswith(("layer4.1.conv2.", "fc."))}
+    apply_strategy(b.model, "linear-probe", b.head, head_params=heads)
+    assert {n for n, p in b.model.named_parameters() if p.requires_grad} == heads
+    with pytest.raises(UserError, match="new head 'layer4.1.conv2'"):
+        apply_strategy(b.model, "freeze-until:layer4", b.head, head_params=heads)
+    apply_strategy(b.model, "freeze-until:layer3", b.head, head_params=heads)
+    assert {n.split(".")[0] for n, p in b.model.named_parameters() if p.requires_grad} == {"layer4", "fc"}
+    builder = frozenset(n for n, _ in b.model.named_parameters() if n.startswith(("conv1.", "layer1.")))
+    frozen = apply_strategy(b.model, "full", b.head, builder_frozen=builder)
+    assert {n for n, p in b.model.named_parameters() if not p.requires_grad} == builder
+    assert "layer1" in frozen and "layer2" not in frozen

@@ -225,13 +225,26 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], head: str, 
     model.load_state_dict(body, strict=False)
 
 
-def apply_strategy(model: nn.Module, strategy: str, head: str) -> list[str]:
-    """Set requires_grad per the strategy; return the names of fully frozen modules (kept in eval mode)."""
+def apply_strategy(
+    model: nn.Module,
+    strategy: str,
+    head: str,
+    head_params: set[str] | None = None,
+    builder_frozen: frozenset[str] = frozenset(),
+) -> list[str]:
+    """Set requires_grad per the strategy; return the names of fully frozen modules (kept in eval mode).
+
+    `head_params` are the parameters of the heads built fresh for the dataset (a detector's box predictor, or
+    the digit detector's RPN and ROI heads; a segmenter's classifier and aux classifier; default: those of
+    `head`): `linear-probe` trains exactly these, and no `freeze-until` may reach them. `builder_frozen` are
+    the parameters the model's builder froze (torchvision's `trainable_backbone_layers`): they stay frozen
+    whatever the strategy."""
     names = [n for n, _ in model.named_parameters()]
+    new = head_params if head_params is not None else {n for n in names if n.startswith(head + ".")}
     if strategy == "full":
-        frozen_until = -1
+        trains = set(names)
     elif strategy == "linear-probe":
-        frozen_until = max((i for i, n in enumerate(names) if not n.startswith(head + ".")), default=-1)
+        trains = set(new)
     else:
         target = strategy.split(":", 1)[1]
         if target not in dict(model.named_modules()):
@@ -239,11 +252,12 @@ def apply_strategy(model: nn.Module, strategy: str, head: str) -> list[str]:
         owned = [i for i, n in enumerate(names) if n.startswith(target + ".")]
         if not owned:
             raise UserError(f"--strategy {strategy}: module {target!r} has no parameters")
-        if any(n.startswith(head + ".") for n in names[: max(owned) + 1]):
-            raise UserError(f"--strategy {strategy}: that would freeze the new head {head!r}")
-        frozen_until = max(owned)
-    for i, (_, p) in enumerate(model.named_parameters()):
-        p.requires_grad_(i > frozen_until)
+        caught = [n for n in names[: max(owned) + 1] if n in new]
+        if caught:
+            raise UserError(f"--strategy {strategy}: that would freeze the new head {caught[0].rsplit('.', 1)[0]!r}")
+        trains = set(names[max(owned) + 1 :])
+    for n, p in model.named_parameters():
+        p.requires_grad_(n in trains and n not in builder_frozen)
     return frozen_modules(model)
 
 
