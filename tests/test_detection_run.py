@@ -104,3 +104,17 @@ def test_torchvision_detector_records_with_its_backbone_body_probed(tmp_path):
         new_params=det.new_params, task=DetectionTask(3), options=RecordOptions(activations=det.activations),
     )  # fmt: skip
     assert rec.last is not None and rec.last.activations and rec.last.val.objects == 2
+
+
+def test_epoch_line_speaks_of_each_task():
+    """The progress line after each epoch gives the task's own metric: mAP for a detector (which has no
+    validation loss), mIoU beside pixel accuracy for a segmenter."""
+    from sftreport.schema import DetectionEvaluation, EpochSnapshot, SegmentationEvaluation
+    from sftreport.train.runner import _epoch_line
+
+    det = DetectionEvaluation.model_construct(task="detect", map=0.5914, map_50=0.9171)
+    line = _epoch_line(3, 10, EpochSnapshot.model_construct(train_loss=0.5, val=det, source=None))
+    assert "| val mAP 0.591  mAP@.5 0.917" in line and "loss nan" not in line
+    seg = SegmentationEvaluation.model_construct(task="segment", loss=0.25, accuracy=0.972, miou=0.8141)
+    line = _epoch_line(3, 10, EpochSnapshot.model_construct(train_loss=0.5, val=seg, source=None))
+    assert "| val loss 0.2500 acc 97.2%  mIoU 0.814" in line

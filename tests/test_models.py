@@ -199,7 +199,7 @@ def test_linear_probe_trains_every_new_head_and_keeps_what_the_builder_froze():
     heads = {n for n, _ in b.model.named_parameters() if n.startswith(("layer4.1.conv2.", "fc."))}
     apply_strategy(b.model, "linear-probe", b.head, head_params=heads)
     assert {n for n, p in b.model.named_parameters() if p.requires_grad} == heads
-    with pytest.raises(UserError, match="new head 'layer4.1.conv2'"):
+    with pytest.raises(UserError, match=r"new head 'layer4\.1\.conv2'"):
         apply_strategy(b.model, "freeze-until:layer4", b.head, head_params=heads)
     apply_strategy(b.model, "freeze-until:layer3", b.head, head_params=heads)
     assert {n.split(".")[0] for n, p in b.model.named_parameters() if p.requires_grad} == {"layer4", "fc"}

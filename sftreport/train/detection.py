@@ -13,7 +13,6 @@ fasterrcnn_* models run with --weights none.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +23,10 @@ from torch import nn
 from sftreport.config import RunConfig
 from sftreport.errors import UserError, one_line
 from sftreport.record.detection_eval import DetectionTask
-from sftreport.record.recorder import Recorder, RunDescription, environment
-from sftreport.schema import DatasetInfo, RunStatus
+from sftreport.schema import DatasetInfo
 from sftreport.train.data import DIGITS_TARGET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, load_digits_split
 from sftreport.train.digits_resnet import DigitsResNet
-from sftreport.train.models import _pretrained_state, apply_strategy, set_train_mode
-from sftreport.train.progress import Progress
+from sftreport.train.models import _pretrained_state, apply_strategy
 from sftreport.train.segmentation import digit_scenes
 
 Target = dict[str, torch.Tensor]
@@ -275,14 +272,14 @@ def load_det_data(cfg: RunConfig) -> DetData:
 
 
 def run_detection(cfg: RunConfig, ctx, device: torch.device):
-    """sftreport run --task detect: one process, no AMP; the same outcome, run directory and report."""
+    """sftreport run --task detect: the data and the detector; dense_loop runs the rest."""
     from sftreport.store import check_run_dir_free
-    from sftreport.train.optim import make_optimizer, make_schedule
-    from sftreport.train.runner import StopRequest, _epoch_line, conclude, default_run_dir, stop_meaning
+    from sftreport.train.dense_loop import DenseRun, run_dense
+    from sftreport.train.runner import default_run_dir
 
     if ctx.enabled:
         raise UserError("--task detect runs in one process for now (not under torchrun)")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the new heads' initialisation
     run_dir = cfg.run_dir or default_run_dir(cfg)
     check_run_dir_free(run_dir)
     data = load_det_data(cfg)
@@ -291,82 +288,37 @@ def run_detection(cfg: RunConfig, ctx, device: torch.device):
     model = bundle.model.to(device)
     n_probe = min(cfg.record.probe_size, len(data.val_x))
     probe = (data.val_x[:n_probe].to(device).float().div(255), data.val_y[:n_probe])
-    steps = math.ceil(len(data.train_x) / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
-    optimizer = make_optimizer(
-        [p for p in model.parameters() if p.requires_grad], cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay
+
+    def forward(idx: list[int]) -> tuple[torch.Tensor, None, None]:
+        x = data.train_x[idx].to(device).float().div(255)  # the detector normalises
+        y = [{k: v.to(device) for k, v in data.train_y[i].items()} for i in idx]
+        losses = model(list(x), y)  # RPN and box losses, in training mode
+        return torch.stack(list(losses.values())).sum(), None, None
+
+    job = DenseRun(
+        model=model,
+        frozen=frozen,
+        weights=bundle.weights,
+        new_params=bundle.new_params,
+        head=bundle.head,
+        task=DetectionTask(len(data.classes), data.classes),
+        dataset=DatasetInfo(
+            name=data.name,
+            classes=data.classes,
+            train_size=len(data.train_x),
+            val_size=len(data.val_x),
+            image_size=int(data.train_x.shape[-1]),
+            source=data.source + "".join(f"; {n}" for n in data.notes),
+        ),
+        train_size=len(data.train_x),
+        probe=probe,
+        val=_Batches(data.val_x, data.val_y, cfg.batch_size, device),
+        forward=forward,
+        doing=f"detecting in {data.name}",
+        notes=data.notes,
+        # the detector's backbone stages: its other modules return dicts and lists the activation probe skips
+        options=cfg.record
+        if cfg.record.activations
+        else cfg.record.model_copy(update={"activations": bundle.activations}),
     )
-    schedule = make_schedule(optimizer, cfg.scheduler, cfg.epochs * steps)
-    options = (
-        cfg.record if cfg.record.activations else cfg.record.model_copy(update={"activations": bundle.activations})
-    )
-    status: RunStatus = "completed"
-    detail, unexpected, bad_input = "", False, None
-    with Progress(cfg.epochs, steps, enabled=not cfg.quiet) as progress, StopRequest() as stop:
-        progress.message(
-            f"{cfg.model} ({bundle.weights}) detecting in {data.name}: {len(data.train_x)} train / "
-            f"{len(data.val_x)} val images at {data.train_x.shape[-1]} px, {len(data.classes) - 1} classes, "
-            f"{cfg.strategy}" + "".join(f"; {n}" for n in data.notes)
-        )
-        progress.message("epoch 0: measuring the pretrained model")
-        rec = Recorder(
-            model,
-            probe=probe,
-            val_data=_Batches(data.val_x, data.val_y, cfg.batch_size, device),
-            run_dir=run_dir,
-            class_names=data.classes,
-            new_params=bundle.new_params,
-            head=bundle.head,
-            options=options,
-            task=DetectionTask(len(data.classes), data.classes),
-            run=RunDescription(
-                name=cfg.name or f"{cfg.model} detecting in {data.name}",
-                model=cfg.model,
-                weights=bundle.weights,
-                strategy=cfg.strategy,
-                planned_epochs=cfg.epochs,
-                config=cfg.model_dump(mode="json"),
-                dataset=DatasetInfo(
-                    name=data.name,
-                    classes=data.classes,
-                    train_size=len(data.train_x),
-                    val_size=len(data.val_x),
-                    image_size=int(data.train_x.shape[-1]),
-                    source=data.source + "".join(f"; {n}" for n in data.notes),
-                ),
-                environment=environment(device, "fp32", 1),
-            ),
-        )
-        try:
-            for epoch in range(1, cfg.epochs + 1):
-                set_train_mode(model, frozen)
-                progress.start_epoch(epoch)
-                g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-                order = torch.randperm(len(data.train_x), generator=g)
-                for step in range(1, steps + 1):
-                    idx = order[(step - 1) * cfg.batch_size : step * cfg.batch_size].tolist()
-                    x = data.train_x[idx].to(device).float().div(255)
-                    y = [{k: v.to(device) for k, v in data.train_y[i].items()} for i in idx]
-                    losses = model(list(x), y)
-                    loss = sum(losses.values())
-                    assert isinstance(loss, torch.Tensor)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    rec.step(loss, lr=float(schedule.get_last_lr()[0]))
-                    schedule.step()
-                    value = loss.item() if progress.due() else None
-                    if value is not None and not math.isfinite(value):
-                        raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}")
-                    if stop.requested:
-                        raise KeyboardInterrupt
-                    progress.update(step, step * cfg.batch_size, value)
-                snap = rec.epoch_end()
-                line = _epoch_line(epoch, cfg.epochs, snap).replace("| val loss nan acc ", "| val mAP ")
-                progress.end_epoch(line)
-                if snap.train_loss is not None and not math.isfinite(snap.train_loss):
-                    raise FloatingPointError(f"training loss became {snap.train_loss} in epoch {epoch}")
-        except (KeyboardInterrupt, Exception) as e:
-            status, detail, bad_input, unexpected = stop_meaning(e, rec, cfg.epochs)
-    return conclude(rec, ctx, cfg, run_dir, status, detail, bad_input, unexpected)
+    return run_dense(cfg, device, run_dir, job, ctx)

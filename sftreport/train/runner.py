@@ -420,8 +420,12 @@ def _epoch_line(epoch: int, epochs: int, snap: EpochSnapshot) -> str:
         parts.append(f"train loss {snap.train_loss:.4f}")
     if snap.train_accuracy is not None:
         parts.append(f"acc {snap.train_accuracy:.1%}")
-    if snap.val is not None:
+    if snap.val is not None and snap.val.task == "detect":  # a detector has no validation loss
+        parts.append(f"| val mAP {snap.val.map:.3f}  mAP@.5 {snap.val.map_50:.3f}")
+    elif snap.val is not None:
         parts.append(f"| val loss {snap.val.loss:.4f} acc {snap.val.accuracy:.1%}")
+        if snap.val.task == "segment":
+            parts.append(f"mIoU {snap.val.miou:.3f}")
     if snap.source is not None:
         parts.append(f"| source acc {snap.source.accuracy:.1%}")
     t = snap.timing

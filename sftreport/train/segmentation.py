@@ -25,13 +25,12 @@ from torch import nn
 
 from sftreport.config import RunConfig
 from sftreport.errors import UserError, one_line
-from sftreport.record.recorder import Recorder, RunDescription, check_forward, environment
+from sftreport.record.recorder import check_forward
 from sftreport.record.segmentation_eval import IGNORE, SegmentationTask
-from sftreport.schema import DatasetInfo, RunStatus
+from sftreport.schema import DatasetInfo
 from sftreport.train.data import DIGITS_TARGET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, load_digits_split
 from sftreport.train.digits_resnet import DigitsResNet
-from sftreport.train.models import _load_backbone, _pretrained_state, apply_strategy, set_train_mode
-from sftreport.train.progress import Progress
+from sftreport.train.models import _load_backbone, _pretrained_state, apply_strategy
 
 CANVAS = 64
 TORCHVISION_PREFIXES = ("fcn_", "deeplabv3_", "lraspp_")
@@ -310,14 +309,14 @@ def load_seg_data(cfg: RunConfig) -> SegData:
 
 
 def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
-    """sftreport run --task segment: the same outcome, run directory and report as a classifier's run
-    (one process; no AMP)."""
+    """sftreport run --task segment: the data and the segmenter; dense_loop runs the rest."""
     from sftreport.store import check_run_dir_free
-    from sftreport.train.runner import StopRequest, _epoch_line, conclude, default_run_dir, stop_meaning
+    from sftreport.train.dense_loop import DenseRun, run_dense
+    from sftreport.train.runner import default_run_dir
 
     if ctx.enabled:
         raise UserError("--task segment runs in one process for now (not under torchrun)")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the new head's initialisation
     run_dir = cfg.run_dir or default_run_dir(cfg)
     check_run_dir_free(run_dir)
     data = load_seg_data(cfg)
@@ -327,83 +326,31 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
     n_probe = min(cfg.record.probe_size, len(data.val_x))
     probe = (_normalise(data.val_x[:n_probe], device), data.val_y[:n_probe].to(device).long())
     check_forward(model, probe[0][:2], dims=4)
-    optimizer_params = [p for p in model.parameters() if p.requires_grad]
-    from sftreport.train.optim import make_optimizer, make_schedule
 
-    steps = math.ceil(len(data.train_x) / cfg.batch_size)
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
-    optimizer = make_optimizer(optimizer_params, cfg.optimizer, cfg.lr, cfg.momentum, cfg.weight_decay)
-    schedule = make_schedule(optimizer, cfg.scheduler, cfg.epochs * steps)
-    val = _Batches(data.val_x, data.val_y, cfg.batch_size, device)
+    def forward(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        y = data.train_y[idx].to(device).long()
+        logits = model(_normalise(data.train_x[idx], device))["out"]
+        return F.cross_entropy(logits, y, ignore_index=IGNORE), logits, y  # rec.step counts pixel accuracy
 
-    status: RunStatus = "completed"
-    detail, unexpected, bad_input = "", False, None
-    with Progress(cfg.epochs, steps, enabled=not cfg.quiet) as progress, StopRequest() as stop:
-        progress.message(
-            f"{cfg.model} ({bundle.weights}) segmenting {data.name}: {len(data.train_x)} train / "
-            f"{len(data.val_x)} val images at {data.image_size} px, {len(data.classes)} classes, {cfg.strategy}"
-        )
-        progress.message("epoch 0: measuring the pretrained model")
-        rec = Recorder(
-            model,
-            probe=probe,
-            val_data=val,
-            run_dir=run_dir,
-            class_names=data.classes,
-            new_params=bundle.new_params,
-            head=bundle.head,
-            options=cfg.record,
-            task=SegmentationTask(len(data.classes)),
-            run=RunDescription(
-                name=cfg.name or f"{cfg.model} segmenting {data.name}",
-                model=cfg.model,
-                weights=bundle.weights,
-                strategy=cfg.strategy,
-                planned_epochs=cfg.epochs,
-                config=cfg.model_dump(mode="json"),
-                dataset=DatasetInfo(
-                    name=data.name,
-                    classes=data.classes,
-                    train_size=len(data.train_x),
-                    val_size=len(data.val_x),
-                    image_size=data.image_size,
-                    source=data.source,
-                ),
-                environment=environment(device, "fp32", 1),
-            ),
-        )
-        try:
-            for epoch in range(1, cfg.epochs + 1):
-                set_train_mode(model, frozen)
-                progress.start_epoch(epoch)
-                order = torch.randperm(
-                    len(data.train_x), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-                )
-                for step in range(1, steps + 1):
-                    idx = order[(step - 1) * cfg.batch_size : step * cfg.batch_size]
-                    x = _normalise(data.train_x[idx], device)
-                    y = data.train_y[idx].to(device).long()
-                    logits = model(x)["out"]
-                    loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    rec.step(loss, logits, y, lr=float(schedule.get_last_lr()[0]))
-                    schedule.step()
-                    value = loss.item() if progress.due() else None
-                    if value is not None and not math.isfinite(value):
-                        raise FloatingPointError(f"training loss became {value} at epoch {epoch}, step {step}")
-                    if stop.requested:
-                        raise KeyboardInterrupt
-                    progress.update(step, step * cfg.batch_size, value)
-                snap = rec.epoch_end()
-                line = _epoch_line(epoch, cfg.epochs, snap)
-                if snap.val is not None and snap.val.task == "segment":
-                    line += f"  mIoU {snap.val.miou:.3f}"
-                progress.end_epoch(line)
-                if snap.train_loss is not None and not math.isfinite(snap.train_loss):
-                    raise FloatingPointError(f"training loss became {snap.train_loss} in epoch {epoch}")
-        except (KeyboardInterrupt, Exception) as e:
-            status, detail, bad_input, unexpected = stop_meaning(e, rec, cfg.epochs)
-    return conclude(rec, ctx, cfg, run_dir, status, detail, bad_input, unexpected)
+    job = DenseRun(
+        model=model,
+        frozen=frozen,
+        weights=bundle.weights,
+        new_params=bundle.new_params,
+        head=bundle.head,
+        task=SegmentationTask(len(data.classes)),
+        dataset=DatasetInfo(
+            name=data.name,
+            classes=data.classes,
+            train_size=len(data.train_x),
+            val_size=len(data.val_x),
+            image_size=data.image_size,
+            source=data.source,
+        ),
+        train_size=len(data.train_x),
+        probe=probe,
+        val=_Batches(data.val_x, data.val_y, cfg.batch_size, device),
+        forward=forward,
+        doing=f"segmenting {data.name}",
+    )
+    return run_dense(cfg, device, run_dir, job, ctx)
