@@ -118,3 +118,17 @@ def test_epoch_line_speaks_of_each_task():
     seg = SegmentationEvaluation.model_construct(task="segment", loss=0.25, accuracy=0.972, miou=0.8141)
     line = _epoch_line(3, 10, EpochSnapshot.model_construct(train_loss=0.5, val=seg, source=None))
     assert "| val loss 0.2500 acc 97.2%  mIoU 0.814" in line
+
+
+def test_dense_tasks_refuse_torchrun_before_reading_data(tmp_path):
+    from types import SimpleNamespace
+
+    from sftreport.config import RunConfig
+    from sftreport.errors import UserError
+    from sftreport.train.dense_loop import dense_run_dir
+
+    for task in ("segment", "detect"):
+        cfg = RunConfig(task=task, run_dir=tmp_path / task)
+        with pytest.raises(UserError, match=f"--task {task} runs in one process"):
+            dense_run_dir(cfg, SimpleNamespace(enabled=True))
+        assert dense_run_dir(cfg, SimpleNamespace(enabled=False)) == tmp_path / task

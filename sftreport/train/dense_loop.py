@@ -52,6 +52,21 @@ class DenseRun:
     options: RecordOptions | None = None  # default: cfg.record
 
 
+def dense_run_dir(cfg: RunConfig, ctx: Any) -> Path:
+    """Checks before any data is read: one process, and a run directory that is free. Seeds torch for the
+    new heads' initialisation."""
+    from sftreport.errors import UserError
+    from sftreport.store import check_run_dir_free
+    from sftreport.train.runner import default_run_dir
+
+    if ctx.enabled:
+        raise UserError(f"--task {cfg.task} runs in one process for now (not under torchrun)")
+    torch.manual_seed(cfg.seed)
+    run_dir = cfg.run_dir or default_run_dir(cfg)
+    check_run_dir_free(run_dir)
+    return run_dir
+
+
 def run_dense(cfg: RunConfig, device: torch.device, run_dir: Path, job: DenseRun, ctx: Any) -> RunOutcome:
     model = job.model
     steps = math.ceil(job.train_size / cfg.batch_size)

@@ -273,15 +273,9 @@ def load_det_data(cfg: RunConfig) -> DetData:
 
 def run_detection(cfg: RunConfig, ctx, device: torch.device):
     """sftreport run --task detect: the data and the detector; dense_loop runs the rest."""
-    from sftreport.store import check_run_dir_free
-    from sftreport.train.dense_loop import DenseRun, run_dense
-    from sftreport.train.runner import default_run_dir
+    from sftreport.train.dense_loop import DenseRun, dense_run_dir, run_dense
 
-    if ctx.enabled:
-        raise UserError("--task detect runs in one process for now (not under torchrun)")
-    torch.manual_seed(cfg.seed)  # the new heads' initialisation
-    run_dir = cfg.run_dir or default_run_dir(cfg)
-    check_run_dir_free(run_dir)
+    run_dir = dense_run_dir(cfg, ctx)
     data = load_det_data(cfg)
     bundle = build_detector(cfg.model, cfg.weights, len(data.classes), data.train_x.shape[-1])
     frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)

@@ -310,15 +310,9 @@ def load_seg_data(cfg: RunConfig) -> SegData:
 
 def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
     """sftreport run --task segment: the data and the segmenter; dense_loop runs the rest."""
-    from sftreport.store import check_run_dir_free
-    from sftreport.train.dense_loop import DenseRun, run_dense
-    from sftreport.train.runner import default_run_dir
+    from sftreport.train.dense_loop import DenseRun, dense_run_dir, run_dense
 
-    if ctx.enabled:
-        raise UserError("--task segment runs in one process for now (not under torchrun)")
-    torch.manual_seed(cfg.seed)  # the new head's initialisation
-    run_dir = cfg.run_dir or default_run_dir(cfg)
-    check_run_dir_free(run_dir)
+    run_dir = dense_run_dir(cfg, ctx)
     data = load_seg_data(cfg)
     bundle = build_segmenter(cfg.model, cfg.weights, len(data.classes))
     frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
