@@ -9,6 +9,7 @@ from __future__ import annotations
 from statistics import median
 
 from sftreport.report import fmt
+from sftreport.report.findings_dense import confused_classes_rule, loose_boxes_rule, weak_class_rule
 from sftreport.report.frames import RunFrames
 from sftreport.report.model import SEVERITY_ORDER, Finding, Severity
 from sftreport.report.thresholds import (
@@ -625,6 +626,9 @@ RULES = [
     dead_units_rule,
     moved_layers_rule,
     representation_rule,
+    weak_class_rule,
+    confused_classes_rule,
+    loose_boxes_rule,
 ]
 
 

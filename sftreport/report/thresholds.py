@@ -44,3 +44,12 @@ def band_text() -> str:
     """The update-ratio band as the report writes it, e.g. '1e-04 … 1e-02'."""
     lo, hi = UPDATE_RATIO_BAND
     return f"{lo:g} … {hi:g}"
+
+
+# segmentation and detection (findings_dense.py)
+WEAK_CLASS = 0.5  # a class whose IoU or AP after fine-tuning is below half the mean over classes lags behind
+CLASS_FELL = 0.05  # a class whose IoU or AP fell by more than 0.05 since the first evaluation lost ground
+CONFUSED_SHARE = 0.05  # a segmenter labelling 5 % or more of a class's pixels as one other class confuses them
+RANKED_FROM = 0.1  # below a mean IoU or AP of 0.1 the model has learned too little for one class to lag behind
+LOOSE_BOXES = 0.5  # mAP@[.5:.95] below half of mAP@.5: objects are found but their boxes are loose ...
+LOOSE_FROM = 0.3  # ... once mAP@.5 is at least 0.3 (before that, nothing is found well enough to judge boxes)
