@@ -30,7 +30,7 @@ from sftreport.schema import DatasetInfo, RunStatus
 from sftreport.train.data import DIGITS_TARGET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, load_digits_split
 from sftreport.train.models import apply_strategy, set_train_mode
 from sftreport.train.progress import Progress
-from sftreport.train.segmenters import build_segmenter
+from sftreport.train.segmenters import build_segmenter, segmentation_loss
 
 CANVAS = 64
 VOC_CLASSES = [
@@ -221,7 +221,7 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
     check_run_dir_free(run_dir)
     data = load_seg_data(cfg)
     bundle = build_segmenter(cfg.model, cfg.weights, len(data.classes))
-    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head, head_params=bundle.head_params)
     model = bundle.model.to(device)
     n_probe = min(cfg.record.probe_size, len(data.val_x))
     probe = (_normalise(data.val_x[:n_probe], device), data.val_y[:n_probe].to(device).long())
@@ -283,8 +283,9 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
                     idx = order[(step - 1) * cfg.batch_size : step * cfg.batch_size]
                     x = _normalise(data.train_x[idx], device)
                     y = data.train_y[idx].to(device).long()
-                    logits = model(x)["out"]
-                    loss = F.cross_entropy(logits, y, ignore_index=IGNORE)
+                    output = model(x)
+                    logits = output["out"]
+                    loss = segmentation_loss(output, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
