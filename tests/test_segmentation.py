@@ -355,6 +355,7 @@ def test_digit_segmenter_loads_the_shipped_backbone_and_linear_probe_trains_only
     mine = seg.model.state_dict()
     assert all(torch.equal(mine[k], v) for k, v in state.items() if not k.startswith("fc."))
     assert seg.new_params == {n for n, _ in seg.model.named_parameters() if n.startswith("head.")}
+    assert seg.head_params == seg.new_params
     apply_strategy(seg.model, "linear-probe", seg.head)
     assert {n for n, p in seg.model.named_parameters() if p.requires_grad} == seg.new_params
     apply_strategy(seg.model, "freeze-until:layer3", seg.head)
