@@ -196,7 +196,17 @@ def test_a_void_image_counts_nowhere_and_a_void_batch_has_loss_zero_not_nan():
 # --------------------------------------------------------------------------- end to end
 
 
-def test_cli_linear_probes_pretrained_deeplab_and_the_report_lists_both_new_heads(hub, tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """torch on one thread for a tiny in-process run: on a busy machine more threads only wait on each other
+    (this run with --strategy full: 70 s on two threads of 2 busy shared cores, 6 s on one)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cli_linear_probes_pretrained_deeplab_and_the_report_lists_both_new_heads(hub, tmp_path, capsys, one_thread):
     _cache_default_weights(hub, DEEPLAB)
     voc = make_voc(tmp_path / "voc")
     run_dir, html = tmp_path / "run", tmp_path / "r.html"
