@@ -313,7 +313,7 @@ def test_cli_fine_tunes_on_a_voc_tree(tmp_path):
 
 
 def test_torchvision_segmenters_get_a_tensor_fed_head_and_record(tmp_path):
-    from sftreport.train.segmentation import build_segmenter
+    from sftreport.train.segmenters import build_segmenter
 
     seg = build_segmenter("lraspp_mobilenet_v3_large", "none", 6)
     assert seg.head == "classifier.high_classifier"  # LRASPPHead itself takes a dict of features
@@ -332,7 +332,7 @@ def test_torchvision_segmenters_get_a_tensor_fed_head_and_record(tmp_path):
 def test_torchvision_segmenter_weights_file_gets_new_heads_for_the_classes(tmp_path):
     import torchvision
 
-    from sftreport.train.segmentation import build_segmenter
+    from sftreport.train.segmenters import build_segmenter
 
     voc = torchvision.models.get_model("lraspp_mobilenet_v3_large", weights=None, weights_backbone=None, num_classes=21)
     torch.save(voc.state_dict(), tmp_path / "voc.pt")
@@ -348,13 +348,14 @@ def test_torchvision_segmenter_weights_file_gets_new_heads_for_the_classes(tmp_p
 
 def test_digit_segmenter_loads_the_shipped_backbone_and_linear_probe_trains_only_the_new_head():
     from sftreport.train.models import _pretrained_state, apply_strategy
-    from sftreport.train.segmentation import build_segmenter
+    from sftreport.train.segmenters import build_segmenter
 
     seg = build_segmenter("digits_resnet", "DEFAULT", 6)
     state, _, _ = _pretrained_state("digits_resnet", "DEFAULT")
     mine = seg.model.state_dict()
     assert all(torch.equal(mine[k], v) for k, v in state.items() if not k.startswith("fc."))
     assert seg.new_params == {n for n, _ in seg.model.named_parameters() if n.startswith("head.")}
+    assert seg.head_params == seg.new_params
     apply_strategy(seg.model, "linear-probe", seg.head)
     assert {n for n, p in seg.model.named_parameters() if p.requires_grad} == seg.new_params
     apply_strategy(seg.model, "freeze-until:layer3", seg.head)

@@ -1,12 +1,12 @@
-"""Semantic segmentation: data (digit canvases, Pascal VOC), the segmenter, and its fine-tuning loop.
+"""Semantic segmentation: data (digit canvases, Pascal VOC) and the fine-tuning loop (models: segmenters.py).
 
 The embedded default (`sftreport run --task segment`) composes 64×64 canvases deterministically from
 scikit-learn's handwritten digits 5–9 (two to four digits each, at 20–28 px, one per quadrant) with
 per-pixel masks (0 background, k−4 for digit k, 255 on the faint edge of each stroke), and fine-tunes a
 segmenter built on the shipped `digits_resnet` backbone (pretrained on digits 0–4 as a classifier): its
 stem and four stages, plus a new head that upsamples layer4's features to the input with skips from
-layer1 and layer2. torchvision's segmentation models (fcn_*, deeplabv3_*, lraspp_*) run on the same data
-with `--weights none` (or a state_dict file).
+layer1 and layer2. torchvision's segmentation models (fcn_*, deeplabv3_*, lraspp_*) run on the same data,
+from scratch or pretrained (see segmenters.py).
 
 Everything is measured through the public Recorder, with a SegmentationTask for the evaluation (pixel
 accuracy, per-class IoU, mIoU) and the feature view.
@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sftreport.config import RunConfig
 from sftreport.errors import UserError, one_line
@@ -29,11 +28,10 @@ from sftreport.record.recorder import check_forward
 from sftreport.record.segmentation_eval import IGNORE, SegmentationTask
 from sftreport.schema import DatasetInfo
 from sftreport.train.data import DIGITS_TARGET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, load_digits_split
-from sftreport.train.digits_resnet import DigitsResNet
-from sftreport.train.models import _load_backbone, _pretrained_state, apply_strategy
+from sftreport.train.models import apply_strategy
+from sftreport.train.segmenters import build_segmenter, segmentation_loss
 
 CANVAS = 64
-TORCHVISION_PREFIXES = ("fcn_", "deeplabv3_", "lraspp_")
 VOC_CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
@@ -178,105 +176,6 @@ def load_voc(root: Path | None, size: int | None) -> SegData:
     return SegData("voc-seg", list(VOC_CLASSES), tx, ty, vx, vy, f"Pascal VOC segmentation in {root}")
 
 
-# --------------------------------------------------------------------------- the models
-
-
-class SegHead(nn.Module):
-    """New: 1×1 classifiers on layer4, layer2 and layer1, summed coarse to fine (FCN-style skips)."""
-
-    def __init__(self, num_classes: int, widths: tuple[int, ...] = (16, 32, 64, 128)):
-        super().__init__()
-        self.classifier = nn.Conv2d(widths[3], num_classes, 1)
-        self.skip2 = nn.Conv2d(widths[1], num_classes, 1)
-        self.skip1 = nn.Conv2d(widths[0], num_classes, 1)
-
-    def forward(self, l4: torch.Tensor, l2: torch.Tensor, l1: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(self.classifier(l4), size=l2.shape[-2:], mode="bilinear", align_corners=False)
-        x = F.interpolate(x + self.skip2(l2), size=l1.shape[-2:], mode="bilinear", align_corners=False)
-        return x + self.skip1(l1)
-
-
-class DigitsSegmenter(nn.Module):
-    """digits_resnet's stem and stages (the same module names and weights) and a new SegHead; returns
-    {"out": logits (N, K, H, W)} as torchvision's segmentation models do."""
-
-    def __init__(self, num_classes: int):
-        super().__init__()
-        r = DigitsResNet()
-        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
-        self.layer1, self.layer2, self.layer3, self.layer4 = r.layer1, r.layer2, r.layer3, r.layer4
-        self.head = SegHead(num_classes)
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        l1 = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
-        l2 = self.layer2(l1)
-        l4 = self.layer4(self.layer3(l2))
-        return {"out": F.interpolate(self.head(l4, l2, l1), size=size, mode="bilinear", align_corners=False)}
-
-
-@dataclass
-class SegModel:
-    model: nn.Module
-    head: str
-    new_params: set[str]
-    weights: str
-
-
-def build_segmenter(name: str, weights: str, num_classes: int) -> SegModel:
-    if name == "digits_resnet":
-        model: nn.Module = DigitsSegmenter(num_classes)
-        new = {n for n, _ in model.named_parameters() if n.startswith("head.")}
-        state, described, _ = _pretrained_state(name, weights)
-        if state is None:
-            return SegModel(model, "head", {n for n, _ in model.named_parameters()}, described)
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        _load_backbone(model, state, "head", described)
-        return SegModel(model, "head", new, described)
-    if not name.startswith(TORCHVISION_PREFIXES):
-        raise UserError(
-            f"--task segment: {name!r} is not a segmentation model: digits_resnet (its backbone with a new "
-            f"segmentation head) or torchvision's fcn_*, deeplabv3_*, lraspp_*"
-        )
-    import torchvision
-
-    if name not in torchvision.models.list_models(module=torchvision.models.segmentation):
-        raise UserError(f"unknown segmentation model {name!r}: one of torchvision's fcn_*, deeplabv3_*, lraspp_*")
-    model = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=num_classes)
-    # the new heads: the classifier's convolutions that produce the classes (LRASPP has two, low and high);
-    # the last one is the recorder's head (LRASPP's head module itself takes a dict of features)
-    heads = [
-        n
-        for n, m in model.named_modules()
-        if n.startswith("classifier.") and isinstance(m, nn.Conv2d) and m.out_channels == num_classes
-    ]
-    owned = [n for n, _ in model.named_parameters()]
-    new = {n for n in owned if any(n.startswith(h + ".") for h in heads)}
-    if weights.lower() == "none":
-        return SegModel(model, heads[-1], set(owned), "none (random initialisation)")
-    state, described, _ = _pretrained_state(name, weights)
-    assert state is not None
-    # the pretrained classes' heads and the auxiliary classifier (not built here) are left out
-    body = {
-        k: v
-        for k, v in state.items()
-        if not k.startswith("aux_classifier.") and not any(k.startswith(h + ".") for h in heads)
-    }
-    own = model.state_dict()
-    missing = [k for k in own if k not in body and not any(k.startswith(h + ".") for h in heads)]
-    unexpected = [k for k in body if k not in own]
-    wrong = [k for k in body if k in own and body[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{what} {len(keys)} (e.g. {keys[0]})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        )
-        raise UserError(f"weights {described} do not fit {name}: {detail}")
-    model.load_state_dict(body, strict=False)
-    return SegModel(model, heads[-1], new, described)
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -315,7 +214,7 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
     run_dir = dense_run_dir(cfg, ctx)
     data = load_seg_data(cfg)
     bundle = build_segmenter(cfg.model, cfg.weights, len(data.classes))
-    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head, head_params=bundle.head_params)
     model = bundle.model.to(device)
     n_probe = min(cfg.record.probe_size, len(data.val_x))
     probe = (_normalise(data.val_x[:n_probe], device), data.val_y[:n_probe].to(device).long())
@@ -323,8 +222,8 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
 
     def forward(idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         y = data.train_y[idx].to(device).long()
-        logits = model(_normalise(data.train_x[idx], device))["out"]
-        return F.cross_entropy(logits, y, ignore_index=IGNORE), logits, y  # rec.step counts pixel accuracy
+        output = model(_normalise(data.train_x[idx], device))  # {"out"} and, for a pretrained fcn/deeplab, {"aux"}
+        return segmentation_loss(output, y), output["out"], y  # rec.step counts pixel accuracy on "out"
 
     job = DenseRun(
         model=model,
