@@ -29,10 +29,13 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_recorder_records_the_digit_detector_and_renders_its_report(tmp_path):
     from sftreport.record.detection_eval import DetectionTask
     from sftreport.record.recorder import Recorder, RunDescription
-    from sftreport.train.detection import build_detector, load_digit_scenes
+    from sftreport.train.detection import load_digit_scenes
+    from sftreport.train.detectors import build_detector
 
     data = load_digit_scenes(train=8, val=6)
     det = build_detector("digits_resnet", "DEFAULT", 6, 64)
+    heads = {n for n, _ in det.model.named_parameters() if n.startswith(("rpn.", "roi_heads."))}
+    assert det.new_params == det.head_params == heads and not det.builder_frozen  # linear-probe trains both heads
     x = data.val_x.float().div(255)
     rec = Recorder(
         det.model, probe=(x, data.val_y), val_data=[(x, data.val_y)], run_dir=tmp_path / "run", head=det.head,
@@ -93,7 +96,7 @@ def test_torchvision_detector_records_with_its_backbone_body_probed(tmp_path):
     from sftreport.config import RecordOptions
     from sftreport.record.detection_eval import DetectionTask
     from sftreport.record.recorder import Recorder
-    from sftreport.train.detection import build_detector
+    from sftreport.train.detectors import build_detector
 
     det = build_detector("fasterrcnn_mobilenet_v3_large_fpn", "none", 3, 128)
     assert det.activations[0].startswith("backbone.body.") and len(det.activations) > 3

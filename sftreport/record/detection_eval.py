@@ -24,7 +24,10 @@ def _metric():
         from torchmetrics.detection import MeanAveragePrecision
     except ImportError:
         raise UserError("detection needs torchmetrics and pycocotools: pip install 'sftreport[detection]'") from None
-    return MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+    metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", class_metrics=True, backend="pycocotools")
+    # COCO's protocol scores each image's 100 best detections; SSD returns 200 to 300 by design
+    metric.warn_on_many_detections = False
+    return metric
 
 
 def _value(t: torch.Tensor) -> float:
@@ -89,11 +92,18 @@ def largest_box_labels(targets: list[dict]) -> torch.Tensor:
     return torch.tensor(out, dtype=torch.long, device=targets[0]["boxes"].device if targets else "cpu")
 
 
+def object_level(maps: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Of a backbone's feature maps, finest first (an FPN's levels, SSD's maps), the finest at stride 8 or
+    coarser: the finer levels of an FPN (stride 4) see little of an object, and the coarsest (RetinaNet's P7,
+    an FPN's pool) are 1×1 on a small image, the same for every box. All finer: the coarsest."""
+    return next((m for m in maps if width / m.shape[-1] >= 7.5), maps[-1])  # 7.5: SSD300's 300 / 38
+
+
 class DetectionTask:
     """The Recorder's strategy for torchvision's detectors: targets are lists of {"boxes", "labels"}; the
     model in eval mode returns detections; the feature probe sees, per probe image, the backbone's features
-    pooled (RoIAlign) over the image's largest ground-truth box, labelled with that box's class, and the
-    model's own call on it is its top-scoring detection's label."""
+    (one map: `object_level`'s) pooled (RoIAlign) over the image's largest ground-truth box, labelled with
+    that box's class, and the model's own call on it is its top-scoring detection's label."""
 
     name = "detect"
 
@@ -146,10 +156,11 @@ class DetectionTask:
         from torchvision.ops import roi_align
 
         self._pred = [p for out in outs for p in out]
-        detector: Any = model  # torchvision's GeneralizedRCNN: transform, backbone
+        detector: Any = model  # torchvision's detectors (R-CNN, RetinaNet, FCOS, SSD): transform, backbone
         images, resized = detector.transform(list(x), [{k: v.clone() for k, v in t.items()} for t in targets])
-        fmap = detector.backbone(images.tensors)
-        fmap = list(fmap.values())[-1] if isinstance(fmap, dict) else fmap
+        fmap = detector.backbone(images.tensors)  # one map, or a dict of them
+        if isinstance(fmap, dict):
+            fmap = object_level(list(fmap.values()), images.tensors.shape[-1])
         boxes = []
         for t in resized:
             b = t["boxes"]

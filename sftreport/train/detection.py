@@ -4,10 +4,8 @@ Targets are torchvision's detection format: per image a dict of `boxes` (M, 4) f
 pixels of the (resized) image and `labels` (M,) int64, 1..K (0 is the background, as torchvision's
 detectors count). Images without objects have empty boxes.
 
-The embedded detector (`sftreport run --task detect`): torchvision's Faster R-CNN on the shipped
-`digits_resnet`'s stem and stages 1–3 (stride 8, pretrained on digits 0–4; its layer4 and classifier are not
-used), with a new RPN and box head, fine-tuned to find digits 5–9 on the digit scenes. torchvision's
-fasterrcnn_* models run with --weights none.
+The embedded run (`sftreport run --task detect`) fine-tunes the digit detector (train/detectors.py) to find
+digits 5–9 on the digit scenes; `run_detection` fine-tunes any detector detectors.py builds (the loop: dense_loop.py).
 """
 
 from __future__ import annotations
@@ -18,15 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from sftreport.config import RunConfig
 from sftreport.errors import UserError, one_line
 from sftreport.record.detection_eval import DetectionTask
 from sftreport.schema import DatasetInfo
-from sftreport.train.data import DIGITS_TARGET_CLASSES, IMAGENET_MEAN, IMAGENET_STD, load_digits_split
-from sftreport.train.digits_resnet import DigitsResNet
-from sftreport.train.models import _pretrained_state, apply_strategy
+from sftreport.train.data import DIGITS_TARGET_CLASSES, load_digits_split
+from sftreport.train.detectors import build_detector
+from sftreport.train.models import apply_strategy
 from sftreport.train.segmentation import digit_scenes
 
 Target = dict[str, torch.Tensor]
@@ -156,98 +153,6 @@ def load_coco(root: Path | None, size: int | None) -> DetData:
     )
 
 
-# --------------------------------------------------------------------------- the detector
-
-
-class DigitsBody(nn.Module):
-    """digits_resnet's stem and stages 1–3 (the same module names and weights): features at stride 8."""
-
-    out_channels = 64
-
-    def __init__(self):
-        super().__init__()
-        r = DigitsResNet()
-        self.conv1, self.bn1, self.relu, self.maxpool = r.conv1, r.bn1, r.relu, r.maxpool
-        self.layer1, self.layer2, self.layer3 = r.layer1, r.layer2, r.layer3
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layer3(self.layer2(self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))))
-
-
-@dataclass
-class DetModel:
-    model: nn.Module
-    head: str
-    new_params: set[str]
-    weights: str
-    activations: list[str]
-
-
-HEAD = "roi_heads.box_predictor.cls_score"
-
-
-def build_detector(name: str, weights: str, num_classes: int, size: int) -> DetModel:
-    import torchvision
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
-    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-    from torchvision.ops import MultiScaleRoIAlign
-
-    if name == "digits_resnet":
-        body = DigitsBody()
-        model = FasterRCNN(
-            body,
-            min_size=size,
-            max_size=size,
-            image_mean=list(IMAGENET_MEAN),
-            image_std=list(IMAGENET_STD),
-            rpn_anchor_generator=AnchorGenerator(((12, 20, 28),), ((0.5, 1.0, 2.0),)),
-            box_roi_pool=MultiScaleRoIAlign(["0"], output_size=7, sampling_ratio=2),
-            box_head=TwoMLPHead(body.out_channels * 49, 256),
-            box_predictor=FastRCNNPredictor(256, num_classes),
-            rpn_pre_nms_top_n_train=300,
-            rpn_post_nms_top_n_train=100,
-            rpn_pre_nms_top_n_test=150,
-            rpn_post_nms_top_n_test=50,
-            rpn_batch_size_per_image=64,
-            box_batch_size_per_image=64,
-            box_detections_per_img=20,
-        )
-        acts = ["backbone.maxpool", "backbone.layer1.0", "backbone.layer2.0", "backbone.layer3.0"]
-        owned = {n for n, _ in model.named_parameters()}
-        new = {n for n in owned if not n.startswith("backbone.")}
-        state, described, _ = _pretrained_state(name, weights)
-        if state is None:
-            return DetModel(model, HEAD, owned, described, acts)
-        own = model.state_dict()
-        state = {f"backbone.{k}": v for k, v in state.items() if f"backbone.{k}" in own}
-        missing = [k for k in own if k.startswith("backbone.") and k not in state]
-        wrong = [k for k in state if state[k].shape != own[k].shape]
-        if missing or wrong:
-            raise UserError(f"weights {described} do not fit the digit detector's backbone: {(missing + wrong)[0]}")
-        model.load_state_dict(state, strict=False)  # the new parts: rpn.*, roi_heads.*
-        return DetModel(model, HEAD, new, described, acts)
-    if not name.startswith("fasterrcnn_"):
-        raise UserError(
-            f"--task detect: {name!r} is not a detector this version fine-tunes: digits_resnet (its backbone "
-            "under a Faster R-CNN) or torchvision's fasterrcnn_* with --weights none"
-        )
-    if weights.lower() != "none":
-        raise UserError(f"{name}: --weights none (torchvision's pretrained detectors: not yet)")
-    model = torchvision.models.get_model(
-        name, weights=None, weights_backbone=None, num_classes=num_classes, min_size=size, max_size=size
-    )
-    owned = {n for n, _ in model.named_parameters()}
-    return DetModel(model, HEAD, owned, "none (random initialisation)", backbone_modules(model))
-
-
-def backbone_modules(model: nn.Module) -> list[str]:
-    """The probed modules of a torchvision detector: the children of its backbone's body (the body itself
-    returns a dict of feature maps, which the activation probe does not read)."""
-    body = "backbone.body" if hasattr(model.get_submodule("backbone"), "body") else "backbone"
-    return [f"{body}.{n}" for n, m in model.get_submodule(body).named_children() if any(True for _ in m.parameters())]
-
-
 # --------------------------------------------------------------------------- the loop
 
 
@@ -278,7 +183,7 @@ def run_detection(cfg: RunConfig, ctx, device: torch.device):
     run_dir = dense_run_dir(cfg, ctx)
     data = load_det_data(cfg)
     bundle = build_detector(cfg.model, cfg.weights, len(data.classes), data.train_x.shape[-1])
-    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head)
+    frozen = apply_strategy(bundle.model, cfg.strategy, bundle.head, bundle.head_params, bundle.builder_frozen)
     model = bundle.model.to(device)
     n_probe = min(cfg.record.probe_size, len(data.val_x))
     probe = (data.val_x[:n_probe].to(device).float().div(255), data.val_y[:n_probe])

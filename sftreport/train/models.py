@@ -7,13 +7,13 @@ ones; every other parameter must be found in the weights, or the load fails with
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from sftreport.train.digits_resnet import DigitsResNet
 from sftreport.train.digits_seq import DigitsLSTM, DigitsTransformer
 from sftreport.train.imagenet import IMAGENET_CLASSES, imagenet_categories
 from sftreport.train.strategies import frozen_modules
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 DIGITS_MODEL = "digits_resnet"
 
@@ -147,8 +150,8 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
     torchvision weights enum's class names), `image_size` (the size it was trained at), `embedded`."""
     if weights.lower() == "none":
         return None, "none (random initialisation)", {}
-    path = Path(weights).expanduser()
-    if path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.exists() or "/" in weights:
+    if names_a_file(weights):
+        path = Path(weights).expanduser()
         return _load_file(path), f"file {path}", {}
     if name in EMBEDDED:
         if weights.upper() != "DEFAULT":
@@ -160,27 +163,54 @@ def _pretrained_state(name: str, weights: str) -> tuple[dict[str, torch.Tensor] 
                     f"the embedded weights {p} are missing: rebuild them with `sftreport pretrain --model {name}`"
                 )
             return _load_file(p), f"sftreport's {name}, pretrained on digits 0–4", {"embedded": True}
+    w = torchvision_weights(name, weights)
+    file = cached_weights(w)
+    try:
+        state = w.get_state_dict(progress=False, check_hash=False)  # from the cache: no download
+    except Exception as e:
+        raise UserError(
+            f"cannot read {file} ({type(e).__name__}: {one_line(e)}): delete it to download it again"
+        ) from None
+    crop = getattr(w.transforms(), "crop_size", None)
+    meta = {"categories": w.meta.get("categories"), "image_size": int(crop[0]) if crop else None}
+    return state, f"torchvision {type(w).__name__}.{w.name}", meta
+
+
+def names_a_file(weights: str) -> bool:
+    """--weights names a state_dict file (rather than none, DEFAULT or a weights enum member's name)."""
+    path = Path(weights).expanduser()
+    return path.suffix in (".pt", ".pth", ".bin", ".ckpt") or path.exists() or "/" in weights
+
+
+def torchvision_weights(name: str, weights: str) -> WeightsEnum:
+    """The member of torchvision model `name`'s weights enum that `weights` names: DEFAULT or a member's name."""
     import torchvision
 
     try:
         enum = torchvision.models.get_model_weights(name)
-        w = enum[weights] if weights != "DEFAULT" else enum.DEFAULT
+        return enum[weights] if weights != "DEFAULT" else enum.DEFAULT
     except (KeyError, ValueError):
         names = ", ".join(["DEFAULT", *(w.name for w in torchvision.models.get_model_weights(name))])
         raise UserError(f"unknown weights {weights!r} for {name}: one of {names}, none, or a file path") from None
-    notice = io.StringIO()  # torch.hub announces a download on stdout; say it on stderr, and only if it worked
+
+
+def cached_weights(w: WeightsEnum) -> Path:
+    """The file of torchvision weights `w` in torch.hub's cache, where torchvision reads them from: downloaded
+    there first if missing. With no network: one line naming the file and the cache folder."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    file = folder / Path(urlparse(w.url).path).name  # the name torch.hub.load_state_dict_from_url caches under
+    if file.is_file():
+        return file
     try:
-        with contextlib.redirect_stdout(notice):
-            state = w.get_state_dict(progress=False, check_hash=False)
-        sys.stderr.write(notice.getvalue())
-        crop = getattr(w.transforms(), "crop_size", None)
-        meta = {"categories": w.meta.get("categories"), "image_size": int(crop[0]) if crop else None}
-        return state, f"torchvision {type(w).__name__}.{w.name}", meta
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(w.url, str(file), progress=False)
     except Exception as e:
         raise UserError(
             f"cannot download {type(w).__name__}.{w.name} ({type(e).__name__}: {e}); with no network, "
-            f"put {Path(w.url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'} or pass --weights FILE"
+            f"put {file.name} in {folder} or pass --weights FILE"
         ) from None
+    sys.stderr.write(f"downloaded {w.url} to {file}\n")
+    return file
 
 
 def _load_file(path: Path) -> dict[str, torch.Tensor]:

@@ -314,7 +314,7 @@ def detection_rows(probe_size: int, size: int = 320, batch: int = 4) -> list[tup
     gradient statistics per epoch end, every probe at an epoch end through the Recorder with the detection
     task, and their share of an epoch of 5,000 images."""
     from sftreport.record.detection_eval import DetectionTask
-    from sftreport.train.detection import backbone_modules
+    from sftreport.train.detectors import backbone_modules
 
     torch.manual_seed(0)
     model = torchvision.models.get_model(
