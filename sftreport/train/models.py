@@ -233,16 +233,19 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], head: str, described: str) -> None:
-    """Load everything but the head; every backbone tensor must be present with the right shape."""
+    """Load everything but the head (and Inception's or GoogLeNet's auxiliary classifiers); every backbone
+    tensor must be present with the right shape."""
+    body = {k: v for k, v in state.items() if not k.startswith("AuxLogits.") and not k.startswith("aux")}
+    load_all_but_heads(model, body, [head], f"weights {described} do not fit {type(model).__name__}")
 
-    def is_head(key: str) -> bool:
-        return key.startswith(head + ".")
 
+def load_all_but_heads(model: nn.Module, state: dict[str, torch.Tensor], heads: list[str], context: str) -> None:
+    """Load every tensor of `model` but the heads' from `state`; the pretrained classes' heads are dropped.
+    Anything missing, unexpected or of the wrong shape stops the build with one line."""
+    in_head = tuple(h + "." for h in heads)
+    body = {k: v for k, v in state.items() if not k.startswith(in_head)}
     own = model.state_dict()
-    body = {
-        k: v for k, v in state.items() if not is_head(k) and not k.startswith("AuxLogits.") and not k.startswith("aux")
-    }
-    missing = [k for k in own if not is_head(k) and k not in body]
+    missing = [k for k in own if k not in body and not k.startswith(in_head)]
     unexpected = [k for k in body if k not in own]
     wrong = [k for k in body if k in own and body[k].shape != own[k].shape]
     if missing or unexpected or wrong:
@@ -251,7 +254,7 @@ def _load_backbone(model: nn.Module, state: dict[str, torch.Tensor], head: str, 
             for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
             if keys
         )
-        raise UserError(f"weights {described} do not fit {type(model).__name__}: {detail}")
+        raise UserError(f"{context}: {detail}")
     model.load_state_dict(body, strict=False)
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from sftreport.errors import UserError
 from sftreport.record.segmentation_eval import IGNORE
 from sftreport.train.digits_resnet import DigitsResNet
-from sftreport.train.models import DIGITS_MODEL, _load_backbone, _pretrained_state
+from sftreport.train.models import DIGITS_MODEL, _load_backbone, _pretrained_state, load_all_but_heads
 
 # per torchvision family: the convolutions that produce the classes, the recorder's head (the main output's)
 # first; the aux classifier's is replaced only when the model has one
@@ -113,27 +113,8 @@ def _torchvision_segmenter(name: str, family: str, weights: str, num_classes: in
     head_params = {n for n in owned if n.startswith(tuple(h + "." for h in heads))}
     if state is None:
         return SegModel(model, heads[0], set(owned), head_params, described)
-    _load_all_but_heads(model, state, heads, f"weights {described} do not fit {name}")
+    load_all_but_heads(model, state, heads, f"weights {described} do not fit {name}")
     return SegModel(model, heads[0], head_params, head_params, described)
-
-
-def _load_all_but_heads(model: nn.Module, state: dict[str, torch.Tensor], heads: list[str], context: str) -> None:
-    """Load every tensor of `model` but the heads' from `state`; the pretrained classes' heads are dropped.
-    Anything missing, unexpected or of the wrong shape stops the build with one line."""
-    in_head = tuple(h + "." for h in heads)
-    body = {k: v for k, v in state.items() if not k.startswith(in_head)}
-    own = model.state_dict()
-    missing = [k for k in own if k not in body and not k.startswith(in_head)]
-    unexpected = [k for k in body if k not in own]
-    wrong = [k for k in body if k in own and body[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            f"{what} {len(keys)} (e.g. {keys[0]})"
-            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            if keys
-        )
-        raise UserError(f"{context}: {detail}")
-    model.load_state_dict(body, strict=False)
 
 
 def segmentation_loss(output: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
