@@ -26,6 +26,9 @@ HF_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 5e-5}  # the usual fo
 SEGMENT_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 0.003}
 # the digit detector's new RPN and box head with SGD at 0.01: mAP 0.045 after 3 epochs; AdamW 0.001: 0.189
 DETECT_DEFAULTS: dict[str, Any] = {"optimizer": "adamw", "lr": 0.001}
+# torchvision's segmentation and detection registries, by name (config does not import torch)
+SEGMENTER_PREFIXES = ("fcn_", "deeplabv3_", "lraspp_")
+DETECTOR_PREFIXES = ("fasterrcnn_", "retinanet_", "fcos_", "ssd", "maskrcnn_", "keypointrcnn_")
 REPORT_FORMATS = {".html": "html", ".htm": "html", ".pdf": "pdf", ".md": "md"}  # extension -> format
 _STRATEGY = re.compile(r"^(full|linear-probe|lp-ft|freeze-until:[A-Za-z0-9_.]+|lora:.*)$")
 STRATEGY_HELP = "full | linear-probe | freeze-until:MODULE | lp-ft | lora:RANK"
@@ -129,18 +132,24 @@ class RunConfig(BaseModel):
             data = {**MODEL_DEFAULTS[data["model"]], **data}
         elif isinstance(data, dict) and str(data.get("model", "")).startswith("hf:"):
             data = {**HF_DEFAULTS, **data}
-        elif isinstance(data, dict) and (data.get("task") == "segment" or data.get("dataset") == "voc-seg"):
-            data = {**SEGMENT_DEFAULTS, **data}
-        elif isinstance(data, dict) and (data.get("task") == "detect" or data.get("dataset") == "coco"):
-            data = {**DETECT_DEFAULTS, **data}
+        elif isinstance(data, dict):
+            model = str(data.get("model", ""))
+            if (
+                data.get("task") == "segment"
+                or data.get("dataset") == "voc-seg"
+                or model.startswith(SEGMENTER_PREFIXES)
+            ):
+                data = {**SEGMENT_DEFAULTS, **data}
+            elif data.get("task") == "detect" or data.get("dataset") == "coco" or model.startswith(DETECTOR_PREFIXES):
+                data = {**DETECT_DEFAULTS, **data}
         return data
 
     @model_validator(mode="after")
     def _task(self) -> RunConfig:
         """The task follows from a segmentation or detection model or dataset; a model of one task given the
         data of another is refused here, before anything is loaded."""
-        segmenter = self.model.startswith(("fcn_", "deeplabv3_", "lraspp_"))
-        detector = self.model.startswith(("fasterrcnn_", "retinanet_", "fcos_", "ssd", "maskrcnn_", "keypointrcnn_"))
+        segmenter = self.model.startswith(SEGMENTER_PREFIXES)
+        detector = self.model.startswith(DETECTOR_PREFIXES)
         if (segmenter and self.dataset == "coco") or (detector and self.dataset == "voc-seg"):
             model_task, data_task = ("segments", "boxes") if segmenter else ("detects", "masks")
             raise ValueError(

@@ -187,3 +187,20 @@ def test_json_schema_covers_both_files():
     schema = json_schema()
     assert set(schema["properties"]) == {"run.json", "epochs.jsonl (each line)"}
     assert "weights" in json.dumps(schema["properties"]["epochs.jsonl (each line)"])
+
+
+@pytest.mark.parametrize(
+    "model, task, optimizer, lr",
+    [
+        ("lraspp_mobilenet_v3_large", "segment", "adamw", 0.003),
+        ("retinanet_resnet50_fpn", "detect", "adamw", 0.001),
+        ("ssdlite320_mobilenet_v3_large", "detect", "adamw", 0.001),
+        ("resnet18", "classify", "sgd", 0.01),
+    ],
+)
+def test_a_torchvision_segmenter_or_detector_brings_its_task_and_defaults(model, task, optimizer, lr):
+    """Named alone (the embedded digits as data), a segmenter or detector runs its task with that task's
+    optimizer defaults; what the user sets still wins."""
+    cfg = RunConfig(model=model)
+    assert (cfg.task, cfg.optimizer, cfg.lr) == (task, optimizer, lr)
+    assert RunConfig(model=model, lr=0.5).lr == 0.5
