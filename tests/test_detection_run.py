@@ -60,12 +60,8 @@ def test_recorder_records_the_digit_detector_and_renders_its_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_fine_tunes_the_embedded_detector(tmp_path):
-    r = _cli(
-        "--task", "detect", "--epochs", "1", "--max-steps-per-epoch", "2", "--probe-size", "8",
-        "--run-dir", "run", "--out", "r.html", "--out", "r.md", "--quiet", cwd=tmp_path,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+def test_cli_fine_tunes_the_embedded_detector(detect_cli_run):
+    tmp_path = detect_cli_run  # `sftreport run --task detect` for 2 steps (conftest.py)
     run = read_run(tmp_path / "run")
     assert run.info.dataset.classes == ["background", "5", "6", "7", "8", "9"]
     e0, e1 = run.epochs

@@ -280,12 +280,8 @@ def test_cli_bad_voc_is_one_line_and_exit_2(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1 and "train.txt, line 1: 'missing_one'" in r.stderr
 
 
-def test_cli_runs_the_embedded_segmentation_default(tmp_path):
-    r = _cli(
-        "--task", "segment", "--epochs", "1", "--max-steps-per-epoch", "2", "--probe-size", "16",
-        "--run-dir", "run", "--out", "r.html", "--quiet", cwd=tmp_path,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr
+def test_cli_runs_the_embedded_segmentation_default(segment_cli_run):
+    tmp_path = segment_cli_run  # `sftreport run --task segment` for 2 steps (conftest.py)
     run = read_run(tmp_path / "run")
     assert run.info.dataset.classes == ["background", "5", "6", "7", "8", "9"]
     e0, e1 = run.epochs

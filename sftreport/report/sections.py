@@ -36,7 +36,7 @@ from sftreport.report.model import (
 from sftreport.report.profile import PROFILES, Profile
 from sftreport.report.spectrum import run_spectrum_blocks
 from sftreport.report.vega import chart_spec
-from sftreport.schema import SCHEMA_VERSION, Architecture, RunInfo
+from sftreport.schema import SCHEMA_VERSION, Architecture, DetectionEvaluation, RunInfo, SegmentationEvaluation
 from sftreport.store import Run
 
 STRATEGIES = {
@@ -375,16 +375,15 @@ class _Builder:
                     Cell(fmt.integer(e.step)),
                     Cell(fmt.num(e.train_loss, 4)),
                     Cell(fmt.pct(e.train_accuracy)),
-                    Cell(fmt.num(v.loss, 4) if v else "–"),
-                    Cell(fmt.pct(v.accuracy) if v else "–"),
                 ]
+                + self.val_cells(v)
                 + ([Cell(fmt.pct(e.source.accuracy) if e.source else "–")] if source else [])
                 + [
                     Cell(fmt.num(e.lr, 3)),
                     Cell(fmt.duration(e.timing.train_s) if e.timing.train_s else "–"),
                 ]
             )
-        columns = ["epoch", "steps", "train loss", "train acc.", "val. loss", "val. acc."]
+        columns = ["epoch", "steps", "train loss", "train acc.", *self.val_columns()]
         columns += ["source acc."] if source else []
         columns += ["learning rate", "train time"]
         return TableBlock(
@@ -396,6 +395,27 @@ class _Builder:
             rows,
             numeric=[True] * len(columns),
             scroll=self.profile.interactive and len(rows) > 30,
+        )
+
+    def val_columns(self) -> list[str]:
+        """The validation columns of the per-epoch table: the task's own measures (a detector has no
+        validation loss; a segmenter's accuracy counts pixels and its main measure is mIoU)."""
+        tasks = {e.val.task for e in self.frames.epochs if e.val is not None}
+        if tasks == {"detect"}:
+            return ["val. mAP", "val. mAP@.5"]
+        if tasks == {"segment"}:
+            return ["val. loss", "pixel acc.", "mIoU"]
+        return ["val. loss", "val. acc."]
+
+    def val_cells(self, v) -> list[Cell]:
+        width = len(self.val_columns())
+        if v is None:
+            return [Cell("–")] * width
+        if isinstance(v, DetectionEvaluation):
+            return [Cell(fmt.pct(v.map)), Cell(fmt.pct(v.map_50))]
+        cells = [Cell(fmt.num(v.loss, 4)), Cell(fmt.pct(v.accuracy))]
+        return cells + (
+            [Cell(fmt.num(v.miou, 3) if isinstance(v, SegmentationEvaluation) else "–")] if width == 3 else []
         )
 
     # ------------------------------------------------------------------ architecture
