@@ -1,0 +1,185 @@
+"""A model's components (record/components.py), their counts in the recorded architecture
+(record/architecture.py, validated by schema.Architecture),
+each checked against numbers made here by hand from the models' own parameters and buffers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pydantic import ValidationError
+from torch import nn
+from torchvision.models import get_model
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from sftreport.record.architecture import describe
+from sftreport.record.components import components
+from sftreport.schema import Architecture
+
+DETECTION = {"weights_backbone": None, "rpn_pre_nms_top_n_test": 8, "rpn_post_nms_top_n_test": 8}
+LAYOUTS = {  # torchvision model -> (its builder's keywords, the components it must be named by)
+    "fasterrcnn_mobilenet_v3_large_320_fpn": (
+        DETECTION,
+        [
+            ("backbone body", ["backbone.body"]),
+            ("FPN", ["backbone.fpn"]),
+            ("RPN", ["rpn"]),
+            ("box head", ["roi_heads.box_head"]),
+            ("box predictor", ["roi_heads.box_predictor"]),
+        ],
+    ),
+    "retinanet_resnet50_fpn": (
+        {"weights_backbone": None},
+        [
+            ("backbone body", ["backbone.body"]),
+            ("FPN", ["backbone.fpn"]),
+            ("classification head", ["head.classification_head"]),
+            ("regression head", ["head.regression_head"]),
+        ],
+    ),
+    "ssdlite320_mobilenet_v3_large": (
+        {"weights_backbone": None},
+        [
+            ("backbone body", ["backbone.features"]),
+            ("backbone extra layers", ["backbone.extra"]),
+            ("classification head", ["head.classification_head"]),
+            ("regression head", ["head.regression_head"]),
+        ],
+    ),
+    "deeplabv3_mobilenet_v3_large": (
+        {"weights_backbone": None, "aux_loss": True},
+        [("backbone", ["backbone"]), ("classifier", ["classifier"]), ("aux classifier", ["aux_classifier"])],
+    ),
+    "lraspp_mobilenet_v3_large": (
+        {"weights_backbone": None},
+        [("backbone", ["backbone"]), ("classifier", ["classifier"])],
+    ),
+    "resnet18": (
+        {},
+        [("backbone", ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]), ("fc", ["fc"])],
+    ),
+}
+
+
+def _model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return get_model(name, weights=None, num_classes=3, **LAYOUTS[name][0])
+
+
+def _under(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_torchvision_layouts_are_named_by_component_and_every_parameter_is_in_exactly_one(name: str):
+    model = _model(name)
+    expected = LAYOUTS[name][1]
+    assert components(model) == expected
+    for param, _ in model.named_parameters():  # the expected prefixes partition the parameters
+        assert sum(_under(param, prefixes) for _, prefixes in expected) == 1, param
+
+
+def test_the_embedded_detector_and_segmenter_are_named_by_their_parts():
+    from sftreport.train.detection import build_detector
+    from sftreport.train.segmentation import DigitsSegmenter
+
+    detector = build_detector("digits_resnet", "none", 6, 64).model
+    assert components(detector) == [
+        ("backbone", ["backbone"]),
+        ("RPN", ["rpn"]),
+        ("box head", ["roi_heads.box_head"]),
+        ("box predictor", ["roi_heads.box_predictor"]),
+    ]
+    segmenter = DigitsSegmenter(4)
+    stem_and_stages = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    assert components(segmenter, dense_output=True) == [("backbone", stem_and_stages), ("segmentation head", ["head"])]
+    # describe() sees the {"out": maps} output itself
+    arch = describe(segmenter, torch.rand(2, 3, 32, 32), set())
+    assert [(c.name, c.params) for c in arch.components] == [
+        ("backbone", sum(p.numel() for n, p in segmenter.named_parameters() if not n.startswith("head."))),
+        ("segmentation head", sum(p.numel() for p in segmenter.head.parameters())),
+    ]
+
+
+def test_anything_else_is_grouped_by_top_level_child_and_the_models_own_parameters():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.zeros(3))
+            self.encoder = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+            self.dropout = nn.Dropout()
+            self.heads = nn.Linear(3, 2)
+
+    assert components(Odd()) == [("(model)", [""]), ("encoder", ["encoder"]), ("heads", ["heads"])]
+
+
+@pytest.mark.parametrize("name", ["deeplabv3_mobilenet_v3_large", "lraspp_mobilenet_v3_large", "resnet18"])
+def test_component_counts_are_the_hand_counted_sums_of_their_parameters(name: str):
+    model = _model(name)
+    expected = LAYOUTS[name][1]
+    first = expected[0]
+    for p in model.parameters():  # the first component frozen, the others new
+        p.requires_grad_(True)
+    for n, p in model.named_parameters():
+        if _under(n, first[1]):
+            p.requires_grad_(False)
+    new = {n for n, _ in model.named_parameters() if not _under(n, first[1])}
+    arch = describe(model, torch.rand(2, 3, 32, 32), new)
+    params = dict(model.named_parameters())
+    for c, (cname, prefixes) in zip(arch.components, expected, strict=True):
+        mine = [p for n, p in params.items() if _under(n, prefixes)]
+        assert c.name == cname and c.modules == prefixes
+        assert c.params == sum(p.numel() for p in mine)
+        assert c.trainable == sum(p.numel() for p in mine if p.requires_grad)
+        assert c.frozen == (c.params if cname == first[0] else 0)
+        assert c.new == (0 if cname == first[0] else c.params)
+        assert c.frozen_norm == 0
+    assert sum(c.params for c in arch.components) == arch.total_params == sum(p.numel() for p in model.parameters())
+    assert sum(c.trainable for c in arch.components) == arch.trainable_params
+
+
+def _freeze_batchnorm(module: nn.Module) -> int:
+    """Every BatchNorm2d under `module` replaced by a FrozenBatchNorm2d, as torchvision's pretrained detectors
+    build their backbones; returns the affine values they hold (weight and bias: 2 per channel)."""
+    values = 0
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, FrozenBatchNorm2d(child.num_features))
+            values += 2 * child.num_features
+        else:
+            values += _freeze_batchnorm(child)
+    return values
+
+
+def test_frozen_batchnorm_values_and_frozen_layers_of_a_detector_are_counted_where_they_are():
+    model = _model("fasterrcnn_mobilenet_v3_large_320_fpn")
+    frozen_values = _freeze_batchnorm(model.backbone.body)
+    assert frozen_values > 0
+    for n, p in model.named_parameters():  # trainable_backbone_layers=3's way: the first stages frozen
+        if n.startswith(("backbone.body.0.", "backbone.body.1.", "backbone.body.2.")):
+            p.requires_grad_(False)
+    frozen_by_hand = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    arch = describe(model, torch.rand(1, 3, 64, 64), set())
+    by = {c.name: c for c in arch.components}
+    assert by["backbone body"].frozen_norm == frozen_values
+    assert arch.frozen_norm == frozen_values
+    assert sum(c.frozen_norm for c in arch.components) == frozen_values
+    assert by["backbone body"].frozen == frozen_by_hand
+    assert all(c.frozen == 0 and c.frozen_norm == 0 for c in arch.components if c.name != "backbone body")
+    body = sum(p.numel() for n, p in model.named_parameters() if n.startswith("backbone.body."))
+    assert by["backbone body"].params == body  # the buffers are in no parameter count
+    assert sum(c.params for c in arch.components) == arch.total_params
+
+
+def test_the_architecture_refuses_components_that_do_not_cover_the_modules_or_add_up():
+    model = _model("resnet18")
+    arch = describe(model, torch.rand(1, 3, 32, 32), set())
+    data = arch.model_dump()
+    Architecture.model_validate(data)
+    short = {**data, "components": [{**data["components"][0], "params": data["components"][0]["params"] - 1}]}
+    with pytest.raises(ValidationError, match="component 'backbone': params"):
+        Architecture.model_validate({**short, "components": short["components"] + data["components"][1:]})
+    with pytest.raises(ValidationError, match="module 'fc' holds parameters but lies in no component"):
+        Architecture.model_validate({**data, "components": data["components"][:1]})
+    twice = {**data["components"][1], "name": "again"}
+    with pytest.raises(ValidationError, match="a module prefix is listed under two components"):
+        Architecture.model_validate({**data, "components": data["components"] + [twice]})
