@@ -1,8 +1,11 @@
 """A model's components (record/components.py), their counts in the recorded architecture
-(record/architecture.py, validated by schema.Architecture),
+(record/architecture.py, validated by schema.Architecture) and how far each moved (report/frames.py),
 each checked against numbers made here by hand from the models' own parameters and buffers."""
 
 from __future__ import annotations
+
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +16,10 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from sftreport.record.architecture import describe
 from sftreport.record.components import components
-from sftreport.schema import Architecture
+from sftreport.record.weights import WeightProbe
+from sftreport.report.frames import RunFrames
+from sftreport.schema import Architecture, ComponentSummary, DatasetInfo, Environment, EpochSnapshot, RunInfo
+from sftreport.store import Run
 
 DETECTION = {"weights_backbone": None, "rpn_pre_nms_top_n_test": 8, "rpn_post_nms_top_n_test": 8}
 LAYOUTS = {  # torchvision model -> (its builder's keywords, the components it must be named by)
@@ -183,3 +189,82 @@ def test_the_architecture_refuses_components_that_do_not_cover_the_modules_or_ad
     twice = {**data["components"][1], "name": "again"}
     with pytest.raises(ValidationError, match="a module prefix is listed under two components"):
         Architecture.model_validate({**data, "components": data["components"] + [twice]})
+
+
+class _Segmenter(nn.Module):
+    """torchvision's segmentation layout in miniature: backbone, classifier, aux_classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.classifier = nn.Conv2d(4, 3, 1)
+        self.aux_classifier = nn.Conv2d(4, 3, 1)
+        nn.init.zeros_(self.aux_classifier.weight)  # starts at 0: ‖W₀‖ = 0
+        nn.init.zeros_(self.aux_classifier.bias)
+
+    def forward(self, x):
+        f = self.backbone(x)
+        return {"out": self.classifier(f), "aux": self.aux_classifier(f)}
+
+
+def _run(tmp_path: Path, arch: Architecture, epochs: list[EpochSnapshot]) -> RunFrames:
+    info = RunInfo(
+        name="components",
+        started_at="2026-01-01T00:00:00+00:00",
+        model="m",
+        weights="w",
+        strategy="full",
+        dataset=DatasetInfo(name="d", classes=["a", "b", "c"], train_size=1, val_size=1, image_size=8),
+        environment=Environment(python="3", platform="p", sftreport="0", device="cpu"),
+        architecture=arch,
+    )
+    return RunFrames(Run(root=tmp_path, info=info, epochs=epochs))
+
+
+@pytest.mark.parametrize("aux_moves", [True, False])
+def test_how_far_each_component_moved_is_computed_from_the_two_state_dicts(tmp_path: Path, aux_moves: bool):
+    torch.manual_seed(0)
+    model = _Segmenter()
+    arch = describe(model, torch.rand(2, 3, 8, 8), set())
+    assert [c.name for c in arch.components] == ["backbone", "classifier", "aux classifier"]
+    w0 = {k: v.clone().double() for k, v in model.state_dict().items()}
+    probe = WeightProbe(model, set(), bins=8)
+    start = EpochSnapshot(epoch=0, step=0, weights=probe.measure())
+    with torch.no_grad():  # one epoch: the backbone frozen (unchanged), the classifier moved, the aux head maybe
+        model.classifier.weight.mul_(1.5).add_(0.25)
+        model.classifier.bias.sub_(0.5)
+        if aux_moves:
+            model.aux_classifier.weight.fill_(0.125)
+    w1 = {k: v.double() for k, v in model.state_dict().items()}
+    frames = _run(tmp_path, arch, [start, EpochSnapshot(epoch=1, step=1, weights=probe.measure())])
+
+    def moved(prefix: str) -> float:
+        keys = [k for k in dict(model.named_parameters()) if k.startswith(prefix + ".")]
+        diff = sum(float((w1[k] - w0[k]).square().sum()) for k in keys)
+        ref = sum(float(w0[k].square().sum()) for k in keys)
+        return math.sqrt(diff / ref) if ref else (0.0 if diff == 0 else math.inf)
+
+    table = frames.what_trained.set_index("component")
+    assert table.loc["backbone", "rel_change"] == 0.0  # exactly: frozen
+    assert table.loc["classifier", "rel_change"] == pytest.approx(moved("classifier"), rel=1e-6)
+    assert table.loc["aux classifier", "rel_change"] == (math.inf if aux_moves else 0.0)  # ‖W₀‖ = 0
+    keys = [k for k, _ in model.named_parameters()]
+    whole = math.sqrt(
+        sum(float((w1[k] - w0[k]).square().sum()) for k in keys) / sum(float(w0[k].square().sum()) for k in keys)
+    )
+    assert table.loc["whole model", "rel_change"] == pytest.approx(whole, rel=1e-6)
+    assert math.isnan(table.loc["classifier", "grad_norm"])  # no gradients sampled: not measured
+    change = frames.component_change
+    assert list(change[change["epoch"] == 0]["rel_change"]) == [0.0, 0.0, 0.0]
+    per_epoch = change[change["epoch"] == 1].set_index("component")["rel_change"]  # what the line chart draws
+    assert per_epoch["classifier"] == pytest.approx(moved("classifier"), rel=1e-6)
+    assert per_epoch["backbone"] == 0.0
+
+
+def test_a_component_without_weight_statistics_has_no_change(tmp_path: Path):
+    model = _Segmenter()
+    arch = describe(model, torch.rand(2, 3, 8, 8), set())
+    frames = _run(tmp_path, arch, [EpochSnapshot(epoch=0, step=0)])
+    table = frames.what_trained
+    assert table["rel_change"].isna().all() and list(table["component"])[-1] == "whole model"
+    assert ComponentSummary(name="x", modules=["x"], params=5, trainable=2, new=0).frozen == 3
