@@ -268,3 +268,18 @@ def test_a_component_without_weight_statistics_has_no_change(tmp_path: Path):
     table = frames.what_trained
     assert table["rel_change"].isna().all() and list(table["component"])[-1] == "whole model"
     assert ComponentSummary(name="x", modules=["x"], params=5, trainable=2, new=0).frozen == 3
+
+
+def test_a_wrapper_that_holds_the_whole_model_is_looked_through():
+    class Wrapper(nn.Module):  # as DistributedDataParallel's `module`, or peft's `base_model.model`
+        def __init__(self, inner: nn.Module):
+            super().__init__()
+            self.module = inner
+            self.pool = nn.Identity()  # holds nothing: still one child with everything
+
+    wrapped = Wrapper(Wrapper(_model("resnet18")))
+    stem_and_stages = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    assert components(wrapped) == [
+        ("backbone", [f"module.module.{n}" for n in stem_and_stages]),
+        ("fc", ["module.module.fc"]),
+    ]

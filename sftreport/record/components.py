@@ -12,7 +12,8 @@ Known layouts are recognised by their module names, not by their classes, so a m
   `head` beside it is a "segmentation head" when the model returns torchvision's `{"out": maps}`.
 
 Every other parameter belongs to its top-level child (named as the child, like the report's blocks), and
-the model's own parameters (a ViT's class token) to "(model)". A parameter goes to the component with the
+the model's own parameters (a ViT's class token) to "(model)". A wrapper that holds the whole model in one
+child (peft's PeftModel, DDP) is looked through: its model's children are the top-level ones. A parameter goes to the component with the
 longest prefix that holds it (`sftreport.schema.component_of`), so each parameter is in exactly one.
 """
 
@@ -53,6 +54,21 @@ def components(model: nn.Module, dense_output: bool = False) -> list[tuple[str, 
     network order; a component's prefixes include its modules without parameters (a ResNet stem's max-pool),
     so that their activations are placed too. `dense_output`: the model returns per-pixel maps
     (a segmenter), which names a top-level `head` beside a ResNet stem a "segmentation head"."""
+    inner, path = _unwrapped(model)
+    prefixes = {_join(path, p): name for p, name in _named(inner, dense_output).items()}
+    modules = dict(model.named_modules())
+    itself = {p: p for p in prefixes}
+    holding = {component_of(itself, n) for n, m in modules.items() if _holds_values(m)}
+    order = {n: i for i, n in enumerate(modules)}
+    listed: dict[str, list[str]] = {}  # component -> its prefixes, in network order
+    for prefix in sorted(prefixes, key=order.__getitem__):
+        listed.setdefault(prefixes[prefix], []).append(prefix)
+    # a component none of whose modules holds anything (a detector's `transform`) is left out
+    return [(name, ps) for name, ps in listed.items() if any(p in holding for p in ps)]
+
+
+def _named(model: nn.Module, dense_output: bool) -> dict[str, str]:
+    """Module path (relative to `model`; '' the model itself) -> component name, by the rules above."""
     modules = dict(model.named_modules())
     prefixes: dict[str, str] = {path: name for path, name in KNOWN if path in modules}
     top = [n for n, _ in model.named_children()]
@@ -65,15 +81,25 @@ def components(model: nn.Module, dense_output: bool = False) -> list[tuple[str, 
     for n in top:  # the rest of each top-level child: a component named as the child, like the report's blocks
         prefixes.setdefault(n, n)
     prefixes[""] = MODEL_ITSELF
+    return prefixes
 
-    itself = {p: p for p in prefixes}
-    holding = {component_of(itself, n) for n, m in modules.items() if _holds_values(m)}
-    order = {n: i for i, n in enumerate(modules)}
-    listed: dict[str, list[str]] = {}  # component -> its prefixes, in network order
-    for prefix in sorted(prefixes, key=order.__getitem__):
-        listed.setdefault(prefixes[prefix], []).append(prefix)
-    # a component none of whose modules holds anything (a detector's `transform`) is left out
-    return [(name, ps) for name, ps in listed.items() if any(p in holding for p in ps)]
+
+def _unwrapped(model: nn.Module) -> tuple[nn.Module, str]:
+    """The module that is the model proper, and its path: below wrappers that hold everything in one child
+    and nothing of their own (peft's PeftModel.base_model.model, DistributedDataParallel's module)."""
+    inner, path = model, ""
+    while not _holds_values(inner):
+        holders = [(n, c) for n, c in inner.named_children() if any(_holds_values(m) for m in c.modules())]
+        if len(holders) != 1:
+            break
+        name, inner = holders[0]
+        path = _join(path, name)
+    return inner, path
+
+
+def _join(path: str, name: str) -> str:
+    """A module path below `path` ('' is the model itself)."""
+    return f"{path}.{name}" if path and name else path or name
 
 
 def _holds_values(module: nn.Module) -> bool:
