@@ -15,6 +15,9 @@ Version history:
      `RunInfo.source_task`), the effective-weight change of LoRA-adapted layers (`EpochSnapshot.adapters`,
      `ModuleInfo.adapter`) and how the strategy trained (`RunInfo.training`: lp-ft's switch, per-group
      learning rates, LoRA's settings).
+  4  New, optional (versions 1–3 read as before): the model's components (`Architecture.components`: backbone
+     body, FPN, RPN, heads ...) with their trainable, frozen and new counts, and the values of FrozenBatchNorm
+     layers (`ModuleInfo.frozen_norm`), which are buffers and so in no parameter count.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _not_negative(v: float) -> float:
@@ -180,6 +183,11 @@ class ModuleInfo(_Model):
         description="an adapter this module is or belongs to, in words: 'LoRA r=8, α=16' on an adapted layer, "
         "'LoRA A' / 'LoRA B' on its low-rank factors (None: not an adapter)",
     )
+    frozen_norm: Count = Field(
+        0,
+        description="a FrozenBatchNorm layer's affine weight and bias values: buffers, never trained and in no "
+        "parameter count (its running mean and variance are statistics, as in any BatchNorm, and not counted)",
+    )
 
 
 class BlockSummary(_Model):
@@ -190,6 +198,37 @@ class BlockSummary(_Model):
     new: Count
 
 
+class ComponentSummary(_Model):
+    """A part of the model named for what it does (backbone body, FPN, RPN, box head ...; see
+    sftreport.record.components): the modules under its prefixes, less those under a longer prefix of
+    another component."""
+
+    name: str = Field(description="the component in words, e.g. 'backbone body'")
+    modules: list[str] = Field(description="module-name prefixes it covers; '' is the model's own parameters")
+    params: Count
+    trainable: Count = Field(description="of `params`, how many require grad")
+    new: Count = Field(description="of `params`, how many were not loaded from pretrained weights")
+    frozen_norm: Count = Field(0, description="FrozenBatchNorm weight and bias values (buffers, see ModuleInfo)")
+
+    @property
+    def frozen(self) -> int:
+        """Parameters that do not require grad."""
+        return self.params - self.trainable
+
+
+def component_of(prefixes: dict[str, str], module: str) -> str | None:
+    """The component (by `Architecture.component_prefixes`) that owns the module named `module`: the one
+    whose prefix is the module itself or its nearest parent; '' only owns the model's own parameters."""
+    if module == "":
+        return prefixes.get("")
+    parts = module.split(".")
+    for k in range(len(parts), 0, -1):
+        found = prefixes.get(".".join(parts[:k]))
+        if found is not None:
+            return found
+    return None
+
+
 class Architecture(_Model):
     model_type: str
     modules: list[ModuleInfo]
@@ -198,6 +237,9 @@ class Architecture(_Model):
     trainable_params: Count
     new_params: Count
     input_shape: list[int]
+    components: list[ComponentSummary] = Field(
+        [], description="the model's components, each parameter in exactly one (none in runs before version 4)"
+    )
 
     @model_validator(mode="after")
     def _totals_add_up(self) -> Architecture:
@@ -206,7 +248,43 @@ class Architecture(_Model):
             for rows, what in ((self.modules, "module"), (self.blocks, "block")):
                 if sum(getattr(r, field) for r in rows) != total:
                     raise ValueError(f"{what} '{field}' counts do not sum to the total {total}")
+        if self.components:
+            self._components_cover_the_modules()
         return self
+
+    def _components_cover_the_modules(self) -> None:
+        """Every module with parameters (or FrozenBatchNorm values) lies in exactly one component, and each
+        component's counts are the sums of its modules' (so the components sum to the totals)."""
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise ValueError("two components have the same name")
+        prefixes = [p for c in self.components for p in c.modules]
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError("a module prefix is listed under two components")
+        index = self.component_prefixes()
+        fields = ("params", "trainable", "new", "frozen_norm")
+        sums = {c.name: dict.fromkeys(fields, 0) for c in self.components}
+        for m in self.modules:
+            owner = component_of(index, m.name)
+            if owner is None:
+                if m.params or m.frozen_norm:
+                    raise ValueError(f"module '{m.name}' holds parameters but lies in no component")
+                continue
+            for f in fields:
+                sums[owner][f] += getattr(m, f)
+        for c in self.components:
+            for f in fields:
+                if getattr(c, f) != sums[c.name][f]:
+                    raise ValueError(f"component '{c.name}': {f} {getattr(c, f)} is not its modules' {sums[c.name][f]}")
+
+    def component_prefixes(self) -> dict[str, str]:
+        """Module-name prefix -> component name (for `component_of`)."""
+        return {p: c.name for c in self.components for p in c.modules}
+
+    @property
+    def frozen_norm(self) -> int:
+        """FrozenBatchNorm weight and bias values in the whole model (buffers, in no parameter count)."""
+        return sum(m.frozen_norm for m in self.modules)
 
 
 # --------------------------------------------------------------------------- per-epoch probes

@@ -1,5 +1,6 @@
 """Architecture probe: every module with its type, output shape (one forward pass of a probe batch),
-call count, own parameters, trainable and new (not pretrained) counts, plus per-block totals.
+call count, own parameters, trainable and new (not pretrained) counts and FrozenBatchNorm values, plus
+per-block and per-component totals (the components: record/components.py).
 
 Parameters are counted where they are owned (`recurse=False`), so module rows sum to the model total.
 Hooks are removed and the model's train/eval mode restored in a `finally`.
@@ -11,8 +12,9 @@ import torch
 from torch import nn
 
 from sftreport.errors import UserError
+from sftreport.record.components import components, frozen_norm_values
 from sftreport.record.sharded import type_name
-from sftreport.schema import Architecture, BlockSummary, ModuleInfo
+from sftreport.schema import Architecture, BlockSummary, ComponentSummary, ModuleInfo, component_of
 
 
 def classifier_head(model: nn.Module) -> str:
@@ -34,10 +36,16 @@ def _shape(out) -> list[int] | None:
     return None
 
 
+def _dense(out) -> bool:
+    """torchvision's segmentation output: {"out": per-pixel logits (N, K, H, W)}."""
+    return isinstance(out, dict) and isinstance(out.get("out"), torch.Tensor) and out["out"].dim() == 4
+
+
 @torch.no_grad()
 def describe(model: nn.Module, sample: torch.Tensor, new_params: set[str]) -> Architecture:
     shapes: dict[str, list[int] | None] = {}
     calls: dict[str, int] = {}
+    dense = [False]
     handles = []
     was_training = model.training
 
@@ -45,6 +53,8 @@ def describe(model: nn.Module, sample: torch.Tensor, new_params: set[str]) -> Ar
         def hook(module, args, output):
             calls[name] = calls.get(name, 0) + 1
             shapes.setdefault(name, _shape(output))
+            if not name:
+                dense[0] = _dense(output)
 
         return hook
 
@@ -72,6 +82,7 @@ def describe(model: nn.Module, sample: torch.Tensor, new_params: set[str]) -> Ar
                 params=sum(t.numel() for _, t in own),
                 trainable=sum(t.numel() for _, t in own if t.requires_grad),
                 new=sum(t.numel() for f, (_, t) in zip(full, own) if f in new_params),
+                frozen_norm=frozen_norm_values(module),
             )
         )
     blocks = []
@@ -101,8 +112,31 @@ def describe(model: nn.Module, sample: torch.Tensor, new_params: set[str]) -> Ar
         model_type=type_name(model),
         modules=rows,
         blocks=blocks,
+        components=_summaries(components(model, dense[0]), rows),
         total_params=sum(p.numel() for p in model.parameters()),
         trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
         new_params=sum(p.numel() for n, p in model.named_parameters() if n in new_params),
         input_shape=list(sample.shape[1:]),
     )
+
+
+def _summaries(parts: list[tuple[str, list[str]]], rows: list[ModuleInfo]) -> list[ComponentSummary]:
+    """Each component's counts: the sums of its modules' own counts."""
+    index = {p: name for name, prefixes in parts for p in prefixes}
+    sums = {name: [0, 0, 0, 0] for name, _ in parts}
+    for r in rows:
+        owner = component_of(index, r.name)
+        if owner is not None:
+            for k, v in enumerate((r.params, r.trainable, r.new, r.frozen_norm)):
+                sums[owner][k] += v
+    return [
+        ComponentSummary(
+            name=name,
+            modules=prefixes,
+            params=sums[name][0],
+            trainable=sums[name][1],
+            new=sums[name][2],
+            frozen_norm=sums[name][3],
+        )
+        for name, prefixes in parts
+    ]

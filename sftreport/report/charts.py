@@ -24,6 +24,7 @@ TRAIN, TRAIN_STEP, VAL = "#1f77b4", "#aec7e8", "#ff7f0e"
 PRETRAINED, FINETUNED = "#9e9e9e", "#1f77b4"
 OUTSIDE = "#d62728"  # histogram mass below or above the fixed range
 GREY_CELL = "#e8e8e8"
+STRIP_ROOM = 16  # pixels between a layer chart's row names and its cells that hold a component strip
 
 # the colour schemes of the continuous scales built by log_scale and linear_scale (Vega's scheme names)
 ContinuousScheme = Literal["viridis", "plasma"]
@@ -400,8 +401,9 @@ PARTS = ["pretrained, frozen", "pretrained, fine-tuned", "new, trained", "new, f
 PART_COLORS = ["#c7c7c7", "#4c78a8", "#f58518", "#ffd8a8"]
 
 
-def params_by_block(df: pd.DataFrame, width: int) -> alt.Chart:
-    """Stacked horizontal bars: parameters per top-level block, split by pretrained/new and trained/frozen."""
+def params_by_block(df: pd.DataFrame, width: int, axis_title: str = "block (top-level module)") -> alt.Chart:
+    """Stacked horizontal bars: parameters per block (or component), split by pretrained/new and
+    trained/frozen."""
     blocks = list(dict.fromkeys(df["block"]))
     present = [p for p in PARTS if p in set(df["part"])]
     colors = [c for p, c in zip(PARTS, PART_COLORS) if p in present]
@@ -409,7 +411,7 @@ def params_by_block(df: pd.DataFrame, width: int) -> alt.Chart:
         alt.Chart(df)
         .mark_bar()
         .encode(
-            y=alt.Y("block:N", title="block (top-level module)", sort=blocks, axis=alt.Axis(labelLimit=200)),
+            y=alt.Y("block:N", title=axis_title, sort=blocks, axis=alt.Axis(labelLimit=200)),
             x=alt.X("sum(params):Q", title="parameters", axis=alt.Axis(format="~s")),
             color=alt.Color(
                 "part:N", title=None, scale=alt.Scale(domain=present, range=colors), legend=alt.Legend(**LEGEND_BOTTOM)
@@ -443,18 +445,27 @@ def heatmap(
     title: str | None = None,
     y_labels: bool = True,
     epochs: list[int] | None = None,
-) -> alt.Chart:
+    strip: alt.Chart | None = None,
+) -> alt.Chart | Layered:
     """Layers (network order, top to bottom) × epochs, coloured by `value`. Cells whose value cannot be
     coloured (missing, or not positive on a log scale) are left out and show the light grey background.
-    With `df=None` the chart has no data of its own (a panel of a concatenation that carries the data)."""
+    With `df=None` the chart has no data of its own (a panel of a concatenation that carries the data).
+    `strip`: a colour strip drawn between the layer names and the cells (charts_components.strip)."""
     n = len(layers)
     if epochs is None:
         epochs = sorted(df["epoch"].unique().tolist()) if df is not None else []
+    padding: dict[str, Any] = {"labelPadding": STRIP_ROOM} if strip is not None else {}
     y = alt.Y(
         "layer:N",
         title="layer (network order)" if y_labels else None,
         scale=alt.Scale(domain=layers),
-        axis=alt.Axis(labelFontSize=label_font(n), labels=y_labels, ticks=False, domain=False),
+        axis=alt.Axis(
+            labelFontSize=label_font(n),
+            labels=y_labels,
+            ticks=False,
+            domain=False,
+            **padding,
+        ),
     )
     x = alt.X(
         "epoch:O",
@@ -473,9 +484,9 @@ def heatmap(
     if df is not None:
         keep = ["layer", "epoch", value] + [t.shorthand.split(":")[0] for t in (extra_tooltips or [])]
         df = df[list(dict.fromkeys(keep))]
-    chart = alt.Chart(df, title=title) if df is not None else alt.Chart(title=title)
-    return (
-        chart.transform_filter(valid)
+    cells = (
+        (alt.Chart(df) if df is not None else alt.Chart())
+        .transform_filter(valid)
         .mark_rect()
         .encode(
             x=x,
@@ -494,8 +505,15 @@ def heatmap(
                 ),
             ),
         )
-        .properties(width=width, height=alt.Step(row_step(n)), view=alt.ViewBackground(fill=GREY_CELL, stroke=None))
     )
+    frame: dict[str, Any] = dict(
+        width=width, height=alt.Step(row_step(n)), view=alt.ViewBackground(fill=GREY_CELL, stroke=None)
+    )
+    if title is not None:
+        frame["title"] = title
+    if strip is None:
+        return cells.properties(**frame)
+    return alt.layer(strip, cells, resolve=_resolve_color("independent")).properties(**frame)
 
 
 def update_ratio(
@@ -615,8 +633,11 @@ def grad_total(df: pd.DataFrame, width: int, height: int = 200) -> Layered:
     return alt.layer(rules, line, data=long, width=width, height=height)
 
 
-def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.HConcatChart:
-    """Four panels over layers × epochs: mean, std, zero fraction, dead-channel fraction."""
+def activation_heatmaps(
+    df: pd.DataFrame, layers: list[str], width: int, strip: alt.Chart | None = None
+) -> alt.HConcatChart:
+    """Four panels over layers × epochs: mean, std, zero fraction, dead-channel fraction (`strip`: the
+    first panel's component strip, as in `heatmap`)."""
     epochs = sorted(df["epoch"].unique().tolist())
     panel = max(70, min(190, (width - 200) // 4, 40 * len(epochs)))
     df = df[["layer", "epoch", "type", "channels", "dead", "mean", "std", "zero_fraction", "dead_fraction"]]
@@ -638,6 +659,7 @@ def activation_heatmaps(df: pd.DataFrame, layers: list[str], width: int) -> alt.
             legend_title="mean",
             title="mean",
             scale=alt.Scale(scheme="blueorange", domainMid=0),
+            strip=strip,
             **common,
         ),
         heatmap(

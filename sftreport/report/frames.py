@@ -24,7 +24,7 @@ from functools import cached_property
 
 import pandas as pd
 
-from sftreport.schema import AdapterStat, DetectionEvaluation, EpochSnapshot, Evaluation, Histogram
+from sftreport.schema import AdapterStat, DetectionEvaluation, EpochSnapshot, Evaluation, Histogram, component_of
 from sftreport.store import Run
 
 NAN = math.nan
@@ -85,6 +85,9 @@ class RunFrames:
         arch = run.info.architecture
         self.module_type: dict[str, str] = {m.name: m.type for m in arch.modules} if arch else {}
         self.module_order: dict[str, int] = {m.name: i for i, m in enumerate(arch.modules)} if arch else {}
+        # the model's components (backbone body, FPN, heads ...), recorded since schema version 4
+        self.component_names: list[str] = [c.name for c in arch.components] if arch else []
+        self._component_prefixes: dict[str, str] = arch.component_prefixes() if arch else {}
 
     # ------------------------------------------------------------------ epochs
 
@@ -99,6 +102,12 @@ class RunFrames:
 
     def class_name(self, i: int) -> str:
         return self.classes[i] if 0 <= i < len(self.classes) else str(i)
+
+    def component(self, layer: str) -> str:
+        """The component of a layer label ('(model)', a module name, an activation's 'module#2'); '' when
+        the run recorded no components."""
+        module = "" if layer == "(model)" else layer.split("#")[0]
+        return component_of(self._component_prefixes, module) or ""
 
     @cached_property
     def epoch_table(self) -> pd.DataFrame:
@@ -369,6 +378,9 @@ class RunFrames:
                         "matrix": a["matrix"],
                         "finite": a["finite"],
                         "adapter": a["adapter"],
+                        "diff_sq": a["diff"],
+                        "ref_sq": a["ref"],
+                        "component": self.component(module or "(model)"),
                     }
                 )
         df = pd.DataFrame(
@@ -388,6 +400,9 @@ class RunFrames:
                 "matrix",
                 "finite",
                 "adapter",
+                "diff_sq",
+                "ref_sq",
+                "component",
             ],
         )
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
@@ -423,10 +438,12 @@ class RunFrames:
                         "max_norm": a["max"],
                         "nonfinite": a["nonfinite"],
                         "samples": a["samples"],
+                        "component": self.component(module or "(model)"),
                     }
                 )
         df = pd.DataFrame(
-            rows, columns=["layer", "module", "epoch", "order", "norm", "max_norm", "nonfinite", "samples"]
+            rows,
+            columns=["layer", "module", "epoch", "order", "norm", "max_norm", "nonfinite", "samples", "component"],
         )
         return df.sort_values(["order", "epoch"], kind="stable").reset_index(drop=True)
 
@@ -449,6 +466,108 @@ class RunFrames:
                 }
             )
         return pd.DataFrame(rows, columns=["epoch", "norm", "max_norm", "nonfinite", "samples"])
+
+    # ------------------------------------------------------------------ components
+
+    def layer_components(self, layers: list[str]) -> pd.DataFrame:
+        """The component of each layer label, for the colour strip of a per-layer chart."""
+        return pd.DataFrame({"layer": layers, "component": [self.component(n) for n in layers]})
+
+    @cached_property
+    def component_change(self) -> pd.DataFrame:
+        """Per component and epoch with weights: ‖Wₜ−W₀‖/‖W₀‖ over all of the component's parameter tensors,
+        sqrt(Σ diff² / Σ ref²) from its layers' sums (a LoRA layer's effective weight included, as per layer),
+        and its gradient norm, the root of its layers' summed squared norms (as the whole model's); empty when
+        the run recorded no components."""
+        cols = ["component", "epoch", "rel_change", "grad_norm", "grad_sampled", "diff_sq", "ref_sq"]
+        w = self.layer_weights
+        if not self.component_names or w.empty:
+            return pd.DataFrame(columns=cols)
+        sums: dict[tuple[str, int], list[float]] = {}
+        for r in w.itertuples():
+            a = sums.setdefault((r.component, r.epoch), [0.0, 0.0])
+            a[0] += r.diff_sq  # a NaN stays NaN: a diverged layer makes its component's change unknown
+            a[1] += r.ref_sq
+        grads: dict[tuple[str, int], float] = {}
+        for r in self.layer_grads.itertuples():
+            if math.isfinite(r.norm):
+                grads[(r.component, r.epoch)] = grads.get((r.component, r.epoch), 0.0) + r.norm * r.norm
+            else:
+                grads.setdefault((r.component, r.epoch), NAN)
+        rank = {n: i for i, n in enumerate(self.component_names)}
+        rows = [
+            {
+                "component": c,
+                "epoch": e,
+                "rel_change": _ratio(d, ref),
+                "grad_norm": math.sqrt(grads[(c, e)]) if (c, e) in grads else NAN,
+                "grad_sampled": (c, e) in grads,  # NaN beside True: not finite; beside False: none sampled
+                "diff_sq": d,
+                "ref_sq": ref,
+            }
+            for (c, e), (d, ref) in sorted(sums.items(), key=lambda kv: (rank.get(kv[0][0], len(rank)), kv[0][1]))
+        ]
+        return pd.DataFrame(rows, columns=cols)
+
+    @cached_property
+    def what_trained(self) -> pd.DataFrame:
+        """One row per recorded component (then one for the whole model): its parameters, trainable, frozen
+        (requires_grad False), new and FrozenBatchNorm counts, how far it moved by the last epoch with weights and
+        its gradient norm at the last epoch with gradients (`measured`, `grad_measured`: False where there was
+        nothing to measure, the value then NaN)."""
+        cols = ["component", "modules", "params", "trainable", "frozen", "frozen_norm", "new", "rel_change"]
+        cols += ["grad_norm", "measured", "grad_measured"]
+        arch = self.info.architecture
+        if arch is None or not arch.components:
+            return pd.DataFrame(columns=cols)
+        ch = self.component_change
+        moved_at, grad_at = self.component_epochs
+        moved = {r.component: (r.diff_sq, r.ref_sq) for r in ch[ch["epoch"] == moved_at].itertuples()}
+        grad = {r.component: r.grad_norm for r in ch[(ch["epoch"] == grad_at) & ch["grad_sampled"]].itertuples()}
+        rows = [
+            {
+                "component": c.name,
+                "modules": c.modules,
+                "params": c.params,
+                "trainable": c.trainable,
+                "frozen": c.frozen,
+                "frozen_norm": c.frozen_norm,
+                "new": c.new,
+                "rel_change": _ratio(*moved[c.name]) if c.name in moved else NAN,
+                "grad_norm": grad.get(c.name, NAN),
+                "measured": c.name in moved,  # NaN beside False: never measured; beside True: not finite
+                "grad_measured": c.name in grad,
+            }
+            for c in arch.components
+        ]
+        d, ref = (sum(v[0] for v in moved.values()), sum(v[1] for v in moved.values())) if moved else (NAN, NAN)
+        squares = [v * v for v in grad.values() if math.isfinite(v)]
+        rows.append(
+            {
+                "component": "whole model",
+                "modules": [],
+                "params": arch.total_params,
+                "trainable": arch.trainable_params,
+                "frozen": arch.total_params - arch.trainable_params,
+                "frozen_norm": arch.frozen_norm,
+                "new": arch.new_params,
+                "rel_change": _ratio(d, ref) if moved else NAN,
+                "grad_norm": math.sqrt(sum(squares)) if squares else NAN,
+                "measured": bool(moved),
+                "grad_measured": bool(grad),
+            }
+        )
+        return pd.DataFrame(rows, columns=cols)
+
+    @cached_property
+    def component_epochs(self) -> tuple[int | None, int | None]:
+        """The epochs `what_trained` measured the change and the gradient norm at (None: never)."""
+        ch = self.component_change
+        g = ch[ch["grad_sampled"]]
+        return (
+            int(ch["epoch"].max()) if not ch.empty else None,
+            int(g["epoch"].max()) if not g.empty else None,
+        )
 
     @cached_property
     def adapters(self) -> pd.DataFrame:

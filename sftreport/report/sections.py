@@ -9,6 +9,7 @@ sizes and limits in profile.py, the thresholds in thresholds.py.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +17,15 @@ import pandas as pd
 
 import sftreport
 from sftreport.errors import UserError
-from sftreport.report import charts, charts_sequence, fmt, sections_detection, sections_segmentation, thresholds
+from sftreport.report import (
+    charts,
+    charts_components,
+    charts_sequence,
+    fmt,
+    sections_detection,
+    sections_segmentation,
+    thresholds,
+)
 from sftreport.report.findings import derive_findings
 from sftreport.report.frames import RunFrames, choose_epochs
 from sftreport.report.model import (
@@ -36,7 +45,15 @@ from sftreport.report.model import (
 from sftreport.report.profile import PROFILES, Profile
 from sftreport.report.spectrum import run_spectrum_blocks
 from sftreport.report.vega import chart_spec
-from sftreport.schema import SCHEMA_VERSION, Architecture, DetectionEvaluation, RunInfo, SegmentationEvaluation
+from sftreport.schema import (
+    SCHEMA_VERSION,
+    Architecture,
+    BlockSummary,
+    ComponentSummary,
+    DetectionEvaluation,
+    RunInfo,
+    SegmentationEvaluation,
+)
 from sftreport.store import Run
 
 STRATEGIES = {
@@ -74,6 +91,7 @@ CKA_POOLING = (
     "channel and token sequences to 16 groups, then compared by linear CKA"
 )
 UPDATE_RATIO_DEF = "‖update‖ / ‖W‖ of each epoch's first optimizer step, per layer"
+STRIP_NOTE = " The colour strip left of the rows marks each layer's component (key below the chart)."
 
 
 def build_report(
@@ -446,16 +464,21 @@ class _Builder:
                         f"{fmt.integer(arch.trainable_params)} "
                         f"({fmt.pct(arch.trainable_params / arch.total_params if arch.total_params else None)})",
                     ),
-                    ("Frozen", fmt.integer(frozen)),
+                    ("Frozen", fmt.integer(frozen) + self.frozen_norm_note(arch)),
                     ("New (not pretrained)", f"{fmt.integer(arch.new_params)}"),
                     ("Strategy", strategy_text(self.info)),
                     *self.adapter_totals(arch),
                 ],
             )
         )
-        sec.blocks.append(self.replaced(arch))
+        sec.blocks.append(self.replaced(arch))  # beside the totals (templates/sections/architecture.html.j2)
+        trained = self.what_trained()
+        if trained is not None:
+            sec.blocks.append(trained)
+        # parameters by component where the run recorded them, else by top-level block
+        groups: list[ComponentSummary] | list[BlockSummary] = arch.components or arch.blocks
         rows = []
-        for blk in arch.blocks:
+        for blk in groups:
             parts = {
                 "pretrained, frozen": blk.params - blk.new - max(0, blk.trainable - blk.new),
                 "pretrained, fine-tuned": max(0, blk.trainable - blk.new),
@@ -464,22 +487,89 @@ class _Builder:
             }
             for k, (part, v) in enumerate(parts.items()):
                 if v > 0:
-                    rows.append({"block": blk.name, "type": blk.type, "part": part, "part_order": k, "params": v})
+                    what = getattr(blk, "type", ", ".join(getattr(blk, "modules", [])))
+                    rows.append({"block": blk.name, "type": what, "part": part, "part_order": k, "params": v})
         if rows:
+            of = "component" if arch.components else "top-level block"
             sec.blocks.append(
                 self.chart(
                     "params-by-block",
-                    "Parameters by block",
-                    "Parameters of each top-level block: orange trained from their initialisation, light orange new "
-                    "and frozen."
+                    f"Parameters by {of.split()[-1]}",
+                    f"Parameters of each {of}: orange trained from their initialisation, light orange new and frozen."
                     if self.frames.from_scratch
-                    else "Parameters of each top-level block: grey is pretrained and frozen, blue pretrained and fine-tuned, "
+                    else f"Parameters of each {of}: grey is pretrained and frozen, blue pretrained and fine-tuned, "
                     "orange new (the replaced head).",
-                    charts.params_by_block(pd.DataFrame(rows), self.profile.full - 100),
+                    charts.params_by_block(
+                        pd.DataFrame(rows),
+                        self.profile.full - 100,
+                        "component" if arch.components else "block (top-level module)",
+                    ),
                 )
             )
         sec.blocks.append(self.layer_table(arch))
         return sec
+
+    def frozen_norm_note(self, arch: Architecture) -> str:
+        n = arch.frozen_norm
+        if not n:
+            return ""
+        return (
+            f", and {fmt.integer(n)} FrozenBatchNorm values (the affine weight and bias of its FrozenBatchNorm "
+            "layers: buffers, never trained, in no parameter count)"
+        )
+
+    def what_trained(self) -> TableBlock | None:
+        """Per component: how many parameters it has, how many trained, and how far it moved."""
+        df = self.frames.what_trained
+        if df.empty:
+            return None
+        moved_at, grad_at = self.frames.component_epochs
+        has_norm = bool(df["frozen_norm"].any())
+        rows = []
+        for r in df.itertuples():
+            total = r.component == "whole model"
+            cells = [
+                Cell(r.component, cls="total" if total else ""),
+                Cell(", ".join(p or "(the model's own)" for p in r.modules) if not total else "", cls="mono"),
+                Cell(fmt.integer(r.params)),
+                _share_cell(r.trainable, r.params, "trainable", "frozen"),
+                Cell(fmt.integer(r.frozen) if r.params else "–"),
+            ]
+            if has_norm:
+                cells.append(Cell(fmt.integer(r.frozen_norm) if r.frozen_norm else "–"))
+            cells += [
+                Cell(fmt.integer(r.new) if r.params else "–"),
+                Cell(fmt.change(r.rel_change) if r.measured else "–"),
+                Cell(fmt.sci(r.grad_norm) if r.grad_measured else "–"),
+            ]
+            rows.append(cells)
+        columns = ["component", "modules", "parameters", "trainable", "frozen"]
+        columns += ["frozen (FrozenBatchNorm)"] if has_norm else []
+        columns += [
+            f"new ({'all' if self.frames.from_scratch else 'not pretrained'})",
+            "moved" + (f" by epoch {moved_at}" if moved_at is not None else ""),
+            "gradient norm" + (f", epoch {grad_at}" if grad_at is not None else ""),
+        ]
+        norm = (
+            "Frozen (FrozenBatchNorm): the affine weight and bias of the component's FrozenBatchNorm layers, two "
+            "values per channel, held as buffers: never trained, and in no parameter count (their running mean "
+            "and variance, statistics in any BatchNorm, are not counted)."
+            if has_norm
+            else "The model has no FrozenBatchNorm layers: every normalisation layer's scale and shift are "
+            "parameters, counted above."
+        )
+        return TableBlock(
+            "what-trained",
+            "What actually trained",
+            "Each component of the model (named from its structure): its parameters, how many require a gradient "
+            "(trainable) and how many do not (frozen), and how many are new rather than pretrained. "
+            f"{norm} Moved: ‖Wₜ−W₀‖/‖W₀‖ over all of the component's parameters against epoch 0; 0 % for a "
+            "component that did not change, – where nothing was measured. Gradient norm: the root of the summed "
+            "squared gradient norms of its layers over the epoch's sampled steps (– for a frozen component).",
+            columns,
+            rows,
+            numeric=[False, False, True, False, True] + ([True] if has_norm else []) + [True, True, True],
+        )
 
     def adapter_totals(self, arch: Architecture) -> list[tuple[str, str]]:
         adapted = [m for m in arch.modules if m.adapter and m.adapter.startswith("LoRA r=")]
@@ -583,6 +673,68 @@ class _Builder:
             f" Only convolution and linear layers are shown ({dropped} normalisation and other small layers left out).",
         )
 
+    def strip(self, layers: list[str]) -> tuple[Any, list[str]] | None:
+        """The colour strip that marks the component of each of a per-layer chart's rows, and the components
+        those rows span; None when the run recorded no components or the rows all lie in one."""
+        names = self.frames.component_names
+        if not names:
+            return None
+        df = self.frames.layer_components(layers)
+        present = set(df["component"])
+        shown = [n for n in names if n in present]
+        if len(shown) < 2:
+            return None
+        return charts_components.strip(df, layers, names), shown
+
+    def one_component(self, layers: list[str]) -> str:
+        """A caption's note when every probed layer lies in one component of several (a detector's probes
+        are its backbone's stages unless --activations names others)."""
+        names = self.frames.component_names
+        found = {self.frames.component(n) for n in layers} - {""}
+        if len(names) < 2 or len(found) != 1:
+            return ""
+        return f" Every probed layer lies in the {found.pop()} (--activations probes others)."
+
+    def keyed(self, chart: Any, strip: tuple[Any, list[str]] | None, width: int) -> Any:
+        """`chart` with the key of its component strip under it (the chart itself without a strip)."""
+        if strip is None:
+            return chart
+        return charts_components.with_key(chart, strip[1], self.frames.component_names, width)
+
+    def component_change(self) -> Block | None:
+        """Relative change of each component per epoch (None when the run recorded no components)."""
+        ch = self.frames.component_change
+        if ch.empty:
+            return None
+        ch = ch[ch["epoch"] > 0]
+        if ch.empty:
+            return None
+        last = ch[ch["epoch"] == ch["epoch"].max()]
+        at = int(last["epoch"].iloc[0])
+        undrawn = [  # what a log scale cannot show, said in words
+            (f"unchanged at epoch {at} (frozen)", [r.component for r in last.itertuples() if r.rel_change == 0]),
+            ("moved from weights that were all 0 at epoch 0 (no relative change: ∞)", []),
+            ("not finite (NaN)", []),
+        ]
+        for r in ch.itertuples():
+            if math.isinf(r.rel_change) and r.component not in undrawn[1][1]:
+                undrawn[1][1].append(r.component)
+            elif math.isnan(r.rel_change) and r.component not in undrawn[2][1]:
+                undrawn[2][1].append(r.component)
+        if not (ch["rel_change"].apply(fmt.finite) & (ch["rel_change"] > 0)).any():
+            return Note("No component's weights changed by a measurable relative amount from epoch 0.")
+        still_note = "".join(f" Not drawn, {why}: {', '.join(names)}." for why, names in undrawn if names)
+        return self.chart(
+            "component-change",
+            f"Relative change from the {self.start.split()[0]} weights, by component",
+            "‖Wₜ−W₀‖ / ‖W₀‖ over all of each component's parameters (the root of the summed squared changes "
+            "of its layers over the root of their summed squared weights at epoch 0), per epoch, log scale: which "
+            "parts of the model fine-tuning moved, and how far." + still_note,
+            charts_components.change_lines(
+                ch, self.frames.component_names, self.profile.full - 100, self.profile.small_h + 40
+            ),
+        )
+
     def parameters(self) -> Section:
         frames, profile = self.frames, self.profile
         sec = Section(
@@ -656,55 +808,76 @@ class _Builder:
             hw, note = self.heat_layers(trained)
             layers = frames.layers_in_order(hw)
             third = (profile.panel - 200) // 3
+            strip = self.strip(layers)
             blocks.append(
                 self.chart(
                     "per-layer",
                     f"Relative change from the {start} weights, gradient norm and update ratio per layer",
-                    f"Left: {rel_cap} Middle: {grad_cap} Right: {upd_cap}{note}{thinned}",
-                    charts.side_by_side(
-                        [
-                            charts.heatmap(
-                                hw,
-                                "rel_change",
-                                layers,
-                                width=third,
-                                title="change from epoch 0",
-                                epochs=epochs,
-                                **rel_args,
-                            ),
-                            charts.heatmap(
-                                g[g["layer"].isin(layers)],
-                                "norm",
-                                layers,
-                                width=third,
-                                title="gradient norm",
-                                y_labels=False,
-                                epochs=epochs,
-                                **grad_args,
-                            ),
-                            charts.update_ratio(
-                                u[u["layer"].isin(layers)],
-                                layers,
-                                third,
-                                y_labels=False,
-                                title=f"update / weight (green: {thresholds.band_text()})",
-                            ),
-                        ]
+                    f"Left: {rel_cap} Middle: {grad_cap} Right: {upd_cap}{note}{thinned}{STRIP_NOTE if strip else ''}",
+                    self.keyed(
+                        charts.side_by_side(
+                            [
+                                charts.heatmap(
+                                    hw,
+                                    "rel_change",
+                                    layers,
+                                    width=third,
+                                    title="change from epoch 0",
+                                    epochs=epochs,
+                                    strip=strip[0] if strip else None,
+                                    **rel_args,
+                                ),
+                                charts.heatmap(
+                                    g[g["layer"].isin(layers)],
+                                    "norm",
+                                    layers,
+                                    width=third,
+                                    title="gradient norm",
+                                    y_labels=False,
+                                    epochs=epochs,
+                                    **grad_args,
+                                ),
+                                charts.update_ratio(
+                                    u[u["layer"].isin(layers)],
+                                    layers,
+                                    third,
+                                    y_labels=False,
+                                    title=f"update / weight (green: {thresholds.band_text()})",
+                                ),
+                            ]
+                        ),
+                        strip,
+                        profile.panel,
                     ),
                 )
             )
         else:
             hw, note = self.heat_layers(trained)
+            layers = frames.layers_in_order(hw)
+            strip = self.strip(layers)
             blocks.append(
                 self.chart(
                     "rel-change",
                     f"Relative change from the {start} weights",
-                    rel_cap + note + thinned,
-                    charts.heatmap(
-                        hw, "rel_change", frames.layers_in_order(hw), width=profile.heat, epochs=epochs, **rel_args
+                    rel_cap + note + thinned + (STRIP_NOTE if strip else ""),
+                    self.keyed(
+                        charts.heatmap(
+                            hw,
+                            "rel_change",
+                            layers,
+                            width=profile.heat,
+                            epochs=epochs,
+                            strip=strip[0] if strip else None,
+                            **rel_args,
+                        ),
+                        strip,
+                        profile.heat,
                     ),
                 )
             )
+        by_component = self.component_change() if not trained.empty else None
+        if by_component is not None:
+            blocks.append(by_component)
         blocks.append(self.weight_histograms())
         if g.empty:
             blocks.append(Note("No gradients were sampled (no training step recorded, or probes were off)."))
@@ -712,13 +885,25 @@ class _Builder:
             blocks.append(self.grad_total())
         if not combined and not g.empty:
             hg, note = self.heat_layers(g)
+            layers = frames.layers_in_order(hg)
+            strip = self.strip(layers)
             blocks.append(
                 self.chart(
                     "grad-layers",
                     "Gradient norm per layer",
-                    grad_cap + note + thinned,
-                    charts.heatmap(
-                        hg, "norm", frames.layers_in_order(hg), width=profile.heat, epochs=epochs, **grad_args
+                    grad_cap + note + thinned + (STRIP_NOTE if strip else ""),
+                    self.keyed(
+                        charts.heatmap(
+                            hg,
+                            "norm",
+                            layers,
+                            width=profile.heat,
+                            epochs=epochs,
+                            strip=strip[0] if strip else None,
+                            **grad_args,
+                        ),
+                        strip,
+                        profile.heat,
                     ),
                 )
             )
@@ -883,13 +1068,22 @@ class _Builder:
         else:
             layers = frames.layers_in_order(a)
             epochs, thinned = self.columns(a)
+            strip = self.strip(layers)
             sec.blocks.append(
                 self.chart(
                     "act-stats",
                     "Activation statistics per layer and epoch",
                     "Mean, standard deviation, share of exactly-zero outputs, and share of dead channels (zero for every "
-                    "probe image and position) of each probed layer's output on the fixed probe images." + thinned,
-                    charts.activation_heatmaps(a[a["epoch"].isin(epochs)], layers, profile.panel),
+                    "probe image and position) of each probed layer's output on the fixed probe images."
+                    + thinned
+                    + (STRIP_NOTE if strip else self.one_component(layers)),
+                    self.keyed(
+                        charts.activation_heatmaps(
+                            a[a["epoch"].isin(epochs)], layers, profile.panel, strip=strip[0] if strip else None
+                        ),
+                        strip,
+                        profile.panel,
+                    ),
                 )
             )
             all_epochs = sorted(a["epoch"].unique().tolist())
@@ -1053,6 +1247,8 @@ class _Builder:
         else:
             epochs, thinned = self.columns(c)
             c = c[c["epoch"].isin(epochs)]
+            layers = frames.layers_in_order(c)
+            strip = self.strip(layers)
             sec.blocks.append(
                 self.chart(
                     "cka",
@@ -1065,17 +1261,23 @@ class _Builder:
                         else " A new head has no pretrained representation to keep: its row shows how "
                         "far it moved from its initialisation."
                     )
-                    + thinned,
-                    charts.heatmap(
-                        c,
-                        "cka",
-                        frames.layers_in_order(c),
-                        width=profile.heat,
-                        legend_title="linear CKA to epoch 0",
-                        scale=charts.linear_scale(c["cka"], "viridis", hi=1.0),
-                        legend_format=".2f",
-                        tooltip_format=".3f",
-                        epochs=epochs,
+                    + thinned
+                    + (STRIP_NOTE if strip else self.one_component(layers)),
+                    self.keyed(
+                        charts.heatmap(
+                            c,
+                            "cka",
+                            layers,
+                            width=profile.heat,
+                            legend_title="linear CKA to epoch 0",
+                            scale=charts.linear_scale(c["cka"], "viridis", hi=1.0),
+                            legend_format=".2f",
+                            tooltip_format=".3f",
+                            epochs=epochs,
+                            strip=strip[0] if strip else None,
+                        ),
+                        strip,
+                        profile.heat,
                     ),
                 )
             )

@@ -24,6 +24,7 @@ from sftreport.schema import (
     ActivationStat,
     Architecture,
     BlockSummary,
+    ComponentSummary,
     DatasetInfo,
     Environment,
     EpochSnapshot,
@@ -171,10 +172,26 @@ def architecture(mods: list[Mod], trainable: set[str], new: set[str], size: int)
                 new=sum(r.new for r in members),
             )
         )
+    # the components a recording names a ResNet by (record/components.py): its stem and stages, and the head
+    top = [m.name for m in mods if m.depth == 1]
+    parts = [("backbone", [n for n in top if n != "avgpool" and n != "fc"]), ("fc", ["fc"])]
+    components = []
+    for cname, prefixes in parts:
+        members = [r for r in rows if any(r.name == p or r.name.startswith(p + ".") for p in prefixes)]
+        components.append(
+            ComponentSummary(
+                name=cname,
+                modules=prefixes,
+                params=sum(r.params for r in members),
+                trainable=sum(r.trainable for r in members),
+                new=sum(r.new for r in members),
+            )
+        )
     return Architecture(
         model_type=mods[0].type,
         modules=rows,
         blocks=blocks,
+        components=components,
         total_params=sum(r.params for r in rows),
         trainable_params=sum(r.trainable for r in rows),
         new_params=sum(r.new for r in rows),

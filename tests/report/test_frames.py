@@ -303,6 +303,9 @@ def test_layer_weights_merge_tensors_of_a_layer_exactly_and_follow_network_order
                 "matrix": False,
                 "finite": True,
                 "adapter": False,
+                "diff_sq": 0.25,
+                "ref_sq": 4.0,
+                "component": "",  # no components recorded
             },
             {
                 "layer": "a",
@@ -319,6 +322,9 @@ def test_layer_weights_merge_tensors_of_a_layer_exactly_and_follow_network_order
                 "matrix": True,
                 "finite": True,
                 "adapter": False,
+                "diff_sq": 1.0,
+                "ref_sq": 4.0,
+                "component": "",  # no components recorded
             },
             {
                 "layer": "x",
@@ -335,6 +341,9 @@ def test_layer_weights_merge_tensors_of_a_layer_exactly_and_follow_network_order
                 "matrix": False,
                 "finite": False,
                 "adapter": False,
+                "diff_sq": 2.0,
+                "ref_sq": 0.0,
+                "component": "",  # no components recorded
             },
             {
                 "layer": "y",
@@ -351,6 +360,9 @@ def test_layer_weights_merge_tensors_of_a_layer_exactly_and_follow_network_order
                 "matrix": False,
                 "finite": True,
                 "adapter": False,
+                "diff_sq": 0.0,
+                "ref_sq": 1.0,
+                "component": "",  # no components recorded
             },
         ],
     )
@@ -394,6 +406,7 @@ def test_layer_grads_root_of_summed_squared_mean_norms():
                 "max_norm": 9.0,
                 "nonfinite": 1,
                 "samples": 4,
+                "component": "",
             },
             {
                 "layer": "b",
@@ -404,6 +417,7 @@ def test_layer_grads_root_of_summed_squared_mean_norms():
                 "max_norm": 1.0,
                 "nonfinite": 3,
                 "samples": 3,
+                "component": "",
             },
             {
                 "layer": "c",
@@ -414,6 +428,7 @@ def test_layer_grads_root_of_summed_squared_mean_norms():
                 "max_norm": 2.0,
                 "nonfinite": 2,
                 "samples": 5,
+                "component": "",
             },
         ],
     )
