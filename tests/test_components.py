@@ -85,8 +85,8 @@ def test_torchvision_layouts_are_named_by_component_and_every_parameter_is_in_ex
 
 
 def test_the_embedded_detector_and_segmenter_are_named_by_their_parts():
-    from sftreport.train.detection import build_detector
-    from sftreport.train.segmentation import DigitsSegmenter
+    from sftreport.train.detectors import build_detector
+    from sftreport.train.segmenters import DigitsSegmenter
 
     detector = build_detector("digits_resnet", "none", 6, 64).model
     assert components(detector) == [
