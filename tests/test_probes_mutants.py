@@ -467,6 +467,24 @@ def test_feature_probe_compares_every_epoch_with_the_fixed_epoch_zero_reference(
     assert [c.module for c in later] == ["blk"]
 
 
+def test_cka_leaves_out_outputs_whose_rows_are_not_the_probe_samples():
+    """A detector's box head sees one row per proposal, and their number changes between passes (376 then
+    371): those rows pair with nothing at epoch 0, so that output gets no CKA (and the run no crash)."""
+    g = torch.Generator().manual_seed(3)
+    n = 8
+    labels = torch.arange(n) % 2
+    probe = FE.FeatureProbe("head", labels, num_classes=2, knn_k=3, tsne=False)
+    feats, logits = torch.randn(n, 4, generator=g), torch.randn(n, 2, generator=g)
+    img = torch.randn(n, 6, generator=g)
+    _, first = probe.measure(feats, logits, {"body": img, "box_head": torch.randn(376, 6, generator=g)})
+    _, later = probe.measure(feats, logits, {"body": img * 2, "box_head": torch.randn(371, 6, generator=g)})
+    assert [c.module for c in first] == [c.module for c in later] == ["body"]
+    assert later[0].value == pytest.approx(1.0)  # a scaled representation is the same to linear CKA
+    # rows that happen to number the samples at a later pass are still not compared (no reference)
+    _, again = probe.measure(feats, logits, {"body": img, "box_head": torch.randn(n, 6, generator=g)})
+    assert [c.module for c in again] == ["body"]
+
+
 def test_pca_axes_known_answer_and_sign_convention():
     x = torch.tensor([[1.0, 2.0], [2.0, 4.0], [3.0, 6.0]])  # on the line y = 2x
     pca = FE.PCA2(x)

@@ -124,7 +124,10 @@ class FeatureProbe:
         xy = self.pca.transform(feats)
         knn = knn_accuracy(feats, self.labels, self.knn_k, self.num_classes)
         acc = (logits.argmax(dim=1) == self.labels).float().mean()
-        grams = {name: centered_gram(r) for name, r in reps.items()}
+        # CKA compares the same probe samples now and at epoch 0: an output whose rows are not the samples (a
+        # detector's proposals, whose number varies from pass to pass) has no such pairing and is left out
+        n_samples = feats.shape[0]
+        grams = {name: centered_gram(r) for name, r in reps.items() if r.shape[0] == n_samples}
         if not self.ref_grams:
             self.ref_grams = grams
         names = [n for n in grams if n in self.ref_grams]
