@@ -76,6 +76,7 @@ def test_cli_fine_tunes_the_embedded_detector(detect_cli_run):
     for text in ("mAP before", "AP per class, before vs after", "Predicted boxes, before and after"):
         assert text in html, text
     assert "Confusion matrix" not in html and "NaN or infinite" not in md
+    assert "the new heads (RPN, box head, box predictor) for the 6 classes" in html
     assert "| Validation mAP" in md
 
 

@@ -604,10 +604,12 @@ class _Builder:
             for m in new
         ]
         classes = len(self.info.dataset.classes)
+        heads = [c.name for c in arch.components if c.new > 0]  # a detector's RPN and box head, a segmenter's two
+        what = f"the new heads ({', '.join(heads)})" if len(heads) > 1 else "the new head"
         return TableBlock(
             "replaced",
             "What fine-tuning replaced",
-            f"Layers initialised fresh instead of loaded from the pretrained weights: the new head "
+            f"Layers initialised fresh instead of loaded from the pretrained weights: {what} "
             f"for the {classes} classes of {self.info.dataset.name}.",
             ["layer", "type", "output shape", "parameters", "status"],
             rows,
