@@ -562,8 +562,13 @@ class _Builder:
             "what-trained",
             "What actually trained",
             "Each component of the model (named from its structure): its parameters, how many require a gradient "
-            "(trainable) and how many do not (frozen), and how many are new rather than pretrained. "
-            f"{norm} Moved: ‖Wₜ−W₀‖/‖W₀‖ over all of the component's parameters against epoch 0; 0 % for a "
+            "(trainable) and how many do not (frozen), and "
+            + (
+                "how many are new (all: trained from scratch). "
+                if self.frames.from_scratch
+                else "how many are new rather than pretrained. "
+            )
+            + f"{norm} Moved: ‖Wₜ−W₀‖/‖W₀‖ over all of the component's parameters against epoch 0; 0 % for a "
             "component that did not change, – where nothing was measured. Gradient norm: the root of the summed "
             "squared gradient norms of its layers over the epoch's sampled steps (– for a frozen component).",
             columns,
