@@ -243,3 +243,113 @@ def test_type_name_is_the_class_a_user_wrote_under_fully_shard():
     assert type_name(wrapped.__new__(wrapped)) == "Conv"
     assert type_name(nn.Linear(2, 2)) == "Linear"
     assert type_name(type("FSDPLike", (nn.Linear,), {}).__new__(type("FSDPLike", (nn.Linear,), {}))) == "FSDPLike"
+
+
+# ----------------------------------------------------------------------------- a model of hard tensors
+
+
+class _Params(nn.Module):
+    def __init__(self, tensors: list[torch.Tensor]):
+        super().__init__()
+        self.p = nn.ParameterList([nn.Parameter(t) for t in tensors])
+
+
+def _mixed_tensors() -> list[torch.Tensor]:
+    """Hundreds of tiny tensors and a few large ones, of four dtypes, around every size a row-wise sum
+    splits at (256), with the values that break statistics: a mean far larger than the spread, exact and
+    negative zeros, a subnormal, NaN and infinities (an empty tensor is a shard's: see the test below)."""
+    g = torch.Generator().manual_seed(11)
+    tiny = []
+    for i in range(300):
+        t = torch.randn(1 + i % 7, generator=g) * 10.0 ** (i % 5 - 3)
+        t[0] = 0.0 if i % 4 == 0 else (-0.0 if i % 4 == 1 else t[0])
+        tiny.append(t)
+    signed_zeros = torch.randn(4099, generator=g).half()
+    signed_zeros[::5], signed_zeros[1::7] = 0.0, -0.0
+    return tiny + [
+        1e6 + 1e-3 * torch.randn(5_000, generator=g, dtype=torch.float64),  # float32 keeps a few distinct values
+        1 + 1e-6 * torch.randn(300_000, generator=g),  # rows of one tensor, centred
+        (0.02 * torch.randn(70_001, generator=g)).bfloat16(),
+        signed_zeros,
+        *(torch.randn(n, generator=g) * 0.1 + 0.05 for n in (255, 256, 257, 511, 513)),
+        torch.full((1_000,), 0.1),  # constant: M2 exactly 0
+        -1 - 1e-6 * torch.randn(1_000, generator=g),  # the finest cells, numbered from far below 0
+        torch.tensor([-3e4, 5e4, 1e-40, 0.0, -0.0, 7.0]),  # a wide grid (fine cells of 2^e > 1), a subnormal
+        torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0, 0.0]),
+        torch.tensor([-7.25]),
+    ]
+
+
+def _check_weight_stat(w, a: np.ndarray, a0: np.ndarray) -> None:
+    """One parameter's statistics against numpy in float64 on the float32 values the probe saw."""
+    s, what = w.stats, w.name
+    assert s.count == a.size and s.zeros == int((a == 0).sum()), what
+    if a.size == 0:
+        return
+    if not np.isfinite(a).all():
+        assert math.isnan(s.mean) or math.isinf(s.mean), what  # a diverged tensor stays visibly diverged
+        return
+    assert (s.min, s.max) == (a.min(), a.max()), what
+    assert s.mean == pytest.approx(a.mean(), rel=1e-9, abs=1e-7 * a.std()), what
+    if a.std() == 0:
+        assert s.m2 == 0.0, what
+    else:
+        assert s.std == pytest.approx(a.std(), rel=1e-6), what
+    h = w.hist
+    assert [h.below, *h.counts, h.above] == _numpy_counts(a, h.lo, h.hi, len(h.counts)), what
+    assert w.ref_sq == pytest.approx((a0 * a0).sum(), rel=1e-6, abs=1e-300), what
+    assert w.diff_sq == pytest.approx(((a - a0) ** 2).sum(), rel=1e-6, abs=1e-300), what
+
+
+@pytest.mark.parametrize("centre_all", [False, True], ids=["centred where needed", "all centred (CUDA's route)"])
+def test_weight_and_gradient_statistics_of_a_model_of_hard_tensors_match_numpy(centre_all, counting, monkeypatch):
+    import sftreport.record.stats as stats
+
+    monkeypatch.setattr(stats, "CENTRE_ALL", centre_all)
+    tensors = _mixed_tensors()
+    model = _Params([t.clone() for t in tensors])
+    probe = WeightProbe(model, set(), bins=32)
+    probe.measure()  # fixes the bins from W0
+
+    def seen(p: torch.Tensor) -> np.ndarray:  # the float32 values a probe sees
+        return p.detach().float().double().numpy().ravel()
+
+    before = [seen(p) for p in model.parameters()]
+    g = torch.Generator().manual_seed(12)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() and torch.isfinite(p).all():
+                p.add_((torch.randn(p.shape, generator=g) * 1e-4).to(p.dtype))
+        # every edge of the first large tensor's bins, and one float32 step either side, written into it
+        big = model.p[301]
+        grid = probe.spec.grids[301]
+        edges = torch.from_numpy(np.linspace(grid.lo, grid.hi, grid.bins + 1).astype(np.float32))
+        on_edges = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
+        big[: on_edges.numel()] = on_edges
+    probe.after_step()  # the update to come is measured against the weights as they are now
+    now = [seen(p) for p in model.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() and torch.isfinite(p).all():
+                p.mul_(1.001)
+    probe.after_step()
+    after = [seen(p) for p in model.parameters()]
+    stats_now = probe.measure()
+    for w, a, a0 in zip(stats_now, after, before):
+        _check_weight_stat(w, a, a0)
+    # the update measured at the first after_step: against the weights of the epoch end before
+    for w, a, b in zip(stats_now, now, before):
+        if np.isfinite(a).all():
+            assert w.update_sq == pytest.approx(((a - b) ** 2).sum(), rel=1e-6, abs=1e-300), w.name
+            assert w.before_update_sq == pytest.approx((b * b).sum(), rel=1e-6, abs=1e-300), w.name
+    # gradients: a norm per parameter, exact on the same tensors
+    for p, t in zip(model.parameters(), tensors):
+        p.grad = t.clone().to(p.dtype)
+    grads = GradientProbe(model, every=1)
+    grads.maybe_sample()
+    for gs, t in zip(grads.collect(), tensors):
+        a = t.float().double().numpy().ravel()
+        if np.isfinite(a).all():
+            assert gs.norm_sum == pytest.approx(np.sqrt((a * a).sum()), rel=1e-6) and gs.nonfinite == 0
+        else:
+            assert gs.nonfinite == 1 and gs.samples == 1

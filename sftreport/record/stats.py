@@ -98,12 +98,15 @@ class RowSums:
         self.device = device
 
     def sums(self, flats: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(T,) Σx of each of `flats`: 1-D tensors of the sizes given, whose slices `view` can reshape."""
+        """(T,) Σx of each of `flats`: 1-D tensors of the sizes given, whose slices `view` can reshape (any
+        floating dtype: taken as float32, as a FlatBuffer holds them)."""
+        flats = _float32(flats)
         rows = [f[:w].view(-1, ROW).sum(1) for f, w in zip(flats, self.whole) if w]
         return self._add(rows, torch.cat([f[w:] for f, w in zip(flats, self.whole)]))
 
     def square_sums(self, flats: Sequence[torch.Tensor], minus: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """(T,) Σx² of each of `flats`, or Σ(x − y)² with y the same place in `minus`."""
+        flats = _float32(flats)
         if minus is None:
             norms = [torch.linalg.vector_norm(f[:w].view(-1, ROW), dim=1) for f, w in zip(flats, self.whole) if w]
             rest = torch.cat([f[w:] for f, w in zip(flats, self.whole)])
@@ -113,11 +116,11 @@ class RowSums:
                 torch.cdist(
                     f[:w].view(-1, 1, ROW), m[:w].view(-1, 1, ROW), compute_mode="donot_use_mm_for_euclid_dist"
                 ).view(-1)
-                for f, m, w in zip(flats, minus, self.whole)
+                for f, m, w in zip(flats, _float32(minus), self.whole)
                 if w
             ]
             rest = torch.cat([f[w:] for f, w in zip(flats, self.whole)]) - torch.cat(
-                [m[w:] for m, w in zip(minus, self.whole)]
+                [m[w:] for m, w in zip(_float32(minus), self.whole)]
             )
         # a row's norm squared is its Σx²; the values left over are squared in float32, as a row's are,
         # so that both overflow alike
@@ -127,6 +130,11 @@ class RowSums:
     def _add(self, rows: list[torch.Tensor], rest: torch.Tensor) -> torch.Tensor:
         values = torch.cat([*rows, rest]).double()
         return torch.zeros(self.count, dtype=torch.float64, device=self.device).index_add_(0, self.owner, values)
+
+
+def _float32(flats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """float32 tensors as they are; others (a bf16 or fp64 gradient) converted, as a FlatBuffer would."""
+    return [f if f.dtype == torch.float32 else f.float() for f in flats]
 
 
 # --------------------------------------------------------------------------- moments
