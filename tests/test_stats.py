@@ -273,8 +273,9 @@ def _mixed_tensors() -> list[torch.Tensor]:
         signed_zeros,
         *(torch.randn(n, generator=g) * 0.1 + 0.05 for n in (255, 256, 257, 511, 513)),
         torch.full((1_000,), 0.1),  # constant: M2 exactly 0
-        -1 - 1e-6 * torch.randn(1_000, generator=g),  # the finest cells, numbered from far below 0
-        torch.tensor([-3e4, 5e4, 1e-40, 0.0, -0.0, 7.0]),  # a wide grid (fine cells of 2^e > 1), a subnormal
+        # the finest cells, numbered from near -2^23: the constant that numbers them is odd and above 2^24
+        -1.99 + torch.linspace(-2e-6, 2e-6, 1_000),
+        torch.tensor([-3e4, 5e4, 1e-45, 0.0, -0.0, 7.0]),  # a wide grid (fine cells of 2^e > 1), a subnormal
         torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0, 0.0]),
         torch.tensor([-7.25]),
     ]
@@ -314,34 +315,32 @@ def test_weight_and_gradient_statistics_of_a_model_of_hard_tensors_match_numpy(c
     def seen(p: torch.Tensor) -> np.ndarray:  # the float32 values a probe sees
         return p.detach().float().double().numpy().ravel()
 
-    before = [seen(p) for p in model.parameters()]
     g = torch.Generator().manual_seed(12)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel() and torch.isfinite(p).all():
-                p.add_((torch.randn(p.shape, generator=g) * 1e-4).to(p.dtype))
-        # every edge of the first large tensor's bins, and one float32 step either side, written into it
-        big = model.p[301]
+
+    def step() -> list[np.ndarray]:  # every finite tensor moves a little; zeros stay zeros of their sign
+        with torch.no_grad():
+            for p in model.parameters():
+                if torch.isfinite(p).all():
+                    p.mul_((1 + 1e-4 * torch.randn(p.shape, generator=g)).to(p.dtype))
+        return [seen(p) for p in model.parameters()]
+
+    w0 = [seen(p) for p in model.parameters()]
+    w1 = step()
+    probe.measure()  # an epoch end: the next step's update is measured against W1
+    w2 = step()
+    probe.after_step()
+    w3 = step()
+    with torch.no_grad():  # every edge of a large tensor's bins, and one float32 step either side of each
         grid = probe.spec.grids[301]
         edges = torch.from_numpy(np.linspace(grid.lo, grid.hi, grid.bins + 1).astype(np.float32))
         on_edges = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
-        big[: on_edges.numel()] = on_edges
-    probe.after_step()  # the update to come is measured against the weights as they are now
-    now = [seen(p) for p in model.parameters()]
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.numel() and torch.isfinite(p).all():
-                p.mul_(1.001)
-    probe.after_step()
-    after = [seen(p) for p in model.parameters()]
-    stats_now = probe.measure()
-    for w, a, a0 in zip(stats_now, after, before):
+        model.p[301][: on_edges.numel()] = on_edges
+        w3[301][: on_edges.numel()] = on_edges.double().numpy()
+    for w, a, a0, before, after in zip(probe.measure(), w3, w0, w1, w2):
         _check_weight_stat(w, a, a0)
-    # the update measured at the first after_step: against the weights of the epoch end before
-    for w, a, b in zip(stats_now, now, before):
         if np.isfinite(a).all():
-            assert w.update_sq == pytest.approx(((a - b) ** 2).sum(), rel=1e-6, abs=1e-300), w.name
-            assert w.before_update_sq == pytest.approx((b * b).sum(), rel=1e-6, abs=1e-300), w.name
+            assert w.update_sq == pytest.approx(((after - before) ** 2).sum(), rel=1e-6, abs=1e-300), w.name
+            assert w.before_update_sq == pytest.approx((before * before).sum(), rel=1e-6, abs=1e-300), w.name
     # gradients: a norm per parameter, exact on the same tensors
     for p, t in zip(model.parameters(), tensors):
         p.grad = t.clone().to(p.dtype)
@@ -353,3 +352,42 @@ def test_weight_and_gradient_statistics_of_a_model_of_hard_tensors_match_numpy(c
             assert gs.norm_sum == pytest.approx(np.sqrt((a * a).sum()), rel=1e-6) and gs.nonfinite == 0
         else:
             assert gs.nonfinite == 1 and gs.samples == 1
+
+
+@pytest.mark.parametrize("centre_all", [False, True], ids=["centred where needed", "all centred"])
+def test_empty_and_one_value_views_beside_others_on_both_routes(centre_all, monkeypatch):
+    import sftreport.record.stats as stats
+
+    monkeypatch.setattr(stats, "CENTRE_ALL", centre_all)
+    values = [torch.tensor([2.0, -0.0, 0.0, 4.0]), torch.zeros(0), torch.tensor([-7.25]), torch.arange(300.0) - 100]
+    flat, scratch = _flat(values)
+    rows = moments(flat, scratch).tolist()
+    for row, t in zip(rows, values):
+        a = t.double().numpy()
+        if a.size == 0:
+            assert row == [0.0, 0.0, 0.0, math.inf, -math.inf, 0.0]
+            continue
+        assert row[0] == a.size and row[3:] == [a.min(), a.max(), int((a == 0).sum())]
+        assert row[1] == pytest.approx(a.mean(), rel=1e-12) and row[2] == pytest.approx(((a - a.mean()) ** 2).sum())
+    assert flat.sums().tolist() == [6.0, 0.0, -7.25, float(sum(range(300)) - 30_000)]
+    # a whole row's Σx² comes back through a float32 norm: within a float32 rounding, not exact
+    squares = [20.0, 0.0, 52.5625, float(sum((k - 100) ** 2 for k in range(300)))]
+    assert flat.square_sums().tolist() == pytest.approx(squares, rel=2e-7)
+    spec = BinSpec.around([-1.0] * 4, [1.0] * 4, 4)
+    counts, zeros = stats.histogram_and_zeros(flat, scratch, spec, [r[3] for r in rows], [r[4] for r in rows])
+    assert zeros.tolist() == [2, 0, 0, 1] and counts[1].tolist() == [0] * 6
+    for c, t, g in zip(counts.tolist(), values, spec.grids):
+        assert c == _numpy_counts(t.double().numpy(), g.lo, g.hi, 4)
+
+
+def test_counting_on_threads_adds_every_part():
+    import sftreport.record.stats as stats
+
+    idx = torch.randint(0, 1000, (3_000_001,), dtype=torch.int32, generator=torch.Generator().manual_seed(13))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # three parts of a million values each, whatever the machine has
+    try:
+        counts = stats.count_on_threads(idx, 1001)
+    finally:
+        torch.set_num_threads(threads)
+    assert counts.tolist() == np.bincount(idx.numpy(), minlength=1001).tolist()
