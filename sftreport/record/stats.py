@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from sftreport.schema import Histogram, TensorStats
@@ -549,13 +550,19 @@ def count_on_threads(idx: torch.Tensor, n: int) -> torch.Tensor:
     twice more for its min and max), so the input is split into one part per intra-op thread, each part
     counted by index_add_ on a thread of its own (torch releases the GIL), and the parts' counts added."""
     idx = idx.reshape(-1)
+    parts = idx.tensor_split(max(1, min(torch.get_num_threads(), idx.numel() // THREAD_MIN)))
+    # numpy's zeros (calloc) and sum run on this thread: torch's would start its pool of threads for
+    # arrays of this size, a delay each time on a machine whose cores are busy with other work; and a
+    # worker thread then runs nothing that would start a pool of its own
+    counts = np.zeros((len(parts), n), dtype=np.int64)
     one = torch.ones((), dtype=torch.int64)
 
-    def count(part: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n, dtype=torch.int64).index_add_(0, part, one.expand(part.numel()))
+    def count(k: int) -> None:
+        torch.from_numpy(counts[k]).index_add_(0, parts[k], one.expand(parts[k].numel()))
 
-    parts = idx.tensor_split(max(1, min(torch.get_num_threads(), idx.numel() // THREAD_MIN)))
     if len(parts) == 1:
-        return count(idx)
-    with ThreadPoolExecutor(len(parts)) as pool:
-        return torch.stack(list(pool.map(count, parts))).sum(0)
+        count(0)
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(count, range(len(parts))))
+    return torch.from_numpy(counts.sum(0))
