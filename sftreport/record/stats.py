@@ -58,7 +58,8 @@ class FlatBuffer:
         if key not in self._row_sums:
             if len(self._row_sums) > 2:  # all views, and the latest few choices of some: enough
                 self._row_sums.clear()
-            self._row_sums[key] = RowSums([self.numels[i] for i in key], self.buf.device)
+            starts = [v.storage_offset() - self.buf.storage_offset() for v in self.views]
+            self._row_sums[key] = RowSums([self.numels[i] for i in key], self.buf.device, [starts[i] for i in key])
         return self._row_sums[key]
 
     def row_sums_of_all(self) -> RowSums:
@@ -66,11 +67,13 @@ class FlatBuffer:
 
     def sums(self) -> torch.Tensor:
         """(T,) float64 Σx per view."""
-        return self.row_sums_of_all().sums(self.views)
+        return self.row_sums_of_all().sums(self.views, self.buf)
 
     def square_sums(self, minus: FlatBuffer | None = None) -> torch.Tensor:
         """(T,) float64 Σx² per view, or Σ(x − y)² with y the same place in `minus` (same layout)."""
-        return self.row_sums_of_all().square_sums(self.views, minus.views if minus else None)
+        if minus is None:
+            return self.row_sums_of_all().square_sums(self.views, base=self.buf)
+        return self.row_sums_of_all().square_sums(self.views, minus.views, self.buf, minus.buf)
 
 
 ROW = 256  # values per row of a row-wise reduction (see RowSums)
@@ -88,7 +91,9 @@ class RowSums:
     the CPU's whole-tensor norm kernels were 2.4e-3 off at 25 M values. Squares and differences need no
     pass that writes: one read of each buffer, where squaring in place and reading again took three."""
 
-    def __init__(self, numels: Sequence[int], device: torch.device):
+    def __init__(self, numels: Sequence[int], device: torch.device, starts: Sequence[int] | None = None):
+        """`starts`: where each tensor begins in a buffer they are all views of (a FlatBuffer's), so that the
+        values left over are gathered from it in one op."""
         self.whole = [n - n % ROW for n in numels]
         self.count = len(numels)
         index = torch.arange(self.count)
@@ -97,32 +102,48 @@ class RowSums:
         # the tensor each reduced value adds to: every row first, then every value left over
         self.owner = torch.cat([index.repeat_interleave(rows), index.repeat_interleave(rest)]).to(device)
         self.device = device
+        self.rest_at: torch.Tensor | None = None
+        if starts is not None:
+            spans = [torch.arange(s + w, s + n) for s, n, w in zip(starts, numels, self.whole)]
+            self.rest_at = torch.cat([torch.zeros(0, dtype=torch.long), *spans]).to(device)
 
-    def sums(self, flats: Sequence[torch.Tensor]) -> torch.Tensor:
+    def _rest(self, flats: Sequence[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
+        """The values left over, in order: gathered from `base` (a float32 buffer) in one op when the plan
+        knows where."""
+        if base is not None and self.rest_at is not None:
+            return base.index_select(0, self.rest_at)
+        return torch.cat([f[w:] for f, w in zip(flats, self.whole)])
+
+    def sums(self, flats: Sequence[torch.Tensor], base: torch.Tensor | None = None) -> torch.Tensor:
         """(T,) Σx of each of `flats`: 1-D tensors of the sizes given, whose slices `view` can reshape (any
-        floating dtype: taken as float32, as a FlatBuffer holds them)."""
+        floating dtype: taken as float32, as a FlatBuffer holds them); `base`: the buffer they are views of."""
         flats = _float32(flats)
         rows = [f[:w].view(-1, ROW).sum(1) for f, w in zip(flats, self.whole) if w]
-        return self._add(rows, torch.cat([f[w:] for f, w in zip(flats, self.whole)]))
+        return self._add(rows, self._rest(flats, base))
 
-    def square_sums(self, flats: Sequence[torch.Tensor], minus: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+    def square_sums(
+        self,
+        flats: Sequence[torch.Tensor],
+        minus: Sequence[torch.Tensor] | None = None,
+        base: torch.Tensor | None = None,
+        minus_base: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """(T,) Σx² of each of `flats`, or Σ(x − y)² with y the same place in `minus`."""
         flats = _float32(flats)
         if minus is None:
             norms = [torch.linalg.vector_norm(f[:w].view(-1, ROW), dim=1) for f, w in zip(flats, self.whole) if w]
-            rest = torch.cat([f[w:] for f, w in zip(flats, self.whole)])
+            rest = self._rest(flats, base)
         else:
+            minus = _float32(minus)
             norms = [
                 # a batch of 1×1 distances between rows: (x − y)² summed as it is read, nothing written
                 torch.cdist(
                     f[:w].view(-1, 1, ROW), m[:w].view(-1, 1, ROW), compute_mode="donot_use_mm_for_euclid_dist"
                 ).view(-1)
-                for f, m, w in zip(flats, _float32(minus), self.whole)
+                for f, m, w in zip(flats, minus, self.whole)
                 if w
             ]
-            rest = torch.cat([f[w:] for f, w in zip(flats, self.whole)]) - torch.cat(
-                [m[w:] for m, w in zip(_float32(minus), self.whole)]
-            )
+            rest = self._rest(flats, base) - self._rest(minus, minus_base)
         # a row's norm squared is its Σx²; the values left over are squared in float32, as a row's are,
         # so that both overflow alike
         rows = torch.cat(norms).double().square_() if norms else None
@@ -165,10 +186,11 @@ def moments(flat: FlatBuffer, scratch: FlatBuffer, zeros: bool = True) -> torch.
     0, for a caller that counts them with the histogram (`histogram_and_zeros`).
 
     M2 = Σx² − (Σx)²/n loses nothing while a tensor's mean is small next to its spread (|mean| ≤ std/4:
-    the subtraction cancels less than 1/16 of Σx²), which holds for most weights and gradients. The other
-    tensors (a LayerNorm weight of mean 1, constant tensors, NaN, inf) are centred on a shift near their mean
-    first. Choosing them needs the sums on the host: on the CPU that is free, on CUDA it would be a sync,
-    so there every tensor is centred (a pass the GPU hardly notices)."""
+    the subtraction cancels less than 1/16 of Σx²), which holds for most weights and gradients; a constant
+    tensor's mean is its value and its M2 exactly 0. The other tensors (a LayerNorm weight of mean 1, NaN,
+    inf) are centred on a shift near their mean first. Choosing them needs the sums on the host: on the
+    CPU that is free, on CUDA it would be a sync, so there every tensor is centred (a pass the GPU hardly
+    notices)."""
     views = flat.views
     # Per-view reductions are one small kernel each and never sync with the host; measured on resnet50
     # (161 tensors) they beat segment_reduce and the 0-norm for min/max and zero counts.
@@ -179,11 +201,11 @@ def moments(flat: FlatBuffer, scratch: FlatBuffer, zeros: bool = True) -> torch.
         centre = list(range(len(views)))
         mean, m2 = torch.zeros_like(count), torch.zeros_like(count)
     else:
-        mean = sums / count
-        m2 = (flat.square_sums() - sums * mean).clamp_min(0)
-        # centre where n·mean² > M2/16, where min == max (so that M2 is exactly 0), and where a sum is not
-        # finite (the comparison is false for NaN)
-        uncentred = (sums * mean <= m2 / 16) & (mins < maxs)
+        constant = mins == maxs
+        mean = torch.where(constant, mins.double(), sums / count)
+        m2 = (flat.square_sums() - sums * sums / count).clamp_min(0).masked_fill(constant, 0.0)
+        # centre where n·mean² > M2/16, and where a sum is not finite (the comparison is false for NaN)
+        uncentred = (sums * sums / count <= m2 / 16) | constant
         centre = (~uncentred).nonzero().flatten().tolist()
     if centre:
         index = torch.tensor(centre, device=count.device)
@@ -191,8 +213,9 @@ def moments(flat: FlatBuffer, scratch: FlatBuffer, zeros: bool = True) -> torch.
         for i, k in zip(centre, shift):
             torch.sub(views[i], k, out=scratch.views[i])
         centred = [scratch.views[i] for i in centre]
-        rows = flat.row_sums(centre)
-        mean[index], m2[index] = _centred(shift, count[index], rows.sums(centred), rows.square_sums(centred))
+        rows = flat.row_sums(centre)  # the same views of `scratch`: the same places in its buffer
+        dsum, dsq = rows.sums(centred, scratch.buf), rows.square_sums(centred, base=scratch.buf)
+        mean[index], m2[index] = _centred(shift, count[index], dsum, dsq)
     if 0 in flat.numels:  # an empty shard (FSDP): count 0, mean and M2 0, so that merging it changes nothing
         empty = count == 0
         mean, m2 = mean.masked_fill(empty, 0.0), m2.masked_fill(empty, 0.0)
