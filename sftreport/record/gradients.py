@@ -80,7 +80,8 @@ class GradientProbe:
             return torch.stack(torch._foreach_norm(grads)).double().square()
         if self._row_sums is None:
             self._row_sums = RowSums([g.numel() for g in grads], grads[0].device)
-        return self._row_sums.square_sums([dense_flat(g) for g in grads])
+        flats = [dense_flat(g) for g in grads]
+        return self._row_sums.square_sums(self._row_sums.blocks(flats), self._row_sums.rest(flats))
 
     @torch.no_grad()
     def _fold(self) -> None:

@@ -45,6 +45,7 @@ class FlatBuffer:
         self.views = list(self.buf.split(numels))
         self.lengths = torch.tensor(numels, device=device)
         self._row_sums: dict[tuple[int, ...], RowSums] = {}
+        self._blocks: list[torch.Tensor] | None = None
 
     def load(self, tensors: Sequence[torch.Tensor]) -> FlatBuffer:
         # copy_ into a shaped view converts any memory format (channels_last) without a temporary copy
@@ -65,15 +66,24 @@ class FlatBuffer:
     def row_sums_of_all(self) -> RowSums:
         return self.row_sums(range(len(self.views)))
 
+    def blocks(self) -> list[torch.Tensor]:
+        """The views' row blocks (see RowSums.blocks): views of the buffer, made once."""
+        if self._blocks is None:
+            self._blocks = self.row_sums_of_all().blocks(self.views)
+        return self._blocks
+
     def sums(self) -> torch.Tensor:
         """(T,) float64 Σx per view."""
-        return self.row_sums_of_all().sums(self.views, self.buf)
+        plan = self.row_sums_of_all()
+        return plan.sums(self.blocks(), plan.rest(self.views, self.buf))
 
     def square_sums(self, minus: FlatBuffer | None = None) -> torch.Tensor:
         """(T,) float64 Σx² per view, or Σ(x − y)² with y the same place in `minus` (same layout)."""
+        plan = self.row_sums_of_all()
+        rest = plan.rest(self.views, self.buf)
         if minus is None:
-            return self.row_sums_of_all().square_sums(self.views, base=self.buf)
-        return self.row_sums_of_all().square_sums(self.views, minus.views, self.buf, minus.buf)
+            return plan.square_sums(self.blocks(), rest)
+        return plan.square_sums(self.blocks(), rest, minus.blocks(), plan.rest(minus.views, minus.buf))
 
 
 ROW = 256  # values per row of a row-wise reduction (see RowSums)
@@ -83,13 +93,14 @@ class RowSums:
     """Per-tensor Σx, Σx² or Σ(x − y)² of a fixed list of 1-D tensors, in float64, in a few ops and with no
     full-size temporary.
 
-    Each tensor's whole rows of ROW values are reduced row by row in float32 (`sum`; `vector_norm` and
-    `cdist`, whose vector lanes add 16 values each), and the row results and the values left over (the
-    tails, and tensors shorter than a row) are added per tensor in float64. A float32 accumulator never
-    runs over more than a row: relative error near 1e-9 on random values and at most about 4e-7 on a
-    constant tensor (every row rounds alike), as good as a float32 cascade over the whole tensor, where
-    the CPU's whole-tensor norm kernels were 2.4e-3 off at 25 M values. Squares and differences need no
-    pass that writes: one read of each buffer, where squaring in place and reading again took three."""
+    Each tensor's whole rows of ROW values (its block) are reduced row by row in float32 (`sum`;
+    `vector_norm` and `cdist`, whose vector lanes add 16 values each), and the row results and the values
+    left over (the tails, and tensors shorter than a row) are added per tensor in float64. A float32
+    accumulator never runs over more than a row: relative error near 1e-9 on random values and at most
+    about 4e-7 on a constant tensor (every row rounds alike), as good as a float32 cascade over the whole
+    tensor, where the CPU's whole-tensor norm kernels were 2.4e-3 off at 25 M values. Squares and
+    differences need no pass that writes: one read of each buffer, where squaring in place and reading
+    again took three."""
 
     def __init__(self, numels: Sequence[int], device: torch.device, starts: Sequence[int] | None = None):
         """`starts`: where each tensor begins in a buffer they are all views of (a FlatBuffer's), so that the
@@ -107,50 +118,47 @@ class RowSums:
             spans = [torch.arange(s + w, s + n) for s, n, w in zip(starts, numels, self.whole)]
             self.rest_at = torch.cat([torch.zeros(0, dtype=torch.long), *spans]).to(device)
 
-    def _rest(self, flats: Sequence[torch.Tensor], base: torch.Tensor | None) -> torch.Tensor:
-        """The values left over, in order: gathered from `base` (a float32 buffer) in one op when the plan
-        knows where."""
+    def blocks(self, flats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """(rows, 1, ROW) views of the whole rows of each of `flats` that has any: 1-D tensors of the sizes
+        given, whose slices `view` can reshape (any floating dtype: taken as float32, as a FlatBuffer
+        holds them)."""
+        return [f[:w].view(-1, 1, ROW) for f, w in zip(_float32(flats), self.whole) if w]
+
+    def rest(self, flats: Sequence[torch.Tensor], base: torch.Tensor | None = None) -> torch.Tensor:
+        """The values left over, in order: gathered in one op from `base`, the float32 buffer `flats` are
+        views of, when the plan knows where."""
         if base is not None and self.rest_at is not None:
             return base.index_select(0, self.rest_at)
-        return torch.cat([f[w:] for f, w in zip(flats, self.whole)])
+        return torch.cat([f[w:] for f, w in zip(_float32(flats), self.whole)])
 
-    def sums(self, flats: Sequence[torch.Tensor], base: torch.Tensor | None = None) -> torch.Tensor:
-        """(T,) Σx of each of `flats`: 1-D tensors of the sizes given, whose slices `view` can reshape (any
-        floating dtype: taken as float32, as a FlatBuffer holds them); `base`: the buffer they are views of."""
-        flats = _float32(flats)
-        rows = [f[:w].view(-1, ROW).sum(1) for f, w in zip(flats, self.whole) if w]
-        return self._add(rows, self._rest(flats, base))
+    def sums(self, blocks: list[torch.Tensor], rest: torch.Tensor) -> torch.Tensor:
+        """(T,) Σx of each tensor, from its blocks and the values left over."""
+        return self._add([b.sum(-1) for b in blocks], rest)
 
     def square_sums(
         self,
-        flats: Sequence[torch.Tensor],
-        minus: Sequence[torch.Tensor] | None = None,
-        base: torch.Tensor | None = None,
-        minus_base: torch.Tensor | None = None,
+        blocks: list[torch.Tensor],
+        rest: torch.Tensor,
+        minus_blocks: list[torch.Tensor] | None = None,
+        minus_rest: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """(T,) Σx² of each of `flats`, or Σ(x − y)² with y the same place in `minus`."""
-        flats = _float32(flats)
-        if minus is None:
-            norms = [torch.linalg.vector_norm(f[:w].view(-1, ROW), dim=1) for f, w in zip(flats, self.whole) if w]
-            rest = self._rest(flats, base)
+        """(T,) Σx² of each tensor, or Σ(x − y)² with y the same place in the `minus` blocks and values."""
+        if minus_blocks is None or minus_rest is None:
+            norms = [torch.linalg.vector_norm(b, dim=-1) for b in blocks]
         else:
-            minus = _float32(minus)
+            # batches of 1×1 distances between rows: (x − y)² summed as it is read, nothing written
             norms = [
-                # a batch of 1×1 distances between rows: (x − y)² summed as it is read, nothing written
-                torch.cdist(
-                    f[:w].view(-1, 1, ROW), m[:w].view(-1, 1, ROW), compute_mode="donot_use_mm_for_euclid_dist"
-                ).view(-1)
-                for f, m, w in zip(flats, minus, self.whole)
-                if w
+                torch.cdist(b, m, compute_mode="donot_use_mm_for_euclid_dist").view(-1, 1)
+                for b, m in zip(blocks, minus_blocks)
             ]
-            rest = self._rest(flats, base) - self._rest(minus, minus_base)
+            rest = rest - minus_rest
         # a row's norm squared is its Σx²; the values left over are squared in float32, as a row's are,
         # so that both overflow alike
         rows = torch.cat(norms).double().square_() if norms else None
         return self._add([rows] if rows is not None else [], rest.square())
 
     def _add(self, rows: list[torch.Tensor], rest: torch.Tensor) -> torch.Tensor:
-        values = torch.cat([*rows, rest]).double()
+        values = torch.cat([*(r.view(-1) for r in rows), rest]).double()
         return torch.zeros(self.count, dtype=torch.float64, device=self.device).index_add_(0, self.owner, values)
 
 
@@ -213,8 +221,9 @@ def moments(flat: FlatBuffer, scratch: FlatBuffer, zeros: bool = True) -> torch.
         for i, k in zip(centre, shift):
             torch.sub(views[i], k, out=scratch.views[i])
         centred = [scratch.views[i] for i in centre]
-        rows = flat.row_sums(centre)  # the same views of `scratch`: the same places in its buffer
-        dsum, dsq = rows.sums(centred, scratch.buf), rows.square_sums(centred, base=scratch.buf)
+        plan = flat.row_sums(centre)  # the same views of `scratch`: the same places in its buffer
+        blocks, rest = plan.blocks(centred), plan.rest(centred, scratch.buf)
+        dsum, dsq = plan.sums(blocks, rest), plan.square_sums(blocks, rest)
         mean[index], m2[index] = _centred(shift, count[index], dsum, dsq)
     if 0 in flat.numels:  # an empty shard (FSDP): count 0, mean and M2 0, so that merging it changes nothing
         empty = count == 0

@@ -92,9 +92,11 @@ class WeightProbe:
             # ‖W_after − W_before‖² read where the weights lie (a copy only of a tensor not in logical order);
             # ‖W_before‖² came with the epoch end's moments
             after = [t.detach().reshape(-1) for t in self._locals()]
-            self._update = torch.stack(
-                [self.now.row_sums_of_all().square_sums(after, self.now.views), self._before_sq], dim=1
+            plan = self.now.row_sums_of_all()
+            update_sq = plan.square_sums(
+                plan.blocks(after), plan.rest(after), self.now.blocks(), plan.rest(self.now.views, self.now.buf)
             )
+            self._update = torch.stack([update_sq, self._before_sq], dim=1)
             gate_update = self._gate_sums(after, self.now.views)
             if gate_update is not None and self._gate_before_sq is not None:
                 self._gate_update = torch.stack([gate_update, self._gate_before_sq], dim=1)
