@@ -31,17 +31,16 @@ CPU = torch.device("cpu")
 # =========================================================================== stats
 
 
-def test_flat_buffer_layout_and_persistent_integer_twin():
+def test_flat_buffer_layout_and_its_sums():
     flat = S.FlatBuffer([2, 3, 1], CPU)
     assert flat.numels == [2, 3, 1] and flat.buf.shape == (6,) and flat.buf.dtype == torch.float32
     assert [v.numel() for v in flat.views] == [2, 3, 1] and flat.lengths.tolist() == [2, 3, 1]
-    ints = flat.ints()
-    assert ints.dtype == torch.int32 and ints.shape == (6,) and flat.ints() is ints
     flat.load([torch.tensor([1.0, 2.0]), torch.tensor([[3.0, 4.0, 5.0]]), torch.tensor([6.0])])
     assert flat.buf.tolist() == [1, 2, 3, 4, 5, 6]
-    assert S.sum_of_squares_(flat).tolist() == [5.0, 50.0, 36.0]
-    assert flat.buf.tolist() == [1, 4, 9, 16, 25, 36]  # squared in place
-    assert S.sum_of_squares_(flat).dtype == torch.float64
+    assert flat.square_sums().tolist() == [5.0, 50.0, 36.0]
+    assert flat.sums().tolist() == [3.0, 12.0, 6.0]
+    assert flat.buf.tolist() == [1, 2, 3, 4, 5, 6]  # left as it was
+    assert flat.square_sums().dtype == flat.sums().dtype == torch.float64
 
 
 def test_shift_and_centred_known_answers():
@@ -987,14 +986,21 @@ def test_counting_routes_and_integer_counts(monkeypatch):
     assert S.count_bins(torch.tensor([1, 1, 0]), 3, index_add=True).tolist() == [1, 2, 0]
     assert calls["bincount"] == 0  # index_add asked for, index_add used
     assert S.count_bins(torch.zeros(0, dtype=torch.int32), 3).dtype == torch.int64
+    real_count = S.count_on_threads
+
+    def count_on_threads(*a, **k):  # the CPU's route for histograms: integers counted by index_add_
+        calls["integers"] += 1
+        return real_count(*a, **k)
+
+    monkeypatch.setattr(S, "count_on_threads", count_on_threads)
     grid = S.BinGrid(exp=-5, cells=8, start=0, bins=4)
     flat = S.FlatBuffer([3], CPU).load([torch.tensor([0.1, 0.6, 2.0])])
-    for use, want in ((True, "histc"), (False, "bincount"), (None, "bincount")):
+    for use, want in ((True, "histc"), (False, "integers"), (None, "integers")):
         monkeypatch.setattr(S, "USE_HISTC", use)
-        calls.update(histc=0, bincount=0)
+        calls.update(histc=0, bincount=0, integers=0)
         counts = S.histogram_counts(flat, S.FlatBuffer([3], CPU), S.BinSpec([grid], 4))
         assert counts.tolist() == [[0, 1, 0, 1, 0, 1]] and counts.dtype == torch.int64
-        assert calls[want] >= 1 and calls["histc" if want == "bincount" else "bincount"] == 0, use
+        assert calls[want] >= 1 and calls["histc" if want == "integers" else "integers"] == 0, use
 
 
 def test_bin_grids_at_the_finest_cells_and_magnitude_edges():

@@ -243,3 +243,151 @@ def test_type_name_is_the_class_a_user_wrote_under_fully_shard():
     assert type_name(wrapped.__new__(wrapped)) == "Conv"
     assert type_name(nn.Linear(2, 2)) == "Linear"
     assert type_name(type("FSDPLike", (nn.Linear,), {}).__new__(type("FSDPLike", (nn.Linear,), {}))) == "FSDPLike"
+
+
+# ----------------------------------------------------------------------------- a model of hard tensors
+
+
+class _Params(nn.Module):
+    def __init__(self, tensors: list[torch.Tensor]):
+        super().__init__()
+        self.p = nn.ParameterList([nn.Parameter(t) for t in tensors])
+
+
+def _mixed_tensors() -> list[torch.Tensor]:
+    """Hundreds of tiny tensors and a few large ones, of four dtypes, around every size a row-wise sum
+    splits at (256), with the values that break statistics: a mean far larger than the spread, exact and
+    negative zeros, a subnormal, NaN and infinities (an empty tensor is a shard's: see the test below)."""
+    g = torch.Generator().manual_seed(11)
+    tiny = []
+    for i in range(300):
+        t = torch.randn(1 + i % 7, generator=g) * 10.0 ** (i % 5 - 3)
+        t[0] = 0.0 if i % 4 == 0 else (-0.0 if i % 4 == 1 else t[0])
+        tiny.append(t)
+    signed_zeros = torch.randn(4099, generator=g).half()
+    signed_zeros[::5], signed_zeros[1::7] = 0.0, -0.0
+    return tiny + [
+        1e6 + 1e-3 * torch.randn(5_000, generator=g, dtype=torch.float64),  # float32 keeps a few distinct values
+        1 + 1e-6 * torch.randn(300_000, generator=g),  # rows of one tensor, centred
+        (0.02 * torch.randn(70_001, generator=g)).bfloat16(),
+        signed_zeros,
+        *(torch.randn(n, generator=g) * 0.1 + 0.05 for n in (255, 256, 257, 511, 513)),
+        torch.full((1_000,), 0.1),  # constant: M2 exactly 0
+        # the finest cells, numbered from near -2^23: the constant that numbers them is odd and above 2^24
+        -1.99 + torch.linspace(-2e-6, 2e-6, 1_000),
+        torch.tensor([-3e4, 5e4, 1e-45, 0.0, -0.0, 7.0]),  # a wide grid (fine cells of 2^e > 1), a subnormal
+        torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0, 0.0]),
+        torch.tensor([-7.25]),
+    ]
+
+
+def _check_weight_stat(w, a: np.ndarray, a0: np.ndarray) -> None:
+    """One parameter's statistics against numpy in float64 on the float32 values the probe saw."""
+    s, what = w.stats, w.name
+    assert s.count == a.size and s.zeros == int((a == 0).sum()), what
+    if a.size == 0:
+        return
+    if not np.isfinite(a).all():
+        assert math.isnan(s.mean) or math.isinf(s.mean), what  # a diverged tensor stays visibly diverged
+        return
+    assert (s.min, s.max) == (a.min(), a.max()), what
+    assert s.mean == pytest.approx(a.mean(), rel=1e-9, abs=1e-7 * a.std()), what
+    if a.std() == 0:
+        assert s.m2 == 0.0, what
+    else:
+        assert s.std == pytest.approx(a.std(), rel=1e-6), what
+    h = w.hist
+    assert [h.below, *h.counts, h.above] == _numpy_counts(a, h.lo, h.hi, len(h.counts)), what
+    assert w.ref_sq == pytest.approx((a0 * a0).sum(), rel=1e-6, abs=1e-300), what
+    assert w.diff_sq == pytest.approx(((a - a0) ** 2).sum(), rel=1e-6, abs=1e-300), what
+
+
+@pytest.mark.parametrize("centre_all", [False, True], ids=["centred where needed", "all centred (CUDA's route)"])
+def test_weight_and_gradient_statistics_of_a_model_of_hard_tensors_match_numpy(centre_all, counting, monkeypatch):
+    import sftreport.record.stats as stats
+
+    monkeypatch.setattr(stats, "CENTRE_ALL", centre_all)
+    tensors = _mixed_tensors()
+    model = _Params([t.clone() for t in tensors])
+    probe = WeightProbe(model, set(), bins=32)
+    probe.measure()  # fixes the bins from W0
+
+    def seen(p: torch.Tensor) -> np.ndarray:  # the float32 values a probe sees
+        return p.detach().float().double().numpy().ravel()
+
+    g = torch.Generator().manual_seed(12)
+
+    def step() -> list[np.ndarray]:  # every finite tensor moves a little; zeros stay zeros of their sign
+        with torch.no_grad():
+            for p in model.parameters():
+                if torch.isfinite(p).all():
+                    p.mul_((1 + 1e-4 * torch.randn(p.shape, generator=g)).to(p.dtype))
+        return [seen(p) for p in model.parameters()]
+
+    w0 = [seen(p) for p in model.parameters()]
+    w1 = step()
+    probe.measure()  # an epoch end: the next step's update is measured against W1
+    w2 = step()
+    probe.after_step()
+    w3 = step()
+    with torch.no_grad():  # every edge of a large tensor's bins, and one float32 step either side of each
+        grid = probe.spec.grids[301]
+        edges = torch.from_numpy(np.linspace(grid.lo, grid.hi, grid.bins + 1).astype(np.float32))
+        on_edges = torch.cat([edges, torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)])
+        model.p[301][: on_edges.numel()] = on_edges
+        w3[301][: on_edges.numel()] = on_edges.double().numpy()
+    for w, a, a0, before, after in zip(probe.measure(), w3, w0, w1, w2):
+        _check_weight_stat(w, a, a0)
+        if np.isfinite(a).all():
+            assert w.update_sq == pytest.approx(((after - before) ** 2).sum(), rel=1e-6, abs=1e-300), w.name
+            assert w.before_update_sq == pytest.approx((before * before).sum(), rel=1e-6, abs=1e-300), w.name
+    # gradients: a norm per parameter, exact on the same tensors
+    for p, t in zip(model.parameters(), tensors):
+        p.grad = t.clone().to(p.dtype)
+    grads = GradientProbe(model, every=1)
+    grads.maybe_sample()
+    for gs, t in zip(grads.collect(), tensors):
+        a = t.float().double().numpy().ravel()
+        if np.isfinite(a).all():
+            assert gs.norm_sum == pytest.approx(np.sqrt((a * a).sum()), rel=1e-6) and gs.nonfinite == 0
+        else:
+            assert gs.nonfinite == 1 and gs.samples == 1
+
+
+@pytest.mark.parametrize("centre_all", [False, True], ids=["centred where needed", "all centred"])
+def test_empty_and_one_value_views_beside_others_on_both_routes(centre_all, monkeypatch):
+    import sftreport.record.stats as stats
+
+    monkeypatch.setattr(stats, "CENTRE_ALL", centre_all)
+    values = [torch.tensor([2.0, -0.0, 0.0, 4.0]), torch.zeros(0), torch.tensor([-7.25]), torch.arange(300.0) - 100]
+    flat, scratch = _flat(values)
+    rows = moments(flat, scratch).tolist()
+    for row, t in zip(rows, values):
+        a = t.double().numpy()
+        if a.size == 0:
+            assert row == [0.0, 0.0, 0.0, math.inf, -math.inf, 0.0]
+            continue
+        assert row[0] == a.size and row[3:] == [a.min(), a.max(), int((a == 0).sum())]
+        assert row[1] == pytest.approx(a.mean(), rel=1e-12) and row[2] == pytest.approx(((a - a.mean()) ** 2).sum())
+    assert flat.sums().tolist() == [6.0, 0.0, -7.25, float(sum(range(300)) - 30_000)]
+    # a whole row's Σx² comes back through a float32 norm: within a float32 rounding, not exact
+    squares = [20.0, 0.0, 52.5625, float(sum((k - 100) ** 2 for k in range(300)))]
+    assert flat.square_sums().tolist() == pytest.approx(squares, rel=2e-7)
+    spec = BinSpec.around([-1.0] * 4, [1.0] * 4, 4)
+    counts, zeros = stats.histogram_and_zeros(flat, scratch, spec, [r[3] for r in rows], [r[4] for r in rows])
+    assert zeros.tolist() == [2, 0, 0, 1] and counts[1].tolist() == [0] * 6
+    for c, t, g in zip(counts.tolist(), values, spec.grids):
+        assert c == _numpy_counts(t.double().numpy(), g.lo, g.hi, 4)
+
+
+def test_counting_on_threads_adds_every_part():
+    import sftreport.record.stats as stats
+
+    idx = torch.randint(0, 1000, (3_000_001,), dtype=torch.int32, generator=torch.Generator().manual_seed(13))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # three parts of a million values each, whatever the machine has
+    try:
+        counts = stats.count_on_threads(idx, 1001)
+    finally:
+        torch.set_num_threads(threads)
+    assert counts.tolist() == np.bincount(idx.numpy(), minlength=1001).tolist()

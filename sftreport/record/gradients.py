@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from sftreport.record.sharded import is_sharded, local, sum_across
-from sftreport.record.stats import FlatBuffer, sum_of_squares_
+from sftreport.record.stats import RowSums, dense_flat
 from sftreport.schema import GradStat
 
 FOLD = 64  # samples kept as rows before they are folded into the epoch's sums (bounded memory)
@@ -39,7 +39,7 @@ class GradientProbe:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self._flat: FlatBuffer | None = None  # CPU only: the gradients copied for an accurate sum of squares
+        self._row_sums: RowSums | None = None  # CPU only: how to sum the gradients' squares row by row
 
     def retarget(self, model: nn.Module) -> None:
         """Sample the parameters that train now (which ones changed: lp-ft's second phase). Between epochs:
@@ -73,14 +73,15 @@ class GradientProbe:
     def _squares(self) -> torch.Tensor:
         """(T,) float64 Σ g² per gradient (0 for a parameter without one; this process's shard when
         sharded). CUDA's `_foreach_norm` sums in a tree (accurate); on the CPU it accumulates sequentially
-        (2.4e-3 off at 25 M elements), so there the gradients are copied into one buffer, squared and
-        summed by the cascade-summing `sum`."""
+        (2.4e-3 off at 25 M elements), so there each gradient is reduced row by row (`RowSums`), read
+        where it lies."""
         grads = [local(p.grad) if p.grad is not None else torch.zeros_like(local(p)) for p in self.params]
         if grads[0].is_cuda:
             return torch.stack(torch._foreach_norm(grads)).double().square()
-        if self._flat is None:
-            self._flat = FlatBuffer([g.numel() for g in grads], grads[0].device)
-        return sum_of_squares_(self._flat.load(grads))
+        if self._row_sums is None:
+            self._row_sums = RowSums([g.numel() for g in grads], grads[0].device)
+        flats = [dense_flat(g) for g in grads]
+        return self._row_sums.square_sums(self._row_sums.blocks(flats), self._row_sums.rest(flats))
 
     @torch.no_grad()
     def _fold(self) -> None:

@@ -6,22 +6,28 @@ view per tensor, run a handful of whole-buffer (or `torch._foreach_*`) ops on th
 results to the host in one transfer.
 
 Exact where models are hard:
-- moments are taken around a shift close to each tensor's mean (its float32 mean, clamped into its
-  range), so the centred sum of squares M2 keeps the variance of a tensor whose mean is far larger than
-  its spread (a LayerNorm weight of mean 1 and std 1e-6); the host receives count, mean and M2, and
-  merges them across chunks or shards with Chan's formula (`merge`);
+- a tensor whose mean is far larger than its spread (a LayerNorm weight of mean 1 and std 1e-6) has its
+  moments taken around a shift close to its mean (its float32 mean, clamped into its range), so the
+  centred sum of squares M2 keeps its variance; the others, whose Σx² − (Σx)²/n cancels little, skip
+  that pass (see `moments`). The host receives count, mean and M2, and merges them across chunks or
+  shards with Chan's formula (`merge`);
 - histogram bins have a width m·2^e (m in 8..15, or fewer cells for bins a few float32 steps wide)
-  and start at a multiple of 2^e, so every edge is a float32 number and a value's bin is found with operations that do not round: x·2^-e (a power of two),
-  floor, integer subtraction, division of small integers by m, floor. A value exactly on an edge lands in
-  the bin that starts there, for any number of tensors (the tensor's offset is added to integers).
+  and start at a multiple of 2^e, so every edge is a float32 number and a value's fine cell of width 2^e
+  is found with operations that do not round: x·2^-e (a power of two), floor, integer subtraction. The
+  fine cells are counted and added into bins (m cells each) afterwards. A value exactly on an edge lands
+  in the bin that starts there, for any number of tensors (the tensor's offset is added to integers);
+- sums of squares are reduced row by row (`RowSums`), never by one float32 accumulator running over a
+  whole tensor.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from sftreport.schema import Histogram, TensorStats
@@ -38,29 +44,130 @@ class FlatBuffer:
         self.buf = torch.empty(sum(numels), dtype=torch.float32, device=device)
         self.views = list(self.buf.split(numels))
         self.lengths = torch.tensor(numels, device=device)
-        self._ints: torch.Tensor | None = None  # int32 twin for histogram bin indices, allocated once
-
-    def ints(self) -> torch.Tensor:
-        # Persistent: a fresh 100 MB allocation per epoch costs more in page faults than the conversion.
-        if self._ints is None:
-            self._ints = torch.empty_like(self.buf, dtype=torch.int32)
-        return self._ints
+        self._row_sums: dict[tuple[int, ...], RowSums] = {}
+        self._blocks: list[torch.Tensor] | None = None
 
     def load(self, tensors: Sequence[torch.Tensor]) -> FlatBuffer:
         # copy_ into a shaped view converts any memory format (channels_last) without a temporary copy
         torch._foreach_copy_([v.view(t.shape) for v, t in zip(self.views, tensors)], [t.detach() for t in tensors])
         return self
 
+    def row_sums(self, which: Sequence[int]) -> RowSums:
+        """How to sum the views `which` (or the same views of a buffer of the same layout); kept, since
+        the same views are asked for at every epoch."""
+        key = tuple(which)
+        if key not in self._row_sums:
+            if len(self._row_sums) > 2:  # all views, and the latest few choices of some: enough
+                self._row_sums.clear()
+            starts = [v.storage_offset() - self.buf.storage_offset() for v in self.views]
+            self._row_sums[key] = RowSums([self.numels[i] for i in key], self.buf.device, [starts[i] for i in key])
+        return self._row_sums[key]
+
+    def row_sums_of_all(self) -> RowSums:
+        return self.row_sums(range(len(self.views)))
+
+    def blocks(self) -> list[torch.Tensor]:
+        """The views' row blocks (see RowSums.blocks): views of the buffer, made once."""
+        if self._blocks is None:
+            self._blocks = self.row_sums_of_all().blocks(self.views)
+        return self._blocks
+
+    def sums(self) -> torch.Tensor:
+        """(T,) float64 Σx per view."""
+        plan = self.row_sums_of_all()
+        return plan.sums(self.blocks(), plan.rest(self.views, self.buf))
+
+    def square_sums(self, minus: FlatBuffer | None = None) -> torch.Tensor:
+        """(T,) float64 Σx² per view, or Σ(x − y)² with y the same place in `minus` (same layout)."""
+        plan = self.row_sums_of_all()
+        rest = plan.rest(self.views, self.buf)
+        if minus is None:
+            return plan.square_sums(self.blocks(), rest)
+        return plan.square_sums(self.blocks(), rest, minus.blocks(), plan.rest(minus.views, minus.buf))
+
+
+ROW = 256  # values per row of a row-wise reduction (see RowSums)
+
+
+class RowSums:
+    """Per-tensor Σx, Σx² or Σ(x − y)² of a fixed list of 1-D tensors, in float64, in a few ops and with no
+    full-size temporary.
+
+    Each tensor's whole rows of ROW values (its block) are reduced row by row in float32 (`sum`;
+    `vector_norm` and `cdist`, whose vector lanes add 16 values each), and the row results and the values
+    left over (the tails, and tensors shorter than a row) are added per tensor in float64. A float32
+    accumulator never runs over more than a row: relative error near 1e-9 on random values and at most
+    about 4e-7 on a constant tensor (every row rounds alike), as good as a float32 cascade over the whole
+    tensor, where the CPU's whole-tensor norm kernels were 2.4e-3 off at 25 M values. Squares and
+    differences need no pass that writes: one read of each buffer, where squaring in place and reading
+    again took three."""
+
+    def __init__(self, numels: Sequence[int], device: torch.device, starts: Sequence[int] | None = None):
+        """`starts`: where each tensor begins in a buffer they are all views of (a FlatBuffer's), so that the
+        values left over are gathered from it in one op."""
+        self.whole = [n - n % ROW for n in numels]
+        self.count = len(numels)
+        index = torch.arange(self.count)
+        rows = torch.tensor([w // ROW for w in self.whole], dtype=torch.long)
+        rest = torch.tensor([n - w for n, w in zip(numels, self.whole)], dtype=torch.long)
+        # the tensor each reduced value adds to: every row first, then every value left over
+        self.owner = torch.cat([index.repeat_interleave(rows), index.repeat_interleave(rest)]).to(device)
+        self.device = device
+        self.rest_at: torch.Tensor | None = None
+        if starts is not None:
+            spans = [torch.arange(s + w, s + n) for s, n, w in zip(starts, numels, self.whole)]
+            self.rest_at = torch.cat([torch.zeros(0, dtype=torch.long), *spans]).to(device)
+
+    def blocks(self, flats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """(rows, 1, ROW) views of the whole rows of each of `flats` that has any: 1-D tensors of the sizes
+        given, whose slices `view` can reshape (any floating dtype: taken as float32, as a FlatBuffer
+        holds them)."""
+        return [f[:w].view(-1, 1, ROW) for f, w in zip(_float32(flats), self.whole) if w]
+
+    def rest(self, flats: Sequence[torch.Tensor], base: torch.Tensor | None = None) -> torch.Tensor:
+        """The values left over, in order: gathered in one op from `base`, the float32 buffer `flats` are
+        views of, when the plan knows where."""
+        if base is not None and self.rest_at is not None:
+            return base.index_select(0, self.rest_at)
+        return torch.cat([f[w:] for f, w in zip(_float32(flats), self.whole)])
+
+    def sums(self, blocks: list[torch.Tensor], rest: torch.Tensor) -> torch.Tensor:
+        """(T,) Σx of each tensor, from its blocks and the values left over."""
+        return self._add([b.sum(-1) for b in blocks], rest)
+
+    def square_sums(
+        self,
+        blocks: list[torch.Tensor],
+        rest: torch.Tensor,
+        minus_blocks: list[torch.Tensor] | None = None,
+        minus_rest: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(T,) Σx² of each tensor, or Σ(x − y)² with y the same place in the `minus` blocks and values."""
+        if minus_blocks is None or minus_rest is None:
+            norms = [torch.linalg.vector_norm(b, dim=-1) for b in blocks]
+        else:
+            # batches of 1×1 distances between rows: (x − y)² summed as it is read, nothing written
+            norms = [
+                torch.cdist(b, m, compute_mode="donot_use_mm_for_euclid_dist").view(-1, 1)
+                for b, m in zip(blocks, minus_blocks)
+            ]
+            rest = rest - minus_rest
+        # a row's norm squared is its Σx²; the values left over are squared in float32, as a row's are,
+        # so that both overflow alike
+        rows = torch.cat(norms).double().square_() if norms else None
+        return self._add([rows] if rows is not None else [], rest.square())
+
+    def _add(self, rows: list[torch.Tensor], rest: torch.Tensor) -> torch.Tensor:
+        values = torch.cat([*(r.view(-1) for r in rows), rest]).double()
+        return torch.zeros(self.count, dtype=torch.float64, device=self.device).index_add_(0, self.owner, values)
+
+
+def _float32(flats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """float32 tensors as they are; others (a bf16 or fp64 gradient) converted, as a FlatBuffer would."""
+    return [f if f.dtype == torch.float32 else f.float() for f in flats]
+
 
 # --------------------------------------------------------------------------- moments
-
-
-def sum_of_squares_(flat: FlatBuffer) -> torch.Tensor:
-    """(T,) float64 Σx² per view, squaring the buffer in place. Summed by `sum`, which adds in a cascade on
-    the CPU and in a tree on CUDA: float32 error near 1e-7 at any size. (The CPU's norm kernels accumulate
-    sequentially: `_foreach_norm` and `vector_norm` were 2.4e-3 off on a 25 M-element tensor, measured.)"""
-    flat.buf.square_()
-    return torch.stack([v.sum() for v in flat.views]).double()
 
 
 def _shift(sums: torch.Tensor, counts: torch.Tensor, mins: torch.Tensor, maxs: torch.Tensor) -> torch.Tensor:
@@ -78,25 +185,51 @@ def _centred(
     return shift.double() + dsum / n, (dsq.double() - dsum * dsum / n).clamp_min(0)
 
 
-def moments(flat: FlatBuffer, scratch: FlatBuffer) -> torch.Tensor:
+CENTRE_ALL: bool | None = None  # None: on CUDA (see moments); tests set True or False to take one route anywhere
+
+
+def moments(flat: FlatBuffer, scratch: FlatBuffer, zeros: bool = True) -> torch.Tensor:
     """(T, 6) float64 on the device, one row per view: count, mean, M2, min, max, zeros (see MOMENTS).
-    `scratch` (same layout) is overwritten with the centred values."""
+    `scratch` (same layout) may be overwritten with centred values. `zeros=False` leaves the zeros column
+    0, for a caller that counts them with the histogram (`histogram_and_zeros`).
+
+    M2 = Σx² − (Σx)²/n loses nothing while a tensor's mean is small next to its spread (|mean| ≤ std/4:
+    the subtraction cancels less than 1/16 of Σx²), which holds for most weights and gradients; a constant
+    tensor's mean is its value and its M2 exactly 0. The other tensors (a LayerNorm weight of mean 1, NaN,
+    inf) are centred on a shift near their mean first. Choosing them needs the sums on the host: on the
+    CPU that is free, on CUDA it would be a sync, so there every tensor is centred (a pass the GPU hardly
+    notices)."""
     views = flat.views
     # Per-view reductions are one small kernel each and never sync with the host; measured on resnet50
-    # (161 tensors) they beat segment_reduce and the 0-norm for sums and zero counts.
+    # (161 tensors) they beat segment_reduce and the 0-norm for min/max and zero counts.
     mins, maxs = (torch.stack(t) for t in zip(*(aminmax_or_empty(v) for v in views)))
-    counts = flat.lengths.float()
-    shift = _shift(torch.stack([v.sum() for v in views]), counts, mins, maxs)
-    for v, d, k in zip(views, scratch.views, shift):
-        torch.sub(v, k, out=d)
-    dsum = torch.stack([d.sum() for d in scratch.views])
-    mean, m2 = _centred(shift, flat.lengths, dsum, sum_of_squares_(scratch))
-    nonzero = torch.stack([torch.count_nonzero(v) for v in views])
     count = flat.lengths.double()
+    sums = flat.sums()
+    if flat.buf.is_cuda if CENTRE_ALL is None else CENTRE_ALL:
+        centre = list(range(len(views)))
+        mean, m2 = torch.zeros_like(count), torch.zeros_like(count)
+    else:
+        constant = mins == maxs
+        mean = torch.where(constant, mins.double(), sums / count)
+        m2 = (flat.square_sums() - sums * sums / count).clamp_min(0).masked_fill(constant, 0.0)
+        # centre where n·mean² > M2/16, and where a sum is not finite (the comparison is false for NaN)
+        uncentred = (sums * sums / count <= m2 / 16) | constant
+        centre = (~uncentred).nonzero().flatten().tolist()
+    if centre:
+        index = torch.tensor(centre, device=count.device)
+        shift = _shift(sums[index].float(), count[index].float(), mins[index], maxs[index])
+        for i, k in zip(centre, shift):
+            torch.sub(views[i], k, out=scratch.views[i])
+        centred = [scratch.views[i] for i in centre]
+        plan = flat.row_sums(centre)  # the same views of `scratch`: the same places in its buffer
+        blocks, rest = plan.blocks(centred), plan.rest(centred, scratch.buf)
+        dsum, dsq = plan.sums(blocks, rest), plan.square_sums(blocks, rest)
+        mean[index], m2[index] = _centred(shift, count[index], dsum, dsq)
     if 0 in flat.numels:  # an empty shard (FSDP): count 0, mean and M2 0, so that merging it changes nothing
         empty = count == 0
         mean, m2 = mean.masked_fill(empty, 0.0), m2.masked_fill(empty, 0.0)
-    return torch.stack([count, mean, m2, mins.double(), maxs.double(), count - nonzero.double()], dim=1)
+    zero_counts = count - torch.stack([torch.count_nonzero(v) for v in views]) if zeros else torch.zeros_like(count)
+    return torch.stack([count, mean, m2, mins.double(), maxs.double(), zero_counts], dim=1)
 
 
 def aminmax_or_empty(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,6 +328,7 @@ class BinSpec:
 
     grids: list[BinGrid]
     bins: int
+    cell_groups: list[_CellGroup] | None = field(default=None, repr=False, compare=False)  # see histogram_counts
 
     @property
     def lo(self) -> list[float]:
@@ -232,6 +366,44 @@ def bin_positions(x: torch.Tensor, out: torch.Tensor, grid: BinGrid, offset: int
     return out.floor_()
 
 
+GROUP_SLOTS = 1 << 22  # fine-cell slots counted in one pass: every position stays an exact float32 integer
+FLOAT_2_23_BITS = 0x4B000000  # the bits of the float32 2^23
+
+
+@dataclass
+class _CellGroup:
+    """Tensors first..last-1 of a BinSpec, counted in one pass over their fine cells. Tensor i owns the
+    slots offsets[i]..offsets[i] + bins·cells + 1: below, its fine cells in order, above; `columns` maps
+    every slot to the histogram cell it adds to, (i − first)·(bins + 2) + column."""
+
+    first: int
+    last: int
+    offsets: list[int]
+    slots: int
+    columns: torch.Tensor
+
+
+def _cell_groups(spec: BinSpec, device: torch.device) -> list[_CellGroup]:
+    width = spec.bins + 2
+    groups: list[_CellGroup] = []
+    first, slots = 0, 0
+    offsets: list[int] = []
+    columns: list[torch.Tensor] = []
+    for i, g in enumerate(spec.grids):
+        fine = g.bins * g.cells + 2
+        if offsets and slots + fine > GROUP_SLOTS:
+            groups.append(_CellGroup(first, i, offsets, slots, torch.cat(columns).to(device)))
+            first, slots, offsets, columns = i, 0, [], []
+        # below, then each fine cell's bin (`cells` of them per bin), then above
+        bin_of_cell = torch.arange(g.bins * g.cells) // g.cells + 1
+        column = torch.cat([torch.tensor([0]), bin_of_cell, torch.tensor([g.bins + 1])])
+        columns.append(column + (i - first) * width)
+        offsets.append(slots)
+        slots += fine
+    groups.append(_CellGroup(first, len(spec.grids), offsets, slots, torch.cat(columns).to(device)))
+    return groups
+
+
 def histogram_counts(
     source: FlatBuffer,
     scratch: FlatBuffer,
@@ -242,35 +414,69 @@ def histogram_counts(
     """(T, bins+2) int64 counts of `source`'s views; column 0 counts values below lo, column bins+1 values at
     or above hi. `scratch` (same layout) is overwritten; `source` is not. NaNs fall in no bin.
 
-    Each view's bins are numbered from `tensor_index * (bins + 2)`, and one bincount over the whole buffer
-    counts every histogram. When the caller knows each tensor's min and max (it computed the moments
-    already), only the tensors that leave their range are clamped and the NaN pass runs only if
-    something is not finite."""
-    t, width = len(source.views), spec.bins + 2
-    # bin_positions divides integers below 2^22 by `cells` and floors the quotient: exact while the quotient
-    # (offset + bin) stays below 2^18, so very large models are counted in groups of tensors
-    group = max(1, (1 << 18) // width)
-    if t > group:
-        parts = []
-        for start in range(0, t, group):
-            sub = slice(start, start + group)
-            parts.append(
-                _group_counts(
-                    source.views[sub],
-                    scratch.views[sub],
-                    scratch,
-                    spec.grids[sub],
-                    spec.bins,
-                    mins[sub] if mins is not None else None,
-                    maxs[sub] if maxs is not None else None,
+    Each value's fine cell is numbered from its tensor's offset, one count over the buffer counts the
+    cells of every tensor, and the cells are added into bins. When the caller knows each tensor's min and
+    max (it computed the moments already), only the tensors that leave their range are clamped and the
+    NaN pass runs only if something is not finite."""
+    return _counts(source, scratch, spec, mins, maxs, zeros=False)[0]
+
+
+def histogram_and_zeros(
+    source: FlatBuffer, scratch: FlatBuffer, spec: BinSpec, mins: list[float], maxs: list[float]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`histogram_counts`, and (T,) int64 the number of values of each view equal to zero (+0.0 or −0.0),
+    counted on the way: half the time of `count_nonzero` over the source, which compares floats."""
+    counts, zeros = _counts(source, scratch, spec, mins, maxs, zeros=True)
+    assert zeros is not None
+    return counts, zeros
+
+
+def _counts(
+    source: FlatBuffer,
+    scratch: FlatBuffer,
+    spec: BinSpec,
+    mins: list[float] | None,
+    maxs: list[float] | None,
+    zeros: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    device = source.buf.device
+    if spec.cell_groups is None or spec.cell_groups[0].columns.device != device:
+        spec.cell_groups = _cell_groups(spec, device)
+    counts, nonzero = [], []
+    for group in spec.cell_groups:
+        sub = slice(group.first, group.last)
+        sources, outs, grids = source.views[sub], scratch.views[sub], spec.grids[sub]
+        zero = torch.zeros((), device=device)
+        for src, dst, grid in zip(sources, outs, grids):
+            # 0 + x·2^-e: exact (a power of two), and −0.0 comes out +0.0, so that a zero's bits are all 0
+            torch.add(zero, src, alpha=grid.scale, out=dst)
+        if zeros:
+            # x·2^-e is 0 only where x is, unless 2^-e < 1 flushes a subnormal x to 0: those compare x itself
+            nonzero.append(
+                torch.stack(
+                    [
+                        torch.count_nonzero(dst.view(torch.int32) if grid.exp <= 0 else src)
+                        for src, dst, grid in zip(sources, outs, grids)
+                    ]
                 )
             )
-        return torch.cat(parts)
-    return _group_counts(source.views, scratch.views, scratch, spec.grids, spec.bins, mins, maxs)
+        counts.append(
+            _group_counts(
+                group,
+                outs,
+                scratch,
+                grids,
+                spec.bins,
+                mins[sub] if mins is not None else None,
+                maxs[sub] if maxs is not None else None,
+            )
+        )
+    hist = torch.cat(counts) if len(counts) > 1 else counts[0]
+    return hist, (source.lengths - torch.cat(nonzero)) if zeros else None
 
 
 def _group_counts(
-    sources: list[torch.Tensor],
+    group: _CellGroup,
     outs: list[torch.Tensor],
     scratch: FlatBuffer,
     grids: list[BinGrid],
@@ -278,29 +484,39 @@ def _group_counts(
     mins: list[float] | None,
     maxs: list[float] | None,
 ) -> torch.Tensor:
-    t, width = len(sources), bins + 2
-    for i, (src, dst, grid) in enumerate(zip(sources, outs, grids)):
-        bin_positions(src, dst, grid, offset=i * width)
+    """The histograms of one group from x·2^-e in `outs`."""
+    first, last = outs[0], outs[-1]
+    base = scratch.buf.storage_offset()
+    flat = scratch.buf[first.storage_offset() - base : last.storage_offset() - base + last.numel()]
+    flat.floor_()  # the fine cell: exact
     # a tensor whose known min and max lie inside its grid needs no clamping; without them, every one does
     finite, inside = False, [False] * len(grids)
     if mins is not None and maxs is not None and all(math.isfinite(v) for v in (*mins, *maxs)):
         finite, inside = True, [lo >= grid.lo and hi < grid.hi for lo, hi, grid in zip(mins, maxs, grids)]
-    for i, (view, ok) in enumerate(zip(outs, inside)):
+    histc = flat.is_cuda if USE_HISTC is None else USE_HISTC
+    # For the CPU's integer count every slot is raised by 2^23: a float32 2^23 + k (k < 2^23) is stored as
+    # the bits of 2^23 plus the integer k, so one integer subtraction in place turns slots into indices.
+    # (A float-to-int copy costs twice as much, and a second buffer of the model's size.)
+    raised = 0.0 if histc else 2.0**23
+    for dst, grid, offset, ok in zip(outs, grids, group.offsets, inside):
+        # cells from the grid's start, numbered from the tensor's offset + 1 (+ 2^23): exact, as long as the
+        # constant itself is a float32 integer, below 2^24; a start far below 0 takes two steps
+        number_from = grid.start - 1 - offset - raised
+        if abs(number_from) <= 2**24:
+            dst.sub_(float(number_from))
+        else:
+            dst.sub_(float(grid.start)).add_(1 + offset + raised)
         if not ok:
-            view.clamp_(float(i * width), float(i * width + width - 1))
-    first, last = outs[0], outs[-1]
-    flat = scratch.buf[
-        first.storage_offset() - scratch.buf.storage_offset() : last.storage_offset()
-        - scratch.buf.storage_offset()
-        + last.numel()
-    ]
-    if flat.is_cuda if USE_HISTC is None else USE_HISTC:
-        return count_positions(flat, t * width, histc=True).view(t, width)
-    if not finite:
-        flat.nan_to_num_(nan=float(t * width))  # NaN -> one spare bin past the end, dropped below
-    idx = scratch.ints()[: flat.numel()]
-    idx.copy_(flat)  # integer-valued floats: the conversion is exact
-    return count_bins(idx, t * width + 1)[: t * width].view(t, width)
+            dst.clamp_(offset + raised, offset + grid.bins * grid.cells + 1 + raised)
+    if histc:
+        cells = count_positions(flat, group.slots, histc=True)
+    else:
+        if not finite:
+            flat.nan_to_num_(nan=group.slots + raised)  # NaN -> one spare slot past the end, dropped below
+        idx = flat.view(torch.int32).sub_(FLOAT_2_23_BITS)
+        cells = count_on_threads(idx, group.slots + 1)[: group.slots]
+    hist = torch.zeros(len(grids) * (bins + 2), dtype=torch.int64, device=cells.device)
+    return hist.index_add_(0, group.columns, cells).view(len(grids), bins + 2)
 
 
 def dense_flat(t: torch.Tensor) -> torch.Tensor:
@@ -354,3 +570,31 @@ def count_bins(idx: torch.Tensor, n: int, index_add: bool | None = None) -> torc
         )
     counts = torch.zeros(n, dtype=torch.int64, device=idx.device)
     return counts.index_add_(0, idx, torch.ones((), dtype=torch.int64, device=idx.device).expand(idx.numel()))
+
+
+THREAD_MIN = 1 << 20  # values per thread below which counting on several threads gains nothing
+
+
+def count_on_threads(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """int64 counts of the values 0..n-1 of a CPU int32 or int64 tensor whose values all lie there.
+
+    torch counts on one thread (bincount's and index_add_'s loops are serial, and bincount reads the input
+    twice more for its min and max), so the input is split into one part per intra-op thread, each part
+    counted by index_add_ on a thread of its own (torch releases the GIL), and the parts' counts added."""
+    idx = idx.reshape(-1)
+    parts = idx.tensor_split(max(1, min(torch.get_num_threads(), idx.numel() // THREAD_MIN)))
+    # numpy's zeros (calloc) and sum run on this thread: torch's would start its pool of threads for
+    # arrays of this size, a delay each time on a machine whose cores are busy with other work; and a
+    # worker thread then runs nothing that would start a pool of its own
+    counts = np.zeros((len(parts), n), dtype=np.int64)
+    one = torch.ones((), dtype=torch.int64)
+
+    def count(k: int) -> None:
+        torch.from_numpy(counts[k]).index_add_(0, parts[k], one.expand(parts[k].numel()))
+
+    if len(parts) == 1:
+        count(0)
+    else:
+        with ThreadPoolExecutor(len(parts)) as pool:
+            list(pool.map(count, range(len(parts))))
+    return torch.from_numpy(counts.sum(0))

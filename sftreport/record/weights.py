@@ -29,10 +29,9 @@ from sftreport.record.stats import (
     BinSpec,
     FlatBuffer,
     aminmax_or_empty,
-    histogram_counts,
+    histogram_and_zeros,
     moments,
     stats_from_rows,
-    sum_of_squares_,
 )
 from sftreport.schema import GateStat, WeightStat
 
@@ -60,11 +59,13 @@ class WeightProbe:
         self._gate_before_sq: torch.Tensor | None = None
         self._gate_ref_sq: torch.Tensor | None = None
 
-    def _gate_sums(self, squared: FlatBuffer) -> torch.Tensor | None:
-        """(G,) float64 sums of a squared buffer over each gate's rows, gates of all recurrent tensors in order."""
+    def _gate_sums(self, flats: list[torch.Tensor], minus: list[torch.Tensor] | None = None) -> torch.Tensor | None:
+        """(G,) float64 Σx² (or Σ(x − y)², y in `minus`) over each gate's rows, gates of all recurrent tensors
+        in order; `flats` as the buffers' views."""
         if not self._gated:
             return None
-        return torch.cat([squared.views[i].view(len(g), -1).double().sum(1) for i, g in self._gated])
+        rows = [(flats[i] - minus[i] if minus else flats[i]).view(len(g), -1) for i, g in self._gated]
+        return torch.cat([r.double().square().sum(1) for r in rows])
 
     def _locals(self) -> list[torch.Tensor]:
         """The tensors this process holds: each parameter's own shard when sharded, else the parameter."""
@@ -88,11 +89,15 @@ class WeightProbe:
             return
         self._awaiting_update = False
         with torch.no_grad():
-            # scratch = W_after - W_before, computed without allocating; ‖W_before‖² came with the epoch end's moments
-            self.scratch.load(self._locals())
-            self.scratch.buf.sub_(self.now.buf)
-            self._update = torch.stack([sum_of_squares_(self.scratch), self._before_sq], dim=1)
-            gate_update = self._gate_sums(self.scratch)
+            # ‖W_after − W_before‖² read where the weights lie (a copy only of a tensor not in logical order);
+            # ‖W_before‖² came with the epoch end's moments
+            after = [t.detach().reshape(-1) for t in self._locals()]
+            plan = self.now.row_sums_of_all()
+            update_sq = plan.square_sums(
+                plan.blocks(after), plan.rest(after), self.now.blocks(), plan.rest(self.now.views, self.now.buf)
+            )
+            self._update = torch.stack([update_sq, self._before_sq], dim=1)
+            gate_update = self._gate_sums(after, self.now.views)
             if gate_update is not None and self._gate_before_sq is not None:
                 self._gate_update = torch.stack([gate_update, self._gate_before_sq], dim=1)
 
@@ -112,13 +117,11 @@ class WeightProbe:
         self._awaiting_update, self._update = True, None
 
     def _moments_before_update(self, now: FlatBuffer) -> torch.Tensor:
-        """The moments of the weights at an epoch end, keeping Σ W² for the next step's update-to-weight ratio."""
-        mom = moments(now, self.scratch)
+        """The moments of the weights at an epoch end, keeping Σ W² for the next step's update-to-weight ratio.
+        The zeros column is left to `measure`, which counts zeros with the histograms."""
+        mom = moments(now, self.scratch, zeros=False)
         self._before_sq = mom[:, 2] + mom[:, 0] * mom[:, 1] ** 2
-        if self._gated:
-            self._gate_before_sq = torch.cat(
-                [now.views[i].view(len(g), -1).double().square().sum(1) for i, g in self._gated]
-            )
+        self._gate_before_sq = self._gate_sums(now.views)
         return mom
 
     @torch.no_grad()
@@ -129,25 +132,31 @@ class WeightProbe:
             if self.sharded:
                 mins, maxs = range_across(mins, maxs)
             self.spec = BinSpec.around(mins.tolist(), maxs.tolist(), self.bins)
-            torch._foreach_copy_(scratch.views, self.ref.views)
-            self._ref_sq = sum_of_squares_(scratch)
-            self._gate_ref_sq = self._gate_sums(scratch)
+            self._ref_sq = self.ref.square_sums()
+            self._gate_ref_sq = self._gate_sums(self.ref.views)
         mom = self._moments_before_update(now)  # Σ W², for the next epoch's first update
-        torch.sub(now.buf, self.ref.buf, out=scratch.buf)  # exact where it matters: W_t close to W_0
-        diff_sq = sum_of_squares_(scratch)
-        gate_diff = self._gate_sums(scratch)
+        diff_sq = now.square_sums(minus=self.ref)  # W_t − W_0 exact where it matters: W_t close to W_0
+        gate_diff = self._gate_sums(now.views, self.ref.views)
         update = self._update
         sums = torch.cat([diff_sq[:, None], self._ref_sq[:, None]] + ([update] if update is not None else []), dim=1)
         if self.sharded:  # this process's min/max decide which of its shards need clamping; then combine
             local_range = mom[:, 3:5].tolist()
-            counts = histogram_counts(now, scratch, self.spec, [r[0] for r in local_range], [r[1] for r in local_range])
+            counts, zeros = histogram_and_zeros(
+                now, scratch, self.spec, [r[0] for r in local_range], [r[1] for r in local_range]
+            )
+            mom[:, 5] = zeros
             rows = torch.cat([merge_across(mom), sum_across(sums)], dim=1).tolist()
             counts = sum_across(counts)
         else:
             # the floats in one host transfer; their min/max tell the histogram which tensors need clamping
             rows = torch.cat([mom, sums], dim=1).tolist()
-            counts = histogram_counts(now, scratch, self.spec, [r[3] for r in rows], [r[4] for r in rows])
-        hists = self.spec.histograms(counts.tolist())
+            counts, zeros = histogram_and_zeros(now, scratch, self.spec, [r[3] for r in rows], [r[4] for r in rows])
+            counts = torch.cat([counts, zeros[:, None]], dim=1)  # the zeros come with the counts: one transfer
+        table = counts.tolist()
+        if not self.sharded:
+            for row, t in zip(rows, table):
+                row[5] = t.pop()
+        hists = self.spec.histograms(table)
         gates = self._gate_stats(gate_diff, self._gate_update if update is not None else None)
         self._awaiting_update, self._update, self._gate_update = True, None, None
         out = []

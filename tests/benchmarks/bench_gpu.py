@@ -319,7 +319,7 @@ def cuda_matches_cpu(device: torch.device) -> dict:
     from torch import nn
 
     from sftreport.record.activations import ActivationProbe
-    from sftreport.record.stats import FlatBuffer, sum_of_squares_
+    from sftreport.record.stats import FlatBuffer
     from sftreport.record.weights import WeightProbe
 
     torch.manual_seed(1)
@@ -360,7 +360,7 @@ def cuda_matches_cpu(device: torch.device) -> dict:
     big = torch.randn(25_000_000, generator=torch.Generator().manual_seed(3)) + 0.5
     exact = float((big.double() ** 2).sum())
     flat = FlatBuffer([big.numel()], device).load([big.to(device)])
-    ours = float(sum_of_squares_(flat)[0])
+    ours = float(flat.square_sums()[0])
     foreach = float(torch._foreach_norm([big.to(device)])[0].double() ** 2)
     return {
         "tensors": len(w_cpu),
