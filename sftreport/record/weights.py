@@ -144,19 +144,16 @@ class WeightProbe:
             counts, zeros = histogram_and_zeros(
                 now, scratch, self.spec, [r[0] for r in local_range], [r[1] for r in local_range]
             )
-            mom[:, 5] = zeros
+            mom[:, 5] = zeros  # before the rows are merged: zeros add up across processes
             rows = torch.cat([merge_across(mom), sum_across(sums)], dim=1).tolist()
             counts = sum_across(counts)
         else:
             # the floats in one host transfer; their min/max tell the histogram which tensors need clamping
             rows = torch.cat([mom, sums], dim=1).tolist()
             counts, zeros = histogram_and_zeros(now, scratch, self.spec, [r[3] for r in rows], [r[4] for r in rows])
-            counts = torch.cat([counts, zeros[:, None]], dim=1)  # the zeros come with the counts: one transfer
-        table = counts.tolist()
-        if not self.sharded:
-            for row, t in zip(rows, table):
-                row[5] = t.pop()
-        hists = self.spec.histograms(table)
+            for row, z in zip(rows, zeros.tolist()):
+                row[5] = z
+        hists = self.spec.histograms(counts.tolist())
         gates = self._gate_stats(gate_diff, self._gate_update if update is not None else None)
         self._awaiting_update, self._update, self._gate_update = True, None, None
         out = []
