@@ -271,7 +271,8 @@ def _mixed_tensors() -> list[torch.Tensor]:
         1 + 1e-6 * torch.randn(300_000, generator=g),  # rows of one tensor, centred
         (0.02 * torch.randn(70_001, generator=g)).bfloat16(),
         signed_zeros,
-        *(torch.randn(n, generator=g) * 0.1 + 0.05 for n in (255, 256, 257, 511, 513)),
+        # around the sizes a row-wise sum splits at: rows of 256, from 64 rows on
+        *(torch.randn(n, generator=g) * 0.1 + 0.05 for n in (255, 256, 257, 16_383, 16_384, 16_385, 16_639)),
         torch.full((1_000,), 0.1),  # constant: M2 exactly 0
         # the finest cells, numbered from near -2^23: the constant that numbers them is odd and above 2^24
         -1.99 + torch.linspace(-2e-6, 2e-6, 1_000),
@@ -370,7 +371,7 @@ def test_empty_and_one_value_views_beside_others_on_both_routes(centre_all, monk
         assert row[0] == a.size and row[3:] == [a.min(), a.max(), int((a == 0).sum())]
         assert row[1] == pytest.approx(a.mean(), rel=1e-12) and row[2] == pytest.approx(((a - a.mean()) ** 2).sum())
     assert flat.sums().tolist() == [6.0, 0.0, -7.25, float(sum(range(300)) - 30_000)]
-    # a whole row's Σx² comes back through a float32 norm: within a float32 rounding, not exact
+    # within a float32 rounding (a large tensor's rows come back through float32 norms)
     squares = [20.0, 0.0, 52.5625, float(sum((k - 100) ** 2 for k in range(300)))]
     assert flat.square_sums().tolist() == pytest.approx(squares, rel=2e-7)
     spec = BinSpec.around([-1.0] * 4, [1.0] * 4, 4)

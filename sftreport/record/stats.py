@@ -87,25 +87,26 @@ class FlatBuffer:
 
 
 ROW = 256  # values per row of a row-wise reduction (see RowSums)
+ROWS_FROM = 64 * ROW  # a tensor this large is reduced row by row; a smaller one value by value in float64
 
 
 class RowSums:
     """Per-tensor Σx, Σx² or Σ(x − y)² of a fixed list of 1-D tensors, in float64, in a few ops and with no
     full-size temporary.
 
-    Each tensor's whole rows of ROW values (its block) are reduced row by row in float32 (`sum`;
+    Each large tensor's whole rows of ROW values (its block) are reduced row by row in float32 (`sum`;
     `vector_norm` and `cdist`, whose vector lanes add 16 values each), and the row results and the values
-    left over (the tails, and tensors shorter than a row) are added per tensor in float64. A float32
-    accumulator never runs over more than a row: relative error near 1e-9 on random values and at most
-    about 4e-7 on a constant tensor (every row rounds alike), as good as a float32 cascade over the whole
-    tensor, where the CPU's whole-tensor norm kernels were 2.4e-3 off at 25 M values. Squares and
-    differences need no pass that writes: one read of each buffer, where squaring in place and reading
-    again took three."""
+    left over (the tails, and the tensors below ROWS_FROM values, whose few rows would not average their
+    rounding out) are added per tensor in float64. A float32 accumulator never runs over more than a row:
+    relative error near 1e-9 on random values and at most about 4e-7 on a constant tensor (every row
+    rounds alike), as good as a float32 cascade over the whole tensor, where the CPU's whole-tensor norm
+    kernels were 2.4e-3 off at 25 M values. Squares and differences need no pass that writes: one read of
+    each buffer, where squaring in place and reading again took three."""
 
     def __init__(self, numels: Sequence[int], device: torch.device, starts: Sequence[int] | None = None):
         """`starts`: where each tensor begins in a buffer they are all views of (a FlatBuffer's), so that the
         values left over are gathered from it in one op."""
-        self.whole = [n - n % ROW for n in numels]
+        self.whole = [n - n % ROW if n >= ROWS_FROM else 0 for n in numels]
         self.count = len(numels)
         index = torch.arange(self.count)
         rows = torch.tensor([w // ROW for w in self.whole], dtype=torch.long)
