@@ -43,7 +43,6 @@ class DenseRun:
     head: str
     task: Task  # the Recorder's evaluation, feature view and pictures
     dataset: DatasetInfo
-    train_size: int
     probe: tuple[torch.Tensor, Any]
     val: Iterable  # re-iterable (inputs, targets) validation batches on the device
     forward: Forward
@@ -69,7 +68,7 @@ def dense_run_dir(cfg: RunConfig, ctx: Any) -> Path:
 
 def run_dense(cfg: RunConfig, device: torch.device, run_dir: Path, job: DenseRun, ctx: Any) -> RunOutcome:
     model = job.model
-    steps = math.ceil(job.train_size / cfg.batch_size)
+    steps = math.ceil(job.dataset.train_size / cfg.batch_size)
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
     optimizer = make_optimizer(
@@ -110,7 +109,9 @@ def run_dense(cfg: RunConfig, device: torch.device, run_dir: Path, job: DenseRun
             for epoch in range(1, cfg.epochs + 1):
                 set_train_mode(model, job.frozen)
                 progress.start_epoch(epoch)
-                order = torch.randperm(job.train_size, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+                order = torch.randperm(
+                    job.dataset.train_size, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+                )
                 for step in range(1, steps + 1):
                     loss, logits, targets = job.forward(
                         order[(step - 1) * cfg.batch_size : step * cfg.batch_size].tolist()

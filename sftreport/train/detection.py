@@ -209,7 +209,6 @@ def run_detection(cfg: RunConfig, ctx, device: torch.device):
             image_size=int(data.train_x.shape[-1]),
             source=data.source + "".join(f"; {n}" for n in data.notes),
         ),
-        train_size=len(data.train_x),
         probe=probe,
         val=_Batches(data.val_x, data.val_y, cfg.batch_size, device),
         forward=forward,

@@ -240,7 +240,6 @@ def run_segmentation(cfg: RunConfig, ctx, device: torch.device):
             image_size=data.image_size,
             source=data.source,
         ),
-        train_size=len(data.train_x),
         probe=probe,
         val=_Batches(data.val_x, data.val_y, cfg.batch_size, device),
         forward=forward,
